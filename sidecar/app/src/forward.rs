@@ -1,0 +1,222 @@
+//! Moves bytes between the load balancer's connection and the app's, in both directions, with
+//! splice(2) through a kernel pipe per direction: no copy into user space, back-pressure from
+//! the sockets themselves (at most one pipe's worth in flight per direction), and half-close
+//! (one side's FIN becomes a shutdown of the other side's write half).
+
+use std::{
+    io,
+    os::fd::{AsFd, OwnedFd},
+};
+
+use nix::{
+    fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice},
+    unistd::pipe2,
+};
+use socket2::SockRef;
+use tokio::{
+    io::{AsyncWriteExt, Interest},
+    net::TcpStream,
+};
+
+use crate::metrics::ListenerMetrics;
+
+/// The most moved by one splice(2) call; the pipe's capacity bounds it further.
+const SPLICE_CHUNK: usize = 1 << 20;
+
+/// Bytes moved by a finished connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfer {
+    /// From the client to the app, payload only.
+    pub to_app: u64,
+    /// From the app to the client.
+    pub to_client: u64,
+}
+
+/// Which side of the relay failed, for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The load balancer's connection.
+    Client,
+    /// The app's connection.
+    App,
+}
+
+/// A forwarding failure; both connections have been reset.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{side:?} side failed after {to_app} bytes to the app and {to_client} to the client: {source}"
+)]
+pub struct ForwardError {
+    /// The side whose socket failed.
+    pub side: Side,
+    /// Bytes moved towards the app before the failure.
+    pub to_app: u64,
+    /// Bytes moved towards the client before the failure.
+    pub to_client: u64,
+    /// The failure.
+    #[source]
+    pub source: io::Error,
+}
+
+/// A pipe used as splice(2)'s kernel buffer.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new(size: Option<usize>) -> io::Result<Self> {
+        let (read, write) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        if let Some(size) = size {
+            // A larger pipe moves more per system call; when the per-user pipe budget is spent
+            // (fs.pipe-user-pages-soft) the kernel refuses and the default size still works.
+            let size = i32::try_from(size).unwrap_or(i32::MAX);
+            if let Err(e) = fcntl(&write, FcntlArg::F_SETPIPE_SZ(size)) {
+                tracing::debug!(error = %e, size, "pipe size not raised");
+            }
+        }
+        Ok(Self { read, write })
+    }
+}
+
+/// Relays between `client` and `app` until both directions have finished.
+///
+/// `preamble` (a re-emitted header) and then `rest` (payload bytes that arrived together with
+/// the PROXY header) are written to the app before anything else; `rest` counts as payload.
+/// The sockets stay open until the caller drops them, so that it can release per-connection
+/// state (the eBPF entry) while the 4-tuple still belongs to this connection.
+pub async fn forward(
+    client: &TcpStream,
+    app: &mut TcpStream,
+    preamble: &[u8],
+    rest: &[u8],
+    pipe_size: Option<usize>,
+    metrics: &ListenerMetrics,
+) -> Result<Transfer, ForwardError> {
+    let setup = async {
+        if !preamble.is_empty() || !rest.is_empty() {
+            app.write_all(&[preamble, rest].concat()).await?;
+            metrics.to_app(rest.len() as u64);
+        }
+        Ok::<_, io::Error>((Pipe::new(pipe_size)?, Pipe::new(pipe_size)?))
+    };
+    let (up_pipe, down_pipe) = match setup.await {
+        Ok(pipes) => pipes,
+        Err(source) => {
+            reset(client);
+            reset(app);
+            return Err(ForwardError {
+                side: Side::App,
+                to_app: 0,
+                to_client: 0,
+                source,
+            });
+        }
+    };
+    let app = &*app;
+    let up = pump(client, app, &up_pipe, |n| metrics.to_app(n));
+    let down = pump(app, client, &down_pipe, |n| metrics.to_client(n));
+    tokio::pin!(up, down);
+    let (mut to_app, mut to_client) = (None, None);
+    while to_app.is_none() || to_client.is_none() {
+        let (result, dir_up) = tokio::select! {
+            r = &mut up, if to_app.is_none() => (r, true),
+            r = &mut down, if to_client.is_none() => (r, false),
+        };
+        match result {
+            Ok(n) if dir_up => to_app = Some(n + rest.len() as u64),
+            Ok(n) => to_client = Some(n),
+            Err((side, source)) => {
+                let side = match (dir_up, side) {
+                    (true, PumpSide::Source) | (false, PumpSide::Destination) => Side::Client,
+                    _ => Side::App,
+                };
+                reset(client);
+                reset(app);
+                return Err(ForwardError {
+                    side,
+                    to_app: to_app.unwrap_or(0) + rest.len() as u64,
+                    to_client: to_client.unwrap_or(0),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(Transfer {
+        to_app: to_app.unwrap_or(0),
+        to_client: to_client.unwrap_or(0),
+    })
+}
+
+/// Which socket of a pump failed.
+#[derive(Debug, Clone, Copy)]
+enum PumpSide {
+    Source,
+    Destination,
+}
+
+/// Moves bytes from `src` to `dst` through `pipe` until `src` reaches EOF, then shuts down
+/// `dst`'s write half. Returns the number of bytes moved.
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &Pipe,
+    mut count: impl FnMut(u64),
+) -> Result<u64, (PumpSide, io::Error)> {
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    let mut total = 0u64;
+    loop {
+        let filled = loop {
+            src.readable().await.map_err(|e| (PumpSide::Source, e))?;
+            match src.try_io(Interest::READABLE, || {
+                splice(
+                    src.as_fd(),
+                    None,
+                    pipe.write.as_fd(),
+                    None,
+                    SPLICE_CHUNK,
+                    flags,
+                )
+                .map_err(io::Error::from)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err((PumpSide::Source, e)),
+            }
+        };
+        if filled == 0 {
+            SockRef::from(dst)
+                .shutdown(std::net::Shutdown::Write)
+                .or_else(|e| match e.kind() {
+                    // The destination is already gone; the other direction will notice.
+                    io::ErrorKind::NotConnected => Ok(()),
+                    _ => Err(e),
+                })
+                .map_err(|e| (PumpSide::Destination, e))?;
+            return Ok(total);
+        }
+        let mut left = filled;
+        while left > 0 {
+            dst.writable()
+                .await
+                .map_err(|e| (PumpSide::Destination, e))?;
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(pipe.read.as_fd(), None, dst.as_fd(), None, left, flags)
+                    .map_err(io::Error::from)
+            }) {
+                Ok(n) => left -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err((PumpSide::Destination, e)),
+            }
+        }
+        total += filled as u64;
+        count(filled as u64);
+    }
+}
+
+/// Makes the next close send a reset, so that the peer learns the relay broke rather than
+/// seeing a clean end of stream.
+fn reset(stream: &TcpStream) {
+    // Best effort: the socket may already be closed by the peer.
+    let _ = SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+}

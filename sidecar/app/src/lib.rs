@@ -1,0 +1,79 @@
+//! The trueip sidecar as a library: it accepts load-balancer connections, reads and validates
+//! the PROXY header, and hands the plain stream to the app on loopback while the app learns the
+//! real client address by the listener's restore mode.
+//!
+//! The modules follow the data path: [`listen`] → [`detect`] → [`restore`] → [`forward`], with
+//! the per-connection glue in `connection` and the [`config`] that drives them.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod connection;
+pub mod detect;
+pub mod forward;
+pub mod listen;
+pub mod metrics;
+pub mod restore;
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use tokio::sync::watch;
+
+pub use crate::{config::Config, listen::ListenError, metrics::ListenerMetrics};
+
+/// All listeners of one configuration, bound and ready.
+#[derive(Debug)]
+pub struct Sidecar {
+    listeners: Vec<listen::Listener>,
+    drain: std::time::Duration,
+}
+
+impl Sidecar {
+    /// Binds every listener; fails if any cannot start.
+    pub fn bind(config: &Config) -> Result<Self, ListenError> {
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| listen::Listener::bind(l.clone(), &config.agent_socket))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            listeners,
+            drain: config.drain_timeout,
+        })
+    }
+
+    /// Each listener's name and bound address.
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|l| Some((l.name().to_owned(), l.local_addr().ok()?)))
+            .collect()
+    }
+
+    /// Each listener's name and counters.
+    pub fn metrics(&self) -> Vec<(String, Arc<ListenerMetrics>)> {
+        self.listeners
+            .iter()
+            .map(|l| (l.name().to_owned(), l.metrics()))
+            .collect()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and drains open connections up
+    /// to the configured deadline. Returns the number of connections cut at the deadline.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> usize {
+        let (stop, stopped) = watch::channel(false);
+        let tasks: Vec<_> = self
+            .listeners
+            .into_iter()
+            .map(|l| tokio::spawn(l.serve(stopped.clone(), self.drain)))
+            .collect();
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, draining open ones");
+        let _ = stop.send(true);
+        let mut cut = 0;
+        for task in tasks {
+            cut += task.await.unwrap_or(0);
+        }
+        cut
+    }
+}

@@ -1,0 +1,193 @@
+//! Listening sockets: bind, accept within the connection limit, and drain on shutdown.
+
+use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
+use tracing::{info, warn};
+
+use crate::{
+    config::ListenerConfig,
+    connection,
+    metrics::ListenerMetrics,
+    restore::{EbpfError, Restorer},
+};
+
+/// The kernel's accept queue; connections over `max_connections` wait here.
+const BACKLOG: i32 = 4096;
+/// Pause after an accept error such as EMFILE, so a full fd table does not spin the loop.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// A listener could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// The address could not be bound.
+    #[error("listener {listener}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The listener's name.
+        listener: String,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The `ebpf` mode could not be set up and no fallback is configured.
+    #[error("listener {listener}: {source}")]
+    Ebpf {
+        /// The listener's name.
+        listener: String,
+        /// Why.
+        #[source]
+        source: EbpfError,
+    },
+}
+
+/// What every connection of a listener shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) config: ListenerConfig,
+    pub(crate) restorer: Restorer,
+    pub(crate) metrics: Arc<ListenerMetrics>,
+}
+
+/// A bound listener, ready to serve.
+#[derive(Debug)]
+pub struct Listener {
+    shared: Arc<Shared>,
+    socket: TcpListener,
+    limit: Arc<Semaphore>,
+}
+
+impl Listener {
+    /// Binds the listener's address and prepares its restore mode.
+    pub fn bind(config: ListenerConfig, agent_socket: &Path) -> Result<Self, ListenError> {
+        let name = config.name();
+        let restorer =
+            Restorer::new(&config, agent_socket).map_err(|source| ListenError::Ebpf {
+                listener: name.clone(),
+                source,
+            })?;
+        let socket = bind(config.listen).map_err(|source| ListenError::Bind {
+            listener: name.clone(),
+            addr: config.listen,
+            source,
+        })?;
+        info!(
+            listener = %name, listen = %socket.local_addr().map_err(|source| ListenError::Bind {
+                listener: name.clone(), addr: config.listen, source })?,
+            upstream = %config.upstream, mode = ?restorer.mode(), header = ?config.header,
+            "listening"
+        );
+        let limit = Arc::new(Semaphore::new(config.max_connections.get()));
+        Ok(Self {
+            shared: Arc::new(Shared {
+                name,
+                config,
+                restorer,
+                metrics: Arc::default(),
+            }),
+            socket,
+            limit,
+        })
+    }
+
+    /// The bound address (with the port the kernel chose for port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// The listener's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The listener's counters.
+    pub fn metrics(&self) -> Arc<ListenerMetrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
+    /// Accepts until `shutdown` turns true, then waits up to `drain` for open connections.
+    /// Returns how many were still open when it gave up.
+    pub async fn serve(self, mut shutdown: watch::Receiver<bool>, drain: Duration) -> usize {
+        let max = self.shared.config.max_connections.get();
+        let mut saturated = false;
+        loop {
+            let permit = match Arc::clone(&self.limit).try_acquire_owned() {
+                Ok(p) => {
+                    saturated = false;
+                    p
+                }
+                Err(_) => {
+                    if !saturated {
+                        saturated = true;
+                        warn!(
+                            listener = %self.shared.name, limit = max,
+                            "connection limit reached; new connections wait in the accept queue"
+                        );
+                    }
+                    tokio::select! {
+                        p = Arc::clone(&self.limit).acquire_owned() => p.expect("never closed"),
+                        () = stopped(&mut shutdown) => break,
+                    }
+                }
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = self.socket.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(listener = %self.shared.name, error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                },
+                () = stopped(&mut shutdown) => break,
+            };
+            if let Err(e) = stream.set_nodelay(true) {
+                warn!(listener = %self.shared.name, error = %e, "TCP_NODELAY not set");
+            }
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move {
+                connection::serve(stream, peer, shared).await;
+                drop(permit);
+            });
+        }
+        drop(self.socket);
+        let open = max - self.limit.available_permits();
+        if open > 0 {
+            info!(listener = %self.shared.name, open, "draining");
+        }
+        let all = u32::try_from(max).unwrap_or(u32::MAX);
+        match tokio::time::timeout(drain, self.limit.acquire_many(all)).await {
+            Ok(_) => 0,
+            Err(_) => {
+                let left = max - self.limit.available_permits();
+                warn!(listener = %self.shared.name, left, "drain deadline passed; closing");
+                left
+            }
+        }
+    }
+}
+
+/// Completes once shutdown is requested (or the sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// A listening socket: SO_REUSEADDR so a restart does not wait for TIME_WAIT, dual-stack on
+/// `[::]` so IPv4 load balancers reach it too.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}

@@ -1,0 +1,196 @@
+//! Restore modes: how the app learns the client address once the header is read. Each mode
+//! opens the connection to the app and says what must be written to it first.
+
+mod ebpf;
+mod proxy;
+
+use std::{net::SocketAddr, path::Path};
+
+use tokio::net::TcpStream;
+use trueip_proxy_header::{Command, Header};
+
+pub use self::ebpf::EbpfError;
+use self::{ebpf::Ebpf, proxy::Reemit};
+use crate::{
+    config::{ListenerConfig, Mode, canonical},
+    detect::Detection,
+    metrics::RestoreOutcome,
+};
+
+/// The addresses of the connection the load balancer opened to the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnAddrs {
+    /// The load balancer's end.
+    pub peer: SocketAddr,
+    /// The sidecar's end.
+    pub local: SocketAddr,
+}
+
+/// Who the app should be told it is talking to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoints {
+    /// The client: from the header, or the real peer when the header names none.
+    pub client: SocketAddr,
+    /// The address the client connected to.
+    pub destination: SocketAddr,
+    /// Whether the addresses came from a PROXY header.
+    pub from_header: bool,
+}
+
+impl Endpoints {
+    /// The endpoints of a connection: the header's addresses when it is a trusted `PROXY`
+    /// header with an internet address pair, the real ones otherwise (LOCAL, UNSPEC, no header).
+    pub fn of(detection: &Detection, conn: ConnAddrs) -> Self {
+        if let Detection::Header { header, .. } = detection
+            && let (Some(client), Some(destination)) =
+                (header.client(), header.original_destination())
+        {
+            return Self {
+                client,
+                destination,
+                from_header: true,
+            };
+        }
+        let unmap = |a: SocketAddr| SocketAddr::new(canonical(a.ip()), a.port());
+        Self {
+            client: unmap(conn.peer),
+            destination: unmap(conn.local),
+            from_header: false,
+        }
+    }
+}
+
+/// A connection to the app, ready for forwarding.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes the app must receive before the payload (a re-emitted header).
+    pub preamble: Vec<u8>,
+    /// What the app will learn about the client.
+    pub outcome: RestoreOutcome,
+    /// Removes the connection's eBPF entry when dropped; drop it before `stream`.
+    pub entry: Option<ebpf::Entry>,
+}
+
+/// Why the app could not be reached for a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// connect(2) to the app failed.
+    #[error("cannot connect to the app at {upstream}: {source}")]
+    Connect {
+        /// The app's address.
+        upstream: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pod's map is full and the listener refuses unrestorable connections.
+    #[error("the pod's restore map is full (on_map_full: refuse)")]
+    MapFull,
+}
+
+impl ConnectError {
+    /// A stable label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "upstream_connect",
+            Self::MapFull => "map_full",
+        }
+    }
+}
+
+/// A listener's restore mode, ready to serve connections.
+#[derive(Debug)]
+pub enum Restorer {
+    /// Forward the payload only.
+    None,
+    /// Re-emit a clean header (boxed: its TLV allow-list is larger than the other modes).
+    Reemit(Box<Reemit>),
+    /// Write an eBPF entry before connecting.
+    Ebpf(Ebpf),
+}
+
+impl Restorer {
+    /// Prepares the mode of `config`; `ebpf` asks the agent at `agent_socket` for the pod's map
+    /// and, if that fails, uses the configured fallback or gives up.
+    pub fn new(config: &ListenerConfig, agent_socket: &Path) -> Result<Self, EbpfError> {
+        Ok(match config.mode {
+            Mode::None => Self::None,
+            Mode::ProxyV1 | Mode::ProxyV2 => Self::Reemit(Box::new(Reemit::new(config))),
+            Mode::Ebpf => match Ebpf::open(agent_socket, config.on_map_full) {
+                Ok(ebpf) => Self::Ebpf(ebpf),
+                Err(e) => match config.fallback {
+                    Some(mode) => {
+                        tracing::error!(
+                            listener = %config.name(), error = %e, fallback = ?mode,
+                            "eBPF restore unavailable; using the fallback mode"
+                        );
+                        let fallback = ListenerConfig {
+                            mode,
+                            ..config.clone()
+                        };
+                        Self::new(&fallback, agent_socket)?
+                    }
+                    None => return Err(e),
+                },
+            },
+        })
+    }
+
+    /// The mode actually in use (after any fallback), for logs.
+    pub fn mode(&self) -> Mode {
+        match self {
+            Self::None => Mode::None,
+            Self::Reemit(r) => r.mode(),
+            Self::Ebpf(_) => Mode::Ebpf,
+        }
+    }
+
+    /// Connects to the app at `upstream` for one connection.
+    pub async fn connect(
+        &self,
+        upstream: SocketAddr,
+        detection: &Detection,
+        conn: ConnAddrs,
+    ) -> Result<Upstream, ConnectError> {
+        let endpoints = Endpoints::of(detection, conn);
+        let plain_outcome = match detection {
+            Detection::Passthrough { .. } => RestoreOutcome::Passthrough,
+            _ if endpoints.from_header => RestoreOutcome::Restored,
+            _ => RestoreOutcome::NoClient,
+        };
+        let connect = |stream: std::io::Result<TcpStream>| {
+            stream.map_err(|source| ConnectError::Connect { upstream, source })
+        };
+        match self {
+            Self::None => Ok(Upstream {
+                stream: connect(TcpStream::connect(upstream).await)?,
+                preamble: Vec::new(),
+                outcome: plain_outcome,
+                entry: None,
+            }),
+            Self::Reemit(reemit) => Ok(Upstream {
+                stream: connect(TcpStream::connect(upstream).await)?,
+                preamble: reemit.header(detection, endpoints),
+                outcome: plain_outcome,
+                entry: None,
+            }),
+            Self::Ebpf(ebpf) if endpoints.from_header => ebpf.connect(upstream, endpoints).await,
+            Self::Ebpf(_) => Ok(Upstream {
+                stream: connect(TcpStream::connect(upstream).await)?,
+                preamble: Vec::new(),
+                outcome: plain_outcome,
+                entry: None,
+            }),
+        }
+    }
+}
+
+/// The header's command, for logs: `LOCAL` connections are health checks.
+pub fn command(header: &Header) -> &'static str {
+    match header.command {
+        Command::Local => "local",
+        Command::Proxy => "proxy",
+    }
+}

@@ -1,0 +1,240 @@
+//! `trueip-sidecar`: reads the PROXY header the load balancer sends and hands the plain stream
+//! to the app, which learns the real client address by the listener's restore mode.
+//!
+//! Thin by design: options → configuration → logging → [`trueip_sidecar_app::Sidecar`].
+
+#![forbid(unsafe_code)]
+
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use trueip_sidecar_app::{
+    Config, Sidecar,
+    config::{HeaderPolicy, ListenerConfig, MapFullPolicy, Mode, TlvKind, UntrustedPolicy},
+};
+
+/// Strips and validates PROXY protocol headers (v1 and v2) in front of an unmodified app, and
+/// gives the app the real client address.
+///
+/// Either describe one listener with the flags below, or several in a YAML file (--config).
+#[derive(Debug, Parser)]
+#[command(name = "trueip-sidecar", version, about, long_about)]
+struct Opt {
+    /// YAML configuration file with one or more listeners (excludes the single-listener flags).
+    #[arg(long, short, env = "TRUEIP_CONFIG", value_name = "FILE",
+          conflicts_with_all = ["listen", "upstream"])]
+    config: Option<PathBuf>,
+
+    /// Validate the configuration, print a summary and exit (non-zero when invalid).
+    #[arg(long)]
+    check_config: bool,
+
+    /// Address the load balancer connects to, e.g. 0.0.0.0:8080 or [::]:8080.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        requires = "upstream",
+        required_unless_present = "config"
+    )]
+    listen: Option<SocketAddr>,
+
+    /// The app, normally on loopback, e.g. 127.0.0.1:80.
+    #[arg(long, value_name = "ADDR", requires = "listen")]
+    upstream: Option<SocketAddr>,
+
+    /// How the app learns the client: none, proxy-v1, proxy-v2 or ebpf [default: none].
+    #[arg(long, value_name = "MODE", value_parser = yaml::<Mode>)]
+    mode: Option<Mode>,
+
+    /// A load balancer's address range whose headers are honoured (repeat for several).
+    #[arg(long = "trusted", value_name = "CIDR")]
+    trusted: Vec<IpNet>,
+
+    /// Whether a header is required, optional (health checks without one) or off [default: required].
+    #[arg(long, value_name = "POLICY", value_parser = yaml::<HeaderPolicy>)]
+    header: Option<HeaderPolicy>,
+
+    /// What a header from an untrusted source gets: reject or passthrough [default: reject].
+    #[arg(long, value_name = "POLICY", value_parser = yaml::<UntrustedPolicy>)]
+    untrusted: Option<UntrustedPolicy>,
+
+    /// Close connections whose header is not complete by then, e.g. 5s [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    header_timeout: Option<Duration>,
+
+    /// With --header optional: wait this long for a first byte before serving without a header
+    /// (server-speaks-first protocols) [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    detect_timeout: Option<Duration>,
+
+    /// Largest v2 header accepted, in bytes [default: 4096].
+    #[arg(long, value_name = "BYTES")]
+    max_header_len: Option<usize>,
+
+    /// Connections served at once; more wait in the accept queue [default: 16384].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<NonZeroUsize>,
+
+    /// TLVs passed on by proxy-v2, comma-separated names or numbers
+    /// (alpn, authority, noop, unique-id, ssl, netns, gcp, aws, azure, 0xNN)
+    /// [default: authority,alpn,ssl,unique-id,aws,azure,gcp].
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_tlv)]
+    tlv_allow: Option<Vec<TlvKind>>,
+
+    /// proxy-v2: append a fresh CRC32c TLV to the re-emitted header.
+    #[arg(long)]
+    crc32c: bool,
+
+    /// ebpf: when the pod's map is full, deliver (unrestored) or refuse [default: deliver].
+    #[arg(long, value_name = "POLICY", value_parser = yaml::<MapFullPolicy>)]
+    on_map_full: Option<MapFullPolicy>,
+
+    /// ebpf: mode to use when the agent is unreachable at start (none, proxy-v1, proxy-v2);
+    /// without it the sidecar refuses to start.
+    #[arg(long, value_name = "MODE", value_parser = yaml::<Mode>)]
+    fallback: Option<Mode>,
+
+    /// Kernel pipe size for splice(2), in bytes [default: the kernel's].
+    #[arg(long, value_name = "BYTES")]
+    pipe_size: Option<NonZeroUsize>,
+
+    /// The node agent's Unix socket (ebpf mode) [default: /run/trueip/agent.sock].
+    #[arg(long, env = "TRUEIP_AGENT_SOCKET", value_name = "PATH")]
+    agent_socket: Option<PathBuf>,
+
+    /// How long SIGTERM waits for open connections [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    drain_timeout: Option<Duration>,
+
+    /// Log format: human or json. Levels come from RUST_LOG (default: info).
+    #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    log_format: String,
+}
+
+/// Parses a flag the way the YAML file spells the same value, so both accept the same words.
+fn yaml<T: DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_norway::from_str(s).map_err(|e| e.to_string())
+}
+
+fn parse_tlv(s: &str) -> Result<TlvKind, String> {
+    s.parse()
+}
+
+impl Opt {
+    /// The configuration: the file, or one listener from the flags; explicit flags win.
+    fn config(&self) -> Result<Config> {
+        let mut config = match (&self.config, self.listen, self.upstream) {
+            (Some(path), _, _) => Config::from_file(path)?,
+            (None, Some(listen), Some(upstream)) => Config::single(self.listener(listen, upstream)),
+            _ => anyhow::bail!("give --config FILE, or --listen ADDR with --upstream ADDR"),
+        };
+        if let Some(socket) = &self.agent_socket {
+            config.agent_socket.clone_from(socket);
+        }
+        if let Some(drain) = self.drain_timeout {
+            config.drain_timeout = drain;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn listener(&self, listen: SocketAddr, upstream: SocketAddr) -> ListenerConfig {
+        let mut l = ListenerConfig::new(listen, upstream);
+        l.trusted_sources.clone_from(&self.trusted);
+        l.crc32c = self.crc32c;
+        l.fallback = self.fallback;
+        l.pipe_size = self.pipe_size;
+        if let Some(v) = self.mode {
+            l.mode = v;
+        }
+        if let Some(v) = self.header {
+            l.header = v;
+        }
+        if let Some(v) = self.untrusted {
+            l.untrusted = v;
+        }
+        if let Some(v) = self.header_timeout {
+            l.header_timeout = v;
+        }
+        if let Some(v) = self.detect_timeout {
+            l.detect_timeout = v;
+        }
+        if let Some(v) = self.max_header_len {
+            l.max_header_len = v;
+        }
+        if let Some(v) = self.max_connections {
+            l.max_connections = v;
+        }
+        if let Some(v) = &self.tlv_allow {
+            l.tlv_allow.clone_from(v);
+        }
+        if let Some(v) = self.on_map_full {
+            l.on_map_full = v;
+        }
+        l
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let opt = Opt::parse();
+    init_logging(&opt.log_format);
+    match run(&opt) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(opt: &Opt) -> Result<()> {
+    let config = opt.config().context("invalid configuration")?;
+    if opt.check_config {
+        for l in &config.listeners {
+            tracing::info!(
+                listener = %l.name(), listen = %l.listen, upstream = %l.upstream,
+                mode = ?l.mode, header = ?l.header, "listener ok"
+            );
+        }
+        tracing::info!(listeners = config.listeners.len(), "configuration is valid");
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let sidecar = Sidecar::bind(&config)?;
+        let cut = sidecar
+            .run(async {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                }
+            })
+            .await;
+        if cut > 0 {
+            tracing::warn!(
+                cut,
+                "exiting with connections still open at the drain deadline"
+            );
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,161 @@
+//! The binary's promises: every flag documented, `--check-config` names key and line, and a
+//! real run serves and exits 0 on SIGTERM.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_trueip-sidecar");
+
+#[test]
+fn help_documents_every_flag() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--config",
+        "--check-config",
+        "--listen",
+        "--upstream",
+        "--mode",
+        "--trusted",
+        "--header",
+        "--untrusted",
+        "--header-timeout",
+        "--detect-timeout",
+        "--max-header-len",
+        "--max-connections",
+        "--tlv-allow",
+        "--crc32c",
+        "--on-map-full",
+        "--fallback",
+        "--pipe-size",
+        "--agent-socket",
+        "--drain-timeout",
+        "--log-format",
+    ] {
+        let lines: Vec<&str> = help.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| {
+                l.trim_start()
+                    .trim_start_matches("-c, ")
+                    .split([' ', '='])
+                    .next()
+                    == Some(flag)
+            })
+            .unwrap_or_else(|| panic!("{flag} missing from --help:\n{help}"));
+        let doc = lines.get(at + 1).map_or("", |l| l.trim());
+        assert!(
+            !doc.is_empty() && !doc.starts_with('-'),
+            "{flag} has no description:\n{help}"
+        );
+    }
+}
+
+fn check(yaml: &str) -> (bool, String) {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(yaml.as_bytes()).unwrap();
+    let out = Command::new(BIN)
+        .args(["--check-config", "--config"])
+        .arg(file.path())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_accepts_a_good_file() {
+    let (ok, log) = check(
+        "listeners:\n  - listen: 127.0.0.1:0\n    upstream: 127.0.0.1:80\n    trusted_sources: [10.0.0.0/8]\n",
+    );
+    assert!(ok, "{log}");
+    assert!(log.contains("configuration is valid"), "{log}");
+}
+
+#[test]
+fn check_config_names_key_and_line_of_a_bad_file() {
+    let (ok, log) = check(
+        "listeners:\n  - listen: 127.0.0.1:0\n    upstream: 127.0.0.1:80\n    trusted_sources: [10.0.0.0/8]\n    mode: proxy-v3\n",
+    );
+    assert!(!ok, "a bad file exits non-zero");
+    assert!(
+        log.contains("listeners[0].mode") && log.contains("line 5"),
+        "{log}"
+    );
+    let (ok, log) = check(
+        "listeners:\n  - listen: 127.0.0.1:0\n    upstream: 127.0.0.1:80\n    trusted_source: []\n",
+    );
+    assert!(!ok);
+    assert!(
+        log.contains("unknown field `trusted_source`") && log.contains("line 4"),
+        "{log}"
+    );
+}
+
+#[test]
+fn serves_from_flags_and_exits_zero_on_sigterm() {
+    let app = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream"])
+        .arg(app.local_addr().unwrap().to_string())
+        .args([
+            "--mode",
+            "proxy-v1",
+            "--trusted",
+            "127.0.0.0/8",
+            "--log-format",
+            "json",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut client = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+        .expect("the sidecar listens");
+    client
+        .write_all(b"PROXY TCP4 203.0.113.7 198.51.100.1 51234 443\r\nhi")
+        .unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let (mut upstream, _) = app.accept().unwrap();
+    let mut got = String::new();
+    upstream.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "PROXY TCP4 203.0.113.7 198.51.100.1 51234 443\r\nhi");
+    drop(upstream);
+    drop(client);
+
+    terminate(child.id());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit 0 after SIGTERM: {status}");
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(log.contains("\"SIGTERM received\""), "json logs: {log}");
+}
+
+fn terminate(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
