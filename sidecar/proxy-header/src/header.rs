@@ -1,0 +1,229 @@
+//! The decoded header, shared by both versions, and its encoders.
+
+use std::net::SocketAddr;
+
+use crate::{EncodeError, Tlvs, v1, v2};
+
+/// Which version of the protocol a header arrived in. Both decode to the same [`Header`];
+/// the version is kept so logs and metrics can tell what the load balancer speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// The text format, `PROXY TCP4 ...\r\n`.
+    V1,
+    /// The binary format opening with [`V2_SIGNATURE`](crate::V2_SIGNATURE).
+    V2,
+}
+
+/// What the sender asks the receiver to do with the addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// The connection was opened by the proxy itself (a health check): use the connection's
+    /// real endpoints, ignore any address in the header. v2 only.
+    Local,
+    /// The connection is relayed for a client: the header carries the client's addresses.
+    /// Every v1 header is `Proxy`.
+    Proxy,
+}
+
+/// The transport of the proxied connection (v2 byte 13, low nibble). v1 has only TCP:
+/// `TCP4`/`TCP6` decode as `Stream`, `UNKNOWN` as `Unspec`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Unknown or unsupported (`UNSPEC`).
+    Unspec,
+    /// `SOCK_STREAM`: TCP.
+    Stream,
+    /// `SOCK_DGRAM`: UDP.
+    Datagram,
+}
+
+/// The endpoints carried by a header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addresses {
+    /// No usable address: v2 `AF_UNSPEC`, v1 `UNKNOWN`, and every v2 `LOCAL` header
+    /// (whose address block is skipped, as the spec requires).
+    Unspec,
+    /// An IPv4 or IPv6 source and destination, both of the same family on decode.
+    Inet {
+        /// The client, as seen by the load balancer.
+        source: SocketAddr,
+        /// The address the client connected to (the load balancer's frontend).
+        destination: SocketAddr,
+    },
+    /// `AF_UNIX` socket paths, 108 bytes each exactly as sent (NUL padding included).
+    Unix {
+        /// The sender-side socket path.
+        source: Vec<u8>,
+        /// The receiver-side socket path.
+        destination: Vec<u8>,
+    },
+}
+
+/// A decoded PROXY header, v1 or v2: what the sidecar needs to restore the client address
+/// and, in the `proxy-v1`/`proxy-v2` restore modes, to re-emit a clean header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The version it arrived in.
+    pub version: Version,
+    /// `Local` (health check) or `Proxy` (relayed client).
+    pub command: Command,
+    /// TCP, UDP or unspecified.
+    pub transport: Transport,
+    /// The endpoints; always [`Addresses::Unspec`] for `Local`.
+    pub addresses: Addresses,
+    /// The v2 TLVs in wire order, CRC32c included; always empty for v1.
+    pub tlvs: Tlvs,
+}
+
+impl Header {
+    /// The client address to restore: the source, when the header is a `Proxy` command with
+    /// IP addresses. `None` means "use the connection's own peer address" (LOCAL, UNKNOWN,
+    /// UNSPEC, UNIX).
+    #[must_use]
+    pub fn client(&self) -> Option<SocketAddr> {
+        self.inet().map(|(source, _)| source)
+    }
+
+    /// The address the client originally connected to, under the same conditions as
+    /// [`client`](Self::client); shown to the app by the optional getsockname rewrite.
+    #[must_use]
+    pub fn original_destination(&self) -> Option<SocketAddr> {
+        self.inet().map(|(_, destination)| destination)
+    }
+
+    /// Encodes this header as a v1 line, for apps that parse v1 themselves: `PROXY TCP4 ...`
+    /// or `PROXY TCP6 ...` when [`client`](Self::client) is `Some` (v1 has no UDP, so a
+    /// `Datagram` header is written as TCP), `PROXY UNKNOWN\r\n` otherwise. An IPv4/IPv6 mix
+    /// (only possible in a header built by hand) is written as TCP6 with the IPv4 side
+    /// IPv4-mapped. The result is at most [`V1_MAX_LEN`](crate::V1_MAX_LEN) bytes.
+    #[must_use]
+    pub fn to_v1(&self) -> Vec<u8> {
+        v1::encode(self.inet())
+    }
+
+    /// Encodes this header as v2, for apps that parse v2 themselves. Writes [`tlvs`](Self::tlvs)
+    /// in order except any CRC32c TLV (a stale checksum would be wrong for the new bytes),
+    /// then, when `with_crc32c`, a CRC32c TLV computed over the result. An IPv4/IPv6 mix is
+    /// written as INET6 with the IPv4 side IPv4-mapped; UNIX paths shorter than 108 bytes are
+    /// NUL-padded.
+    ///
+    /// ```
+    /// use trueip_proxy_header::{decode, Addresses, Command, Header, Limits, Tlvs, Transport, Version, kind};
+    ///
+    /// let mut tlvs = Tlvs::default();
+    /// tlvs.push(kind::AUTHORITY, b"example.com".to_vec());
+    /// let header = Header {
+    ///     version: Version::V2,
+    ///     command: Command::Proxy,
+    ///     transport: Transport::Stream,
+    ///     addresses: Addresses::Inet {
+    ///         source: "203.0.113.7:51234".parse().unwrap(),
+    ///         destination: "198.51.100.1:443".parse().unwrap(),
+    ///     },
+    ///     tlvs,
+    /// };
+    /// let wire = header.to_v2(true)?;
+    /// assert_eq!(wire.len(), 16 + 12 + (3 + 11) + (3 + 4));
+    ///
+    /// let (decoded, consumed) = decode(&wire, &Limits::default()).unwrap().expect("complete");
+    /// assert_eq!(consumed, wire.len());
+    /// assert_eq!(decoded.tlvs.authority(), Some("example.com"));
+    /// assert!(decoded.tlvs.crc32c().is_some()); // verified by decode
+    /// # Ok::<(), trueip_proxy_header::EncodeError>(())
+    /// ```
+    pub fn to_v2(&self, with_crc32c: bool) -> Result<Vec<u8>, EncodeError> {
+        v2::encode(self, with_crc32c)
+    }
+
+    /// The source and destination when this header names a relayed IP client.
+    fn inet(&self) -> Option<(SocketAddr, SocketAddr)> {
+        match (self.command, &self.addresses) {
+            (
+                Command::Proxy,
+                Addresses::Inet {
+                    source,
+                    destination,
+                },
+            ) => Some((*source, *destination)),
+            _ => None,
+        }
+    }
+}
+
+/// Brings an IPv4/IPv6 mix (possible only in a hand-built header) to one family, IPv6, by
+/// IPv4-mapping the IPv4 side, so both encoders always write a consistent family.
+pub(crate) fn same_family(source: SocketAddr, destination: SocketAddr) -> (SocketAddr, SocketAddr) {
+    match (source, destination) {
+        (SocketAddr::V4(v4), SocketAddr::V6(_)) => (mapped(v4), destination),
+        (SocketAddr::V6(_), SocketAddr::V4(v4)) => (source, mapped(v4)),
+        _ => (source, destination),
+    }
+}
+
+/// `a.b.c.d:p` as `[::ffff:a.b.c.d]:p`.
+fn mapped(v4: std::net::SocketAddrV4) -> SocketAddr {
+    SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inet(command: Command, source: &str, destination: &str) -> Header {
+        Header {
+            version: Version::V2,
+            command,
+            transport: Transport::Stream,
+            addresses: Addresses::Inet {
+                source: source.parse().unwrap(),
+                destination: destination.parse().unwrap(),
+            },
+            tlvs: Tlvs::default(),
+        }
+    }
+
+    #[test]
+    fn client_only_for_proxy_inet() {
+        let proxy = inet(Command::Proxy, "192.0.2.1:1000", "192.0.2.2:80");
+        assert_eq!(proxy.client(), Some("192.0.2.1:1000".parse().unwrap()));
+        assert_eq!(
+            proxy.original_destination(),
+            Some("192.0.2.2:80".parse().unwrap())
+        );
+        let local = inet(Command::Local, "192.0.2.1:1000", "192.0.2.2:80");
+        assert_eq!(local.client(), None);
+        assert_eq!(local.original_destination(), None);
+        let unix = Header {
+            addresses: Addresses::Unix {
+                source: vec![0; 108],
+                destination: vec![0; 108],
+            },
+            ..proxy
+        };
+        assert_eq!(unix.client(), None);
+    }
+
+    #[test]
+    fn mixed_families_become_ipv6() {
+        let header = inet(Command::Proxy, "192.0.2.1:1000", "[2001:db8::1]:80");
+        assert_eq!(
+            header.to_v1(),
+            b"PROXY TCP6 ::ffff:192.0.2.1 2001:db8::1 1000 80\r\n"
+        );
+        let (source, destination) = same_family(
+            "[2001:db8::1]:80".parse().unwrap(),
+            "192.0.2.1:1000".parse().unwrap(),
+        );
+        assert_eq!(source, "[2001:db8::1]:80".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            destination,
+            "[::ffff:192.0.2.1]:1000".parse::<SocketAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn to_v1_unknown_without_client() {
+        let local = inet(Command::Local, "192.0.2.1:1000", "192.0.2.2:80");
+        assert_eq!(local.to_v1(), b"PROXY UNKNOWN\r\n");
+    }
+}

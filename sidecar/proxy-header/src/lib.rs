@@ -1,0 +1,219 @@
+//! PROXY protocol v1/v2 decoding and encoding, with typed TLVs and CRC32c, for trueip.
+//!
+//! This crate is the one place in trueip that reads and writes PROXY protocol headers
+//! (HAProxy `doc/proxy-protocol.txt`). It does no I/O: the sidecar reads bytes from the load
+//! balancer, calls [`decode`] on everything received so far, and either gets a [`Header`] plus
+//! the number of bytes it occupied, `Ok(None)` ("read more"), or a [`DecodeError`] whose
+//! [`reason`](DecodeError::reason) becomes the log field and metric label.
+//!
+//! ```
+//! use trueip_proxy_header::{decode, Limits};
+//!
+//! let wire = b"PROXY TCP4 203.0.113.7 198.51.100.1 51234 443\r\nGET / HTTP/1.1\r\n";
+//! // Split across two reads: the first half is not enough, and says so.
+//! assert!(decode(&wire[..20], &Limits::default())?.is_none());
+//! let (header, consumed) = decode(wire, &Limits::default())?.expect("complete");
+//! assert_eq!(header.client(), Some("203.0.113.7:51234".parse()?));
+//! assert_eq!(&wire[consumed..], b"GET / HTTP/1.1\r\n");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Guarantees
+//!
+//! * **Fail early.** [`decode`] never answers `Ok(None)` for bytes that can no longer become a
+//!   valid header: a bad v2 version/command nibble fails when byte 13 arrives, a bad family
+//!   byte when byte 14 arrives, an oversize v2 length right after the 16 fixed bytes, a v1
+//!   field as soon as its text cannot be completed into a valid literal, a v1 line with no CR
+//!   in its first 106 bytes (so no CRLF can end within [`V1_MAX_LEN`]) at byte 106.
+//! * **Prefix consistency.** Once a prefix yields a header or an error, every longer buffer
+//!   yields the same header or an error with the same reason.
+//! * **Payload untouched.** `buf[consumed..]` is never read beyond what the header declares.
+//! * **Bounded allocation.** Nothing is allocated for a v2 header before its declared length
+//!   has been checked against [`Limits::max_v2_len`].
+//! * **No panics, no `unsafe`.**
+//!
+//! # How this builds on `ppp`
+//!
+//! The wire work is done by the [`ppp`](https://docs.rs/ppp/2.3) crate where it fits; this
+//! crate wraps it where it falls short and replaces it where it is too lenient:
+//!
+//! | concern | ppp 2.3 | here |
+//! |---|---|---|
+//! | v2 fixed header and address block | `ppp::v2::Header::try_from` | used as is, after the early checks below |
+//! | v2 early rejection | waits for all 16 fixed bytes | bytes 12 and 13 checked as soon as they arrive |
+//! | v2 length cap | none: it waits for any declared length, up to 64 KiB | [`Limits::max_v2_len`], checked right after 16 bytes |
+//! | v2 TLV walk | `ppp::v2::TypeLengthValues`, lazy: errors only surface if the caller iterates; values come out as `Cow`s that cannot be lent from a buffer | own walk, eager: a TLV running past the end is an error; the TLV bytes are kept in one buffer and read in place (one allocation per header instead of one per TLV, see `v2::tlv`) |
+//! | TLVs of AF_UNSPEC headers | `Header::tlvs()` counts the whole UNSPEC payload as address bytes, so LOCAL/UNSPEC TLVs are invisible | TLVs start right after the family's address block (0 bytes for UNSPEC) |
+//! | CRC32c TLV | not checked | verified over the whole header with the field zeroed; computed on encode |
+//! | SSL sub-TLVs, AWS/Azure/GCP TLVs | type numbers only (no AWS/Azure/GCP) | SSL sub-TLVs must tile; typed accessors on [`Tlvs`] |
+//! | "need more bytes" across versions | per version (`PartialResult`); `HeaderResult::parse` guesses v2-then-v1 | [`detect`] by signature, [`decode`] returns `Ok(None)` |
+//! | v1 decode | `ppp::v1::Header::try_from` | **replaced** (see [`v1`]): not incremental, accepts `+80` as a port, requires UTF-8 in the ignored tail of `UNKNOWN` |
+//! | v1 encode | `ppp::v1::Addresses` `Display` | used as is |
+//! | v2 encode | `ppp::v2::Builder` | used as is; the CRC32c TLV is patched in after `build` |
+//!
+//! Measured cost of each part is in the crate's `README.md` (criterion, `benches/decode.rs`).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod error;
+mod header;
+pub mod v1;
+pub mod v2;
+
+pub use error::{DecodeError, EncodeError};
+pub use header::{Addresses, Command, Header, Transport, Version};
+pub use v2::tlv::{RawTlv, Ssl, Tlvs, kind};
+
+/// Longest v1 line the spec allows, CRLF included (`PROXY UNKNOWN` with two maximal IPv6
+/// addresses): a receiver may reject anything longer, and this crate does.
+pub const V1_MAX_LEN: usize = 107;
+
+/// The 12 bytes that open every v2 header. They cannot start a v1 line, an HTTP request or a
+/// TLS record, which is what makes detection by signature safe.
+pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Default cap on a whole v2 header (16 fixed bytes plus the declared length). The format allows
+/// 65 551 bytes; real senders stay far below (HAProxy with every TLV and SSL sub-TLV: a few
+/// hundred), and the sidecar buffers the header before it can judge it, so it is capped.
+pub const DEFAULT_MAX_V2_LEN: usize = 4096;
+
+/// The v1 signature: `PROXY` and the single space that must follow it.
+const V1_SIGNATURE: &[u8] = b"PROXY ";
+
+/// Caller-tunable bounds on what [`decode`] accepts, so untrusted input cannot make the sidecar
+/// buffer more than it is willing to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest whole v2 header accepted, fixed part included. A header declaring more fails
+    /// with `v2_too_long` as soon as its 16 fixed bytes have arrived.
+    pub max_v2_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_v2_len: DEFAULT_MAX_V2_LEN,
+        }
+    }
+}
+
+/// What the first bytes of a connection are, judged only by signature: lets `optional`
+/// listeners decide "PROXY or not" without parsing, and without waiting longer than needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detect {
+    /// Every byte so far matches the start of a signature; more are needed to decide.
+    NeedMore,
+    /// Starts with `PROXY ` (v1).
+    V1,
+    /// Starts with [`V2_SIGNATURE`].
+    V2,
+    /// A byte diverges from both signatures: this connection carries no PROXY header.
+    NotProxy,
+}
+
+/// Classifies `buf` by signature. Answers as soon as the bytes allow: `NotProxy` on the first
+/// byte that matches neither signature (for most protocols, the very first byte), `V1`/`V2` once
+/// a whole signature is there, `NeedMore` while `buf` is a prefix of either (including empty).
+///
+/// ```
+/// use trueip_proxy_header::{detect, Detect};
+///
+/// assert_eq!(detect(b"PRO"), Detect::NeedMore);
+/// assert_eq!(detect(b"PROXY T"), Detect::V1);
+/// assert_eq!(detect(b"GET / HTTP/1.1\r\n"), Detect::NotProxy);
+/// assert_eq!(detect(b"\r\n\r\n\0\r\nQUIT\n\x21"), Detect::V2);
+/// ```
+#[must_use]
+pub fn detect(buf: &[u8]) -> Detect {
+    if buf.starts_with(V1_SIGNATURE) {
+        Detect::V1
+    } else if buf.starts_with(&V2_SIGNATURE) {
+        Detect::V2
+    } else if V1_SIGNATURE.starts_with(buf) || V2_SIGNATURE.starts_with(buf) {
+        Detect::NeedMore
+    } else {
+        Detect::NotProxy
+    }
+}
+
+/// Decodes the PROXY header at the start of `buf`, v1 or v2.
+///
+/// * `Ok(Some((header, consumed)))`: a complete, valid header occupies `buf[..consumed]`;
+///   `buf[consumed..]` is application payload, not inspected.
+/// * `Ok(None)`: `buf` is a strict prefix of what may still become a valid header; call again
+///   with more bytes (the same ones plus what arrived since).
+/// * `Err(_)`: `buf` is not, and can no longer become, a valid header. See the crate docs for
+///   how early each case is caught.
+///
+/// Call it on the whole buffer received so far each time; it keeps no state.
+///
+/// ```
+/// use trueip_proxy_header::{decode, Command, Limits, V2_SIGNATURE};
+///
+/// // A v2 LOCAL header (a load balancer health check), then payload.
+/// let mut wire = V2_SIGNATURE.to_vec();
+/// wire.extend([0x20, 0x00, 0x00, 0x00]);
+/// wire.extend(b"ping");
+/// let (header, consumed) = decode(&wire, &Limits::default())?.expect("complete");
+/// assert_eq!(header.command, Command::Local);
+/// assert_eq!(header.client(), None); // LOCAL: use the connection's own addresses
+/// assert_eq!(&wire[consumed..], b"ping");
+///
+/// // Rejected before the rest arrives: version nibble 1 instead of 2.
+/// let err = decode(&[&V2_SIGNATURE[..], &[0x11]].concat(), &Limits::default()).unwrap_err();
+/// assert_eq!(err.reason(), "v2_bad_version");
+/// # Ok::<(), trueip_proxy_header::DecodeError>(())
+/// ```
+pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Header, usize)>, DecodeError> {
+    match detect(buf) {
+        Detect::NeedMore => Ok(None),
+        Detect::NotProxy => Err(DecodeError::NotProxy),
+        Detect::V1 => Ok(v1::decode(buf)?),
+        Detect::V2 => v2::decode(buf, limits),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_ppp() {
+        assert_eq!(&V2_SIGNATURE[..], ppp::v2::PROTOCOL_PREFIX);
+    }
+
+    #[test]
+    fn detect_decides_on_first_divergent_byte() {
+        assert_eq!(detect(b""), Detect::NeedMore);
+        assert_eq!(detect(b"P"), Detect::NeedMore);
+        assert_eq!(detect(b"\r\n\r\n\0"), Detect::NeedMore);
+        assert_eq!(detect(b"\r\n\r\n\0\r\nQUIT\n"), Detect::V2);
+        assert_eq!(detect(b"PROXY "), Detect::V1);
+        assert_eq!(detect(b"G"), Detect::NotProxy);
+        assert_eq!(detect(b"PROXZ"), Detect::NotProxy);
+        assert_eq!(detect(b"PROXY\r"), Detect::NotProxy);
+        assert_eq!(detect(b"\r\n\r\n\x01"), Detect::NotProxy);
+        assert_eq!(detect(b"\r\nGET"), Detect::NotProxy);
+    }
+
+    #[test]
+    fn decode_not_proxy() {
+        let err = decode(b"SSH-2.0-OpenSSH_9.6\r\n", &Limits::default()).unwrap_err();
+        assert!(matches!(err, DecodeError::NotProxy));
+        assert_eq!(err.reason(), "not_proxy");
+        assert_eq!(decode(b"PROX", &Limits::default()).unwrap(), None);
+    }
+
+    /// Headers cross tokio tasks in the sidecar; `Tlvs` caches its list in a `OnceLock`.
+    #[test]
+    fn header_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Header>();
+        assert_send_sync::<DecodeError>();
+    }
+
+    #[test]
+    fn default_limits() {
+        assert_eq!(Limits::default().max_v2_len, DEFAULT_MAX_V2_LEN);
+    }
+}
