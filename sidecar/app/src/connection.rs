@@ -34,7 +34,12 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
             Ok(d) => d,
             Err(rejection) => {
                 let reason = rejection.reason();
-                warn!(reason, error = %rejection, "connection rejected");
+                if matches!(rejection, detect::Rejection::Empty) {
+                    // Connect-and-close is how TCP health checks probe a port: not worth a warning.
+                    debug!(reason, "connection closed before any byte");
+                } else {
+                    warn!(reason, error = %rejection, "connection rejected");
+                }
                 metrics.rejected(reason);
                 return;
             }

@@ -175,3 +175,16 @@ async fn shutdown_drains_open_connections() {
     );
     assert_eq!(app.conn().await.received, b"in flight");
 }
+
+#[tokio::test]
+async fn tcp_health_check_connect_and_close_is_counted_quietly() {
+    let mut app = App::start(Behaviour::Sink).await;
+    let h = Harness::start(app.addr(), |_| {}).await;
+    drop(util::connect(h.addr).await);
+    assert_eq!(h.settled(1).await.rejected("closed_before_header"), 1);
+    h.logs
+        .wait_for(&["DEBUG", "connection closed before any byte"])
+        .await;
+    assert!(!h.logs.text().contains("WARN"), "{}", h.logs.text());
+    app.assert_no_conn(Duration::from_millis(100)).await;
+}
