@@ -1,0 +1,428 @@
+//! The sidecar's side of the agent protocol: obtains this pod's restore map and writes entries.
+//!
+//! The node agent hands each sidecar, over a Unix socket, the file descriptor of a map that only
+//! its own pod's cgroup hooks read ([`protocol`] describes the exchange). The sidecar then records,
+//! for every loopback connection it opens to the app, which client the connection stands for; the
+//! hooks make the app's `accept()`/`getpeername()` return that client. Holding the descriptor is
+//! all the sidecar needs: no CAP_BPF, and no way to reach another pod's entries.
+//!
+//! The ordering that keeps it race-free is the caller's: bind the loopback socket, [`PodMap::insert`],
+//! then connect; [`PodMap::remove`] once the connection is closed.
+
+pub mod protocol;
+
+use std::{
+    io::{self, IoSliceMut},
+    net::SocketAddr,
+    os::fd::{AsRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+use aya::maps::{HashMap, Map, MapData, MapError};
+use nix::{
+    cmsg_space,
+    sys::{
+        socket::{
+            AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, connect,
+            recvmsg, send, setsockopt, socket, sockopt,
+        },
+        time::TimeVal,
+    },
+};
+use trueip_redirect_common::{ConnKey, RestoreValue};
+
+use crate::protocol::{ErrorCode, ProtocolError, Request, Response};
+
+/// How long [`PodMap::connect`] waits for the agent's answer: the agent answers in milliseconds,
+/// and a sidecar must not hang at startup behind a wedged agent.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `bpf_map_update_elem` on a full hash map.
+const E2BIG: i32 = 7;
+/// `bpf_map_update_elem` on a full map of some other kinds; treated alike.
+const ENOSPC: i32 = 28;
+/// `bpf_map_delete_elem` of a missing key.
+const ENOENT: i32 = 2;
+
+/// This pod's restore map, obtained from the node agent.
+#[derive(Debug)]
+pub struct PodMap {
+    map: Mutex<HashMap<MapData, ConnKey, RestoreValue>>,
+    max_entries: u32,
+}
+
+/// One loopback connection from the sidecar to the app, named as the app's socket will see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopbackConn {
+    /// The upstream address the sidecar connects to (e.g. `127.0.0.1:8080` or `[::1]:8080`): the
+    /// local address of the app's accepted socket.
+    pub app: SocketAddr,
+    /// The sidecar socket's bound local address: the peer of the app's accepted socket.
+    pub sidecar: SocketAddr,
+}
+
+/// What the app should see for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// The client from the PROXY header: what the app's `accept()`/`getpeername()` return.
+    pub client: SocketAddr,
+    /// The destination from the PROXY header: what the app's `getsockname()` returns when the
+    /// agent attaches the getsockname hooks.
+    pub original_dst: Option<SocketAddr>,
+}
+
+/// Why an entry could not be recorded; `Full` is separate because the sidecar's policy for it
+/// (deliver unrestored, or refuse) is configurable.
+#[derive(Debug, thiserror::Error)]
+pub enum InsertError {
+    /// The pod map has no room left (its size is the agent's `--map-max-entries`).
+    #[error("the pod's restore map is full")]
+    Full,
+    /// Anything else.
+    #[error(transparent)]
+    Other(ClientError),
+}
+
+/// Failures talking to the agent or using the map.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The agent's socket could not be reached: the agent is not running here, or its socket is
+    /// not mounted into the pod.
+    #[error("cannot connect to the trueip agent at {}: {source} (is trueip-agent running on this node and its socket mounted?)", socket.display())]
+    Connect {
+        /// The agent's socket path.
+        socket: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Sending the request or receiving the answer failed (including a timeout).
+    #[error("talking to the trueip agent at {}: {source}", socket.display())]
+    Io {
+        /// The agent's socket path.
+        socket: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The agent's answer does not follow the protocol.
+    #[error("the trueip agent at {} answered something unexpected", socket.display())]
+    Protocol {
+        /// The agent's socket path.
+        socket: PathBuf,
+        /// What was wrong with it.
+        #[source]
+        source: ProtocolError,
+    },
+    /// The agent answered `OK` but did not pass exactly one file descriptor.
+    #[error("the trueip agent at {} sent {count} file descriptors instead of one", socket.display())]
+    MissingFd {
+        /// The agent's socket path.
+        socket: PathBuf,
+        /// How many arrived.
+        count: usize,
+    },
+    /// The agent refused to hand out a map.
+    #[error("the trueip agent refused ({code}): {message}")]
+    Refused {
+        /// The agent's reason code.
+        code: ErrorCode,
+        /// The agent's explanation.
+        message: String,
+    },
+    /// A map operation failed (the kernel refused it, or the fd is not the expected map).
+    #[error("{op} on the pod's restore map")]
+    Map {
+        /// What was attempted.
+        op: &'static str,
+        /// Why it failed (boxed: aya's error is large, and callers embed this one in theirs).
+        #[source]
+        source: Box<MapError>,
+    },
+}
+
+// === impl PodMap ===
+
+impl PodMap {
+    /// Connects to the agent's Unix socket and obtains this pod's restore map.
+    ///
+    /// Blocking (a few milliseconds; at most 10 s against a wedged agent); call it once at
+    /// startup and share the result.
+    pub fn connect(socket: &Path) -> Result<Self, ClientError> {
+        let io_err = |source: io::Error| ClientError::Io {
+            socket: socket.to_owned(),
+            source,
+        };
+        let connect_err = |source: nix::Error| ClientError::Connect {
+            socket: socket.to_owned(),
+            source: source.into(),
+        };
+        let fd = socket_fd().map_err(connect_err)?;
+        let addr = UnixAddr::new(socket).map_err(connect_err)?;
+        connect(fd.as_raw_fd(), &addr).map_err(connect_err)?;
+        let timeout = TimeVal::new(AGENT_TIMEOUT.as_secs().cast_signed(), 0);
+        setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(|e| io_err(e.into()))?;
+        setsockopt(&fd, sockopt::SendTimeout, &timeout).map_err(|e| io_err(e.into()))?;
+
+        send(
+            fd.as_raw_fd(),
+            &Request::GetMap.encode(),
+            MsgFlags::MSG_NOSIGNAL,
+        )
+        .map_err(|e| io_err(e.into()))?;
+
+        let mut buf = [0u8; protocol::MAX_MESSAGE_LEN];
+        let mut cmsg = cmsg_space!([std::os::fd::RawFd; 4]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| io_err(e.into()))?;
+        let len = msg.bytes;
+        let truncated = msg
+            .flags
+            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for c in msg.cmsgs().map_err(|e| io_err(e.into()))? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for raw in raw {
+                    // SAFETY: the kernel just installed `raw` in this process for this message
+                    // (SCM_RIGHTS); nothing else owns it, so wrapping it closes it exactly once.
+                    fds.push(unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) });
+                }
+            }
+        }
+        if len == 0 {
+            return Err(io_err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the agent closed the connection without answering",
+            )));
+        }
+        let protocol_err = |source| ClientError::Protocol {
+            socket: socket.to_owned(),
+            source,
+        };
+        if truncated {
+            return Err(protocol_err(ProtocolError::Malformed { len }));
+        }
+        match Response::decode(&buf[..len]).map_err(protocol_err)? {
+            Response::Error { code, message } => Err(ClientError::Refused { code, message }),
+            Response::Map { max_entries } => {
+                let count = fds.len();
+                let (Some(map_fd), true) = (fds.pop(), count == 1) else {
+                    return Err(ClientError::MissingFd {
+                        socket: socket.to_owned(),
+                        count,
+                    });
+                };
+                Self::from_fd(map_fd, max_entries)
+            }
+        }
+    }
+
+    /// Wraps a pod map's fd, checking that it is a hash map of the expected key and value sizes.
+    fn from_fd(fd: OwnedFd, max_entries: u32) -> Result<Self, ClientError> {
+        let map_err = |source| ClientError::Map {
+            op: "opening the fd",
+            source: Box::new(source),
+        };
+        let data = MapData::from_fd(fd).map_err(map_err)?;
+        let map = HashMap::try_from(Map::from_map_data(data).map_err(map_err)?).map_err(map_err)?;
+        Ok(Self {
+            map: Mutex::new(map),
+            max_entries,
+        })
+    }
+
+    /// Records that the loopback connection `conn` carries `restored` (call BEFORE connect()).
+    ///
+    /// An entry left behind for the same connection (a crashed sidecar, a reused port) is
+    /// overwritten, so the app never sees a previous connection's client.
+    pub fn insert(&self, conn: &LoopbackConn, restored: &Restored) -> Result<(), InsertError> {
+        let key = ConnKey::from_socket_addrs(conn.app, conn.sidecar);
+        let value = RestoreValue::new(restored.client, restored.original_dst);
+        // BPF_ANY: create or replace.
+        match self.lock().insert(key, value, 0) {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e).is_some_and(|n| n == E2BIG || n == ENOSPC) => {
+                Err(InsertError::Full)
+            }
+            Err(source) => Err(InsertError::Other(ClientError::Map {
+                op: "inserting an entry",
+                source: Box::new(source),
+            })),
+        }
+    }
+
+    /// Forgets the connection (call when it closes). Forgetting an unknown connection is not an
+    /// error.
+    pub fn remove(&self, conn: &LoopbackConn) -> Result<(), ClientError> {
+        let key = ConnKey::from_socket_addrs(conn.app, conn.sidecar);
+        match self.lock().remove(&key) {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(ENOENT) => Ok(()),
+            Err(source) => Err(ClientError::Map {
+                op: "removing an entry",
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// The capacity of the map (the agent's `--map-max-entries`), for logs and metrics.
+    pub const fn max_entries(&self) -> u32 {
+        self.max_entries
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MapData, ConnKey, RestoreValue>> {
+        // The guarded handle has no state a panicking holder could have left half-updated.
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A `SOCK_SEQPACKET` Unix socket (the agent's socket type).
+fn socket_fd() -> nix::Result<OwnedFd> {
+    socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+}
+
+/// The errno of a failed map syscall.
+fn errno(e: &MapError) -> Option<i32> {
+    match e {
+        MapError::SyscallError(s) => s.io_error.raw_os_error(),
+        MapError::KeyNotFound => Some(ENOENT),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs::File, os::fd::FromRawFd as _, thread::JoinHandle};
+
+    use nix::sys::socket::{Backlog, ControlMessage, accept, bind, listen, recv, sendmsg};
+
+    use super::*;
+
+    /// An agent stand-in at `<dir>/agent.sock` that answers one request with `reply` (and `fd`).
+    fn fake_agent(dir: &Path, reply: &'static [u8], fd: Option<OwnedFd>) -> JoinHandle<Vec<u8>> {
+        let path = dir.join("agent.sock");
+        let listener = socket_fd().unwrap();
+        bind(listener.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+        listen(&listener, Backlog::new(1).unwrap()).unwrap();
+        std::thread::spawn(move || {
+            // SAFETY: accept just returned this descriptor; nothing else owns it.
+            let conn = unsafe { OwnedFd::from_raw_fd(accept(listener.as_raw_fd()).unwrap()) };
+            let mut request = [0u8; 64];
+            let len = recv(conn.as_raw_fd(), &mut request, MsgFlags::empty()).unwrap();
+            let raw = fd.as_ref().map(|f| [f.as_raw_fd()]);
+            let cmsgs: Vec<ControlMessage<'_>> = raw
+                .as_ref()
+                .map(|r| ControlMessage::ScmRights(r))
+                .into_iter()
+                .collect();
+            sendmsg::<()>(
+                conn.as_raw_fd(),
+                &[io::IoSlice::new(reply)],
+                &cmsgs,
+                MsgFlags::empty(),
+                None,
+            )
+            .unwrap();
+            request[..len].to_vec()
+        })
+    }
+
+    fn connect_to(dir: &Path) -> Result<PodMap, ClientError> {
+        PodMap::connect(&dir.join("agent.sock"))
+    }
+
+    #[test]
+    fn missing_agent_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = connect_to(dir.path()).unwrap_err();
+        assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+        assert!(err.to_string().contains("is trueip-agent running"), "{err}");
+    }
+
+    #[test]
+    fn refusals_carry_the_agents_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = fake_agent(
+            dir.path(),
+            b"TRUEIP/1 ERR conflict netns 3 is served to /a\n",
+            None,
+        );
+        let err = connect_to(dir.path()).unwrap_err();
+        assert_eq!(agent.join().unwrap(), Request::GetMap.encode());
+        let ClientError::Refused { code, message } = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(code, ErrorCode::Conflict);
+        assert_eq!(message, "netns 3 is served to /a");
+    }
+
+    #[test]
+    fn an_ok_without_a_map_fd_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = fake_agent(dir.path(), b"TRUEIP/1 OK max_entries=10\n", None);
+        let err = connect_to(dir.path()).unwrap_err();
+        agent.join().unwrap();
+        assert!(
+            matches!(err, ClientError::MissingFd { count: 0, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn an_fd_that_is_not_a_map_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_map: OwnedFd = File::open("/dev/null").unwrap().into();
+        let agent = fake_agent(dir.path(), b"TRUEIP/1 OK max_entries=10\n", Some(not_a_map));
+        let err = connect_to(dir.path()).unwrap_err();
+        agent.join().unwrap();
+        assert!(matches!(err, ClientError::Map { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn garbage_and_other_versions_are_protocol_errors() {
+        for reply in [
+            &b"HTTP/1.1 400 Bad Request\r\n"[..],
+            b"TRUEIP/9 OK max_entries=1\n",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let agent = fake_agent(dir.path(), reply, None);
+            let err = connect_to(dir.path()).unwrap_err();
+            agent.join().unwrap();
+            assert!(matches!(err, ClientError::Protocol { .. }), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn errors_stay_small_enough_to_embed() {
+        // Callers wrap these in their own errors; clippy's result_large_err starts at 128 bytes.
+        assert!(
+            size_of::<ClientError>() <= 64,
+            "{}",
+            size_of::<ClientError>()
+        );
+        assert!(size_of::<InsertError>() <= 64);
+    }
+
+    #[test]
+    fn full_is_told_apart_from_other_failures() {
+        let full = MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_update_elem",
+            io_error: io::Error::from_raw_os_error(E2BIG),
+        });
+        assert_eq!(errno(&full), Some(E2BIG));
+        assert_eq!(errno(&MapError::KeyNotFound), Some(ENOENT));
+    }
+}

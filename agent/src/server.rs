@@ -1,0 +1,240 @@
+//! The Unix socket sidecars ask for their pod's map (protocol: `trueip_agent_client::protocol`).
+//!
+//! Requests are rare (one per sidecar start) and quick, so one thread answers them in turn; a
+//! caller that sends nothing is dropped after [`REQUEST_TIMEOUT`].
+
+use std::{
+    fs,
+    io::{self, IoSlice},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    },
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use nix::sys::{
+    socket::{
+        AddressFamily, Backlog, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, accept4,
+        bind, connect, listen, recv, sendmsg, setsockopt, socket, sockopt,
+    },
+    time::TimeVal,
+};
+use trueip_agent_client::protocol::{self, ErrorCode, ProtocolError, Request, Response};
+
+use crate::{
+    config::PodCgroupMode,
+    identify::{self, IdentifyError},
+    pods::{Registry, ServeError, error_chain},
+    programs::ProgramsError,
+};
+
+/// How long a connected caller has to send its request, and the agent to send the answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ServerError {
+    /// Another process already answers on the socket path.
+    #[error("another agent is already listening on {0}")]
+    InUse(PathBuf),
+    /// A step of setting up the socket failed.
+    #[error("{op} {path}")]
+    Setup {
+        /// What was attempted.
+        op: &'static str,
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Creates the listening socket at `path` with permissions `mode`, replacing a stale socket file
+/// left by a previous agent.
+pub(crate) fn bind_socket(path: &Path, mode: u32) -> Result<OwnedFd, ServerError> {
+    let setup = |op| {
+        move |source: io::Error| ServerError::Setup {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(setup("creating the directory of"))?;
+    }
+    let addr = UnixAddr::new(path).map_err(|e| setup("naming")(e.into()))?;
+    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let probe = seqpacket().map_err(setup("probing"))?;
+        if connect(probe.as_raw_fd(), &addr).is_ok() {
+            return Err(ServerError::InUse(path.to_owned()));
+        }
+        fs::remove_file(path).map_err(setup("removing the stale socket"))?;
+    }
+    let listener = seqpacket().map_err(setup("creating"))?;
+    bind(listener.as_raw_fd(), &addr).map_err(|e| setup("binding")(e.into()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(setup("setting permissions of"))?;
+    listen(&listener, Backlog::new(128).unwrap_or(Backlog::MAXCONN))
+        .map_err(|e| setup("listening on")(e.into()))?;
+    Ok(listener)
+}
+
+/// What answering a request needs.
+#[derive(Debug, Clone)]
+pub(crate) struct Server {
+    /// The pods.
+    pub(crate) registry: Arc<Mutex<Registry>>,
+    /// The cgroup2 mount.
+    pub(crate) cgroup_root: PathBuf,
+    /// How a caller's pod cgroup is found.
+    pub(crate) pod_cgroup: PodCgroupMode,
+}
+
+impl Server {
+    /// Answers requests on `listener` until the process exits.
+    pub(crate) fn run(&self, listener: &OwnedFd) {
+        loop {
+            match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                Ok(raw) => {
+                    // SAFETY: accept4 just returned this new descriptor; nothing else owns it.
+                    let conn = unsafe { OwnedFd::from_raw_fd(raw) };
+                    self.handle(&conn);
+                }
+                Err(nix::Error::EINTR | nix::Error::ECONNABORTED) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "accepting on the agent socket failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// Answers one connection.
+    fn handle(&self, conn: &OwnedFd) {
+        let timeout = TimeVal::new(REQUEST_TIMEOUT.as_secs().cast_signed(), 0);
+        let timeouts = setsockopt(conn, sockopt::ReceiveTimeout, &timeout)
+            .and_then(|()| setsockopt(conn, sockopt::SendTimeout, &timeout));
+        if let Err(e) = timeouts {
+            tracing::warn!(error = %e, "could not set timeouts on a sidecar connection");
+            return;
+        }
+        let mut buf = [0u8; protocol::MAX_MESSAGE_LEN];
+        let len = match recv(conn.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC) {
+            Ok(0) => return,
+            Ok(len) => len,
+            Err(e) => {
+                tracing::warn!(error = %e, "no request from a sidecar connection");
+                return;
+            }
+        };
+        let request = if len > buf.len() {
+            Err(ProtocolError::Malformed { len })
+        } else {
+            Request::decode(&buf[..len])
+        };
+        let result = match request {
+            Ok(Request::GetMap) => self.get_map(conn.as_fd()),
+            Err(e) => {
+                let code = match e {
+                    ProtocolError::Version { .. } => ErrorCode::Version,
+                    _ => ErrorCode::BadRequest,
+                };
+                tracing::warn!(error = %e, "bad request on the agent socket");
+                reply_error(conn.as_fd(), code, &e)
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not answer a sidecar");
+        }
+    }
+
+    /// Identifies the caller and sends it its pod's map, or why not.
+    fn get_map(&self, conn: BorrowedFd<'_>) -> io::Result<()> {
+        let caller = match identify::caller(conn, &self.cgroup_root, self.pod_cgroup) {
+            Ok(caller) => caller,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "could not identify a caller");
+                let code = match e {
+                    IdentifyError::Netns { .. } | IdentifyError::Sockopt { .. } => {
+                        ErrorCode::Internal
+                    }
+                    _ => ErrorCode::Identify,
+                };
+                return reply_error(conn, code, &e);
+            }
+        };
+        let served = self
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .serve(&caller);
+        match served {
+            Ok(served) => {
+                tracing::info!(
+                    pid = caller.pid,
+                    cgroup = %caller.cgroup,
+                    pod = %caller.pod.path.display(),
+                    netns = caller.netns,
+                    max_entries = served.max_entries,
+                    "handed a pod map to a sidecar"
+                );
+                let bytes = Response::Map {
+                    max_entries: served.max_entries,
+                }
+                .encode();
+                send(conn, &bytes, Some(served.map.fd().as_fd()))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %error_chain(&e),
+                    pid = caller.pid,
+                    cgroup = %caller.cgroup,
+                    netns = caller.netns,
+                    "refused a sidecar"
+                );
+                let code = match &e {
+                    ServeError::Conflict { .. } => ErrorCode::Conflict,
+                    ServeError::TooManyPods
+                    | ServeError::Map { .. }
+                    | ServeError::Programs(
+                        ProgramsError::Attach { .. } | ProgramsError::NoLink { .. },
+                    ) => ErrorCode::Kernel,
+                    ServeError::Programs(_) => ErrorCode::Internal,
+                };
+                reply_error(conn, code, &e)
+            }
+        }
+    }
+}
+
+/// Sends an error answer carrying `e` and its sources.
+fn reply_error(conn: BorrowedFd<'_>, code: ErrorCode, e: &dyn std::error::Error) -> io::Result<()> {
+    let message = error_chain(e);
+    send(conn, &Response::Error { code, message }.encode(), None)
+}
+
+/// Sends one message, with `fd` attached (SCM_RIGHTS) if given.
+fn send(conn: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let iov = [IoSlice::new(bytes)];
+    let fds = fd.map(|f| [f.as_raw_fd()]);
+    let cmsgs: Vec<ControlMessage<'_>> = fds
+        .as_ref()
+        .map(|fds| ControlMessage::ScmRights(fds))
+        .into_iter()
+        .collect();
+    sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    Ok(())
+}
+
+fn seqpacket() -> io::Result<OwnedFd> {
+    Ok(socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?)
+}

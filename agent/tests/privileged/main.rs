@@ -1,0 +1,644 @@
+//! Privileged end-to-end tests of the eBPF restore mode: a real agent, real cgroups and network
+//! namespaces, an unmodified TCP server as the app, and a sidecar using `trueip-agent-client`.
+//!
+//! They need root, bpffs at /sys/fs/bpf and cgroup v2; without them every test prints
+//! `SKIPPED: <why>` and counts as skipped, never as passed. This is a `harness = false` test:
+//! this binary is also the app and the sidecar (see `roles`), and it runs the tests one after
+//! the other by itself (they share cgroup and bpffs state), so no `--test-threads` is needed.
+//! Arguments that do not start with `-` filter tests by name; `--list` lists them.
+
+mod roles;
+mod support;
+
+use std::{net::SocketAddr, process::ExitCode, time::Instant};
+
+use anyhow::{Context as _, bail, ensure};
+
+use crate::support::{Agent, Env, Netns, Placement, PodCgroup, Proc, Skip, wait_for};
+
+/// A test gets the environment, or why it is missing (see [`need`]).
+type Test = fn(&Result<Env, String>) -> anyhow::Result<()>;
+
+const TESTS: &[(&str, Test)] = &[
+    ("v4_client_on_a_v4_listener", v4_client_on_a_v4_listener),
+    ("v6_client_on_a_v6_listener", v6_client_on_a_v6_listener),
+    (
+        "v4_client_on_a_dual_stack_listener",
+        v4_client_on_a_dual_stack_listener,
+    ),
+    (
+        "v6_client_cannot_be_shown_to_a_v4_socket",
+        v6_client_cannot_be_shown_to_a_v4_socket,
+    ),
+    (
+        "getsockname_shows_the_original_destination",
+        getsockname_shows_the_original_destination,
+    ),
+    (
+        "removed_entry_shows_the_real_peer_again",
+        removed_entry_shows_the_real_peer_again,
+    ),
+    (
+        "agent_sigkill_and_restart_keep_restoring",
+        agent_sigkill_and_restart_keep_restoring,
+    ),
+    (
+        "two_pods_never_see_each_other",
+        two_pods_never_see_each_other,
+    ),
+    (
+        "shared_netns_is_refused_to_a_second_pod",
+        shared_netns_is_refused_to_a_second_pod,
+    ),
+    ("full_map_is_reported_as_full", full_map_is_reported_as_full),
+    (
+        "unprivileged_sidecar_uses_its_map",
+        unprivileged_sidecar_uses_its_map,
+    ),
+    ("gone_pods_are_swept", gone_pods_are_swept),
+    ("startup_errors_are_clear", startup_errors_are_clear),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some(roles::APP) => return roles::app(&args[2..]),
+        Some(roles::SIDECAR) => return roles::sidecar(&args[2..]),
+        _ => {}
+    }
+    let exact = args.iter().any(|a| a == "--exact");
+    let filters: Vec<&str> = args[1..]
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .map(String::as_str)
+        .collect();
+    let selected: Vec<&(&str, Test)> = TESTS
+        .iter()
+        .filter(|(name, _)| {
+            filters.is_empty()
+                || filters.iter().any(|f| {
+                    let full = format!("privileged::{name}");
+                    if exact {
+                        *f == *name || *f == full
+                    } else {
+                        full.contains(f)
+                    }
+                })
+        })
+        .collect();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in &selected {
+            eprintln!("privileged::{name}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+
+    let env = Env::detect();
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    eprintln!("\nrunning {} privileged tests", selected.len());
+    for (name, test) in selected {
+        let started = Instant::now();
+        let outcome = test(&env);
+        match outcome {
+            Ok(()) => {
+                passed += 1;
+                eprintln!("test privileged::{name} ... ok ({:.1?})", started.elapsed());
+            }
+            Err(e) => match e.downcast_ref::<Skip>() {
+                Some(Skip(why)) => {
+                    skipped += 1;
+                    eprintln!("test privileged::{name} ... SKIPPED: {why}");
+                }
+                None => {
+                    failed += 1;
+                    eprintln!("test privileged::{name} ... FAILED\n{e:#}\n");
+                }
+            },
+        }
+    }
+    let verdict = if failed == 0 { "ok" } else { "FAILED" };
+    eprintln!("\ntest result: {verdict}. {passed} passed; {failed} failed; {skipped} skipped\n");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+// === helpers ===
+
+/// The environment, or a [`Skip`] saying what is missing.
+fn need(env: &Result<Env, String>) -> anyhow::Result<&Env> {
+    env.as_ref().map_err(|why| Skip(why.clone()).into())
+}
+
+/// A pod: its cgroups and, optionally, its own network namespace.
+struct Pod {
+    // Dropped after the processes that use them (callers declare processes later).
+    cgroup: PodCgroup,
+    netns: Option<Netns>,
+}
+
+/// An app process and the address it listens on.
+struct App {
+    _proc: Proc,
+    addr: SocketAddr,
+}
+
+impl Pod {
+    fn new(env: &Env, own_netns: bool) -> anyhow::Result<Self> {
+        let netns = own_netns.then(Netns::create).transpose()?;
+        Ok(Self {
+            cgroup: PodCgroup::create(env)?,
+            netns,
+        })
+    }
+
+    /// Starts an app listening on `listen` in the pod's app cgroup.
+    fn app(&self, listen: &str) -> anyhow::Result<App> {
+        let place = Placement {
+            cgroup: Some(&self.cgroup.app()),
+            netns: self.netns.as_ref(),
+            uid: None,
+        };
+        let mut proc = Proc::spawn(roles::APP, &[listen], &place)?;
+        let line = proc.line()?;
+        let addr = line
+            .strip_prefix("LISTENING ")
+            .with_context(|| format!("app said {line:?}"))?
+            .parse()?;
+        Ok(App { _proc: proc, addr })
+    }
+
+    /// Starts a sidecar in the pod's sidecar cgroup; returns it with its first line.
+    fn sidecar(&self, agent: &Agent, uid: Option<u32>) -> anyhow::Result<(Proc, String)> {
+        let place = Placement {
+            cgroup: Some(&self.cgroup.sidecar()),
+            netns: self.netns.as_ref(),
+            uid,
+        };
+        let socket = agent.socket.to_str().context("socket path")?;
+        let mut proc = Proc::spawn(roles::SIDECAR, &[socket], &place)?;
+        let first = proc.line()?;
+        Ok((proc, first))
+    }
+
+    /// Starts a sidecar that must obtain its map.
+    fn ready_sidecar(&self, agent: &Agent) -> anyhow::Result<Proc> {
+        let (proc, first) = self.sidecar(agent, None)?;
+        ensure!(
+            first.starts_with("ready "),
+            "sidecar: {first}\nagent log:\n{}",
+            agent.log()
+        );
+        Ok(proc)
+    }
+}
+
+/// What the app saw for one connection.
+#[derive(Debug)]
+struct Seen {
+    accept: String,
+    peer: String,
+    local: String,
+}
+
+fn parse_seen(line: &str) -> anyhow::Result<Seen> {
+    let mut accept = None;
+    let mut peer = None;
+    let mut local = None;
+    for word in line.split_whitespace() {
+        match word.split_once('=') {
+            Some(("accept", v)) => accept = Some(v.to_owned()),
+            Some(("peer", v)) => peer = Some(v.to_owned()),
+            Some(("local", v)) => local = Some(v.to_owned()),
+            _ => bail!("unexpected answer from the app: {line:?}"),
+        }
+    }
+    match (accept, peer, local) {
+        (Some(accept), Some(peer), Some(local)) => Ok(Seen {
+            accept,
+            peer,
+            local,
+        }),
+        _ => bail!("incomplete answer from the app: {line:?}"),
+    }
+}
+
+/// Opens connection `id` from the sidecar to `app` (entry for `client`/`dst` unless `-`), and
+/// returns the sidecar's address, the insert status and what the app saw.
+fn open(
+    sidecar: &mut Proc,
+    id: &str,
+    app: SocketAddr,
+    client: &str,
+    dst: &str,
+    bind: Option<&str>,
+) -> anyhow::Result<(String, String, Seen)> {
+    let line = sidecar.cmd(&format!(
+        "open {id} {app} {client} {dst} {}",
+        bind.unwrap_or("")
+    ))?;
+    let mut words = line.split_whitespace();
+    let (Some("ok"), Some(addr), Some(status)) = (words.next(), words.next(), words.next()) else {
+        bail!("open {id}: sidecar said {line:?}");
+    };
+    let seen = ask(sidecar, id)?;
+    Ok((addr.to_owned(), status.to_owned(), seen))
+}
+
+fn ask(sidecar: &mut Proc, id: &str) -> anyhow::Result<Seen> {
+    parse_seen(&sidecar.cmd(&format!("ask {id}"))?)
+}
+
+/// The app's address as the sidecar connects to it (a wildcard listener via loopback).
+fn via(addr: SocketAddr, ip: &str) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("ip"), addr.port())
+}
+
+fn expect_seen(seen: &Seen, peer: &str, local: &str) -> anyhow::Result<()> {
+    ensure!(
+        seen.accept == peer,
+        "accept() returned {}, expected {peer} ({seen:?})",
+        seen.accept
+    );
+    ensure!(
+        seen.peer == peer,
+        "getpeername() returned {}, expected {peer} ({seen:?})",
+        seen.peer
+    );
+    ensure!(
+        seen.local == local,
+        "getsockname() returned {}, expected {local} ({seen:?})",
+        seen.local
+    );
+    Ok(())
+}
+
+// === tests ===
+
+fn v4_client_on_a_v4_listener(env: &Result<Env, String>) -> anyhow::Result<()> {
+    let env = need(env)?;
+    let agent = Agent::start(&[])?;
+    let pod = Pod::new(env, false)?;
+    let app = pod.app("127.0.0.1:0")?;
+    let mut sidecar = pod.ready_sidecar(&agent)?;
+
+    let (_, status, seen) = open(
+        &mut sidecar,
+        "1",
+        app.addr,
+        "203.0.113.7:51234",
+        "198.51.100.1:443",
+        None,
+    )?;
+    ensure!(status == "restored", "insert: {status}");
+    // getsockname is not attached by default: the app keeps its own address.
+    expect_seen(&seen, "203.0.113.7:51234", &app.addr.to_string())?;
+
+    // Without an entry the app sees the real loopback peer.
+    let (sidecar_addr, status, seen) = open(&mut sidecar, "2", app.addr, "-", "-", None)?;
+    ensure!(status == "none");
+    expect_seen(&seen, &sidecar_addr, &app.addr.to_string())
+}
+
+fn v6_client_on_a_v6_listener(env: &Result<Env, String>) -> anyhow::Result<()> {
+    let env = need(env)?;
+    let agent = Agent::start(&[])?;
+    let pod = Pod::new(env, false)?;
+    let app = pod.app("[::1]:0")?;
+    let mut sidecar = pod.ready_sidecar(&agent)?;
+
+    let (_, _, seen) = open(
+        &mut sidecar,
+        "1",
+        app.addr,
+        "[2001:db8::7]:40000",
+        "[2001:db8::1]:443",
+        None,
+    )?;
+    expect_seen(&seen, "[2001:db8::7]:40000", &app.addr.to_string())?;
+    // A v4 client over a v6 loopback connection is shown v4-mapped.
+    let (_, _, seen) = open(&mut sidecar, "2", app.addr, "203.0.113.9:1000", "-", None)?;
+    expect_seen(&seen, "[::ffff:203.0.113.9]:1000", &app.addr.to_string())?;
+    let (sidecar_addr, _, seen) = open(&mut sidecar, "3", app.addr, "-", "-", None)?;
+    expect_seen(&seen, &sidecar_addr, &app.addr.to_string())
+}
+
+fn v4_client_on_a_dual_stack_listener(env: &Result<Env, String>) -> anyhow::Result<()> {
+    let env = need(env)?;
+    let agent = Agent::start(&[])?;
+    let pod = Pod::new(env, false)?;
+    let app = pod.app("[::]:0")?;
+    let mut sidecar = pod.ready_sidecar(&agent)?;
+    let to = via(app.addr, "127.0.0.1");
+    let local = format!("[::ffff:127.0.0.1]:{}", app.addr.port());
+
+    // The accepted socket is AF_INET6 with v4-mapped addresses: getpeername6 runs, and the single
+    // entry the sidecar wrote for 127.0.0.1 matches.
+    let (_, _, seen) = open(&mut sidecar, "1", to, "203.0.113.7:51234", "-", None)?;
+    expect_seen(&seen, "[::ffff:203.0.113.7]:51234", &local)?;
+    let (_, _, seen) = open(&mut sidecar, "2", to, "[2001:db8::7]:5", "-", None)?;
+    expect_seen(&seen, "[2001:db8::7]:5", &local)?;
+    let (sidecar_addr, _, seen) = open(&mut sidecar, "3", to, "-", "-", None)?;
+    let real: SocketAddr = sidecar_addr.parse()?;
+    expect_seen(
+        &seen,
+        &format!("[::ffff:{}]:{}", real.ip(), real.port()),
+        &local,
+    )
+}
+
+fn v6_client_cannot_be_shown_to_a_v4_socket(env: &Result<Env, String>) -> anyhow::Result<()> {
+    let env = need(env)?;
+    let agent = Agent::start(&[])?;
+    let pod = Pod::new(env, false)?;
+    let app = pod.app("127.0.0.1:0")?;
+    let mut sidecar = pod.ready_sidecar(&agent)?;
+    // An AF_INET socket cannot hold an IPv6 address: the app sees the real peer, nothing bogus.
+    let (sidecar_addr, status, seen) =
+        open(&mut sidecar, "1", app.addr, "[2001:db8::7]:1", "-", None)?;
+    ensure!(status == "restored");
+    expect_seen(&seen, &sidecar_addr, &app.addr.to_string())
+}
+
+fn getsockname_shows_the_original_destination(env: &Result<Env, String>) -> anyhow::Result<()> {
+    let env = need(env)?;
+    let agent = Agent::start(&["--getsockname"])?;
+    let pod = Pod::new(env, false)?;
+    let v4 = pod.app("127.0.0.1:0")?;
+    let dual = pod.app("[::]:0")?;
+    let mut sidecar = pod.ready_sidecar(&agent)?;
+
+    let (_, _, seen) = open(
+        &mut sidecar,
+        "1",
+        v4.addr,
+        "203.0.113.7:51234",
+        "198.51.100.1:443",
+        None,
+    )?;
+    expect_seen(&seen, "203.0.113.7:51234", "198.51.100.1:443")?;
+    let to = via(dual.addr, "127.0.0.1");
+    let (_, _, seen) = open(
+        &mut sidecar,
+        "2",
+        to,
+        "203.0.113.7:51235",
+        "198.51.100.1:443",
+        None,
+    )?;
+    expect_seen(
+        &seen,
+        "[::ffff:203.0.113.7]:51235",
+        "[::ffff:198.51.100.1]:443",
+    )?;
+    // No destination in the entry: the app keeps its own address.
+    let (_, _, seen) = open(&mut sidecar, "3", v4.addr, "203.0.113.7:51236", "-", None)?;
+    expect_seen(&seen, "203.0.113.7:51236", &v4.addr.to_string())
+}
+
+fn removed_entry_shows_the_real_peer_again(env: &Result<Env, String>) -> anyhow::Result<()> {
+    let env = need(env)?;
+    let agent = Agent::start(&[])?;
+    let pod = Pod::new(env, false)?;
+    let app = pod.app("127.0.0.1:0")?;
+    let mut sidecar = pod.ready_sidecar(&agent)?;
+    let (sidecar_addr, _, seen) = open(&mut sidecar, "1", app.addr, "203.0.113.7:1", "-", None)?;
+    expect_seen(&seen, "203.0.113.7:1", &app.addr.to_string())?;
+    ensure!(sidecar.cmd("forget 1")? == "ok");
+    // getpeername() is asked afresh on the same connection (accept's answer is history).
+    let seen = ask(&mut sidecar, "1")?;
+    ensure!(seen.peer == sidecar_addr, "after remove: {seen:?}");
+    ensure!(
+        sidecar.cmd("close 1")? == "ok",
+        "removing twice is not an error"
+    );
+    Ok(())
+}
+
+fn agent_sigkill_and_restart_keep_restoring(env: &Result<Env, String>) -> anyhow::Result<()> {
+    let env = need(env)?;
+    let mut agent = Agent::start(&[])?;
+    let pod = Pod::new(env, false)?;
+    let app = pod.app("127.0.0.1:0")?;
+    let mut sidecar = pod.ready_sidecar(&agent)?;
+    let local = app.addr.to_string();
+    let (_, _, seen) = open(&mut sidecar, "1", app.addr, "203.0.113.7:51234", "-", None)?;
+    expect_seen(&seen, "203.0.113.7:51234", &local)?;
+
+    agent.kill()?;
+    // Nothing was detached: the open connection still shows the client, and the sidecar (which
+    // holds its map's fd) restores new connections while no agent runs.
+    ensure!(
+        ask(&mut sidecar, "1")?.peer == "203.0.113.7:51234",
+        "after SIGKILL"
+    );
+    let (_, _, seen) = open(&mut sidecar, "2", app.addr, "203.0.113.8:2", "-", None)?;
+    expect_seen(&seen, "203.0.113.8:2", &local)?;
+
+    agent.restart()?;
+    ensure!(
+        agent.log().contains("re-found pod")
+            && agent.log().contains("moved to this agent's program"),
+        "the restarted agent did not re-find the pod and take its hooks over:\n{}",
+        agent.log()
+    );
+    ensure!(
+        ask(&mut sidecar, "1")?.peer == "203.0.113.7:51234",
+        "after restart"
+    );
+    let (_, _, seen) = open(&mut sidecar, "3", app.addr, "203.0.113.9:3", "-", None)?;
+    expect_seen(&seen, "203.0.113.9:3", &local)?;
+    // A sidecar started after the restart gets the same pod's map: its entries work, and the
+    // connections of the first sidecar are still restored.
+    let mut second = pod.ready_sidecar(&agent)?;
+    let (_, _, seen) = open(&mut second, "1", app.addr, "203.0.113.10:4", "-", None)?;
+    expect_seen(&seen, "203.0.113.10:4", &local)?;
+    ensure!(
+        ask(&mut sidecar, "2")?.peer == "203.0.113.8:2",
+        "first sidecar after a second one"
+    );
+    Ok(())
+}
+
+fn two_pods_never_see_each_other(env: &Result<Env, String>) -> anyhow::Result<()> {
+    let env = need(env)?;
+    let agent = Agent::start(&[])?;
+    let a = Pod::new(env, true)?;
+    let b = Pod::new(env, true)?;
+    // Same app address in both pods, and the sidecars bind the same ports: identical 4-tuples
+    // in two namespaces.
+    let app_a = a.app("127.0.0.1:8080")?;
+    let app_b = b.app("127.0.0.1:8080")?;
+    let mut sidecar_a = a.ready_sidecar(&agent)?;
+    let mut sidecar_b = b.ready_sidecar(&agent)?;
+    let local = "127.0.0.1:8080";
+
+    let (_, _, seen) = open(
+        &mut sidecar_a,
+        "1",
+        app_a.addr,
+        "203.0.113.1:1111",
+        "-",
+        Some("127.0.0.1:40001"),
+    )?;
+    expect_seen(&seen, "203.0.113.1:1111", local)?;
+    let (_, _, seen) = open(
+        &mut sidecar_b,
+        "1",
+        app_b.addr,
+        "-",
+        "-",
+        Some("127.0.0.1:40001"),
+    )?;
+    expect_seen(&seen, "127.0.0.1:40001", local)?;
+
+    let (_, _, seen) = open(
+        &mut sidecar_b,
+        "2",
+        app_b.addr,
+        "203.0.113.2:2222",
+        "-",
+        Some("127.0.0.1:40002"),
+    )?;
+    expect_seen(&seen, "203.0.113.2:2222", local)?;
+    let (_, _, seen) = open(
+        &mut sidecar_a,
+        "2",
+        app_a.addr,
+        "-",
+        "-",
+        Some("127.0.0.1:40002"),
+    )?;
+    expect_seen(&seen, "127.0.0.1:40002", local)?;
+    // And the first connections still show their own pod's client.
+    ensure!(ask(&mut sidecar_a, "1")?.peer == "203.0.113.1:1111");
+    ensure!(ask(&mut sidecar_b, "2")?.peer == "203.0.113.2:2222");
+    Ok(())
+}
+
+fn shared_netns_is_refused_to_a_second_pod(env: &Result<Env, String>) -> anyhow::Result<()> {
+    let env = need(env)?;
+    let agent = Agent::start(&[])?;
+    let a = Pod::new(env, false)?;
+    let b = Pod::new(env, false)?;
+    let _first = a.ready_sidecar(&agent)?;
+    // Pod b shares the network namespace (like host-network pods): handing it a map would let
+    // pod a's hooks read pod b's entries, or the other way round.
+    let (_second, answer) = b.sidecar(&agent, None)?;
+    ensure!(
+        answer.starts_with("error ") && answer.contains("refused (conflict)"),
+        "second pod in the same netns: {answer}"
+    );
+    Ok(())
+}
+
+fn full_map_is_reported_as_full(env: &Result<Env, String>) -> anyhow::Result<()> {
+    let env = need(env)?;
+    let agent = Agent::start(&["--map-max-entries", "2"])?;
+    let pod = Pod::new(env, false)?;
+    let app = pod.app("127.0.0.1:0")?;
+    let (mut sidecar, first) = pod.sidecar(&agent, None)?;
+    ensure!(first == "ready 2", "sidecar: {first}");
+    for (id, client) in [("1", "203.0.113.1:1"), ("2", "203.0.113.2:2")] {
+        let (_, status, _) = open(&mut sidecar, id, app.addr, client, "-", None)?;
+        ensure!(status == "restored", "{id}: {status}");
+    }
+    // The third insert fails as Full; the connection is delivered unrestored.
+    let (sidecar_addr, status, seen) =
+        open(&mut sidecar, "3", app.addr, "203.0.113.3:3", "-", None)?;
+    ensure!(status == "full", "third insert: {status}");
+    ensure!(seen.peer == sidecar_addr);
+    // Room again once a connection is gone.
+    ensure!(sidecar.cmd("close 1")? == "ok");
+    let (_, status, _) = open(&mut sidecar, "4", app.addr, "203.0.113.4:4", "-", None)?;
+    ensure!(status == "restored", "after a removal: {status}");
+    Ok(())
+}
+
+fn unprivileged_sidecar_uses_its_map(env: &Result<Env, String>) -> anyhow::Result<()> {
+    let env = need(env)?;
+    let agent = Agent::start(&[])?;
+    let pod = Pod::new(env, false)?;
+    let app = pod.app("127.0.0.1:0")?;
+    // nobody: no CAP_BPF, no capabilities at all; only the fd the agent passed.
+    let (mut sidecar, first) = pod.sidecar(&agent, Some(65534))?;
+    ensure!(
+        first.starts_with("ready "),
+        "unprivileged sidecar: {first}\n{}",
+        agent.log()
+    );
+    let (_, status, seen) = open(&mut sidecar, "1", app.addr, "203.0.113.7:51234", "-", None)?;
+    ensure!(status == "restored", "unprivileged insert: {status}");
+    expect_seen(&seen, "203.0.113.7:51234", &app.addr.to_string())?;
+    ensure!(sidecar.cmd("close 1")? == "ok");
+    Ok(())
+}
+
+fn gone_pods_are_swept(env: &Result<Env, String>) -> anyhow::Result<()> {
+    let env = need(env)?;
+    let agent = Agent::start(&["--sweep-interval", "1s"])?;
+    let pod = Pod::new(env, false)?;
+    let pins = {
+        let sidecar = pod.ready_sidecar(&agent)?;
+        let pods_dir = agent.bpffs_dir.join("pods");
+        let pins: Vec<_> = std::fs::read_dir(&pods_dir)?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        ensure!(pins.len() == 1, "pins after serving one pod: {pins:?}");
+        drop(sidecar);
+        pins
+    };
+    pod.cgroup.remove()?;
+    wait_for("the sweep to remove the gone pod's pins", || {
+        (!pins[0].exists()).then_some(())
+    })
+    .with_context(|| agent.log())?;
+    ensure!(agent.log().contains("removing pod"), "{}", agent.log());
+    Ok(())
+}
+
+fn startup_errors_are_clear(env: &Result<Env, String>) -> anyhow::Result<()> {
+    if env.is_err() && !nix::unistd::geteuid().is_root() {
+        // Without root the agent must say so, before anything else.
+        let out = std::process::Command::new(support::AGENT_BIN).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && stderr.contains("must run as root"),
+            "{stderr}"
+        );
+        return Ok(());
+    }
+    need(env)?;
+    let tmp = tempfile::tempdir()?;
+    let not_bpffs = tmp.path().join("pins");
+    let out = std::process::Command::new(support::AGENT_BIN)
+        .arg("--bpffs-dir")
+        .arg(&not_bpffs)
+        .arg("--socket")
+        .arg(tmp.path().join("agent.sock"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "the agent started on a non-bpffs directory"
+    );
+    ensure!(
+        stderr.contains("not on a BPF filesystem") && stderr.contains("mount -t bpf"),
+        "{stderr}"
+    );
+    ensure!(!stderr.contains("panicked"), "{stderr}");
+
+    let out = std::process::Command::new(support::AGENT_BIN)
+        .args(["--cgroup-root"])
+        .arg(tmp.path())
+        .arg("--bpffs-dir")
+        .arg(tmp.path().join("never-created"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success());
+    ensure!(stderr.contains("no cgroup v2 filesystem"), "{stderr}");
+    Ok(())
+}

@@ -1,0 +1,370 @@
+//! Map keys and values shared between trueip's eBPF programs and user space.
+//!
+//! The restore map answers one question for the cgroup `getpeername`/`getsockname` hooks: "this
+//! socket of the app is the far end of a sidecar's loopback connection — which client (and which
+//! original destination) does it stand for?". The key is the app-side view of that connection
+//! ([`ConnKey`]), the value what the app should see instead ([`RestoreValue`]).
+//!
+//! Both sides must agree on byte orders, and IPv4 must look the same whether the app's socket is
+//! `AF_INET` or a dual-stack `AF_INET6` one (where the kernel stores `::ffff:a.b.c.d`). Every
+//! address is therefore kept in one form, [`Endpoint`]: sixteen bytes in network byte order, IPv4
+//! as its v4-mapped IPv6 form, the port in host byte order, and a family derived from the address.
+//! The constructors are the only way to build one, so the two sides cannot disagree.
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+
+/// Name of the outer map (hash of maps: netns cookie → the pod's [`ConnKey`] → [`RestoreValue`]
+/// map) in the eBPF object; the agent pins it under this name.
+pub const RESTORE_MAP: &str = "TRUEIP_RESTORE";
+
+/// Capacity of the outer map compiled into the eBPF object: how many pods (network namespaces)
+/// one node can serve. The agent may override it when it creates the map.
+pub const MAX_PODS: u32 = 1024;
+
+/// `max_entries` of the inner-map template compiled into the eBPF object. The kernel does not
+/// compare `max_entries` of hash maps placed in a hash of maps, so each pod's map may have its own
+/// size ([`POD_MAP_DEFAULT_ENTRIES`] unless configured).
+pub const POD_MAP_TEMPLATE_ENTRIES: u32 = 1024;
+
+/// Default capacity of one pod's map: one entry per live restored connection.
+pub const POD_MAP_DEFAULT_ENTRIES: u32 = 16384;
+
+/// Map flags of every pod map (`BPF_F_NO_PREALLOC`). They must be identical on the inner-map
+/// template and on each map the agent creates, or the kernel refuses the insertion into the outer
+/// map; not preallocating keeps idle pods cheap.
+pub const POD_MAP_FLAGS: u32 = 1;
+
+/// `AF_INET`, as stored in [`Endpoint::family`].
+pub const AF_INET: u16 = 2;
+
+/// `AF_INET6`, as stored in [`Endpoint::family`].
+pub const AF_INET6: u16 = 10;
+
+/// [`RestoreValue::flags`] bit: [`RestoreValue::original_dst`] is set (the PROXY header named a
+/// destination); without it the getsockname hooks leave the app's local address alone.
+pub const FLAG_ORIGINAL_DST: u32 = 1;
+
+/// The third 32-bit word of a v4-mapped IPv6 address (`::ffff:0:0/96`), as it sits in memory.
+const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// One side of a connection in the single form both sides of the map use.
+///
+/// `addr` holds the 16 address bytes in network byte order as four native-endian words (the way
+/// `struct bpf_sock` and `struct bpf_sock_addr` expose them), IPv4 as `::ffff:a.b.c.d`; `port` is
+/// in host byte order; `family` is [`AF_INET`] exactly when `addr` is v4-mapped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    addr: [u32; 4],
+    port: u16,
+    family: u16,
+}
+
+/// An address in the form the kernel's `struct bpf_sock_addr` takes for `AF_INET` sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserAddr4 {
+    /// `user_ip4`: the address, network byte order.
+    pub ip4: u32,
+    /// `user_port`: the port, network byte order in the low 16 bits.
+    pub port: u32,
+}
+
+/// An address in the form the kernel's `struct bpf_sock_addr` takes for `AF_INET6` sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserAddr6 {
+    /// `user_ip6`: the address, network byte order.
+    pub ip6: [u32; 4],
+    /// `user_port`: the port, network byte order in the low 16 bits.
+    pub port: u32,
+}
+
+impl Endpoint {
+    /// An IPv4 endpoint from an address word in network byte order (`bpf_sock::src_ip4`) and a
+    /// port in host byte order.
+    #[inline(always)]
+    pub const fn v4(ip4: u32, port: u16) -> Self {
+        Self {
+            addr: [0, 0, V4_MAPPED_WORD, ip4],
+            port,
+            family: AF_INET,
+        }
+    }
+
+    /// An endpoint from IPv6 address words in network byte order (`bpf_sock::src_ip6`) and a port
+    /// in host byte order. A v4-mapped address (an IPv4 peer of a dual-stack socket) becomes the
+    /// IPv4 endpoint it stands for.
+    #[inline(always)]
+    pub const fn v6(ip6: [u32; 4], port: u16) -> Self {
+        let family = if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == V4_MAPPED_WORD {
+            AF_INET
+        } else {
+            AF_INET6
+        };
+        Self {
+            addr: ip6,
+            port,
+            family,
+        }
+    }
+
+    /// The endpoint of a socket address, IPv4 and v4-mapped IPv6 alike.
+    pub fn from_socket_addr(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(a) => Self::v4(u32::from_ne_bytes(a.ip().octets()), a.port()),
+            SocketAddr::V6(a) => {
+                let o = a.ip().octets();
+                let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+                Self::v6([word(0), word(4), word(8), word(12)], a.port())
+            }
+        }
+    }
+
+    /// The socket address this endpoint stands for (IPv4 for v4-mapped ones).
+    pub fn to_socket_addr(self) -> SocketAddr {
+        if self.family == AF_INET {
+            SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::from(self.addr[3].to_ne_bytes())),
+                self.port,
+            )
+        } else {
+            let mut octets = [0; 16];
+            for (chunk, word) in octets.chunks_exact_mut(4).zip(self.addr) {
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(octets), self.port, 0, 0))
+        }
+    }
+
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub const fn family(&self) -> u16 {
+        self.family
+    }
+
+    /// What an `AF_INET` socket's hook writes, or `None` for an IPv6 endpoint, which an IPv4
+    /// socket cannot show.
+    #[inline(always)]
+    pub const fn user_addr4(&self) -> Option<UserAddr4> {
+        if self.family == AF_INET {
+            Some(UserAddr4 {
+                ip4: self.addr[3],
+                port: self.user_port(),
+            })
+        } else {
+            None
+        }
+    }
+
+    /// What an `AF_INET6` socket's hook writes: IPv4 endpoints as `::ffff:a.b.c.d`, as the kernel
+    /// itself reports IPv4 peers of dual-stack sockets.
+    #[inline(always)]
+    pub const fn user_addr6(&self) -> UserAddr6 {
+        UserAddr6 {
+            ip6: self.addr,
+            port: self.user_port(),
+        }
+    }
+
+    #[inline(always)]
+    const fn user_port(&self) -> u32 {
+        self.port.to_be() as u32
+    }
+}
+
+/// Key of a pod map: the app's accepted socket of one sidecar → app loopback connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// The app socket's local address: the upstream the sidecar connected to.
+    pub app: Endpoint,
+    /// The app socket's peer: the sidecar's bound loopback address.
+    pub peer: Endpoint,
+}
+
+impl ConnKey {
+    /// The key of the connection between the app's `app` address and the sidecar's `sidecar` one.
+    pub fn from_socket_addrs(app: SocketAddr, sidecar: SocketAddr) -> Self {
+        Self {
+            app: Endpoint::from_socket_addr(app),
+            peer: Endpoint::from_socket_addr(sidecar),
+        }
+    }
+}
+
+/// Value of a pod map: what the app should see for the connection named by the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RestoreValue {
+    /// The client named by the PROXY header: what `accept()`/`getpeername()` return.
+    pub client: Endpoint,
+    /// The destination named by the PROXY header: what `getsockname()` returns when the agent
+    /// attaches the getsockname hooks. Meaningful only with [`FLAG_ORIGINAL_DST`].
+    pub original_dst: Endpoint,
+    /// [`FLAG_ORIGINAL_DST`] or 0 (a `u32`, not a `bool`, so the type has no padding).
+    pub flags: u32,
+}
+
+impl RestoreValue {
+    /// The value restoring `client` and, if known, `original_dst`.
+    pub fn new(client: SocketAddr, original_dst: Option<SocketAddr>) -> Self {
+        match original_dst {
+            Some(dst) => Self {
+                client: Endpoint::from_socket_addr(client),
+                original_dst: Endpoint::from_socket_addr(dst),
+                flags: FLAG_ORIGINAL_DST,
+            },
+            None => Self {
+                client: Endpoint::from_socket_addr(client),
+                original_dst: Endpoint::v6([0; 4], 0),
+                flags: 0,
+            },
+        }
+    }
+
+    /// The original destination, if the entry carries one.
+    #[inline(always)]
+    pub const fn original_dst(&self) -> Option<Endpoint> {
+        if self.flags & FLAG_ORIGINAL_DST != 0 {
+            Some(self.original_dst)
+        } else {
+            None
+        }
+    }
+}
+
+// SAFETY: `#[repr(C)]`, `Copy`, fixed-width integer fields whose sizes add up to the size of the
+// type (asserted below), so there is no padding and every bit pattern is valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Endpoint {}
+// SAFETY: as for `Endpoint`: two `Endpoint`s, no padding.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ConnKey {}
+// SAFETY: as for `Endpoint`: two `Endpoint`s and a `u32`, no padding.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for RestoreValue {}
+
+const _: () = assert!(size_of::<Endpoint>() == 16 + 2 + 2);
+const _: () = assert!(size_of::<ConnKey>() == 2 * size_of::<Endpoint>());
+const _: () = assert!(size_of::<RestoreValue>() == 2 * size_of::<Endpoint>() + 4);
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+    use super::*;
+
+    /// What `struct bpf_sock` shows for an IPv4 address: the 4 bytes as they are on the wire.
+    fn kernel_ip4(ip: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(ip)
+    }
+
+    /// What `struct bpf_sock` shows for an IPv6 address.
+    fn kernel_ip6(ip: Ipv6Addr) -> [u32; 4] {
+        let o = ip.octets();
+        [0, 4, 8, 12].map(|i| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]))
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn v4_socket_key_matches_the_inserted_key() {
+        // App accepted 127.0.0.1:8080 <- 127.0.0.1:40000 on an AF_INET socket.
+        let kernel = ConnKey {
+            app: Endpoint::v4(kernel_ip4([127, 0, 0, 1]), 8080),
+            peer: Endpoint::v4(kernel_ip4([127, 0, 0, 1]), 40000),
+        };
+        let inserted = ConnKey::from_socket_addrs(sa("127.0.0.1:8080"), sa("127.0.0.1:40000"));
+        assert_eq!(kernel, inserted);
+    }
+
+    #[test]
+    fn v4_connection_on_a_dual_stack_socket_matches_the_v4_key() {
+        // Same connection, but the app listens on [::]: the kernel shows v4-mapped addresses.
+        let mapped = |s: &str| kernel_ip6(s.parse::<Ipv4Addr>().unwrap().to_ipv6_mapped());
+        let kernel = ConnKey {
+            app: Endpoint::v6(mapped("127.0.0.1"), 8080),
+            peer: Endpoint::v6(mapped("127.0.0.1"), 40000),
+        };
+        let inserted = ConnKey::from_socket_addrs(sa("127.0.0.1:8080"), sa("127.0.0.1:40000"));
+        assert_eq!(kernel, inserted);
+        assert_eq!(kernel.peer.family(), AF_INET);
+        // A client that wrote the v4-mapped form itself gets the same key.
+        let via_mapped = ConnKey::from_socket_addrs(
+            sa("[::ffff:127.0.0.1]:8080"),
+            sa("[::ffff:127.0.0.1]:40000"),
+        );
+        assert_eq!(kernel, via_mapped);
+    }
+
+    #[test]
+    fn v6_socket_key_matches_the_inserted_key() {
+        let kernel = ConnKey {
+            app: Endpoint::v6(kernel_ip6(Ipv6Addr::LOCALHOST), 8080),
+            peer: Endpoint::v6(kernel_ip6(Ipv6Addr::LOCALHOST), 40000),
+        };
+        let inserted = ConnKey::from_socket_addrs(sa("[::1]:8080"), sa("[::1]:40000"));
+        assert_eq!(kernel, inserted);
+        assert_eq!(kernel.app.family(), AF_INET6);
+    }
+
+    #[test]
+    fn direction_and_ports_matter() {
+        let a = ConnKey::from_socket_addrs(sa("127.0.0.1:8080"), sa("127.0.0.1:40000"));
+        let reversed = ConnKey::from_socket_addrs(sa("127.0.0.1:40000"), sa("127.0.0.1:8080"));
+        let other_port = ConnKey::from_socket_addrs(sa("127.0.0.1:8080"), sa("127.0.0.1:40001"));
+        assert_ne!(a, reversed);
+        assert_ne!(a, other_port);
+    }
+
+    #[test]
+    fn v4_client_is_written_as_the_kernel_expects() {
+        let v = RestoreValue::new(sa("203.0.113.7:51234"), None);
+        let four = v.client.user_addr4().unwrap();
+        // user_ip4 / user_port hold network byte order, as sin_addr / sin_port do.
+        assert_eq!(four.ip4.to_ne_bytes(), [203, 0, 113, 7]);
+        assert_eq!((four.port as u16).to_ne_bytes(), 51234u16.to_be_bytes());
+        assert_eq!(four.port >> 16, 0);
+        // On a dual-stack socket the same client reads as ::ffff:203.0.113.7.
+        let six = v.client.user_addr6();
+        let expected: Ipv6Addr = "::ffff:203.0.113.7".parse().unwrap();
+        assert_eq!(six.ip6, kernel_ip6(expected));
+        assert_eq!(six.port, four.port);
+        assert_eq!(v.original_dst(), None);
+    }
+
+    #[test]
+    fn v6_client_cannot_be_shown_to_a_v4_socket() {
+        let v = RestoreValue::new(sa("[2001:db8::7]:443"), Some(sa("[2001:db8::1]:8443")));
+        assert_eq!(v.client.user_addr4(), None);
+        assert_eq!(
+            v.client.user_addr6().ip6,
+            kernel_ip6("2001:db8::7".parse().unwrap())
+        );
+        assert_eq!(
+            v.original_dst().unwrap().to_socket_addr(),
+            sa("[2001:db8::1]:8443")
+        );
+    }
+
+    #[test]
+    fn endpoints_round_trip() {
+        for s in [
+            "203.0.113.7:1",
+            "[2001:db8::7]:65535",
+            "0.0.0.0:0",
+            "[::]:80",
+        ] {
+            assert_eq!(Endpoint::from_socket_addr(sa(s)).to_socket_addr(), sa(s));
+        }
+        let mapped = Endpoint::from_socket_addr(sa("[::ffff:10.0.0.1]:80"));
+        assert_eq!(
+            mapped.to_socket_addr(),
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 80)
+        );
+    }
+}
