@@ -120,7 +120,7 @@ async fn tlv_running_past_the_header() {
 async fn header_one_byte_a_second_is_cut_at_the_timeout() {
     let mut app = App::start(Behaviour::Sink).await;
     let h = Harness::start(app.addr(), |l| {
-        l.header_timeout = Duration::from_millis(1500)
+        l.header_timeout = Duration::from_millis(1500);
     })
     .await;
     let hdr = v1_header();
