@@ -1,0 +1,137 @@
+//! `trueip-agent`, the node agent, started on the host (outside the namespaces, as a DaemonSet
+//! with host networking would run) with its socket in the topology's scratch directory and its
+//! pins in a bpffs directory of its own, removed after it.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    prereq::{BPFFS, trueip_binary},
+    process::{Launch, Proc, wait_for},
+    topology::{PREFIX, Topology, is_stale, unique_suffix},
+};
+
+/// How long the agent gets to load its programs and open its socket.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running agent; dropping it stops it, then removes its pins (pinned links would keep the
+/// programs attached).
+#[derive(Debug)]
+pub struct Agent {
+    proc: Option<Proc>,
+    socket: PathBuf,
+    pins: PathBuf,
+    command_line: String,
+    /// How many times it has been started, to give each run its own log file.
+    starts: u32,
+}
+
+impl Agent {
+    /// Starts the agent with a fresh pin directory below the bpffs (`tip-<pid>-<n>`).
+    pub fn start(topo: &Topology) -> Result<Self> {
+        remove_stale_pins();
+        Self::start_pinned(
+            topo,
+            Path::new(BPFFS).join(format!("{PREFIX}{}", unique_suffix())),
+        )
+    }
+
+    /// Starts the agent pinning below `pins`, which is removed first if a previous run left it.
+    pub fn start_pinned(topo: &Topology, pins: PathBuf) -> Result<Self> {
+        if pins.exists() {
+            std::fs::remove_dir_all(&pins)
+                .with_context(|| format!("removing the leftover {}", pins.display()))?;
+        }
+        let socket = topo.dir().join("agent.sock");
+        let launch = launch(&socket, &pins)?;
+        let mut agent = Self {
+            proc: None,
+            command_line: launch.command_line(),
+            socket,
+            pins,
+            starts: 0,
+        };
+        agent.spawn(topo, launch)?;
+        Ok(agent)
+    }
+
+    /// The socket sidecars ask for their pod's map (`--agent-socket`).
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The agent's command line, as a user would type it.
+    pub fn command_line(&self) -> &str {
+        &self.command_line
+    }
+
+    /// The agent's output so far.
+    pub fn log_tail(&self) -> String {
+        self.proc.as_ref().map(Proc::log_tail).unwrap_or_default()
+    }
+
+    /// Kills the agent (SIGKILL, no clean-up of its own) and starts it again on the same pins
+    /// and socket, as a DaemonSet rollout or a crash would.
+    pub fn restart(&mut self, topo: &Topology) -> Result<()> {
+        if let Some(mut old) = self.proc.take() {
+            old.kill();
+        }
+        // A stale socket file would make the wait below succeed at once.
+        if self.socket.exists() {
+            std::fs::remove_file(&self.socket)
+                .with_context(|| format!("removing {}", self.socket.display()))?;
+        }
+        self.spawn(topo, launch(&self.socket, &self.pins)?)
+    }
+
+    fn spawn(&mut self, topo: &Topology, launch: Launch<'_>) -> Result<()> {
+        self.starts += 1;
+        let mut proc = launch
+            .name(&format!("trueip-agent-{}", self.starts))
+            .spawn(topo.dir())?;
+        wait_for("the agent's socket", START_TIMEOUT, || {
+            proc.ensure_running()?;
+            Ok(self.socket.exists().then_some(()))
+        })?;
+        self.proc = Some(proc);
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        drop(self.proc.take());
+        if self.pins.exists()
+            && let Err(e) = std::fs::remove_dir_all(&self.pins)
+        {
+            crate::prereq::note(&format!("could not remove {}: {e}", self.pins.display()));
+        }
+    }
+}
+
+/// `--health-listen` on an ephemeral port, so that agents of parallel tests do not clash;
+/// `--pod-cgroup own`: the scratch cgroup the sidecar runs in is the pod's cgroup.
+fn launch<'a>(socket: &Path, pins: &Path) -> Result<Launch<'a>> {
+    Ok(Launch::new("trueip-agent", trueip_binary("trueip-agent")?)
+        .args(["--socket".as_ref(), socket.as_os_str()])
+        .args(["--bpffs-dir".as_ref(), pins.as_os_str()])
+        .args(["--health-listen", "127.0.0.1:0", "--pod-cgroup", "own"])
+        .env("RUST_LOG", "info"))
+}
+
+/// Removes pin directories of runs that were killed before they could clean up.
+fn remove_stale_pins() {
+    let Ok(entries) = std::fs::read_dir(BPFFS) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if is_stale(&entry.file_name().to_string_lossy()) {
+            // Best effort: the next run tries again.
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! End-to-end tests of trueip against real peers (HAProxy, nginx, curl) in network namespaces.
+//!
+//! A [`Topology`] builds three network namespaces — a client, a load balancer and a pod — wired
+//! with veth pairs for IPv4 and IPv6, and tears them down when dropped, also on panic. The peer
+//! modules start the Debian packages the tests talk to ([`haproxy`], [`nginx`], [`curl`]),
+//! [`sidecar`] and [`agent`] start the trueip binaries under test, and [`app`] drives the tests'
+//! own unmodified app, `trueip-echo-app`. [`Cgroup`] stands in for a pod's cgroup v2.
+//!
+//! Unlike the usual `#![cfg(test)]` interop crate, this is a normal library: `trueip-demo`
+//! (`make demo`) builds the same scenario. Everything here needs root and `ip`; the tests check
+//! that first ([`prereq::runnable`]) and print `SKIPPED: <reason>` instead of passing silently.
+//!
+//! Every process's output goes to `<name>.log` in the topology's scratch directory, which is
+//! deleted afterwards unless the test panicked or `TRUEIP_KEEP_LOGS` is set
+//! ([`topology::KEEP_LOGS_ENV`]); errors quote the relevant log tails either way.
+
+pub mod agent;
+pub mod app;
+pub mod cgroup;
+pub mod curl;
+pub mod haproxy;
+pub mod nginx;
+pub mod prereq;
+pub mod process;
+pub mod sidecar;
+pub mod topology;
+
+pub use cgroup::Cgroup;
+pub use prereq::Need;
+pub use process::{Launch, Proc};
+pub use topology::{Family, Netns, Topology};
