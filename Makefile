@@ -1,0 +1,47 @@
+# trueip — the README's two commands, `make demo` and `make test`, and the long-running forms.
+# Every target that needs tools first runs scripts/setup.sh, which installs them idempotently.
+
+CARGO      ?= cargo
+SETUP      := scripts/setup.sh
+# The eBPF crate builds only for the BPF target (agent/build.rs does that).
+NOT_EBPF   := --workspace --exclude trueip-redirect-ebpf
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all setup build demo test fmt-check clippy unit-tests fuzz-smoke fuzz clean
+
+all: build
+
+setup:
+	@bash $(SETUP)
+
+build: setup
+	$(CARGO) build --release --locked $(NOT_EBPF) --bins
+
+demo: build
+	TRUEIP_BIN_DIR=$(CURDIR)/target/release ./target/release/trueip-demo
+
+test: setup fmt-check clippy unit-tests fuzz-smoke
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+# The eBPF crate is linted for its own target (a no_std host build cannot unwind).
+clippy:
+	$(CARGO) clippy --locked $(NOT_EBPF) --all-targets -- -D warnings
+	RUSTC_BOOTSTRAP=1 $(CARGO) clippy --locked -p trueip-redirect-ebpf --target bpfel-unknown-none \
+	    -Zbuild-std=core -- -D warnings
+
+unit-tests:
+	$(CARGO) build --locked $(NOT_EBPF) --bins
+	TRUEIP_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --locked $(NOT_EBPF) --no-fail-fast
+
+# A few seconds per fuzz target: catches a decoder that crashes on its seeds or early mutations.
+fuzz-smoke: setup
+	bash scripts/fuzz.sh 5
+
+# The long form: about two minutes per target (well over 10 million executions each).
+fuzz: setup
+	bash scripts/fuzz.sh $${FUZZ_SECONDS:-120} sidecar/proxy-header/fuzz/RESULTS.md
+
+clean:
+	$(CARGO) clean
