@@ -105,6 +105,10 @@ struct Opt {
     #[arg(long, env = "TRUEIP_AGENT_SOCKET", value_name = "PATH")]
     agent_socket: Option<PathBuf>,
 
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. 0.0.0.0:9902.
+    #[arg(long, env = "TRUEIP_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+
     /// How long SIGTERM waits for open connections [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     drain_timeout: Option<Duration>,
@@ -133,6 +137,9 @@ impl Opt {
         };
         if let Some(socket) = &self.agent_socket {
             config.agent_socket.clone_from(socket);
+        }
+        if let Some(addr) = self.metrics_listen {
+            config.metrics_listen = Some(addr);
         }
         if let Some(drain) = self.drain_timeout {
             config.drain_timeout = drain;

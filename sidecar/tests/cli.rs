@@ -36,6 +36,7 @@ fn help_documents_every_flag() {
         "--agent-socket",
         "--drain-timeout",
         "--log-format",
+        "--metrics-listen",
     ] {
         let lines: Vec<&str> = help.lines().collect();
         let at = lines

@@ -38,6 +38,9 @@ pub struct Config {
     /// The node agent's Unix socket, used by listeners in `ebpf` mode to obtain this pod's map.
     #[serde(default = "defaults::agent_socket")]
     pub agent_socket: PathBuf,
+    /// Where to serve `/metrics` (Prometheus), `/healthz` and `/readyz`. Unset: not served.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// One listener: an address the load balancer connects to, the app it forwards to, and how the
@@ -231,6 +234,7 @@ impl Config {
             listeners: vec![listener],
             drain_timeout: defaults::drain_timeout(),
             agent_socket: defaults::agent_socket(),
+            metrics_listen: None,
         }
     }
 

@@ -31,7 +31,10 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
             }
         };
         let detection = match detect::detect(&mut client, peer, &shared.config).await {
-            Ok(d) => d,
+            Ok(d) => {
+                metrics.header_decided(started.elapsed());
+                d
+            }
             Err(rejection) => {
                 let reason = rejection.reason();
                 if matches!(rejection, detect::Rejection::Empty) {

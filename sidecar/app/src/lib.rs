@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 pub mod config;
 mod connection;
 pub mod detect;
@@ -19,27 +20,59 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use tokio::sync::watch;
 
-pub use crate::{config::Config, listen::ListenError, metrics::ListenerMetrics};
+pub use crate::{
+    config::Config,
+    listen::ListenError,
+    metrics::{ListenerMetrics, SidecarMetrics},
+};
 
 /// All listeners of one configuration, bound and ready.
 #[derive(Debug)]
 pub struct Sidecar {
     listeners: Vec<listen::Listener>,
     drain: std::time::Duration,
+    registry: Arc<SidecarMetrics>,
+    admin: Option<std::net::TcpListener>,
 }
 
 impl Sidecar {
-    /// Binds every listener; fails if any cannot start.
+    /// Binds every listener and the admin endpoint; fails if any cannot start.
     pub fn bind(config: &Config) -> Result<Self, ListenError> {
+        let registry = Arc::new(SidecarMetrics::default());
         let listeners = config
             .listeners
             .iter()
-            .map(|l| listen::Listener::bind(l.clone(), &config.agent_socket))
+            .map(|l| listen::Listener::bind(l.clone(), &config.agent_socket, &registry))
             .collect::<Result<_, _>>()?;
+        let admin = config
+            .metrics_listen
+            .map(|addr| {
+                let socket = std::net::TcpListener::bind(addr)?;
+                socket.set_nonblocking(true)?;
+                tracing::info!(listen = %socket.local_addr()?, "serving /metrics, /healthz, /readyz");
+                Ok(socket)
+            })
+            .transpose()
+            .map_err(|source| ListenError::Admin {
+                addr: config.metrics_listen.unwrap_or(([0, 0, 0, 0], 0).into()),
+                source,
+            })?;
         Ok(Self {
             listeners,
             drain: config.drain_timeout,
+            registry,
+            admin,
         })
+    }
+
+    /// The admin endpoint's bound address, when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// Every listener's metrics, as `/metrics` serves them.
+    pub fn registry(&self) -> Arc<SidecarMetrics> {
+        Arc::clone(&self.registry)
     }
 
     /// Each listener's name and bound address.
@@ -61,6 +94,9 @@ impl Sidecar {
     /// Serves until `shutdown` completes, then stops accepting and drains open connections up
     /// to the configured deadline. Returns the number of connections cut at the deadline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> usize {
+        let admin = self
+            .admin
+            .map(|socket| tokio::spawn(admin::serve(socket, Arc::clone(&self.registry))));
         let (stop, stopped) = watch::channel(false);
         let tasks: Vec<_> = self
             .listeners
@@ -73,6 +109,9 @@ impl Sidecar {
         let mut cut = 0;
         for task in tasks {
             cut += task.await.unwrap_or(0);
+        }
+        if let Some(admin) = admin {
+            admin.abort();
         }
         cut
     }

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::{
     config::ListenerConfig,
     connection,
-    metrics::ListenerMetrics,
+    metrics::{ListenerMetrics, SidecarMetrics},
     restore::{EbpfError, Restorer},
 };
 
@@ -29,6 +29,15 @@ pub enum ListenError {
     Bind {
         /// The listener's name.
         listener: String,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The admin endpoint (`metrics_listen`) could not be bound.
+    #[error("cannot serve /metrics on {addr}: {source}")]
+    Admin {
         /// The address.
         addr: SocketAddr,
         /// Why.
@@ -64,8 +73,13 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds the listener's address and prepares its restore mode.
-    pub fn bind(config: ListenerConfig, agent_socket: &Path) -> Result<Self, ListenError> {
+    /// Binds the listener's address and prepares its restore mode; its counters go to
+    /// `metrics`.
+    pub fn bind(
+        config: ListenerConfig,
+        agent_socket: &Path,
+        metrics: &SidecarMetrics,
+    ) -> Result<Self, ListenError> {
         let name = config.name();
         let restorer =
             Restorer::new(&config, agent_socket).map_err(|source| ListenError::Ebpf {
@@ -86,10 +100,10 @@ impl Listener {
         let limit = Arc::new(Semaphore::new(config.max_connections.get()));
         Ok(Self {
             shared: Arc::new(Shared {
+                metrics: Arc::new(metrics.listener(&name)),
                 name,
                 config,
                 restorer,
-                metrics: Arc::default(),
             }),
             socket,
             limit,

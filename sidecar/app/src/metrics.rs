@@ -1,12 +1,21 @@
-//! In-process counters per listener: cheap atomics on the data path, read by the Prometheus
-//! exporter and by tests.
+//! Counters and histograms per listener, kept in a Prometheus registry (`prometheus-client`), so
+//! the `/metrics` endpoint and the tests read the same numbers. Handles for the data path are
+//! resolved once per listener; a connection only touches atomics.
 
 use std::{
-    collections::BTreeMap,
-    sync::{
-        Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering::Relaxed},
+    collections::BTreeSet,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+use prometheus_client::{
+    metrics::{
+        counter::Counter,
+        family::{Family, MetricConstructor},
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
     },
+    registry::{Registry, Unit},
 };
 
 /// What happened to the client address of a served connection.
@@ -25,6 +34,15 @@ pub enum RestoreOutcome {
 }
 
 impl RestoreOutcome {
+    /// Every outcome, for exporting zeros too.
+    pub const ALL: [Self; 5] = [
+        Self::Restored,
+        Self::NoClient,
+        Self::Passthrough,
+        Self::MapFull,
+        Self::Failed,
+    ];
+
     /// A stable label for logs and metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -37,19 +55,137 @@ impl RestoreOutcome {
     }
 }
 
-/// The counters of one listener.
-#[derive(Debug, Default)]
-pub struct ListenerMetrics {
-    accepted: AtomicU64,
-    closed: AtomicU64,
-    bytes_to_app: AtomicU64,
-    bytes_to_client: AtomicU64,
-    upstream_errors: AtomicU64,
-    rejected: Mutex<BTreeMap<&'static str, u64>>,
-    restore: Mutex<BTreeMap<&'static str, u64>>,
+type Labels = Vec<(&'static str, String)>;
+
+/// Buckets from 10 µs to about 5 s: a header glued to the first segment is decoded in
+/// microseconds; one that dribbles in is cut at `header_timeout`.
+#[derive(Debug, Clone, Copy)]
+struct HeaderBuckets;
+
+impl MetricConstructor<Histogram> for HeaderBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(1e-5, 4.0, 10))
+    }
 }
 
-/// A consistent-enough copy of a listener's counters.
+/// The sidecar's metric families, one set shared by every listener (told apart by the
+/// `listener` label), registered for the `/metrics` endpoint.
+#[derive(Debug)]
+pub struct SidecarMetrics {
+    accepted: Family<Labels, Counter>,
+    active: Family<Labels, Gauge>,
+    rejected: Family<Labels, Counter>,
+    restore: Family<Labels, Counter>,
+    bytes: Family<Labels, Counter>,
+    upstream_errors: Family<Labels, Counter>,
+    header_duration: Family<Labels, Histogram, HeaderBuckets>,
+    registry: Registry,
+}
+
+impl Default for SidecarMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("trueip");
+        let m = Self {
+            accepted: Family::default(),
+            active: Family::default(),
+            rejected: Family::default(),
+            restore: Family::default(),
+            bytes: Family::default(),
+            upstream_errors: Family::default(),
+            header_duration: Family::new_with_constructor(HeaderBuckets),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections_accepted",
+            "Connections accepted from the load balancer",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Connections open now",
+            m.active.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Connections closed before reaching the app, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "restore",
+            "Served connections by what the app learns of the client",
+            m.restore.clone(),
+        );
+        registry.register_with_unit(
+            "transferred",
+            "Payload bytes forwarded, by direction",
+            Unit::Bytes,
+            m.bytes.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failures to connect to, or forward to and from, the app",
+            m.upstream_errors.clone(),
+        );
+        registry.register_with_unit(
+            "header_parse_duration",
+            "Time from accept to a decided PROXY header",
+            Unit::Seconds,
+            m.header_duration.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl SidecarMetrics {
+    /// The handles of one listener, with every per-listener series created at zero.
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        let labels = |extra: &[(&'static str, &str)]| -> Labels {
+            std::iter::once(("listener", name.to_owned()))
+                .chain(extra.iter().map(|&(k, v)| (k, v.to_owned())))
+                .collect()
+        };
+        let counter = |family: &Family<Labels, Counter>, extra: &[(&'static str, &str)]| {
+            family.get_or_create(&labels(extra)).clone()
+        };
+        ListenerMetrics {
+            name: name.to_owned(),
+            accepted: counter(&self.accepted, &[]),
+            active: self.active.get_or_create(&labels(&[])).clone(),
+            upstream_errors: counter(&self.upstream_errors, &[]),
+            to_app: counter(&self.bytes, &[("direction", "to_app")]),
+            to_client: counter(&self.bytes, &[("direction", "to_client")]),
+            restore: RestoreOutcome::ALL.map(|o| counter(&self.restore, &[("outcome", o.label())])),
+            header_duration: self.header_duration.get_or_create(&labels(&[])).clone(),
+            rejected: self.rejected.clone(),
+            reasons: Mutex::default(),
+        }
+    }
+
+    /// The OpenMetrics text exposition of every series.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// The counters of one listener.
+#[derive(Debug)]
+pub struct ListenerMetrics {
+    name: String,
+    accepted: Counter,
+    active: Gauge,
+    upstream_errors: Counter,
+    to_app: Counter,
+    to_client: Counter,
+    restore: [Counter; 5],
+    header_duration: Histogram,
+    rejected: Family<Labels, Counter>,
+    reasons: Mutex<BTreeSet<&'static str>>,
+}
+
+/// A copy of a listener's counters, for tests and logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Connections accepted from the load balancer.
@@ -63,9 +199,9 @@ pub struct Snapshot {
     /// Failures to connect to, or forward to and from, the app.
     pub upstream_errors: u64,
     /// Connections closed before reaching the app, by reason.
-    pub rejected: BTreeMap<&'static str, u64>,
+    pub rejected: std::collections::BTreeMap<&'static str, u64>,
     /// Served connections by restore outcome.
-    pub restore: BTreeMap<&'static str, u64>,
+    pub restore: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Snapshot {
@@ -80,57 +216,76 @@ impl Snapshot {
     }
 }
 
-fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
-    *map.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .entry(key)
-        .or_default() += 1;
-}
-
-fn copy(map: &Mutex<BTreeMap<&'static str, u64>>) -> BTreeMap<&'static str, u64> {
-    map.lock().unwrap_or_else(PoisonError::into_inner).clone()
-}
-
 impl ListenerMetrics {
     pub(crate) fn accepted(&self) {
-        self.accepted.fetch_add(1, Relaxed);
+        self.accepted.inc();
+        self.active.inc();
     }
 
     pub(crate) fn closed(&self) {
-        self.closed.fetch_add(1, Relaxed);
+        self.active.dec();
     }
 
     pub(crate) fn rejected(&self, reason: &'static str) {
-        bump(&self.rejected, reason);
+        self.reasons
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(reason);
+        self.rejected
+            .get_or_create(&vec![
+                ("listener", self.name.clone()),
+                ("reason", reason.to_owned()),
+            ])
+            .inc();
     }
 
     pub(crate) fn restore(&self, outcome: RestoreOutcome) {
-        bump(&self.restore, outcome.label());
+        self.restore[outcome as usize].inc();
     }
 
     pub(crate) fn upstream_error(&self) {
-        self.upstream_errors.fetch_add(1, Relaxed);
+        self.upstream_errors.inc();
+    }
+
+    pub(crate) fn header_decided(&self, after: Duration) {
+        self.header_duration.observe(after.as_secs_f64());
     }
 
     pub(crate) fn to_app(&self, n: u64) {
-        self.bytes_to_app.fetch_add(n, Relaxed);
+        self.to_app.inc_by(n);
     }
 
     pub(crate) fn to_client(&self, n: u64) {
-        self.bytes_to_client.fetch_add(n, Relaxed);
+        self.to_client.inc_by(n);
     }
 
     /// Copies the counters.
     pub fn snapshot(&self) -> Snapshot {
-        let accepted = self.accepted.load(Relaxed);
+        let reasons = self
+            .reasons
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         Snapshot {
-            accepted,
-            active: accepted.saturating_sub(self.closed.load(Relaxed)),
-            bytes_to_app: self.bytes_to_app.load(Relaxed),
-            bytes_to_client: self.bytes_to_client.load(Relaxed),
-            upstream_errors: self.upstream_errors.load(Relaxed),
-            rejected: copy(&self.rejected),
-            restore: copy(&self.restore),
+            accepted: self.accepted.get(),
+            active: u64::try_from(self.active.get()).unwrap_or(0),
+            bytes_to_app: self.to_app.get(),
+            bytes_to_client: self.to_client.get(),
+            upstream_errors: self.upstream_errors.get(),
+            rejected: reasons
+                .into_iter()
+                .map(|reason| {
+                    let labels = vec![
+                        ("listener", self.name.clone()),
+                        ("reason", reason.to_owned()),
+                    ];
+                    (reason, self.rejected.get_or_create(&labels).get())
+                })
+                .collect(),
+            restore: RestoreOutcome::ALL
+                .into_iter()
+                .map(|o| (o.label(), self.restore[o as usize].get()))
+                .collect(),
         }
     }
 }
