@@ -5,6 +5,8 @@
 
 #![forbid(unsafe_code)]
 
+mod otel;
+
 use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
@@ -101,6 +103,12 @@ struct Opt {
     #[arg(long, value_name = "BYTES")]
     pipe_size: Option<NonZeroUsize>,
 
+    /// Steering (needs the node agent): the app keeps its port (--upstream's, e.g. on
+    /// 0.0.0.0:8080) and the agent hands the pod's connections to it from outside the pod to
+    /// this listener (sk_lookup); --listen is then any free address, e.g. [::]:15008.
+    #[arg(long)]
+    steer: bool,
+
     /// The node agent's Unix socket (ebpf mode) [default: /run/trueip/agent.sock].
     #[arg(long, env = "TRUEIP_AGENT_SOCKET", value_name = "PATH")]
     agent_socket: Option<PathBuf>,
@@ -154,6 +162,7 @@ impl Opt {
         l.crc32c = self.crc32c;
         l.fallback = self.fallback;
         l.pipe_size = self.pipe_size;
+        l.steer = self.steer;
         if let Some(v) = self.mode {
             l.mode = v;
         }
@@ -200,24 +209,61 @@ fn raise_fd_limit() {
     }
 }
 
-fn init_logging(format: &str) {
+/// Logs to stderr (human or JSON), plus spans to OTLP when a provider is given.
+fn init_logging(format: &str, traces: Option<&opentelemetry_sdk::trace::SdkTracerProvider>) {
+    use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
+    let fmt = if format == "json" {
+        fmt.json().boxed()
     } else {
-        builder.init();
-    }
+        fmt.boxed()
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(traces.map(otel::layer))
+        .init();
 }
 
 fn main() -> ExitCode {
     let opt = Opt::parse();
-    init_logging(&opt.log_format);
-    match run(&opt) {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trueip-sidecar: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The OTLP clients live on the runtime, so it is entered before they are built.
+    let _entered = runtime.enter();
+    let config = opt.config().context("invalid configuration");
+    let traces = match &config {
+        Ok(c) if !opt.check_config => otel::provider(c.otlp.as_ref()),
+        _ => Ok(None),
+    };
+    let (traces, traces_error) = match traces {
+        Ok(t) => (t, None),
+        Err(e) => (None, Some(e)),
+    };
+    init_logging(&opt.log_format, traces.as_ref());
+    if traces.is_some() {
+        tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_* or the config's otlp)");
+    }
+    let result = match (config, traces_error) {
+        (Err(e), _) | (Ok(_), Some(e)) => Err(e),
+        (Ok(config), None) => run(&opt, &config, &runtime),
+    };
+    if let Some(provider) = traces {
+        // Flushes the spans of the last connections before exiting.
+        if let Err(e) = provider.shutdown() {
+            tracing::warn!(error = %e, "could not flush traces");
+        }
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -226,8 +272,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(opt: &Opt) -> Result<()> {
-    let config = opt.config().context("invalid configuration")?;
+fn run(opt: &Opt, config: &Config, runtime: &tokio::runtime::Runtime) -> Result<()> {
     if opt.check_config {
         for l in &config.listeners {
             tracing::info!(
@@ -239,12 +284,11 @@ fn run(opt: &Opt) -> Result<()> {
         return Ok(());
     }
     raise_fd_limit();
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let sidecar = Sidecar::bind(&config)?;
+        let sidecar = Sidecar::bind(config)?;
         let cut = sidecar
             .run(async {
                 tokio::select! {

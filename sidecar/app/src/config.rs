@@ -41,6 +41,33 @@ pub struct Config {
     /// Where to serve `/metrics` (Prometheus), `/healthz` and `/readyz`. Unset: not served.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Where traces go when the `OTEL_EXPORTER_OTLP_*` variables do not say. Unset (and no
+    /// variable): no traces.
+    #[serde(default)]
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// An OTLP trace destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector, e.g. `http://otel-collector:4318` (HTTP) or `http://otel-collector:4317`.
+    pub endpoint: String,
+    /// How to talk to it.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+}
+
+/// The OTLP transports trueip speaks, spelled as `OTEL_EXPORTER_OTLP_PROTOCOL` spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (port 4317 by convention).
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (port 4318), the specification's default.
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
 }
 
 /// One listener: an address the load balancer connects to, the app it forwards to, and how the
@@ -95,6 +122,17 @@ pub struct ListenerConfig {
     /// Capacity of the kernel pipes used to splice bytes, in bytes. Unset: the kernel default.
     #[serde(default)]
     pub pipe_size: Option<NonZeroUsize>,
+    /// Steering (needs the node agent): the app keeps listening on its own port (`upstream`'s
+    /// port, e.g. `0.0.0.0:8080`) and the agent hands the pod's TCP connections to that port
+    /// that come from outside the pod (not over loopback, not from the pod's own address) to
+    /// this listener instead, with an sk_lookup program on the pod's network namespace; no
+    /// iptables. `listen` is then any free sidecar address, typically `[::]:15008` (dual-stack,
+    /// so both IPv4 and IPv6 connections can be handed over). `upstream` must be on loopback.
+    /// Node probes without a header reach the app through the sidecar only with
+    /// `header: optional`. While the sidecar is not running, connections reach the app directly
+    /// (or are refused: the agent's `--steer-when-gone closed`).
+    #[serde(default)]
+    pub steer: bool,
 }
 
 /// How the app learns the real client address.
@@ -110,6 +148,18 @@ pub enum Mode {
     ProxyV2,
     /// Record the client in the pod's eBPF map; the app's `getpeername()` returns it.
     Ebpf,
+}
+
+impl Mode {
+    /// The mode as the configuration spells it, for logs, metrics and spans.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::ProxyV1 => "proxy-v1",
+            Self::ProxyV2 => "proxy-v2",
+            Self::Ebpf => "ebpf",
+        }
+    }
 }
 
 /// Whether a PROXY header is expected.
@@ -235,6 +285,7 @@ impl Config {
             drain_timeout: defaults::drain_timeout(),
             agent_socket: defaults::agent_socket(),
             metrics_listen: None,
+            otlp: None,
         }
     }
 
@@ -289,6 +340,7 @@ impl ListenerConfig {
             on_map_full: MapFullPolicy::default(),
             fallback: None,
             pipe_size: None,
+            steer: false,
         }
     }
 

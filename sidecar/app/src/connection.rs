@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use tokio::net::TcpStream;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 
 use crate::{
     detect::{self, Detection},
@@ -16,7 +16,37 @@ use crate::{
 /// counted, and the connection is closed.
 pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let listener = shared.name.as_str();
-    let span = info_span!("conn", %listener, %peer);
+    // One span per connection with OpenTelemetry semantic-convention attributes; the ones only
+    // known later are recorded as the connection progresses.
+    let span = info_span!(
+        "conn",
+        otel.name = "trueip.connection",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        %listener,
+        %peer,
+        network.peer.address = %peer.ip(),
+        network.peer.port = peer.port(),
+        network.transport = "tcp",
+        client.address = Empty,
+        client.port = Empty,
+        server.address = Empty,
+        server.port = Empty,
+        trueip.proxy.version = Empty,
+        trueip.proxy.command = Empty,
+        trueip.tlv.authority = Empty,
+        trueip.tlv.unique_id = Empty,
+        trueip.tlv.aws_vpce_id = Empty,
+        trueip.tlv.azure_private_link_id = Empty,
+        trueip.tlv.gcp_psc_connection_id = Empty,
+        trueip.tlv.ssl_version = Empty,
+        trueip.tlv.ssl_cn = Empty,
+        trueip.restore.mode = shared.restorer.mode().label(),
+        trueip.restore.outcome = Empty,
+        trueip.bytes.to_app = Empty,
+        trueip.bytes.to_client = Empty,
+    );
     async move {
         let started = Instant::now();
         let metrics = &shared.metrics;
@@ -37,6 +67,7 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
             }
             Err(rejection) => {
                 let reason = rejection.reason();
+                failed(reason);
                 if matches!(rejection, detect::Rejection::Empty) {
                     // Connect-and-close is how TCP health checks probe a port: not worth a warning.
                     debug!(reason, "connection closed before any byte");
@@ -56,6 +87,7 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
             Ok(u) => u,
             Err(e) => {
                 let reason = e.reason();
+                failed(reason);
                 warn!(reason, error = %e, "connection rejected");
                 metrics.rejected(reason);
                 if matches!(e, restore::ConnectError::Connect { .. }) {
@@ -65,7 +97,9 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
             }
         };
         metrics.restore(upstream.outcome);
-        let client_addr = restore::Endpoints::of(&detection, conn).client;
+        let endpoints = restore::Endpoints::of(&detection, conn);
+        record_connection(&detection, endpoints, upstream.outcome);
+        let client_addr = endpoints.client;
         match &detection {
             Detection::Header { header, len, .. } => debug!(
                 client = %client_addr, version = ?header.version, command = restore::command(header),
@@ -98,11 +132,18 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
         drop(app);
         drop(client);
         match result {
-            Ok(t) => debug!(
+            Ok(t) => {
+                Span::current().record("trueip.bytes.to_app", t.to_app);
+                Span::current().record("trueip.bytes.to_client", t.to_client);
+                debug!(
                 to_app = t.to_app, to_client = t.to_client,
                 duration_ms = started.elapsed().as_millis() as u64, "connection closed"
-            ),
+                );
+            }
             Err(e) => {
+                failed("forward_error");
+                Span::current().record("trueip.bytes.to_app", e.to_app);
+                Span::current().record("trueip.bytes.to_client", e.to_client);
                 metrics.upstream_error();
                 warn!(error = %e, "connection broken");
             }
@@ -110,6 +151,62 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
     }
     .instrument(span)
     .await;
+}
+
+/// Marks the connection's span as failed, with the reason as its status message.
+fn failed(reason: &'static str) {
+    let span = Span::current();
+    span.record("otel.status_code", "error");
+    span.record("otel.status_description", reason);
+}
+
+/// Records on the connection's span who the client is and what the header said.
+fn record_connection(
+    detection: &Detection,
+    endpoints: restore::Endpoints,
+    outcome: crate::metrics::RestoreOutcome,
+) {
+    let span = Span::current();
+    span.record("client.address", endpoints.client.ip().to_string());
+    span.record("client.port", endpoints.client.port());
+    span.record("server.address", endpoints.destination.ip().to_string());
+    span.record("server.port", endpoints.destination.port());
+    span.record("trueip.restore.outcome", outcome.label());
+    let Detection::Header { header, .. } = detection else {
+        return;
+    };
+    span.record(
+        "trueip.proxy.version",
+        match header.version {
+            trueip_proxy_header::Version::V1 => 1,
+            trueip_proxy_header::Version::V2 => 2,
+        },
+    );
+    span.record("trueip.proxy.command", restore::command(header));
+    let tlvs = &header.tlvs;
+    if let Some(v) = tlvs.authority() {
+        span.record("trueip.tlv.authority", v);
+    }
+    if let Some(v) = tlvs.unique_id() {
+        span.record("trueip.tlv.unique_id", String::from_utf8_lossy(v).as_ref());
+    }
+    if let Some(v) = tlvs.aws_vpce_id() {
+        span.record("trueip.tlv.aws_vpce_id", v);
+    }
+    if let Some(v) = tlvs.azure_private_link_id() {
+        span.record("trueip.tlv.azure_private_link_id", v);
+    }
+    if let Some(v) = tlvs.gcp_psc_connection_id() {
+        span.record("trueip.tlv.gcp_psc_connection_id", v);
+    }
+    if let Some(ssl) = tlvs.ssl() {
+        if let Some(v) = &ssl.version {
+            span.record("trueip.tlv.ssl_version", v.as_str());
+        }
+        if let Some(v) = &ssl.cn {
+            span.record("trueip.tlv.ssl_cn", v.as_str());
+        }
+    }
 }
 
 /// Runs a closure when dropped, so a counter is kept right on every return path.

@@ -1,0 +1,318 @@
+//! A real sidecar run exports one span per connection to an OTLP receiver, over gRPC and over
+//! HTTP/protobuf, with the semantic-convention attributes operators search by.
+
+use std::{
+    collections::HashMap,
+    io::Write,
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::{AnyValue, any_value::Value},
+    trace::v1::Span,
+};
+use trueip_proxy_header::{
+    Addresses, Command as PpCommand, Header, Tlvs, Transport, Version, kind,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_trueip-sidecar");
+
+/// A received span with its resource's attributes.
+type ResourceSpan = (HashMap<String, String>, Span);
+
+/// Spans received, with their resource attributes.
+#[derive(Clone, Default)]
+struct Received(Arc<Mutex<Vec<ResourceSpan>>>);
+
+impl Received {
+    fn take(&self, request: ExportTraceServiceRequest) {
+        let mut spans = self.0.lock().unwrap();
+        for rs in request.resource_spans {
+            let resource = rs
+                .resource
+                .map(|r| attrs(&r.attributes))
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans.into_iter().map(|s| (resource.clone(), s)));
+            }
+        }
+    }
+
+    fn wait_for(&self, n: usize) -> Vec<ResourceSpan> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let spans = self.0.lock().unwrap().clone();
+            if spans
+                .iter()
+                .filter(|(_, s)| s.name == "trueip.connection")
+                .count()
+                >= n
+            {
+                return spans;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "fewer than {n} connection spans: {:?}",
+            self.0.lock().unwrap()
+        );
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Received {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.take(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn text(v: &AnyValue) -> String {
+    match &v.value {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn attrs(kv: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> HashMap<String, String> {
+    kv.iter()
+        .map(|kv| {
+            (
+                kv.key.clone(),
+                kv.value.as_ref().map(text).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Starts a receiver on a runtime of its own thread; returns its address.
+fn receiver(grpc: bool, received: Received) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            if grpc {
+                let incoming = tokio_stream(listener);
+                tonic::transport::Server::builder()
+                    .add_service(TraceServiceServer::new(received))
+                    .serve_with_incoming(incoming)
+                    .await
+                    .unwrap();
+            } else {
+                serve_http(listener, received).await;
+            }
+        });
+    });
+    addr
+}
+
+fn tokio_stream(
+    listener: tokio::net::TcpListener,
+) -> impl tonic::codegen::tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tonic::codegen::tokio_stream::wrappers::TcpListenerStream::new(listener)
+}
+
+/// OTLP/HTTP: POST /v1/traces with a protobuf body.
+async fn serve_http(listener: tokio::net::TcpListener, received: Received) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::{Response, body::Bytes, service::service_fn};
+    use prost::Message;
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        let received = received.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let received = received.clone();
+                async move {
+                    assert_eq!(req.uri().path(), "/v1/traces");
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    received.take(ExportTraceServiceRequest::decode(body).unwrap());
+                    let reply = ExportTraceServiceResponse::default().encode_to_vec();
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(reply))))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn sidecar(port: u16, app: SocketAddr, endpoint: &str, protocol: &str) -> Child {
+    let child = Command::new(BIN)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &app.to_string(),
+        ])
+        .args(["--mode", "proxy-v2", "--trusted", "127.0.0.0/8"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
+        .env("K8S_POD_NAME", "shop-7f9c")
+        .env("K8S_NAMESPACE_NAME", "shop")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn send(port: u16, bytes: &[u8]) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(bytes).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let _ = std::io::Read::read_to_end(&mut c, &mut Vec::new());
+}
+
+fn run(grpc: bool) {
+    let received = Received::default();
+    let collector = receiver(grpc, received.clone());
+    let (endpoint, protocol) = if grpc {
+        (format!("http://{collector}"), "grpc")
+    } else {
+        (format!("http://{collector}"), "http/protobuf")
+    };
+    let app = TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_addr = app.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in app.incoming() {
+            let _ = std::io::Read::read_to_end(&mut s.unwrap(), &mut Vec::new());
+        }
+    });
+    let port = free_port();
+    let mut child = sidecar(port, app_addr, &endpoint, protocol);
+
+    send(
+        port,
+        b"PROXY TCP4 203.0.113.7 198.51.100.1 51234 443\r\nhello",
+    );
+    let mut tlvs = Tlvs::default();
+    tlvs.push(kind::AUTHORITY, b"shop.example".to_vec());
+    tlvs.push(kind::UNIQUE_ID, b"req-42".to_vec());
+    tlvs.push(kind::AWS, [&[0x01][..], b"vpce-0123456789abcdef0"].concat());
+    let v2 = Header {
+        version: Version::V2,
+        command: PpCommand::Proxy,
+        transport: Transport::Stream,
+        addresses: Addresses::Inet {
+            source: "[2001:db8::7]:40000".parse().unwrap(),
+            destination: "[2001:db8::1]:8443".parse().unwrap(),
+        },
+        tlvs,
+    };
+    send(port, &[v2.to_v2(true).unwrap().as_slice(), b"hi"].concat());
+    send(port, b"GET / HTTP/1.1\r\n\r\n");
+
+    let spans = received.wait_for(3);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+
+    let conns: Vec<_> = spans
+        .iter()
+        .filter(|(_, s)| s.name == "trueip.connection")
+        .map(|(r, s)| (r, attrs(&s.attributes), s))
+        .collect();
+    let find = |key: &str, value: &str| {
+        conns
+            .iter()
+            .find(|(_, a, _)| a.get(key).map(String::as_str) == Some(value))
+            .unwrap_or_else(|| panic!("no span with {key}={value}: {conns:#?}"))
+    };
+    let (resource, v1, span) = find("trueip.proxy.version", "1");
+    assert_eq!(
+        resource.get("service.name").map(String::as_str),
+        Some("trueip-sidecar")
+    );
+    assert_eq!(
+        resource.get("k8s.pod.name").map(String::as_str),
+        Some("shop-7f9c")
+    );
+    assert_eq!(
+        resource.get("k8s.namespace.name").map(String::as_str),
+        Some("shop")
+    );
+    assert_eq!(
+        resource.get("deployment.environment").map(String::as_str),
+        Some("test")
+    );
+    assert_eq!(span.kind, 2, "SERVER");
+    for (k, v) in [
+        ("client.address", "203.0.113.7"),
+        ("client.port", "51234"),
+        ("server.address", "198.51.100.1"),
+        ("server.port", "443"),
+        ("network.peer.address", "127.0.0.1"),
+        ("network.transport", "tcp"),
+        ("trueip.proxy.command", "proxy"),
+        ("trueip.restore.mode", "proxy-v2"),
+        ("trueip.restore.outcome", "restored"),
+        ("trueip.bytes.to_app", "5"),
+    ] {
+        assert_eq!(v1.get(k).map(String::as_str), Some(v), "{k} in {v1:?}");
+    }
+    let (_, v2, _) = find("trueip.proxy.version", "2");
+    for (k, v) in [
+        ("client.address", "2001:db8::7"),
+        ("client.port", "40000"),
+        ("server.address", "2001:db8::1"),
+        ("trueip.tlv.authority", "shop.example"),
+        ("trueip.tlv.unique_id", "req-42"),
+        ("trueip.tlv.aws_vpce_id", "vpce-0123456789abcdef0"),
+    ] {
+        assert_eq!(v2.get(k).map(String::as_str), Some(v), "{k} in {v2:?}");
+    }
+    // The start-up probe's connect-and-close is a span too (closed_before_header).
+    let rejected = conns
+        .iter()
+        .filter_map(|(_, _, s)| s.status.as_ref().filter(|st| st.code == 2))
+        .map(|st| st.message.as_str())
+        .collect::<Vec<_>>();
+    assert!(
+        rejected.contains(&"missing_header"),
+        "the rejected connection's span has status ERROR with its reason: {rejected:?}"
+    );
+}
+
+#[test]
+fn spans_over_grpc() {
+    run(true);
+}
+
+#[test]
+fn spans_over_http_protobuf() {
+    run(false);
+}
