@@ -60,7 +60,15 @@ pub(crate) struct Opt {
     #[arg(long, env = "TRUEIP_GETSOCKNAME")]
     pub(crate) getsockname: bool,
 
-    /// How often pods whose cgroup is gone are cleaned up (map, table entry, links).
+    /// Steering: what connections to a steered app port get while the pod's sidecar listener is
+    /// gone (the sidecar stopped or crashed): `open` lets them reach the app directly (without
+    /// the client address), `closed` refuses them. Both are counted and logged every
+    /// --sweep-interval.
+    #[arg(long, env = "TRUEIP_STEER_WHEN_GONE", value_enum, default_value_t = WhenGone::Open)]
+    pub(crate) steer_when_gone: WhenGone,
+
+    /// How often pods whose cgroup is gone are cleaned up (map, table entry, links), and
+    /// steering counters are reported.
     #[arg(long, env = "TRUEIP_SWEEP_INTERVAL", default_value = "30s",
           value_parser = humantime::parse_duration)]
     pub(crate) sweep_interval: Duration,
@@ -79,6 +87,15 @@ pub(crate) enum PodCgroupMode {
     Own,
     /// The parent of the caller's cgroup.
     Parent,
+}
+
+/// What a steered connection gets while the sidecar's listener is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum WhenGone {
+    /// Fail open: the connection reaches the app.
+    Open,
+    /// Fail closed: the connection is refused (reset).
+    Closed,
 }
 
 /// Log output format.
@@ -120,6 +137,7 @@ mod tests {
         assert_eq!(opt.pod_cgroup, PodCgroupMode::Auto);
         assert_eq!(opt.map_max_entries, POD_MAP_DEFAULT_ENTRIES);
         assert!(!opt.getsockname);
+        assert_eq!(opt.steer_when_gone, WhenGone::Open);
         assert_eq!(opt.sweep_interval, Duration::from_secs(30));
     }
 

@@ -30,6 +30,8 @@ pub(crate) struct Caller {
     pub(crate) pod: PodCgroup,
     /// The cookie of the caller's network namespace: the key of its pod map.
     pub(crate) netns: u64,
+    /// The caller's network namespace (`/proc/<pid>/ns/net`), where steering attaches.
+    pub(crate) netns_file: File,
 }
 
 /// Why the caller could not be identified.
@@ -94,7 +96,10 @@ pub(crate) fn caller(
     let pod = cgroup::open(cgroup_root, &cgroup::pod_cgroup_of(&cgroup, mode)?)?;
     let ns = File::open(format!("/proc/{pid}/ns/net"))
         .map_err(|source| IdentifyError::Netns { pid, source })?;
-    let netns = netns_cookie(ns.into()).map_err(|source| IdentifyError::Netns { pid, source })?;
+    let netns = ns
+        .try_clone()
+        .and_then(|dup| netns_cookie(dup.into()))
+        .map_err(|source| IdentifyError::Netns { pid, source })?;
 
     if pidfd.as_ref().is_some_and(has_exited) {
         return Err(IdentifyError::Gone { pid });
@@ -104,6 +109,7 @@ pub(crate) fn caller(
         cgroup,
         pod,
         netns,
+        netns_file: ns,
     })
 }
 
@@ -137,7 +143,7 @@ pub(crate) fn netns_cookie(ns: OwnedFd) -> io::Result<u64> {
 
 /// `SO_NETNS_COOKIE` of a socket: the cookie of the network namespace it lives in, the value
 /// the eBPF programs get from `bpf_get_netns_cookie`. (nix has no wrapper for this option.)
-fn socket_netns_cookie(sock: BorrowedFd<'_>) -> io::Result<u64> {
+pub(crate) fn socket_netns_cookie(sock: BorrowedFd<'_>) -> io::Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: `sock` is an open socket; the kernel writes at most `len` bytes to `cookie`, a live

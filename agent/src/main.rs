@@ -2,7 +2,8 @@
 //!
 //! Startup: check privileges, bpffs and cgroup v2; load the programs and re-find the pins of a
 //! previous run (pods whose cgroup still exists carry on, untouched); listen on the Unix socket;
-//! report ready. Then: hand each sidecar its pod's map, and sweep pods whose cgroup is gone.
+//! report ready. Then: hand each sidecar its pod's map, steer its pod's connections to its
+//! listener when asked, and sweep pods whose cgroup is gone.
 //! Exiting (or crashing) detaches nothing: programs stay attached through pinned links.
 
 mod cgroup;
@@ -12,6 +13,7 @@ mod identify;
 mod pods;
 mod programs;
 mod server;
+mod steer;
 
 use std::{
     io::IsTerminal as _,
@@ -112,6 +114,7 @@ async fn serve(opt: &Opt, cgroup_root: std::path::PathBuf) -> anyhow::Result<()>
         registry: Arc::clone(&registry),
         cgroup_root,
         pod_cgroup: opt.pod_cgroup,
+        steer_when_gone: opt.steer_when_gone,
     };
     std::thread::Builder::new()
         .name("agent-socket".into())
@@ -129,10 +132,10 @@ async fn serve(opt: &Opt, cgroup_root: std::path::PathBuf) -> anyhow::Result<()>
             ticks.tick().await;
             let registry = Arc::clone(&sweep_registry);
             let swept = tokio::task::spawn_blocking(move || {
-                registry
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .sweep()
+                let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
+                let swept = registry.sweep();
+                registry.report_steering();
+                swept
             })
             .await;
             match swept {

@@ -6,6 +6,8 @@
 //! ```text
 //! netns-<cookie>     the pod's map (key of the node-wide table: the netns cookie)
 //! getpeername4 …     the links attaching each hook to the pod cgroup
+//! steer-<cookie>/    steering, once the sidecar asked for it (see `steer`): the link attaching
+//!                    the pod's own sk_lookup program to its namespace, and that program's maps
 //! ```
 //!
 //! Everything the agent knows is in those names, so a restarted agent rebuilds its state from
@@ -17,6 +19,7 @@
 use std::{
     collections::BTreeMap,
     fs, io,
+    os::fd::BorrowedFd,
     path::{Path, PathBuf},
 };
 
@@ -25,8 +28,10 @@ use trueip_redirect_common::{ConnKey, POD_MAP_FLAGS, RestoreValue};
 
 use crate::{
     cgroup,
+    config::WhenGone,
     identify::Caller,
     programs::{Hook, Programs, ProgramsError, remove_if_exists},
+    steer::{self, SteerError, SteerStats},
 };
 
 /// Kernel name of pod maps (15 characters at most), as `bpftool map` shows them.
@@ -66,6 +71,9 @@ pub(crate) enum ServeError {
     /// Pinning, attaching, or a bpffs file operation failed.
     #[error(transparent)]
     Programs(#[from] ProgramsError),
+    /// Steering could not be set up.
+    #[error(transparent)]
+    Steer(#[from] SteerError),
 }
 
 /// What the agent knows about one pod.
@@ -90,6 +98,8 @@ pub(crate) struct Registry {
     map_max_entries: u32,
     /// Keyed by cgroup id.
     pods: BTreeMap<u64, Pod>,
+    /// The steering counters last reported, by cgroup id.
+    steer_reported: BTreeMap<u64, SteerStats>,
 }
 
 /// A pod map handed to a sidecar.
@@ -120,6 +130,7 @@ impl Registry {
             hooks,
             map_max_entries,
             pods: BTreeMap::new(),
+            steer_reported: BTreeMap::new(),
         };
         let entries =
             fs::read_dir(&registry.dir).map_err(|s| fs_err("reading", &registry.dir, s))?;
@@ -222,6 +233,57 @@ impl Registry {
             })?
             .max_entries();
         Ok(Served { map, max_entries })
+    }
+
+    /// Steers the caller's pod's connections to `port` from outside the pod to `listener` (which
+    /// must be a listening TCP socket of the caller's own namespace), serving the pod first if it
+    /// is new. Returns whether the pod's sk_lookup program was attached now.
+    pub(crate) fn steer(
+        &mut self,
+        caller: &Caller,
+        port: u16,
+        listener: BorrowedFd<'_>,
+        when_gone: WhenGone,
+    ) -> Result<bool, ServeError> {
+        let family = steer::check_listener(listener, caller.netns)?;
+        self.serve(caller)?;
+        let pod_dir = self.dir.join(caller.pod.id.to_string());
+        Ok(steer::steer(
+            &pod_dir,
+            caller.netns,
+            &caller.netns_file,
+            port,
+            family,
+            listener,
+            when_gone,
+        )?)
+    }
+
+    /// Logs, per steering pod, the connections that fell through to the app or were refused
+    /// because the sidecar's listener was gone since the last report.
+    pub(crate) fn report_steering(&mut self) {
+        for (id, pod) in &self.pods {
+            let dir = steer::dir(&self.dir.join(id.to_string()), pod.netns);
+            let Some(now) = steer::stats(&dir) else {
+                continue;
+            };
+            let before = self.steer_reported.insert(*id, now).unwrap_or_default();
+            let fell_through = now.fell_through.saturating_sub(before.fell_through);
+            let refused = now.refused.saturating_sub(before.refused);
+            if fell_through > 0 || refused > 0 {
+                tracing::warn!(
+                    cgroup = %pod.cgroup.display(),
+                    fell_through,
+                    refused,
+                    total_fell_through = now.fell_through,
+                    total_refused = now.refused,
+                    steered = now.steered,
+                    "steered connections found no sidecar listener (is the sidecar running?)"
+                );
+            }
+        }
+        self.steer_reported
+            .retain(|id, _| self.pods.contains_key(id));
     }
 
     /// Removes the pods whose cgroup is gone. Returns how many.
@@ -356,10 +418,17 @@ impl Registry {
         self.remove_pins(id, pod.map(|p| p.netns))
     }
 
-    /// Removes pod `id`'s map for `netns` from the table and its pin.
+    /// Removes pod `id`'s map for `netns` from the table and its pin, and its steering there.
     fn remove_map(&mut self, id: u64, netns: u64) -> Result<(), ServeError> {
         self.remove_table_entry(netns)?;
-        Ok(remove_if_exists(&self.map_pin(id, netns))?)
+        remove_if_exists(&self.map_pin(id, netns))?;
+        let steering = steer::dir(&self.dir.join(id.to_string()), netns);
+        match fs::remove_dir_all(&steering) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(fs_err("removing", &steering, e).into())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Removes everything pinned for pod `id` (unpinning the links detaches them).

@@ -1,13 +1,14 @@
-//! The Unix socket sidecars ask for their pod's map (protocol: `trueip_agent_client::protocol`).
+//! The Unix socket sidecars ask for their pod's map, or for steering to their listener (protocol:
+//! `trueip_agent_client::protocol`).
 //!
 //! Requests are rare (one per sidecar start) and quick, so one thread answers them in turn; a
 //! caller that sends nothing is dropped after [`REQUEST_TIMEOUT`].
 
 use std::{
     fs,
-    io::{self, IoSlice},
+    io::{self, IoSlice, IoSliceMut},
     os::{
-        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
         unix::fs::{FileTypeExt as _, PermissionsExt as _},
     },
     path::{Path, PathBuf},
@@ -15,20 +16,25 @@ use std::{
     time::Duration,
 };
 
-use nix::sys::{
-    socket::{
-        AddressFamily, Backlog, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, accept4,
-        bind, connect, listen, recv, sendmsg, setsockopt, socket, sockopt,
+use nix::{
+    cmsg_space,
+    sys::{
+        socket::{
+            AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
+            SockType, UnixAddr, accept4, bind, connect, listen, recvmsg, sendmsg, setsockopt,
+            socket, sockopt,
+        },
+        time::TimeVal,
     },
-    time::TimeVal,
 };
 use trueip_agent_client::protocol::{self, ErrorCode, ProtocolError, Request, Response};
 
 use crate::{
-    config::PodCgroupMode,
-    identify::{self, IdentifyError},
+    config::{PodCgroupMode, WhenGone},
+    identify::{self, Caller, IdentifyError},
     pods::{Registry, ServeError, error_chain},
     programs::ProgramsError,
+    steer::SteerError,
 };
 
 /// How long a connected caller has to send its request, and the agent to send the answer.
@@ -92,6 +98,8 @@ pub(crate) struct Server {
     pub(crate) cgroup_root: PathBuf,
     /// How a caller's pod cgroup is found.
     pub(crate) pod_cgroup: PodCgroupMode,
+    /// What steered connections get while a sidecar's listener is gone.
+    pub(crate) steer_when_gone: WhenGone,
 }
 
 impl Server {
@@ -123,9 +131,9 @@ impl Server {
             return;
         }
         let mut buf = [0u8; protocol::MAX_MESSAGE_LEN];
-        let len = match recv(conn.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC) {
-            Ok(0) => return,
-            Ok(len) => len,
+        let (len, mut fds) = match receive(conn.as_fd(), &mut buf) {
+            Ok((0, _)) => return,
+            Ok(received) => received,
             Err(e) => {
                 tracing::warn!(error = %e, "no request from a sidecar connection");
                 return;
@@ -138,6 +146,17 @@ impl Server {
         };
         let result = match request {
             Ok(Request::GetMap) => self.get_map(conn.as_fd()),
+            Ok(Request::Steer { port }) => match (fds.pop(), fds.is_empty()) {
+                (Some(listener), true) => self.steer(conn.as_fd(), port, listener.as_fd()),
+                _ => {
+                    let e = ProtocolError::Unexpected(format!(
+                        "STEER needs exactly one listening socket attached, got {}",
+                        fds.len() + 1
+                    ));
+                    tracing::warn!(error = %e, "bad request on the agent socket");
+                    reply_error(conn.as_fd(), ErrorCode::BadRequest, &e)
+                }
+            },
             Err(e) => {
                 let code = match e {
                     ProtocolError::Version { .. } => ErrorCode::Version,
@@ -152,20 +171,60 @@ impl Server {
         }
     }
 
+    /// Identifies the caller, or answers why not (`Err` then holds how sending that went).
+    fn identify(&self, conn: BorrowedFd<'_>) -> Result<Caller, io::Result<()>> {
+        identify::caller(conn, &self.cgroup_root, self.pod_cgroup).map_err(|e| {
+            tracing::warn!(error = %error_chain(&e), "could not identify a caller");
+            let code = match e {
+                IdentifyError::Netns { .. } | IdentifyError::Sockopt { .. } => ErrorCode::Internal,
+                _ => ErrorCode::Identify,
+            };
+            reply_error(conn, code, &e)
+        })
+    }
+
+    /// Identifies the caller and steers its pod's connections to `port` to `listener`.
+    fn steer(&self, conn: BorrowedFd<'_>, port: u16, listener: BorrowedFd<'_>) -> io::Result<()> {
+        let caller = match self.identify(conn) {
+            Ok(caller) => caller,
+            Err(answered) => return answered,
+        };
+        let steered = self
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .steer(&caller, port, listener, self.steer_when_gone);
+        match steered {
+            Ok(attached) => {
+                tracing::info!(
+                    pid = caller.pid,
+                    pod = %caller.pod.path.display(),
+                    netns = caller.netns,
+                    port,
+                    when_gone = ?self.steer_when_gone,
+                    attached,
+                    "steering the pod's connections to a sidecar listener"
+                );
+                send(conn, &Response::Steering { port }.encode(), None)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %error_chain(&e),
+                    pid = caller.pid,
+                    netns = caller.netns,
+                    port,
+                    "refused to steer"
+                );
+                reply_error(conn, error_code(&e), &e)
+            }
+        }
+    }
+
     /// Identifies the caller and sends it its pod's map, or why not.
     fn get_map(&self, conn: BorrowedFd<'_>) -> io::Result<()> {
-        let caller = match identify::caller(conn, &self.cgroup_root, self.pod_cgroup) {
+        let caller = match self.identify(conn) {
             Ok(caller) => caller,
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "could not identify a caller");
-                let code = match e {
-                    IdentifyError::Netns { .. } | IdentifyError::Sockopt { .. } => {
-                        ErrorCode::Internal
-                    }
-                    _ => ErrorCode::Identify,
-                };
-                return reply_error(conn, code, &e);
-            }
+            Err(answered) => return answered,
         };
         let served = self
             .registry
@@ -196,19 +255,49 @@ impl Server {
                     netns = caller.netns,
                     "refused a sidecar"
                 );
-                let code = match &e {
-                    ServeError::Conflict { .. } => ErrorCode::Conflict,
-                    ServeError::TooManyPods
-                    | ServeError::Map { .. }
-                    | ServeError::Programs(
-                        ProgramsError::Attach { .. } | ProgramsError::NoLink { .. },
-                    ) => ErrorCode::Kernel,
-                    ServeError::Programs(_) => ErrorCode::Internal,
-                };
-                reply_error(conn, code, &e)
+                reply_error(conn, error_code(&e), &e)
             }
         }
     }
+}
+
+/// The protocol's reason code for a failure to serve.
+fn error_code(e: &ServeError) -> ErrorCode {
+    match e {
+        ServeError::Conflict { .. } => ErrorCode::Conflict,
+        ServeError::Steer(SteerError::Listener(_)) => ErrorCode::BadRequest,
+        ServeError::TooManyPods
+        | ServeError::Map { .. }
+        | ServeError::Programs(ProgramsError::Attach { .. } | ProgramsError::NoLink { .. })
+        | ServeError::Steer(
+            SteerError::Program { .. } | SteerError::Map { .. } | SteerError::Object(_),
+        ) => ErrorCode::Kernel,
+        ServeError::Programs(_) | ServeError::Steer(_) => ErrorCode::Internal,
+    }
+}
+
+/// Receives one message into `buf`, and the descriptors attached to it (SCM_RIGHTS). The length
+/// is the message's full length (MSG_TRUNC), which may exceed `buf`.
+fn receive(conn: BorrowedFd<'_>, buf: &mut [u8]) -> nix::Result<(usize, Vec<OwnedFd>)> {
+    let mut cmsg = cmsg_space!([RawFd; 2]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_TRUNC | MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for raw in raw {
+                // SAFETY: the kernel just installed `raw` in this process for this message
+                // (SCM_RIGHTS); nothing else owns it, so wrapping it closes it exactly once.
+                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+    }
+    Ok((msg.bytes, fds))
 }
 
 /// Sends an error answer carrying `e` and its sources.

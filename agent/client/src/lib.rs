@@ -8,13 +8,16 @@
 //!
 //! The ordering that keeps it race-free is the caller's: bind the loopback socket, [`PodMap::insert`],
 //! then connect; [`PodMap::remove`] once the connection is closed.
+//!
+//! [`steer`] hands the agent a listening socket, so that the pod's connections to the app's port
+//! from outside the pod reach the sidecar while the app keeps listening on that port itself.
 
 pub mod protocol;
 
 use std::{
     io::{self, IoSliceMut},
     net::SocketAddr,
-    os::fd::{AsRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{Mutex, PoisonError},
     time::Duration,
@@ -25,8 +28,8 @@ use nix::{
     cmsg_space,
     sys::{
         socket::{
-            AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, connect,
-            recvmsg, send, setsockopt, socket, sockopt,
+            AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+            UnixAddr, connect, recvmsg, sendmsg, setsockopt, socket, sockopt,
         },
         time::TimeVal,
     },
@@ -151,66 +154,8 @@ impl PodMap {
     /// Blocking (a few milliseconds; at most 10 s against a wedged agent); call it once at
     /// startup and share the result.
     pub fn connect(socket: &Path) -> Result<Self, ClientError> {
-        let io_err = |source: io::Error| ClientError::Io {
-            socket: socket.to_owned(),
-            source,
-        };
-        let connect_err = |source: nix::Error| ClientError::Connect {
-            socket: socket.to_owned(),
-            source: source.into(),
-        };
-        let fd = socket_fd().map_err(connect_err)?;
-        let addr = UnixAddr::new(socket).map_err(connect_err)?;
-        connect(fd.as_raw_fd(), &addr).map_err(connect_err)?;
-        let timeout = TimeVal::new(AGENT_TIMEOUT.as_secs().cast_signed(), 0);
-        setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(|e| io_err(e.into()))?;
-        setsockopt(&fd, sockopt::SendTimeout, &timeout).map_err(|e| io_err(e.into()))?;
-
-        send(
-            fd.as_raw_fd(),
-            &Request::GetMap.encode(),
-            MsgFlags::MSG_NOSIGNAL,
-        )
-        .map_err(|e| io_err(e.into()))?;
-
-        let mut buf = [0u8; protocol::MAX_MESSAGE_LEN];
-        let mut cmsg = cmsg_space!([std::os::fd::RawFd; 4]);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            fd.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(|e| io_err(e.into()))?;
-        let len = msg.bytes;
-        let truncated = msg
-            .flags
-            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        for c in msg.cmsgs().map_err(|e| io_err(e.into()))? {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                for raw in raw {
-                    // SAFETY: the kernel just installed `raw` in this process for this message
-                    // (SCM_RIGHTS); nothing else owns it, so wrapping it closes it exactly once.
-                    fds.push(unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) });
-                }
-            }
-        }
-        if len == 0 {
-            return Err(io_err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the agent closed the connection without answering",
-            )));
-        }
-        let protocol_err = |source| ClientError::Protocol {
-            socket: socket.to_owned(),
-            source,
-        };
-        if truncated {
-            return Err(protocol_err(ProtocolError::Malformed { len }));
-        }
-        match Response::decode(&buf[..len]).map_err(protocol_err)? {
+        let (response, mut fds) = exchange(socket, Request::GetMap, None)?;
+        match response {
             Response::Error { code, message } => Err(ClientError::Refused { code, message }),
             Response::Map { max_entries } => {
                 let count = fds.len();
@@ -222,6 +167,7 @@ impl PodMap {
                 };
                 Self::from_fd(map_fd, max_entries)
             }
+            other @ Response::Steering { .. } => Err(unexpected(socket, &other)),
         }
     }
 
@@ -284,6 +230,111 @@ impl PodMap {
     }
 }
 
+/// Asks the agent to steer this pod's TCP connections to the app's `port` that come from outside
+/// the pod to `listener` (a listening TCP socket of this process, in the pod's network namespace)
+/// instead of to the app. Loopback connections still reach the app.
+///
+/// The kernel drops the steering entry when the listener is closed; connections then reach the
+/// app again (or are refused, if the agent is configured fail-closed). Blocking (a few
+/// milliseconds; at most 10 s against a wedged agent); call it once per listener at startup.
+pub fn steer(socket: &Path, port: u16, listener: BorrowedFd<'_>) -> Result<(), ClientError> {
+    let (response, _fds) = exchange(socket, Request::Steer { port }, Some(listener))?;
+    match response {
+        Response::Error { code, message } => Err(ClientError::Refused { code, message }),
+        Response::Steering { port: steered } if steered == port => Ok(()),
+        other => Err(unexpected(socket, &other)),
+    }
+}
+
+/// Sends `request` (with `fd` attached by SCM_RIGHTS, if given) and returns the answer and the
+/// descriptors that came with it.
+fn exchange(
+    socket: &Path,
+    request: Request,
+    fd: Option<BorrowedFd<'_>>,
+) -> Result<(Response, Vec<OwnedFd>), ClientError> {
+    let io_err = |source: io::Error| ClientError::Io {
+        socket: socket.to_owned(),
+        source,
+    };
+    let connect_err = |source: nix::Error| ClientError::Connect {
+        socket: socket.to_owned(),
+        source: source.into(),
+    };
+    let conn = socket_fd().map_err(connect_err)?;
+    let addr = UnixAddr::new(socket).map_err(connect_err)?;
+    connect(conn.as_raw_fd(), &addr).map_err(connect_err)?;
+    let timeout = TimeVal::new(AGENT_TIMEOUT.as_secs().cast_signed(), 0);
+    setsockopt(&conn, sockopt::ReceiveTimeout, &timeout).map_err(|e| io_err(e.into()))?;
+    setsockopt(&conn, sockopt::SendTimeout, &timeout).map_err(|e| io_err(e.into()))?;
+
+    let raw = fd.map(|f| [f.as_raw_fd()]);
+    let cmsgs: Vec<ControlMessage<'_>> = raw
+        .as_ref()
+        .map(|r| ControlMessage::ScmRights(r))
+        .into_iter()
+        .collect();
+    sendmsg::<()>(
+        conn.as_raw_fd(),
+        &[io::IoSlice::new(&request.encode())],
+        &cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(|e| io_err(e.into()))?;
+
+    let mut buf = [0u8; protocol::MAX_MESSAGE_LEN];
+    let mut cmsg = cmsg_space!([std::os::fd::RawFd; 4]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| io_err(e.into()))?;
+    let len = msg.bytes;
+    let truncated = msg
+        .flags
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for c in msg.cmsgs().map_err(|e| io_err(e.into()))? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for raw in raw {
+                // SAFETY: the kernel just installed `raw` in this process for this message
+                // (SCM_RIGHTS); nothing else owns it, so wrapping it closes it exactly once.
+                fds.push(unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) });
+            }
+        }
+    }
+    if len == 0 {
+        return Err(io_err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the agent closed the connection without answering",
+        )));
+    }
+    let protocol_err = |source| ClientError::Protocol {
+        socket: socket.to_owned(),
+        source,
+    };
+    if truncated {
+        return Err(protocol_err(ProtocolError::Malformed { len }));
+    }
+    let response = Response::decode(&buf[..len]).map_err(protocol_err)?;
+    Ok((response, fds))
+}
+
+/// An answer that does not fit the request.
+fn unexpected(socket: &Path, response: &Response) -> ClientError {
+    let line = String::from_utf8_lossy(&response.encode())
+        .trim_end()
+        .to_owned();
+    ClientError::Protocol {
+        socket: socket.to_owned(),
+        source: ProtocolError::Unexpected(line),
+    }
+}
+
 /// A `SOCK_SEQPACKET` Unix socket (the agent's socket type).
 fn socket_fd() -> nix::Result<OwnedFd> {
     socket(
@@ -305,9 +356,13 @@ fn errno(e: &MapError) -> Option<i32> {
 
 #[cfg(test)]
 mod tests {
-    use std::{fs::File, os::fd::FromRawFd as _, thread::JoinHandle};
+    use std::{
+        fs::File,
+        os::fd::{AsFd as _, FromRawFd as _},
+        thread::JoinHandle,
+    };
 
-    use nix::sys::socket::{Backlog, ControlMessage, accept, bind, listen, recv, sendmsg};
+    use nix::sys::socket::{Backlog, accept, bind, listen, recv};
 
     use super::*;
 
@@ -400,6 +455,33 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let agent = fake_agent(dir.path(), reply, None);
             let err = connect_to(dir.path()).unwrap_err();
+            agent.join().unwrap();
+            assert!(matches!(err, ClientError::Protocol { .. }), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn steer_sends_the_request_with_the_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = fake_agent(dir.path(), b"TRUEIP/1 OK steer port=8080\n", None);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        steer(&dir.path().join("agent.sock"), 8080, listener.as_fd()).unwrap();
+        assert_eq!(
+            agent.join().unwrap(),
+            Request::Steer { port: 8080 }.encode()
+        );
+    }
+
+    #[test]
+    fn steer_answers_for_another_request_are_protocol_errors() {
+        for reply in [
+            &b"TRUEIP/1 OK steer port=9090\n"[..],
+            b"TRUEIP/1 OK max_entries=10\n",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let agent = fake_agent(dir.path(), reply, None);
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let err = steer(&dir.path().join("agent.sock"), 8080, listener.as_fd()).unwrap_err();
             agent.join().unwrap();
             assert!(matches!(err, ClientError::Protocol { .. }), "{err:?}");
         }

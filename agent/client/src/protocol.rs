@@ -7,12 +7,21 @@
 //! sidecar → agent   TRUEIP/1 GET-MAP
 //! agent → sidecar   TRUEIP/1 OK max_entries=16384        + the pod map's fd (SCM_RIGHTS)
 //!                   TRUEIP/1 ERR <code> <message>        (no fd)
+//!
+//! sidecar → agent   TRUEIP/1 STEER port=8080             + the sidecar's listening socket (SCM_RIGHTS)
+//! agent → sidecar   TRUEIP/1 OK steer port=8080
+//!                   TRUEIP/1 ERR <code> <message>
 //! ```
+//!
+//! `STEER` asks the agent to hand the pod's new TCP connections to `port` (the app's port) that
+//! come from outside the pod to the attached listening socket instead of the app (sk_lookup in
+//! the pod's network namespace); loopback connections still reach the app.
 //!
 //! The agent learns who is asking from the socket itself (`SO_PEERCRED` → the caller's cgroup and
 //! network namespace), never from the request, so the request carries nothing else. An agent that
-//! does not speak the client's version answers `ERR version`; new requests or fields get a new
-//! version number.
+//! does not speak the client's version answers `ERR version`. Requests are only ever added to a
+//! version (an agent older than a request answers `ERR bad-request`); a changed meaning of an
+//! existing message gets a new version number.
 
 use std::{fmt, str::FromStr};
 
@@ -27,6 +36,12 @@ pub const MAX_MESSAGE_LEN: usize = 1024;
 pub enum Request {
     /// "Give me my pod's restore map."
     GetMap,
+    /// "Steer my pod's connections to this app port from outside the pod to the listening socket
+    /// attached to this message."
+    Steer {
+        /// The app's port (the destination port of the connections to steer).
+        port: u16,
+    },
 }
 
 /// What the agent answers.
@@ -36,6 +51,11 @@ pub enum Response {
     Map {
         /// Capacity of the pod map.
         max_entries: u32,
+    },
+    /// Connections to `port` from outside the pod now go to the sidecar's listening socket.
+    Steering {
+        /// The steered app port.
+        port: u16,
     },
     /// No map, and why.
     Error {
@@ -94,15 +114,19 @@ impl Request {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Self::GetMap => format!("TRUEIP/{VERSION} GET-MAP\n").into_bytes(),
+            Self::Steer { port } => format!("TRUEIP/{VERSION} STEER port={port}\n").into_bytes(),
         }
     }
 
     /// Parses a message received from a sidecar.
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
         let rest = versioned_line(bytes)?;
-        match rest {
-            "GET-MAP" => Ok(Self::GetMap),
-            other => Err(ProtocolError::Unexpected(other.to_owned())),
+        if rest == "GET-MAP" {
+            return Ok(Self::GetMap);
+        }
+        match rest.strip_prefix("STEER port=").map(str::parse) {
+            Some(Ok(port)) if port != 0 => Ok(Self::Steer { port }),
+            _ => Err(ProtocolError::Unexpected(rest.to_owned())),
         }
     }
 }
@@ -114,6 +138,7 @@ impl Response {
     pub fn encode(&self) -> Vec<u8> {
         let mut line = match self {
             Self::Map { max_entries } => format!("TRUEIP/{VERSION} OK max_entries={max_entries}"),
+            Self::Steering { port } => format!("TRUEIP/{VERSION} OK steer port={port}"),
             Self::Error { code, message } => {
                 // One line, bounded: the message is for logs, not for parsing.
                 let message: String = message
@@ -132,7 +157,10 @@ impl Response {
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
         let rest = versioned_line(bytes)?;
         let unexpected = || ProtocolError::Unexpected(rest.to_owned());
-        if let Some(args) = rest.strip_prefix("OK ") {
+        if let Some(port) = rest.strip_prefix("OK steer port=") {
+            let port = port.parse().map_err(|_| unexpected())?;
+            Ok(Self::Steering { port })
+        } else if let Some(args) = rest.strip_prefix("OK ") {
             let max_entries = args
                 .strip_prefix("max_entries=")
                 .and_then(|n| n.parse().ok())
@@ -217,6 +245,20 @@ mod tests {
         );
         // The trailing newline is optional (socat users).
         assert_eq!(Request::decode(b"TRUEIP/1 GET-MAP"), Ok(Request::GetMap));
+        let steer = Request::Steer { port: 8080 };
+        assert_eq!(steer.encode(), b"TRUEIP/1 STEER port=8080\n");
+        assert_eq!(Request::decode(&steer.encode()), Ok(steer));
+        for bad in [
+            &b"TRUEIP/1 STEER port=0"[..],
+            b"TRUEIP/1 STEER port=65536",
+            b"TRUEIP/1 STEER",
+            b"TRUEIP/1 STEER port=80 extra",
+        ] {
+            assert!(
+                matches!(Request::decode(bad), Err(ProtocolError::Unexpected(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
@@ -224,6 +266,9 @@ mod tests {
         let ok = Response::Map { max_entries: 16384 };
         assert_eq!(ok.encode(), b"TRUEIP/1 OK max_entries=16384\n");
         assert_eq!(Response::decode(&ok.encode()), Ok(ok));
+        let steering = Response::Steering { port: 8080 };
+        assert_eq!(steering.encode(), b"TRUEIP/1 OK steer port=8080\n");
+        assert_eq!(Response::decode(&steering.encode()), Ok(steering));
         for (code, _) in ErrorCode::ALL {
             let err = Response::Error {
                 code,

@@ -14,7 +14,7 @@ use std::{net::SocketAddr, process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, bail, ensure};
 
-use crate::support::{Agent, Env, Netns, Placement, PodCgroup, Proc, Skip, wait_for};
+use crate::support::{Agent, Env, Netns, Placement, PodCgroup, Proc, Skip, Veth, wait_for};
 
 /// A test gets the environment, or why it is missing (see [`need`]).
 type Test = fn(&Result<Env, String>) -> anyhow::Result<()>;
@@ -56,6 +56,18 @@ const TESTS: &[(&str, Test)] = &[
         unprivileged_sidecar_uses_its_map,
     ),
     ("gone_pods_are_swept", gone_pods_are_swept),
+    (
+        "steering_hands_outside_connections_to_the_sidecar",
+        steering_hands_outside_connections_to_the_sidecar,
+    ),
+    (
+        "steering_fails_closed_when_configured",
+        steering_fails_closed_when_configured,
+    ),
+    (
+        "steering_refuses_another_namespaces_socket",
+        steering_refuses_another_namespaces_socket,
+    ),
     ("startup_errors_are_clear", startup_errors_are_clear),
 ];
 
@@ -64,6 +76,7 @@ fn main() -> ExitCode {
     match args.get(1).map(String::as_str) {
         Some(roles::APP) => return roles::app(&args[2..]),
         Some(roles::SIDECAR) => return roles::sidecar(&args[2..]),
+        Some(roles::STEER) => return roles::steer(&args[2..]),
         _ => {}
     }
     let exact = args.iter().any(|a| a == "--exact");
@@ -179,6 +192,30 @@ impl Pod {
         };
         let socket = agent.socket.to_str().context("socket path")?;
         let mut proc = Proc::spawn(roles::SIDECAR, &[socket], &place)?;
+        let first = proc.line()?;
+        Ok((proc, first))
+    }
+
+    /// Starts a steering sidecar for the app's `port` (see `roles::steer`); returns it with its
+    /// first line.
+    fn steer(
+        &self,
+        agent: &Agent,
+        port: u16,
+        foreign: Option<&Netns>,
+    ) -> anyhow::Result<(Proc, String)> {
+        let place = Placement {
+            cgroup: Some(&self.cgroup.sidecar()),
+            netns: self.netns.as_ref(),
+            uid: None,
+        };
+        let socket = agent.socket.to_str().context("socket path")?;
+        let port = port.to_string();
+        let mut args = vec![socket, &port];
+        if let Some(ns) = foreign {
+            args.push(ns.path.to_str().context("netns path")?);
+        }
+        let mut proc = Proc::spawn(roles::STEER, &args, &place)?;
         let first = proc.line()?;
         Ok((proc, first))
     }
@@ -597,6 +634,147 @@ fn gone_pods_are_swept(env: &Result<Env, String>) -> anyhow::Result<()> {
     })
     .with_context(|| agent.log())?;
     ensure!(agent.log().contains("removing pod"), "{}", agent.log());
+    Ok(())
+}
+
+/// Steering: with the app itself on `0.0.0.0:<port>`, connections from outside the pod reach the
+/// sidecar, loopback ones the app; the steering survives an agent restart; a stopped sidecar lets
+/// connections through to the app (fail-open, counted and logged); a gone pod's steering is
+/// detached.
+fn steering_hands_outside_connections_to_the_sidecar(
+    env: &Result<Env, String>,
+) -> anyhow::Result<()> {
+    let env = need(env)?;
+    let mut agent = Agent::start(&["--sweep-interval", "1s"])?;
+    let pod = Pod::new(env, true)?;
+    let veth = Veth::create(pod.netns.as_ref().context("netns")?)?;
+    let app = pod.app("0.0.0.0:0")?;
+    let port = app.addr.port();
+    let outside = SocketAddr::new(veth.pod_ip, port);
+    ensure!(
+        roles::probe(outside)?.starts_with("accept="),
+        "before steering the app answers"
+    );
+    let (mut sidecar, first) = pod.steer(&agent, port, None)?;
+    ensure!(
+        first.starts_with("steering "),
+        "steer: {first}\nagent log:\n{}",
+        agent.log()
+    );
+    let answer = roles::probe(outside)?;
+    ensure!(
+        answer.starts_with(&format!(
+            "sidecar local=[::ffff:{}]:{port} peer=[::ffff:{}]:",
+            veth.pod_ip, veth.host_ip
+        )),
+        "from outside the pod the sidecar answers: {answer}\nagent log:\n{}",
+        agent.log()
+    );
+    for inside in [
+        SocketAddr::new(veth.pod_ip, port),
+        via(app.addr, "127.0.0.1"),
+    ] {
+        let answer = sidecar.cmd(&format!("probe {inside}"))?;
+        ensure!(
+            answer.starts_with("accept="),
+            "from inside the pod ({inside}) the app answers: {answer}"
+        );
+    }
+
+    agent.kill()?;
+    agent.restart()?;
+    let answer = roles::probe(outside)?;
+    ensure!(
+        answer.starts_with("sidecar "),
+        "after an agent restart: {answer}"
+    );
+
+    drop(sidecar);
+    let answer = roles::probe(outside)?;
+    ensure!(
+        answer.starts_with(&format!("accept={}:", veth.host_ip)),
+        "with the sidecar gone the app answers (fail-open): {answer}"
+    );
+    wait_for("the agent to report the fall-through", || {
+        agent
+            .log()
+            .contains("found no sidecar listener")
+            .then_some(())
+    })
+    .with_context(|| agent.log())?;
+
+    let pod_dirs: Vec<_> = std::fs::read_dir(agent.bpffs_dir.join("pods"))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    ensure!(
+        pod_dirs.len() == 1
+            && std::fs::read_dir(&pod_dirs[0])?
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("steer-")),
+        "steering pins: {pod_dirs:?}"
+    );
+    let (sidecar, first) = pod.steer(&agent, port, None)?;
+    ensure!(first.starts_with("steering "), "steer again: {first}");
+    ensure!(
+        roles::probe(outside)?.starts_with("sidecar "),
+        "a new sidecar is steered to"
+    );
+    drop(sidecar);
+    drop(app);
+    pod.cgroup.remove()?;
+    wait_for("the sweep to remove the gone pod's pins", || {
+        (!pod_dirs[0].exists()).then_some(())
+    })
+    .with_context(|| agent.log())?;
+    Ok(())
+}
+
+/// With `--steer-when-gone closed`, a steered port whose sidecar is gone refuses connections
+/// instead of letting them reach the app without the sidecar.
+fn steering_fails_closed_when_configured(env: &Result<Env, String>) -> anyhow::Result<()> {
+    let env = need(env)?;
+    let agent = Agent::start(&["--steer-when-gone", "closed"])?;
+    let pod = Pod::new(env, true)?;
+    let veth = Veth::create(pod.netns.as_ref().context("netns")?)?;
+    let app = pod.app("0.0.0.0:0")?;
+    let outside = SocketAddr::new(veth.pod_ip, app.addr.port());
+    let (mut sidecar, first) = pod.steer(&agent, app.addr.port(), None)?;
+    ensure!(
+        first.starts_with("steering "),
+        "steer: {first}\n{}",
+        agent.log()
+    );
+    ensure!(roles::probe(outside)?.starts_with("sidecar "));
+    let inside = sidecar.cmd(&format!("probe {}", via(app.addr, "127.0.0.1")))?;
+    ensure!(
+        inside.starts_with("accept="),
+        "loopback still reaches the app: {inside}"
+    );
+    drop(sidecar);
+    let refused = roles::probe(outside);
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("refused")),
+        "with the sidecar gone and fail-closed: {refused:?}"
+    );
+    Ok(())
+}
+
+/// A caller can only steer with a socket of its own network namespace: a listener from another
+/// namespace (here: the host's) is refused, and nothing is attached.
+fn steering_refuses_another_namespaces_socket(env: &Result<Env, String>) -> anyhow::Result<()> {
+    let env = need(env)?;
+    let agent = Agent::start(&[])?;
+    let pod = Pod::new(env, false)?;
+    let other = Netns::create()?;
+    let (_sidecar, first) = pod.steer(&agent, 8080, Some(&other))?;
+    ensure!(
+        first.starts_with("error ") && first.contains("another network namespace"),
+        "steer with a foreign socket: {first}\nagent log:\n{}",
+        agent.log()
+    );
     Ok(())
 }
 

@@ -12,11 +12,18 @@
 //!   - `ask <id>` → sends `?` on the connection, prints the app's answer
 //!   - `forget <id>` → removes the entry, keeps the connection → `ok`
 //!   - `close <id>` → removes the entry, closes → `ok`
+//! * **steer**: a steering sidecar. `__trueip_steer <agent socket> <app port> [<netns path>]`
+//!   listens on `[::]:0`, hands the listener to the agent with `trueip_agent_client::steer`
+//!   (from inside `<netns path>` when given: a caller trying to steer with another namespace's
+//!   socket) → `steering <addr>` or `error <message>`. Every connection it accepts gets one line,
+//!   `sidecar local=<addr> peer=<addr>`. On stdin, `probe <addr>` connects to `<addr>` (from the
+//!   pod, so over loopback), sends `?` and prints the one-line answer.
 
 use std::{
     collections::HashMap,
     io::{self, BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsFd as _,
     path::Path,
     process::ExitCode,
     thread,
@@ -30,6 +37,8 @@ use trueip_agent_client::{InsertError, LoopbackConn, PodMap, Restored};
 pub(crate) const APP: &str = "__trueip_app";
 /// Argument that selects the sidecar role.
 pub(crate) const SIDECAR: &str = "__trueip_sidecar";
+/// Argument that selects the steering sidecar role.
+pub(crate) const STEER: &str = "__trueip_steer";
 
 /// The app: `__trueip_app <listen addr>`.
 pub(crate) fn app(args: &[String]) -> ExitCode {
@@ -169,6 +178,65 @@ fn run_sidecar(args: &[String]) -> anyhow::Result<()> {
         say(&answer)?;
     }
     Ok(())
+}
+
+/// The steering sidecar (see the module docs).
+pub(crate) fn steer(args: &[String]) -> ExitCode {
+    match run_steer(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("steer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_steer(args: &[String]) -> anyhow::Result<()> {
+    let socket = Path::new(args.first().context("agent socket")?);
+    let port: u16 = args.get(1).context("app port")?.parse()?;
+    let listener = TcpListener::bind("[::]:0")?;
+    if let Some(other) = args.get(2) {
+        let ns = std::fs::File::open(other)?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    }
+    if let Err(e) = trueip_agent_client::steer(socket, port, listener.as_fd()) {
+        return say(&format!("error {e}"));
+    }
+    say(&format!("steering {}", listener.local_addr()?))?;
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let line = format!(
+                "sidecar local={} peer={}\n",
+                stream
+                    .local_addr()
+                    .map_or_else(|e| e.to_string(), |a| a.to_string()),
+                stream
+                    .peer_addr()
+                    .map_or_else(|e| e.to_string(), |a| a.to_string()),
+            );
+            drop(stream.write_all(line.as_bytes()));
+        }
+    });
+    for line in io::stdin().lines() {
+        let line = line?;
+        let answer = match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["probe", addr] => probe(addr.parse()?).unwrap_or_else(|e| format!("error {e}")),
+            _ => bail!("unknown command {line:?}"),
+        };
+        say(&answer)?;
+    }
+    Ok(())
+}
+
+/// Connects to `addr`, sends `?` and returns the first line of the answer.
+pub(crate) fn probe(addr: SocketAddr) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    stream.write_all(b"?\n")?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    Ok(answer.trim_end().to_owned())
 }
 
 /// One line to the test, on stdout.

@@ -4,7 +4,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     os::{fd::AsRawFd, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
@@ -314,6 +314,72 @@ impl Drop for Netns {
         drop(
             Command::new("ip")
                 .args(["netns", "del", &self.name])
+                .status(),
+        );
+    }
+}
+
+/// A veth pair between the host and a pod namespace, with one IPv4 address on each end, so that
+/// the host reaches the pod from outside (not over the pod's loopback).
+#[derive(Debug)]
+pub(crate) struct Veth {
+    host: String,
+    /// The host end's address.
+    pub(crate) host_ip: IpAddr,
+    /// The pod end's address.
+    pub(crate) pod_ip: IpAddr,
+}
+
+impl Veth {
+    /// Creates the pair `tv<n>` (host) ↔ `eth0` (pod), addressed from 100.127.<n>.0/30.
+    pub(crate) fn create(netns: &Netns) -> anyhow::Result<Self> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = (std::process::id() as usize * 7 + N.fetch_add(1, Ordering::Relaxed)) % 250 + 1;
+        let host = format!("tv{}-{n}", std::process::id() % 10_000);
+        let (host_ip, pod_ip) = (format!("100.127.{n}.1"), format!("100.127.{n}.2"));
+        let run = |args: &[&str]| -> anyhow::Result<()> {
+            let status = Command::new("ip").args(args).status()?;
+            ensure!(status.success(), "ip {}: {status}", args.join(" "));
+            Ok(())
+        };
+        let pair = Self {
+            host: host.clone(),
+            host_ip: host_ip.parse()?,
+            pod_ip: pod_ip.parse()?,
+        };
+        run(&[
+            "link",
+            "add",
+            &host,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns.name,
+        ])?;
+        run(&["addr", "add", &format!("{host_ip}/30"), "dev", &host])?;
+        run(&["link", "set", &host, "up"])?;
+        run(&[
+            "-n",
+            &netns.name,
+            "addr",
+            "add",
+            &format!("{pod_ip}/30"),
+            "dev",
+            "eth0",
+        ])?;
+        run(&["-n", &netns.name, "link", "set", "eth0", "up"])?;
+        Ok(pair)
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        drop(
+            Command::new("ip")
+                .args(["link", "del", &self.host])
                 .status(),
         );
     }

@@ -38,6 +38,68 @@ pub const POD_MAP_DEFAULT_ENTRIES: u32 = 16384;
 /// map; not preallocating keeps idle pods cheap.
 pub const POD_MAP_FLAGS: u32 = 1;
 
+/// Name of a pod's steering socket map (SOCKHASH: [`steer_socket_key`] → the sidecar's listening
+/// socket) in the sk_lookup object. Each pod has its own instance of the sk_lookup program and of its maps,
+/// attached to that pod's network namespace only; the agent pins them in the pod's directory.
+pub const STEER_SOCKETS_MAP: &str = "TRUEIP_STEER_SOCKETS";
+
+/// Name of a pod's steered-ports map (HASH: app port, host byte order, as a `u32` → a
+/// [`SteerPort`]) in the sk_lookup object.
+pub const STEER_PORTS_MAP: &str = "TRUEIP_STEER_PORTS";
+
+/// Name of a pod's steering counters (PERCPU_ARRAY of `u64`, indexed by the `STEER_STAT_*`
+/// constants) in the sk_lookup object.
+pub const STEER_STATS_MAP: &str = "TRUEIP_STEER_STATS";
+
+/// Name of the sk_lookup program in its object.
+pub const STEER_PROGRAM: &str = "steer";
+
+/// How many app ports one pod can steer (capacity of its ports map; the sockets map holds two
+/// listeners per port: one per family, or a dual-stack one).
+pub const MAX_STEER_PORTS: u32 = 64;
+
+/// Counter: connections handed to the sidecar's listener.
+pub const STEER_STAT_STEERED: u32 = 0;
+/// Counter: connections that went to the app because the sidecar's listener was gone (or could
+/// not take the connection: e.g. an IPv6 client and an IPv4-only listener), with fail-open.
+pub const STEER_STAT_FELL_THROUGH: u32 = 1;
+/// Counter: connections refused because the sidecar's listener was gone, with fail-closed.
+pub const STEER_STAT_REFUSED: u32 = 2;
+/// Number of steering counters.
+pub const STEER_STATS: u32 = 3;
+
+/// [`SteerPort::flags`] bit: refuse connections to the port while the sidecar's listener is
+/// gone, instead of letting them reach the app without the sidecar (fail-closed).
+pub const STEER_FAIL_CLOSED: u32 = 1;
+
+/// The `ingress_ifindex` of a network namespace's loopback device: `lo` is always the first
+/// device of a namespace. Connections arriving on it (the sidecar's own connection to the app,
+/// in-pod clients) are never steered.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
+/// [`steer_socket_key`] family of a listener that takes both IPv4 and IPv6 connections (a
+/// dual-stack `AF_INET6` socket).
+pub const STEER_ANY_FAMILY: u32 = 0;
+
+/// Key of a listener in the steering socket map: the app port (host byte order) in the low 16
+/// bits, the family of the connections it takes ([`AF_INET`], [`AF_INET6`] for an IPv6-only
+/// socket, [`STEER_ANY_FAMILY`] for a dual-stack one) above. A connection goes to the listener of
+/// its own family if there is one, else to the dual-stack one: so an app with separate IPv4 and
+/// IPv6 sockets (nginx's `listen 80; listen [::]:80;`) can have a sidecar listener per family,
+/// each connecting to the app over that family's loopback.
+#[inline(always)]
+pub const fn steer_socket_key(port: u32, family: u32) -> u32 {
+    (family << 16) | (port & 0xffff)
+}
+
+/// Value of the steered-ports map: how connections to one app port are steered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SteerPort {
+    /// [`STEER_FAIL_CLOSED`] or 0.
+    pub flags: u32,
+}
+
 /// `AF_INET`, as stored in [`Endpoint::family`].
 pub const AF_INET: u16 = 2;
 
@@ -245,10 +307,14 @@ unsafe impl aya::Pod for ConnKey {}
 // SAFETY: as for `Endpoint`: two `Endpoint`s and a `u32`, no padding.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for RestoreValue {}
+// SAFETY: `#[repr(C)]`, `Copy`, one `u32`: no padding, every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SteerPort {}
 
 const _: () = assert!(size_of::<Endpoint>() == 16 + 2 + 2);
 const _: () = assert!(size_of::<ConnKey>() == 2 * size_of::<Endpoint>());
 const _: () = assert!(size_of::<RestoreValue>() == 2 * size_of::<Endpoint>() + 4);
+const _: () = assert!(size_of::<SteerPort>() == 4);
 
 #[cfg(test)]
 mod tests {
@@ -349,6 +415,19 @@ mod tests {
             v.original_dst().unwrap().to_socket_addr(),
             sa("[2001:db8::1]:8443")
         );
+    }
+
+    #[test]
+    fn steer_socket_keys_keep_port_and_family_apart() {
+        assert_eq!(steer_socket_key(8080, STEER_ANY_FAMILY), 8080);
+        let v4 = steer_socket_key(8080, AF_INET.into());
+        let v6 = steer_socket_key(8080, AF_INET6.into());
+        assert_eq!(v4 & 0xffff, 8080);
+        assert_eq!(v4 >> 16, u32::from(AF_INET));
+        assert_ne!(v4, v6);
+        assert_ne!(v4, steer_socket_key(8081, AF_INET.into()));
+        // Only the low 16 bits of the port count (the kernel's local_port is a u32).
+        assert_eq!(steer_socket_key(0x1_0050, 0), 0x50);
     }
 
     #[test]

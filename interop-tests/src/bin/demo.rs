@@ -3,8 +3,11 @@
 //!
 //! * (a) without trueip: HAProxy's own address;
 //! * (b) with `trueip-sidecar --mode proxy-v1` in front of nginx's `proxy_protocol` server;
-//! * (c) with `trueip-sidecar --mode ebpf` and `trueip-agent`, nginx's stock `combined` log
-//!   (`$remote_addr`), when the agent is built and the kernel allows it.
+//! * (c) with `trueip-sidecar --mode ebpf --steer` and `trueip-agent`, nginx's stock `combined`
+//!   log (`$remote_addr`), when the agent is built and the kernel allows it. nginx keeps its
+//!   usual port: the agent's sk_lookup program steers the pod's connections to it from outside
+//!   the pod to the sidecar (no iptables), which reaches nginx over loopback. (a) and (b) are
+//!   shown before steering starts, since (a) uses the same port.
 //!
 //! It builds nothing: the binaries come from `$TRUEIP_BIN_DIR` or the workspace's target
 //! directory. Exits non-zero when (b) — or (c), when it runs — does not show the client.
@@ -30,6 +33,10 @@ use trueip_interop_tests::{
 /// Where the agent pins its programs, maps and links for the demo; removed afterwards.
 const DEMO_PINS: &str = "trueip-demo";
 
+/// Where the steering sidecars of (c) listen, IPv4 and IPv6: ports of their own, which
+/// connections reach by steering.
+const STEER_LISTEN: [&str; 2] = ["0.0.0.0:15008", "[::]:15009"];
+
 /// One way of putting nginx behind HAProxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
@@ -37,7 +44,7 @@ enum Scenario {
     Direct,
     /// (b) HAProxy `send-proxy-v2` → sidecar `proxy-v1` → nginx `proxy_protocol`.
     ProxyV1,
-    /// (c) HAProxy `send-proxy-v2` → sidecar `ebpf` → nginx's plain server.
+    /// (c) HAProxy `send-proxy-v2` → nginx's plain server's port, steered to sidecar `ebpf`.
     Ebpf,
 }
 
@@ -60,8 +67,8 @@ impl Scenario {
                  log: $proxy_protocol_addr:$proxy_protocol_port"
             }
             Self::Ebpf => {
-                "HAProxy send-proxy-v2 → trueip-sidecar --mode ebpf (+ trueip-agent) → nginx, \
-                 default log: $remote_addr"
+                "HAProxy send-proxy-v2 → nginx's own port, steered to trueip-sidecar --mode ebpf \
+                 --steer (+ trueip-agent) → nginx, default log: $remote_addr"
             }
         }
     }
@@ -89,7 +96,8 @@ impl Scenario {
         match self {
             Self::Direct => nginx::PLAIN_PORT,
             Self::ProxyV1 => 8080,
-            Self::Ebpf => 8090,
+            // Steering: nginx's own port.
+            Self::Ebpf => nginx::PLAIN_PORT,
         }
     }
 
@@ -173,13 +181,9 @@ fn run() -> Result<bool> {
         commands.push(format!("in the pod:  {}", launch.command_line()));
         proxy_sidecars.push(sidecar::start(&topo, &topo.pod, launch, listen)?);
     }
-    let ebpf = match &cgroup {
-        Ok(cgroup) => start_ebpf(&topo, cgroup, &mut commands).map_err(|e| one_line(&e)),
-        Err(reason) => Err(reason.clone()),
-    };
     let scenarios: Vec<Scenario> = Scenario::ALL
         .into_iter()
-        .filter(|s| *s != Scenario::Ebpf || ebpf.is_ok())
+        .filter(|s| *s != Scenario::Ebpf || cgroup.is_ok())
         .collect();
     let routes: Vec<Route> = scenarios
         .iter()
@@ -212,11 +216,30 @@ fn run() -> Result<bool> {
             route.bind, route.server
         )?;
     }
+    let mut results = Vec::new();
+    // (a) and (b) first: once steering is on, (a)'s connections to nginx's port would be
+    // steered to the sidecar too.
+    let mut observed = scenarios.clone();
+    observed.retain(|s| *s != Scenario::Ebpf);
+    for &scenario in &observed {
+        for family in Family::BOTH {
+            let seen = observe(&topo, &nginx, scenario, family)
+                .with_context(|| format!("{} {family}", scenario.tag()))?;
+            results.push((scenario, family, seen));
+        }
+    }
+    let ebpf = match &cgroup {
+        Ok(cgroup) => start_ebpf(&topo, cgroup, &mut commands).map_err(|e| one_line(&e)),
+        Err(reason) => Err(reason.clone()),
+    };
     for command in &commands {
         writeln!(out, "  {command}")?;
     }
-    let mut results = Vec::new();
-    for &scenario in &scenarios {
+    let scenarios: Vec<Scenario> = scenarios
+        .into_iter()
+        .filter(|s| *s != Scenario::Ebpf || ebpf.is_ok())
+        .collect();
+    for &scenario in scenarios.iter().filter(|s| !observed.contains(s)) {
         for family in Family::BOTH {
             let seen = observe(&topo, &nginx, scenario, family)
                 .with_context(|| format!("{} {family}", scenario.tag()))?;
@@ -325,14 +348,17 @@ fn observe(topo: &Topology, nginx: &Nginx, scenario: Scenario, family: Family) -
     })
 }
 
-/// Starts the agent on the host and the eBPF sidecars in the pod's cgroup.
+/// Starts the agent on the host and the steering eBPF sidecars in the pod's cgroup: one per
+/// family, since nginx has one socket per family (`listen 8082; listen [::]:8082;`) and an IPv6
+/// client can only be shown to an IPv6 socket. They listen on ports of their own; the agent
+/// steers IPv4 connections to the IPv4 listener, IPv6 ones to the dual-stack `[::]` one.
 fn start_ebpf(topo: &Topology, cgroup: &Cgroup, commands: &mut Vec<String>) -> Result<EbpfPath> {
     let agent = Agent::start_pinned(topo, Path::new(BPFFS).join(DEMO_PINS))?;
     commands.push(format!("on the host: {}", agent.command_line()));
     let mut sidecars = Vec::new();
-    for family in Family::BOTH {
-        let listen = SocketAddr::new(family.pod(), Scenario::Ebpf.pod_port());
-        let upstream = SocketAddr::new(family.loopback(), nginx::PLAIN_PORT);
+    for (family, listen) in Family::BOTH.into_iter().zip(STEER_LISTEN) {
+        let listen: SocketAddr = listen.parse()?;
+        let upstream = SocketAddr::new(family.loopback(), Scenario::Ebpf.pod_port());
         let launch = sidecar::launch(
             &format!("sidecar-ebpf-{family}"),
             listen,
@@ -340,6 +366,7 @@ fn start_ebpf(topo: &Topology, cgroup: &Cgroup, commands: &mut Vec<String>) -> R
             "ebpf",
             &[&lb_cidr(family)],
         )?
+        .args(["--steer", "--header", "optional"])
         .args(["--agent-socket".as_ref(), agent.socket().as_os_str()])
         .cgroup(cgroup);
         commands.push(format!("in the pod:  {}", launch.command_line()));

@@ -15,6 +15,7 @@ pub mod forward;
 pub mod listen;
 pub mod metrics;
 pub mod restore;
+pub mod steer;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 

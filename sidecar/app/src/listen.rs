@@ -14,6 +14,7 @@ use crate::{
     connection,
     metrics::{ListenerMetrics, SidecarMetrics},
     restore::{EbpfError, Restorer},
+    steer::{self, SteerError},
 };
 
 /// The kernel's accept queue; connections over `max_connections` wait here.
@@ -43,6 +44,15 @@ pub enum ListenError {
         /// Why.
         #[source]
         source: io::Error,
+    },
+    /// `steer: true` and the agent did not take the listener.
+    #[error("listener {listener}: {source}")]
+    Steer {
+        /// The listener's name.
+        listener: String,
+        /// Why.
+        #[source]
+        source: SteerError,
     },
     /// The `ebpf` mode could not be set up and no fallback is configured.
     #[error("listener {listener}: {source}")]
@@ -91,11 +101,19 @@ impl Listener {
             addr: config.listen,
             source,
         })?;
+        if config.steer {
+            steer::register(&socket, config.upstream, agent_socket).map_err(|source| {
+                ListenError::Steer {
+                    listener: name.clone(),
+                    source,
+                }
+            })?;
+        }
         info!(
             listener = %name, listen = %socket.local_addr().map_err(|source| ListenError::Bind {
                 listener: name.clone(), addr: config.listen, source })?,
             upstream = %config.upstream, mode = ?restorer.mode(), header = ?config.header,
-            "listening"
+            steer = config.steer, "listening"
         );
         let limit = Arc::new(Semaphore::new(config.max_connections.get()));
         Ok(Self {
