@@ -7,7 +7,7 @@ SETUP      := scripts/setup.sh
 NOT_EBPF   := --workspace --exclude trueip-redirect-ebpf
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all setup build demo test fmt-check clippy unit-tests fuzz-smoke fuzz clean
+.PHONY: all setup build demo test fmt-check clippy unit-tests fuzz-smoke fuzz soak clean
 
 all: build
 
@@ -42,6 +42,20 @@ fuzz-smoke: setup
 # The long form: about two minutes per target (well over 10 million executions each).
 fuzz: setup
 	bash scripts/fuzz.sh $${FUZZ_SECONDS:-120} sidecar/proxy-header/fuzz/RESULTS.md
+
+# The long soak (SOAK_SECONDS, default 600) through HAProxy → sidecar → app with an app restart
+# and a graceful drain; writes interop-tests/SOAK-RESULTS.md. A 20 s form runs in `make test`.
+soak: setup
+	$(CARGO) build --locked -p trueip-sidecar -p trueip-interop-tests --bins
+	TRUEIP_BIN_DIR=$(CURDIR)/target/debug SOAK_SECONDS=$${SOAK_SECONDS:-600} ./target/debug/trueip-soak
+
+# As root: trueip side by side with direct, HAProxy, nginx stream and socat in network namespaces;
+# writes bench/RESULTS.md and bench/results.png. `make bench BENCH_QUICK=1`: one short smoke run.
+# The agent may fail to build on its own: the ebpf row of the results then says why.
+bench: setup
+	$(CARGO) build --release --locked -p trueip-sidecar -p trueip-bench
+	$(CARGO) build --release --locked -p trueip-agent || echo "[bench] trueip-agent did not build: its row will say so"
+	BENCH_QUICK=$(BENCH_QUICK) ./target/release/trueip-bench --out bench/RESULTS.md --plot bench/results.png
 
 clean:
 	$(CARGO) clean

@@ -151,8 +151,25 @@ impl EchoApp {
         addrs: &[SocketAddr],
         cgroup: Option<&Cgroup>,
     ) -> Result<Self> {
-        let name = format!("echo-app-{}", netns.name());
-        let mut launch = Launch::new(&name, own_binary("trueip-echo-app")?)
+        Self::start_named(
+            topo,
+            &format!("echo-app-{}", netns.name()),
+            netns,
+            addrs,
+            cgroup,
+        )
+    }
+
+    /// [`start`](Self::start) with its own name (and log file `<name>.log`), for several apps
+    /// in one namespace.
+    pub fn start_named(
+        topo: &Topology,
+        name: &str,
+        netns: &Netns,
+        addrs: &[SocketAddr],
+        cgroup: Option<&Cgroup>,
+    ) -> Result<Self> {
+        let mut launch = Launch::new(name, own_binary("trueip-echo-app")?)
             .args(addrs.iter().map(ToString::to_string))
             .netns(netns);
         if let Some(cgroup) = cgroup {
@@ -163,6 +180,11 @@ impl EchoApp {
             netns.wait_listening(&mut proc, addr, START_TIMEOUT)?;
         }
         Ok(Self { proc })
+    }
+
+    /// Kills it at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        self.proc.kill();
     }
 
     /// The connections accepted so far.

@@ -37,14 +37,22 @@ impl Response {
 /// `GET http://<target><path>` from inside `ns`; with `haproxy_protocol`, curl first sends a
 /// PROXY v1 header naming its own connection (`--haproxy-protocol`).
 pub fn get(ns: &Netns, target: SocketAddr, path: &str, haproxy_protocol: bool) -> Result<Response> {
+    let flags: &[&str] = if haproxy_protocol {
+        &["--haproxy-protocol"]
+    } else {
+        &[]
+    };
+    get_url(ns, flags, &format!("http://{target}{path}"))
+}
+
+/// `GET url` from inside `ns` with extra curl flags (TLS options, `--resolve`, ...).
+pub fn get_url(ns: &Netns, flags: &[&str], url: &str) -> Result<Response> {
     let mut cmd = ns.command("curl");
     cmd.args(["--silent", "--show-error", "--globoff", "--max-time"])
         .arg(MAX_TIME.as_secs().to_string())
-        .args(["--write-out", "\n%{http_code} %{local_ip} %{local_port}"]);
-    if haproxy_protocol {
-        cmd.arg("--haproxy-protocol");
-    }
-    cmd.arg(format!("http://{target}{path}"));
+        .args(["--write-out", "\n%{http_code} %{local_ip} %{local_port}"])
+        .args(flags)
+        .arg(url);
     let out = process::output(&mut cmd, MAX_TIME + Duration::from_secs(5))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let (body, summary) = stdout

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     process::{self, Launch, Proc},
-    topology::Topology,
+    topology::{Netns, Topology},
 };
 
 /// How long HAProxy gets to validate its configuration and to start listening.
@@ -73,9 +73,23 @@ pub fn config(routes: &[Route]) -> String {
 /// Writes the configuration into the topology's directory, checks it with `haproxy -c`, starts
 /// HAProxy in the LB namespace and waits until every frontend listens.
 pub fn start(topo: &Topology, routes: &[Route]) -> Result<Proc> {
-    let path = topo.dir().join("haproxy.cfg");
-    std::fs::write(&path, config(routes)).with_context(|| format!("writing {}", path.display()))?;
-    let mut check = topo.lb.command("haproxy");
+    let binds: Vec<SocketAddr> = routes.iter().map(|r| r.bind).collect();
+    start_config(topo, &topo.lb, "haproxy", &config(routes), &binds)
+}
+
+/// Like [`start`], for a hand-written configuration: writes it to `<name>.cfg`, checks it,
+/// starts HAProxy in `netns` (its output in `<name>.log`) and waits until it listens on
+/// every one of `binds`.
+pub fn start_config(
+    topo: &Topology,
+    netns: &Netns,
+    name: &str,
+    cfg: &str,
+    binds: &[SocketAddr],
+) -> Result<Proc> {
+    let path = topo.dir().join(format!("{name}.cfg"));
+    std::fs::write(&path, cfg).with_context(|| format!("writing {}", path.display()))?;
+    let mut check = netns.command("haproxy");
     check.arg("-c").arg("-f").arg(&path);
     let out = process::output(&mut check, START_TIMEOUT)?;
     if !out.status.success() {
@@ -86,14 +100,13 @@ pub fn start(topo: &Topology, routes: &[Route]) -> Result<Proc> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let mut haproxy = Launch::new("haproxy", "haproxy")
+    let mut haproxy = Launch::new(name, "haproxy")
         .args(["-db", "-f"])
         .args([&path])
-        .netns(&topo.lb)
+        .netns(netns)
         .spawn(topo.dir())?;
-    for r in routes {
-        topo.lb
-            .wait_listening(&mut haproxy, r.bind, START_TIMEOUT)?;
+    for &bind in binds {
+        netns.wait_listening(&mut haproxy, bind, START_TIMEOUT)?;
     }
     Ok(haproxy)
 }

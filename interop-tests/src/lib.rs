@@ -22,7 +22,11 @@ pub mod haproxy;
 pub mod nginx;
 pub mod prereq;
 pub mod process;
+pub mod record;
 pub mod sidecar;
+pub mod soak;
+pub mod stats;
+pub mod tls;
 pub mod topology;
 
 pub use cgroup::Cgroup;

@@ -233,6 +233,16 @@ impl Proc {
         self.kill();
     }
 
+    /// Sends SIGTERM to it and its process group, and returns at once.
+    pub fn terminate(&self) {
+        self.signal(Signal::SIGTERM);
+    }
+
+    /// Waits until it exits; `None` if it still runs after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_with_deadline(&mut self.child, timeout)
+    }
+
     /// Kills it and its process group at once (SIGKILL), as a crash or an OOM kill would.
     pub fn kill(&mut self) {
         self.signal(Signal::SIGKILL);

@@ -5,9 +5,15 @@
 //! bytes the app received. Without root or a peer they print `SKIPPED: <reason>` and return.
 
 mod curl;
+mod differential;
 mod ebpf;
+mod exhaustion;
 mod haproxy;
 mod nginx;
+mod receivers;
+mod senders;
+mod soak;
+mod steering;
 
 use std::{net::SocketAddr, time::Duration};
 

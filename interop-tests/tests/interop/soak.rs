@@ -1,0 +1,16 @@
+//! The short form of `make soak` (20 s): see `trueip_interop_tests::soak` for what it asserts.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use trueip_interop_tests::{Need, prereq::runnable, soak};
+
+#[test]
+fn soak_short_form_with_app_restart_and_graceful_drain() -> Result<()> {
+    if !runnable(&[Need::Haproxy, Need::Sidecar]) {
+        return Ok(());
+    }
+    let report = soak::run(soak::Config::new(Duration::from_secs(20)))?;
+    eprintln!("{}", report.markdown());
+    Ok(())
+}
