@@ -1,0 +1,453 @@
+//! The injected sidecar: its configuration file, its container and its volumes.
+//!
+//! The sidecar reads a YAML file (one listener per port). The webhook writes that file into the
+//! pod's `trueip.io/sidecar-config` annotation and a downward-API volume turns the annotation into
+//! the file, so the configuration is visible on the pod (`kubectl get pod -o yaml`), needs no
+//! ConfigMap per pod and no shell in the image. Before a pod is admitted, the file is parsed by
+//! the sidecar's own parser: a configuration the sidecar would refuse is refused at admission,
+//! with the annotation to fix.
+
+use std::net::SocketAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::{
+    api::core::v1::{
+        Capabilities, Container, ContainerPort, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
+        EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, Probe, SeccompProfile,
+        SecurityContext, TCPSocketAction, Volume, VolumeMount,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use serde::Serialize;
+use trueip_sidecar_app::config::ConfigError;
+
+use crate::{
+    config::Config,
+    settings::{self, HeaderPolicy, Mode, PodSettings},
+};
+
+/// The injected container's name; an init container of that name marks a pod as injected.
+pub(crate) const CONTAINER_NAME: &str = "trueip-sidecar";
+/// The pod annotation holding the sidecar's configuration file.
+pub(crate) const CONFIG_ANNOTATION: &str = "trueip.io/sidecar-config";
+/// The downward-API volume that turns the annotation into a file.
+pub(crate) const CONFIG_VOLUME: &str = "trueip-sidecar-config";
+/// The node agent's socket directory (hostPath), for the `ebpf` mode.
+pub(crate) const SOCKET_VOLUME: &str = "trueip-agent-socket";
+/// Where the configuration file appears in the sidecar.
+const CONFIG_DIR: &str = "/etc/trueip";
+/// The configuration file's name in [`CONFIG_DIR`].
+const CONFIG_FILE: &str = "sidecar.yaml";
+
+/// What the webhook adds to a pod.
+#[derive(Debug, Clone)]
+pub(crate) struct Injection {
+    /// The sidecar's configuration file, for [`CONFIG_ANNOTATION`].
+    pub(crate) config_yaml: String,
+    /// The native sidecar: an init container with `restartPolicy: Always`.
+    pub(crate) container: Container,
+    /// The volumes it mounts.
+    pub(crate) volumes: Vec<Volume>,
+}
+
+/// Why no sidecar can be built for a pod.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BuildError {
+    /// The settings make a configuration the sidecar would refuse at start.
+    #[error(
+        "the trueip sidecar would refuse this configuration ({source}); fix the annotation \
+         {annotation} (or the chart's default for it)"
+    )]
+    Refused {
+        /// The annotation that sets the key at fault.
+        annotation: &'static str,
+        /// The sidecar's own error.
+        #[source]
+        source: ConfigError,
+    },
+    /// A listen port is the sidecar's own metrics port.
+    #[error(
+        "annotation {}: port {port} is the trueip sidecar's metrics port (chart value \
+         sidecar.metricsPort); choose another",
+        settings::PORTS
+    )]
+    PortTaken {
+        /// The port.
+        port: u16,
+    },
+    /// The configuration could not be written as YAML.
+    #[error("writing the sidecar configuration")]
+    Write(#[from] serde_norway::Error),
+}
+
+/// The sidecar's YAML file (`trueip_sidecar_app::Config`), as far as the webhook sets it.
+#[derive(Debug, Serialize)]
+struct SidecarFile<'a> {
+    listeners: Vec<ListenerFile>,
+    agent_socket: &'a std::path::Path,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+/// One listener of [`SidecarFile`].
+#[derive(Debug, Serialize)]
+struct ListenerFile {
+    name: String,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    mode: Mode,
+    header: HeaderPolicy,
+    trusted_sources: Vec<IpNet>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback: Option<Mode>,
+}
+
+/// Builds what `settings` asks for with the chart's `config`, checked by the sidecar's parser.
+pub(crate) fn build(settings: &PodSettings, config: &Config) -> Result<Injection, BuildError> {
+    let template = &config.sidecar;
+    let ebpf = settings.mode == Mode::Ebpf;
+    let metrics_port = Some(template.metrics_port).filter(|&p| p != 0);
+    if let Some(port) = metrics_port.filter(|&m| settings.ports.iter().any(|p| p.listen == m)) {
+        return Err(BuildError::PortTaken { port });
+    }
+    let file = SidecarFile {
+        listeners: settings
+            .ports
+            .iter()
+            .map(|pair| ListenerFile {
+                name: format!("port-{}", pair.listen),
+                listen: SocketAddr::new(template.listen_address, pair.listen),
+                upstream: SocketAddr::new(template.upstream_address, pair.upstream),
+                mode: settings.mode,
+                header: settings.header,
+                trusted_sources: settings.trusted.clone(),
+                fallback: template.fallback.filter(|_| ebpf),
+            })
+            .collect(),
+        agent_socket: &template.agent_socket,
+        metrics_listen: metrics_port.map(|port| SocketAddr::new(template.listen_address, port)),
+    };
+    let config_yaml = serde_norway::to_string(&file)?;
+    trueip_sidecar_app::Config::from_yaml(&config_yaml).map_err(|source| BuildError::Refused {
+        annotation: annotation_of(&source),
+        source,
+    })?;
+
+    let mut mounts = vec![VolumeMount {
+        name: CONFIG_VOLUME.into(),
+        mount_path: CONFIG_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: CONFIG_VOLUME.into(),
+        downward_api: Some(DownwardAPIVolumeSource {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: CONFIG_FILE.into(),
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: format!("metadata.annotations['{CONFIG_ANNOTATION}']"),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..DownwardAPIVolumeFile::default()
+            }]),
+            ..DownwardAPIVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    if ebpf {
+        // Only `ebpf` pods talk to the agent; the others need no host path at all. Read-only is
+        // enough: connecting to a Unix socket does not write to the filesystem.
+        let dir = config.agent_socket_dir().display().to_string();
+        mounts.push(VolumeMount {
+            name: SOCKET_VOLUME.into(),
+            mount_path: dir.clone(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: SOCKET_VOLUME.into(),
+            host_path: Some(HostPathVolumeSource {
+                path: dir,
+                type_: Some("DirectoryOrCreate".into()),
+            }),
+            ..Volume::default()
+        });
+    }
+
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let container = Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(template.image.clone()),
+        image_pull_policy: Some(template.image_pull_policy.as_str().into()),
+        args: Some(vec![
+            "--config".into(),
+            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+            "--log-format".into(),
+            template.log_format.as_str().into(),
+        ]),
+        env: Some(vec![
+            field("K8S_POD_NAME", "metadata.name"),
+            field("K8S_NAMESPACE_NAME", "metadata.namespace"),
+            field("K8S_POD_UID", "metadata.uid"),
+            EnvVar {
+                name: "RUST_LOG".into(),
+                value: Some(template.log_level.clone()),
+                ..EnvVar::default()
+            },
+        ]),
+        ports: Some(
+            settings
+                .ports
+                .iter()
+                .map(|pair| (format!("trueip-{}", pair.listen), pair.listen))
+                .chain(metrics_port.map(|port| ("trueip-metrics".to_owned(), port)))
+                .map(|(name, port)| ContainerPort {
+                    name: Some(name),
+                    container_port: i32::from(port),
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                })
+                .collect(),
+        ),
+        // A native sidecar: started before the app containers, stopped after them.
+        restart_policy: Some("Always".into()),
+        // The app containers start once the first listener accepts (a bare connect is a
+        // health check for the sidecar, logged at debug).
+        startup_probe: settings.ports.first().map(|pair| Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(i32::from(pair.listen)),
+                ..TCPSocketAction::default()
+            }),
+            period_seconds: Some(1),
+            failure_threshold: Some(30),
+            ..Probe::default()
+        }),
+        resources: Some(template.resources.clone()),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(template.run_as_user),
+            run_as_group: Some(template.run_as_group),
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    Ok(Injection {
+        config_yaml,
+        container,
+        volumes,
+    })
+}
+
+/// The annotation that sets the sidecar key an error names.
+fn annotation_of(error: &ConfigError) -> &'static str {
+    match error {
+        ConfigError::Invalid { key, .. } => match *key {
+            "mode" | "fallback" => settings::MODE,
+            "header" => settings::HEADER,
+            "trusted_sources" => settings::TRUSTED_CIDRS,
+            _ => settings::PORTS,
+        },
+        _ => settings::PORTS,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{config::tests::FULL, settings::parse_ports};
+
+    fn config() -> Config {
+        Config::from_yaml(FULL, Path::new("config.yaml")).unwrap()
+    }
+
+    fn settings(ports: &str, mode: Mode, header: HeaderPolicy) -> PodSettings {
+        PodSettings {
+            ports: parse_ports(ports).unwrap(),
+            mode,
+            header,
+            trusted: vec!["10.0.0.0/8".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn the_file_is_what_the_sidecar_reads() {
+        let got = build(
+            &settings("8080:80,9090", Mode::Ebpf, HeaderPolicy::Optional),
+            &config(),
+        )
+        .unwrap();
+        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        assert_eq!(parsed.listeners.len(), 2);
+        let l = &parsed.listeners[0];
+        assert_eq!(l.name(), "port-8080");
+        assert_eq!(l.listen, "[::]:8080".parse().unwrap());
+        assert_eq!(l.upstream, "127.0.0.1:80".parse().unwrap());
+        assert_eq!(l.mode, trueip_sidecar_app::config::Mode::Ebpf);
+        assert_eq!(l.fallback, Some(trueip_sidecar_app::config::Mode::ProxyV1));
+        assert_eq!(
+            parsed.listeners[1].upstream,
+            "127.0.0.1:9090".parse().unwrap()
+        );
+        assert_eq!(parsed.agent_socket, Path::new("/run/trueip/agent.sock"));
+        assert_eq!(parsed.metrics_listen, Some("[::]:9902".parse().unwrap()));
+        let ports: Vec<_> = got
+            .container
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.container_port))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("trueip-8080".to_owned(), 8080),
+                ("trueip-9090".to_owned(), 9090),
+                ("trueip-metrics".to_owned(), 9902)
+            ]
+        );
+    }
+
+    #[test]
+    fn every_mode_and_header_is_understood_by_the_sidecar() {
+        use trueip_sidecar_app::config::{HeaderPolicy as H, Mode as M};
+        for (mode, theirs) in [
+            (Mode::None, M::None),
+            (Mode::ProxyV1, M::ProxyV1),
+            (Mode::ProxyV2, M::ProxyV2),
+            (Mode::Ebpf, M::Ebpf),
+        ] {
+            for (header, their_header) in [
+                (HeaderPolicy::Required, H::Required),
+                (HeaderPolicy::Optional, H::Optional),
+            ] {
+                let got = build(&settings("80", mode, header), &config()).unwrap();
+                let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+                assert_eq!(parsed.listeners[0].mode, theirs);
+                assert_eq!(parsed.listeners[0].header, their_header);
+            }
+        }
+        let got = build(&settings("80", Mode::None, HeaderPolicy::Off), &config()).unwrap();
+        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        assert_eq!(parsed.listeners[0].header, H::Off);
+    }
+
+    #[test]
+    fn the_socket_is_mounted_for_ebpf_only() {
+        let ebpf = build(
+            &settings("80", Mode::Ebpf, HeaderPolicy::Required),
+            &config(),
+        )
+        .unwrap();
+        let names: Vec<_> = ebpf.volumes.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, [CONFIG_VOLUME, SOCKET_VOLUME]);
+        let host = ebpf.volumes[1].host_path.as_ref().unwrap();
+        assert_eq!(host.path, "/run/trueip");
+        let mounts = ebpf.container.volume_mounts.as_ref().unwrap();
+        assert_eq!(mounts[1].mount_path, "/run/trueip");
+        assert_eq!(mounts[1].read_only, Some(true));
+
+        let v1 = build(
+            &settings("80", Mode::ProxyV1, HeaderPolicy::Required),
+            &config(),
+        )
+        .unwrap();
+        assert_eq!(v1.volumes.len(), 1);
+        assert!(!v1.config_yaml.contains("fallback"), "{}", v1.config_yaml);
+    }
+
+    #[test]
+    fn the_container_is_an_unprivileged_native_sidecar() {
+        let got = build(
+            &settings("8080:80", Mode::Ebpf, HeaderPolicy::Required),
+            &config(),
+        )
+        .unwrap();
+        let c = got.container;
+        assert_eq!(c.name, CONTAINER_NAME);
+        assert_eq!(c.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            c.image.as_deref(),
+            Some("ghcr.io/trueip/trueip-sidecar:0.1.0")
+        );
+        let sc = c.security_context.unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.capabilities.unwrap().drop.unwrap(), ["ALL"]);
+        let ports = c.ports.unwrap();
+        assert_eq!(ports[0].container_port, 8080);
+        assert_eq!(ports[0].name.as_deref(), Some("trueip-8080"));
+        let env: Vec<_> = c.env.unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(
+            env,
+            [
+                "K8S_POD_NAME",
+                "K8S_NAMESPACE_NAME",
+                "K8S_POD_UID",
+                "RUST_LOG"
+            ]
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_annotation() {
+        let mut no_trust = settings("80", Mode::Ebpf, HeaderPolicy::Required);
+        no_trust.trusted.clear();
+        let e = build(&no_trust, &config()).unwrap_err();
+        assert!(matches!(
+            e,
+            BuildError::Refused {
+                annotation: settings::TRUSTED_CIDRS,
+                ..
+            }
+        ));
+        let text = e.to_string();
+        assert!(text.contains("trusted_sources"), "{text}");
+        assert!(text.contains("trueip.io/trusted-cidrs"), "{text}");
+
+        let e = build(
+            &settings("9902", Mode::Ebpf, HeaderPolicy::Required),
+            &config(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, BuildError::PortTaken { port: 9902 }));
+        assert!(
+            e.to_string()
+                .starts_with("annotation trueip.io/ports: port 9902"),
+            "{e}"
+        );
+
+        let e = build(&settings("80", Mode::Ebpf, HeaderPolicy::Off), &config()).unwrap_err();
+        assert!(matches!(
+            e,
+            BuildError::Refused {
+                annotation: settings::MODE,
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,492 @@
+//! The chart: lint, render with every values file, schema-validate, and check that the pieces
+//! fit (Service ↔ webhook ↔ Deployment ↔ Secret ↔ ConfigMap, DaemonSet host paths and probes).
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+};
+
+use anyhow::{Context as _, ensure};
+use base64::Engine as _;
+use hyper::{Method, StatusCode};
+use rustls::{
+    client::{WebPkiServerVerifier, danger::ServerCertVerifier as _},
+    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject as _},
+};
+use serde_json::Value;
+
+use crate::{
+    support::{
+        INJECTOR, NAMESPACE, Tools, chart_dir, documents, example_values, find, injector_config,
+    },
+    webhook::Webhook,
+};
+
+/// Every values file with the flags it is rendered with: the default values, the examples, and
+/// the switches that change which objects are rendered.
+fn variants() -> anyhow::Result<Vec<(Vec<PathBuf>, Vec<&'static str>)>> {
+    let mut all = vec![(vec![], vec![])];
+    all.extend(example_values()?.into_iter().map(|f| (vec![f], vec![])));
+    all.extend([
+        (vec![], vec!["--set=injector.tls.source=cert-manager"]),
+        (
+            vec![],
+            vec![
+                "--set=injector.tls.source=cert-manager",
+                "--set=injector.tls.certManager.issuerRef.name=cluster-ca",
+                "--set=injector.tls.certManager.issuerRef.kind=ClusterIssuer",
+            ],
+        ),
+        (
+            vec![],
+            vec![
+                "--set=injector.tls.source=secret",
+                "--set=injector.tls.secretName=my-tls",
+                "--set=injector.tls.caBundle=Y2E=",
+            ],
+        ),
+        (
+            vec![],
+            vec![
+                "--set=agent.enabled=false",
+                "--set=sidecar.mode=proxy-v2",
+                "--set=injector.podDisruptionBudget.enabled=false",
+                "--set=metrics.scrapeAnnotations=true",
+                "--set=injector.bindAddress=::",
+            ],
+        ),
+    ]);
+    Ok(all)
+}
+
+#[test]
+fn lint_strict_with_every_values_file() -> anyhow::Result<()> {
+    let Some(tools) = Tools::or_skip("lint_strict_with_every_values_file") else {
+        return Ok(());
+    };
+    tools.lint(&[])?;
+    for file in example_values()? {
+        tools.lint(&[&file])?;
+    }
+    Ok(())
+}
+
+#[test]
+fn every_values_file_renders_valid_manifests() -> anyhow::Result<()> {
+    let Some(tools) = Tools::or_skip("every_values_file_renders_valid_manifests") else {
+        return Ok(());
+    };
+    for (files, flags) in variants()? {
+        let what = format!("{files:?} {flags:?}");
+        let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+        let yaml = tools.render(&paths, &flags)?;
+        tools.validate(&yaml, &what)?;
+        let docs = documents(&yaml)?;
+
+        // The webhook binary accepts the configuration this render gives it.
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, injector_config(&docs)?)?;
+        let out = Command::new(INJECTOR)
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&config)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{what}: the injector refuses the rendered configuration:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // Whatever the values, the webhook is opt-in per namespace and never for kube-system or
+        // the chart's own namespace.
+        let webhook = &find(&docs, "MutatingWebhookConfiguration", None)?["webhooks"][0];
+        let ns = &webhook["namespaceSelector"];
+        ensure!(
+            ns["matchLabels"]["trueip.io/inject"] == "enabled",
+            "{what}: {ns}"
+        );
+        let excluded = &ns["matchExpressions"][0];
+        ensure!(
+            excluded["key"] == "kubernetes.io/metadata.name" && excluded["operator"] == "NotIn",
+            "{what}: {ns}"
+        );
+        let excluded: Vec<&str> = excluded["values"]
+            .as_array()
+            .context("excluded namespaces")?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        ensure!(
+            excluded.contains(&"kube-system") && excluded.contains(&NAMESPACE),
+            "{what}: excluded {excluded:?}"
+        );
+        ensure!(
+            webhook["sideEffects"] == "None" && webhook["admissionReviewVersions"][0] == "v1",
+            "{what}: {webhook}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn default_render_wires_the_pieces_together() -> anyhow::Result<()> {
+    let Some(tools) = Tools::or_skip("default_render_wires_the_pieces_together") else {
+        return Ok(());
+    };
+    let docs = documents(&tools.render(&[], &[])?)?;
+
+    // apiserver → Service → Deployment's container port.
+    let webhook = &find(&docs, "MutatingWebhookConfiguration", None)?["webhooks"][0];
+    assert_eq!(webhook["failurePolicy"], "Ignore");
+    let client = &webhook["clientConfig"]["service"];
+    assert_eq!(client["namespace"], NAMESPACE);
+    assert_eq!(client["path"], "/mutate");
+    let service_name = client["name"].as_str().context("service name")?;
+    let service = find(&docs, "Service", Some(service_name))?;
+    let port = &service["spec"]["ports"][0];
+    assert_eq!(port["port"], client["port"]);
+    let deployment = find(&docs, "Deployment", Some("trueip-injector"))?;
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"];
+    for (key, value) in service["spec"]["selector"]
+        .as_object()
+        .context("selector")?
+    {
+        assert_eq!(&pod["metadata"]["labels"][key], value, "selector {key}");
+    }
+    let container = &pod["spec"]["containers"][0];
+    let container_port = &container["ports"][0];
+    assert_eq!(container_port["name"], port["targetPort"]);
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .context("args")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        args.contains(&format!("--listen=0.0.0.0:{}", container_port["containerPort"]).as_str()),
+        "{args:?}"
+    );
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["path"], "/healthz");
+        assert_eq!(container[probe]["httpGet"]["scheme"], "HTTPS");
+    }
+
+    // The Deployment mounts the Secret and the ConfigMap that were rendered, where its
+    // arguments look.
+    let volumes = pod["spec"]["volumes"].as_array().context("volumes")?;
+    let secret_name = volumes
+        .iter()
+        .find_map(|v| v["secret"]["secretName"].as_str())
+        .context("no Secret volume")?;
+    find(&docs, "Secret", Some(secret_name))?;
+    let map_name = volumes
+        .iter()
+        .find_map(|v| v["configMap"]["name"].as_str())
+        .context("no ConfigMap volume")?;
+    find(&docs, "ConfigMap", Some(map_name))?;
+    let mounts = container["volumeMounts"].as_array().context("mounts")?;
+    for (arg, mount) in [
+        ("--config=", "config"),
+        ("--tls-cert=", "tls"),
+        ("--tls-key=", "tls"),
+    ] {
+        let path = args.iter().find_map(|a| a.strip_prefix(arg)).context(arg)?;
+        let dir = mounts
+            .iter()
+            .find(|m| m["name"] == mount)
+            .and_then(|m| m["mountPath"].as_str())
+            .context(mount)?;
+        assert!(path.starts_with(dir), "{arg}{path} is not under {dir}");
+    }
+
+    // The webhook runs unprivileged and without API access.
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+    let sc = &container["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    for kind in ["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"] {
+        assert!(
+            docs.iter().all(|d| d["kind"] != kind),
+            "{kind} rendered: nothing in trueip calls the Kubernetes API"
+        );
+    }
+
+    // The PodDisruptionBudget covers the webhook pods.
+    let pdb = find(&docs, "PodDisruptionBudget", None)?;
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    for (key, value) in pdb["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .context("pdb selector")?
+    {
+        assert_eq!(&pod["metadata"]["labels"][key], value, "pdb selector {key}");
+    }
+
+    // The agent: privileged on every node, with exactly the host paths it needs.
+    let agent = find(&docs, "DaemonSet", Some("trueip-agent"))?;
+    let spec = &agent["spec"]["template"]["spec"];
+    assert_eq!(spec["hostPID"], true);
+    assert!(spec.get("hostNetwork").is_none());
+    let host_paths: BTreeSet<&str> = spec["volumes"]
+        .as_array()
+        .context("agent volumes")?
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    assert_eq!(
+        host_paths,
+        BTreeSet::from(["/sys/fs/bpf", "/sys/fs/cgroup", "/run/trueip"])
+    );
+    let agent_container = &spec["containers"][0];
+    assert_eq!(agent_container["securityContext"]["privileged"], true);
+    assert_eq!(
+        agent_container["readinessProbe"]["httpGet"]["path"],
+        "/readyz"
+    );
+    assert_eq!(
+        agent_container["livenessProbe"]["httpGet"]["path"],
+        "/healthz"
+    );
+    let env = |name: &str| {
+        agent_container["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .map(str::to_owned)
+    };
+    assert_eq!(env("TRUEIP_HEALTH_LISTEN").as_deref(), Some("0.0.0.0:9901"));
+    assert_eq!(agent_container["ports"][0]["containerPort"], 9901);
+    assert_eq!(
+        env("TRUEIP_AGENT_SOCKET").as_deref(),
+        Some("/run/trueip/agent.sock")
+    );
+    assert_eq!(env("TRUEIP_CGROUP_ROOT").as_deref(), Some("/host/cgroup"));
+    assert_eq!(
+        env("TRUEIP_BPFFS_DIR").as_deref(),
+        Some("/sys/fs/bpf/trueip")
+    );
+    assert_eq!(agent["spec"]["updateStrategy"]["type"], "RollingUpdate");
+
+    // The injected sidecars find the agent's socket where the agent puts it.
+    let config = injector_config(&docs)?;
+    assert!(
+        config.contains("agentSocket: \"/run/trueip/agent.sock\""),
+        "{config}"
+    );
+    Ok(())
+}
+
+#[test]
+fn failure_policy_is_a_value() -> anyhow::Result<()> {
+    let Some(tools) = Tools::or_skip("failure_policy_is_a_value") else {
+        return Ok(());
+    };
+    let docs = documents(&tools.render(&[], &["--set=injector.failurePolicy=Fail"])?)?;
+    let webhook = &find(&docs, "MutatingWebhookConfiguration", None)?["webhooks"][0];
+    assert_eq!(webhook["failurePolicy"], "Fail");
+    Ok(())
+}
+
+#[test]
+fn generated_certificate_is_trusted_by_the_ca_bundle() -> anyhow::Result<()> {
+    let Some(tools) = Tools::or_skip("generated_certificate_is_trusted_by_the_ca_bundle") else {
+        return Ok(());
+    };
+    let docs = documents(&tools.render(&[], &[])?)?;
+    let webhook = &find(&docs, "MutatingWebhookConfiguration", None)?["webhooks"][0];
+    let secret = find(&docs, "Secret", Some("trueip-injector-tls"))?;
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let b64 = |v: &Value| -> anyhow::Result<Vec<u8>> {
+        let text = v.as_str().context("not a string")?;
+        Ok(base64::engine::general_purpose::STANDARD.decode(text)?)
+    };
+    let ca_bundle = b64(&webhook["clientConfig"]["caBundle"])?;
+    assert_eq!(ca_bundle, b64(&secret["data"]["ca.crt"])?);
+
+    // Verify the serving certificate as the apiserver does: trusting only the caBundle, for
+    // the Service's DNS name.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&ca_bundle) {
+        roots.add(ca?)?;
+    }
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+    let chain: Vec<CertificateDer<'_>> =
+        CertificateDer::pem_slice_iter(&b64(&secret["data"]["tls.crt"])?)
+            .collect::<Result<_, _>>()?;
+    let service = &webhook["clientConfig"]["service"];
+    let host = format!(
+        "{}.{}.svc",
+        service["name"].as_str().context("name")?,
+        service["namespace"].as_str().context("namespace")?
+    );
+    verifier.verify_server_cert(
+        &chain[0],
+        &chain[1..],
+        &ServerName::try_from(host.as_str())?,
+        &[],
+        UnixTime::now(),
+    )?;
+
+    let other = verifier.verify_server_cert(
+        &chain[0],
+        &chain[1..],
+        &ServerName::try_from("trueip-injector.elsewhere.svc")?,
+        &[],
+        UnixTime::now(),
+    );
+    assert!(
+        other.is_err(),
+        "the certificate is valid for another namespace"
+    );
+
+    // The webhook serves helm's pair (an RSA PKCS#1 key), trusted through the caBundle.
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, b64(&secret["data"]["tls.crt"])?)?;
+    std::fs::write(&key, b64(&secret["data"]["tls.key"])?)?;
+    let webhook = Webhook::start(&injector_config(&docs)?, &cert, &key)?;
+    let (status, _) = webhook.request(&ca_bundle, &host, Method::GET, "/healthz", vec![])?;
+    assert_eq!(status, StatusCode::OK);
+    Ok(())
+}
+
+#[test]
+fn bad_values_are_refused_at_render() -> anyhow::Result<()> {
+    let Some(tools) = Tools::or_skip("bad_values_are_refused_at_render") else {
+        return Ok(());
+    };
+    for (flag, expected) in [
+        (
+            "--set=injector.failurePolicy=Sometimes",
+            "injector.failurePolicy",
+        ),
+        ("--set=injector.tls.source=secret", "injector.tls.caBundle"),
+        ("--set=injector.tls.source=vault", "injector.tls.source"),
+        ("--set=sidecar.mode=transparent", "sidecar.mode"),
+        ("--set=sidecar.header=maybe", "sidecar.header"),
+        (
+            "--set=injector.timeoutSeconds=60",
+            "injector.timeoutSeconds",
+        ),
+    ] {
+        let e = tools.render(&[], &[flag]).expect_err(flag).to_string();
+        assert!(e.contains(expected), "{flag}: {e}");
+    }
+    Ok(())
+}
+
+/// The keys of values.yaml with a helm-docs `# --` comment, in dotted form.
+fn documented_keys(values: &str) -> anyhow::Result<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut comment: Vec<&str> = Vec::new();
+    for line in values.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if trimmed.starts_with('#') {
+            comment.push(trimmed);
+            continue;
+        }
+        if trimmed.is_empty() || trimmed.starts_with('-') {
+            comment.clear();
+            continue;
+        }
+        let key = trimmed.split(':').next().context("a key")?.to_owned();
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        let path: Vec<&str> = stack
+            .iter()
+            .map(|(_, k)| k.as_str())
+            .chain([key.as_str()])
+            .collect();
+        if comment.first().is_some_and(|c| c.starts_with("# --")) {
+            keys.push(path.join("."));
+        }
+        comment.clear();
+        stack.push((indent, key));
+    }
+    Ok(keys)
+}
+
+/// Dotted paths of every leaf of a YAML mapping (an empty mapping or a list is a leaf).
+fn leaves(value: &Value, prefix: &str, out: &mut Vec<String>) {
+    match value.as_object() {
+        Some(map) if !map.is_empty() => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaves(v, &path, out);
+            }
+        }
+        _ => out.push(prefix.to_owned()),
+    }
+}
+
+#[test]
+fn every_value_is_documented() -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(chart_dir().join("values.yaml"))?;
+    let documented = documented_keys(&text)?;
+    let covered = |path: &str| {
+        documented
+            .iter()
+            .any(|d| path == d || path.starts_with(&format!("{d}.")))
+    };
+    let values: Value = serde_norway::from_str(&text)?;
+    let mut all = Vec::new();
+    leaves(&values, "", &mut all);
+    let undocumented: Vec<_> = all.iter().filter(|p| !covered(p)).collect();
+    assert!(
+        undocumented.is_empty(),
+        "values without a `# --` comment: {undocumented:?}"
+    );
+
+    // README.md (from README.md.gotmpl) has a row per documented value.
+    assert!(chart_dir().join("README.md.gotmpl").exists());
+    let readme = std::fs::read_to_string(chart_dir().join("README.md"))?;
+    let missing: Vec<_> = documented
+        .iter()
+        .filter(|k| !readme.contains(&format!("| {k} |")))
+        .collect();
+    assert!(missing.is_empty(), "README.md lacks rows for {missing:?}");
+    let rows = readme
+        .lines()
+        .filter(|l| {
+            l.starts_with("| ")
+                && documented
+                    .iter()
+                    .any(|k| l.starts_with(&format!("| {k} |")))
+        })
+        .count();
+    assert_eq!(
+        rows,
+        documented.len(),
+        "README.md has stale or duplicate rows"
+    );
+
+    // The example values files only set values the chart has.
+    for file in example_values()? {
+        let overlay: Value = serde_norway::from_str(&std::fs::read_to_string(&file)?)?;
+        let mut set = Vec::new();
+        leaves(&overlay, "", &mut set);
+        let unknown: Vec<_> = set.iter().filter(|p| !covered(p)).collect();
+        assert!(
+            unknown.is_empty(),
+            "{} sets values the chart does not have: {unknown:?}",
+            file.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! Running helm and kubernetes-validate, and reading what they render.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail, ensure};
+use serde::Deserialize as _;
+use serde_json::Value;
+
+/// The Kubernetes version the chart is rendered and validated for.
+pub(crate) const KUBE_VERSION: &str = "1.33.0";
+/// Release name and namespace of every render: the resources are then named `trueip-*`.
+pub(crate) const RELEASE: &str = "trueip";
+/// The namespace the chart is installed in.
+pub(crate) const NAMESPACE: &str = "trueip";
+/// The webhook binary.
+pub(crate) const INJECTOR: &str = env!("CARGO_BIN_EXE_trueip-injector");
+
+/// The repository's root.
+pub(crate) fn workspace_root() -> PathBuf {
+    let injector = Path::new(env!("CARGO_MANIFEST_DIR"));
+    injector
+        .ancestors()
+        .nth(2)
+        .map_or_else(|| injector.join("../.."), Path::to_path_buf)
+}
+
+/// The chart under test.
+pub(crate) fn chart_dir() -> PathBuf {
+    workspace_root().join("charts/trueip")
+}
+
+/// helm and kubernetes-validate, as `scripts/setup.sh` installs them.
+#[derive(Debug)]
+pub(crate) struct Tools {
+    helm: PathBuf,
+    validate: PathBuf,
+}
+
+impl Tools {
+    /// The tools, or `None` after printing `SKIPPED: <test>: <why>` (setup not run) straight to
+    /// stderr: the harness captures `eprintln!` of passing tests, not this.
+    pub(crate) fn or_skip(test: &str) -> Option<Self> {
+        let tools = workspace_root().join(".tools");
+        let helm = tools.join("bin/helm");
+        let validate = tools.join("venv/bin/kubernetes-validate");
+        for tool in [&helm, &validate] {
+            if !tool.exists() {
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "SKIPPED: {test}: {} is missing (run `bash scripts/setup.sh`)",
+                    tool.display()
+                );
+                return None;
+            }
+        }
+        Some(Self { helm, validate })
+    }
+
+    /// `helm lint --strict` with the given values files.
+    pub(crate) fn lint(&self, values: &[&Path]) -> anyhow::Result<()> {
+        let mut cmd = Command::new(&self.helm);
+        cmd.arg("lint").arg("--strict").arg(chart_dir());
+        for file in values {
+            cmd.arg("-f").arg(file);
+        }
+        let out = cmd.output().context("running helm lint")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            out.status.success(),
+            "helm lint --strict {values:?}:\n{text}"
+        );
+        ensure!(
+            !text.contains("[WARNING]") && !text.contains("[ERROR]"),
+            "helm lint {values:?}:\n{text}"
+        );
+        Ok(())
+    }
+
+    /// `helm template` with values files and `--set` / `--set-string` flags (each given whole,
+    /// e.g. `--set=agent.enabled=false`).
+    pub(crate) fn render(&self, values: &[&Path], flags: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = Command::new(&self.helm);
+        cmd.args(["template", RELEASE]).arg(chart_dir()).args([
+            "--namespace",
+            NAMESPACE,
+            "--kube-version",
+            KUBE_VERSION,
+        ]);
+        for file in values {
+            cmd.arg("-f").arg(file);
+        }
+        cmd.args(flags);
+        let out = cmd.output().context("running helm template")?;
+        ensure!(
+            out.status.success(),
+            "helm template {values:?} {flags:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).context("helm's output is not UTF-8")
+    }
+
+    /// `kubernetes-validate --strict` on `yaml` (unknown fields are errors). Objects of
+    /// cert-manager's CRDs have no schema there; they are the only warnings accepted.
+    pub(crate) fn validate(&self, yaml: &str, what: &str) -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir
+            .path()
+            .join(format!("{}.yaml", what.replace(['/', ' '], "_")));
+        std::fs::write(&file, yaml)?;
+        let out = Command::new(&self.validate)
+            .args(["--strict", "--quiet", "-k", KUBE_VERSION])
+            .arg(&file)
+            .output()
+            .context("running kubernetes-validate")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            out.status.success(),
+            "kubernetes-validate rejects {what}:\n{text}"
+        );
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let crd = line.starts_with("WARN ")
+                && line.contains("Couldn't find schema for kind")
+                && line.contains("api version cert-manager.io/v1");
+            ensure!(crd, "kubernetes-validate on {what}: {line}");
+        }
+        Ok(())
+    }
+}
+
+/// The objects of a multi-document YAML stream (empty documents dropped).
+pub(crate) fn documents(yaml: &str) -> anyhow::Result<Vec<Value>> {
+    let mut docs = Vec::new();
+    for doc in serde_norway::Deserializer::from_str(yaml) {
+        let value = Value::deserialize(doc).context("helm rendered invalid YAML")?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+/// The one object of `kind` (and `name`, if given).
+pub(crate) fn find<'a>(
+    docs: &'a [Value],
+    kind: &str,
+    name: Option<&str>,
+) -> anyhow::Result<&'a Value> {
+    let mut found = docs
+        .iter()
+        .filter(|d| d["kind"] == kind && name.is_none_or(|n| d["metadata"]["name"] == n));
+    let Some(first) = found.next() else {
+        bail!("no {kind} {name:?} rendered");
+    };
+    ensure!(found.next().is_none(), "several {kind} {name:?} rendered");
+    Ok(first)
+}
+
+/// The example values files shipped with the chart (`values-*.yaml`).
+pub(crate) fn example_values() -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(chart_dir())?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("values-") && n.ends_with(".yaml"))
+    });
+    files.sort();
+    ensure!(!files.is_empty(), "no values-*.yaml in the chart");
+    Ok(files)
+}
+
+/// The injector's configuration file from the rendered ConfigMap.
+pub(crate) fn injector_config(docs: &[Value]) -> anyhow::Result<String> {
+    let map = find(docs, "ConfigMap", Some("trueip-injector"))?;
+    map["data"]["config.yaml"]
+        .as_str()
+        .map(str::to_owned)
+        .context("the injector ConfigMap has no config.yaml")
+}

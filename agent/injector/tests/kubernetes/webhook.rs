@@ -1,0 +1,751 @@
+//! The webhook, called the way kube-apiserver's mutating-webhook dispatcher calls it
+//! (shared/K8S-TOOLING.md, five steps):
+//!
+//! 1. render the chart and take its MutatingWebhookConfiguration and the injector's ConfigMap;
+//! 2. start the webhook binary with that configuration and a throw-away CA and serving
+//!    certificate (rcgen), and render the chart again with that CA as the `caBundle`;
+//! 3. decide, from the configuration's `namespaceSelector`, `objectSelector` and `rules`, which
+//!    requests the apiserver would send (a labelled namespace: yes; an unlabelled one: no);
+//! 4. POST those as `admission.k8s.io/v1` AdmissionReviews over HTTPS, trusting only the
+//!    `caBundle`, to the Service path the configuration names;
+//! 5. apply the returned JSONPatch, validate the mutated pod with `kubernetes-validate
+//!    --strict`, and check the sidecar, its volumes, its security context and idempotency.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use base64::Engine as _;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{
+    Method, Request, StatusCode,
+    body::Bytes,
+    header::{CONTENT_TYPE, HOST},
+};
+use hyper_util::rt::TokioIo;
+use kube_core::{DynamicObject, admission::AdmissionReview};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+use serde_json::{Map, Value, json};
+use tempfile::TempDir;
+
+use crate::support::{INJECTOR, NAMESPACE, Tools, documents, find, injector_config};
+
+/// A running `trueip-injector`, stopped on drop.
+#[derive(Debug)]
+pub(crate) struct Webhook {
+    child: Child,
+    /// Where it listens.
+    pub(crate) addr: SocketAddr,
+    _config: TempDir,
+}
+
+impl Webhook {
+    /// Starts the binary with `config` (the rendered ConfigMap's file) and the certificate files,
+    /// checking them every 100 ms; returns once it listens.
+    pub(crate) fn start(config: &str, cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("config.yaml");
+        std::fs::write(&config_path, config)?;
+        let mut child = Command::new(INJECTOR)
+            .args(["--listen", "127.0.0.1:0", "--cert-reload-interval", "100ms"])
+            .args(["--log-format", "json"])
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting trueip-injector")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Forwarded, so that a failing test shows the webhook's log.
+                eprintln!("[injector] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(remaining) else {
+                let _ = child.kill();
+                bail!(
+                    "trueip-injector did not report listening (exit: {:?})",
+                    child.wait()
+                );
+            };
+            let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if entry["fields"]["message"] == "listening" {
+                break entry["fields"]["addr"]
+                    .as_str()
+                    .context("no addr in the listening line")?
+                    .parse()?;
+            }
+        };
+        Ok(Self {
+            child,
+            addr,
+            _config: dir,
+        })
+    }
+
+    /// One HTTPS request, trusting only `ca_pem`, for the server name `host`.
+    pub(crate) fn request(
+        &self,
+        ca_pem: &[u8],
+        host: &str,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<(StatusCode, Vec<u8>)> {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(ca_pem) {
+            roots.add(ca?)?;
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let server_name = ServerName::try_from(host.to_owned())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let addr = self.addr;
+        runtime.block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let stream = connector.connect(server_name, tcp).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .header(HOST, host)
+                .header(CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)))?;
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes().to_vec();
+            anyhow::Ok((status, body))
+        })
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A throw-away CA and a serving certificate it signed for `host`, as PEM.
+struct TestPki {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl TestPki {
+    fn new(host: &str) -> anyhow::Result<Self> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "trueip test CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_pem = ca.self_signed(&ca_key)?.pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(vec![host.to_owned()])?.signed_by(&key, &issuer)?;
+        Ok(Self {
+            ca_pem,
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Writes the pair the way a Secret volume update does: complete files, renamed in place.
+    fn install(&self, cert: &Path, key: &Path) -> anyhow::Result<()> {
+        for (path, text) in [(cert, &self.cert_pem), (key, &self.key_pem)] {
+            let part = path.with_extension("part");
+            std::fs::write(&part, text)?;
+            std::fs::rename(&part, path)?;
+        }
+        Ok(())
+    }
+}
+
+// === what the apiserver evaluates before calling a webhook ===
+
+/// A `metav1.LabelSelector` against `labels`; an absent selector matches everything.
+fn selector_matches(selector: &Value, labels: &Map<String, Value>) -> anyhow::Result<bool> {
+    if selector.is_null() {
+        return Ok(true);
+    }
+    if let Some(required) = selector["matchLabels"].as_object()
+        && required.iter().any(|(k, v)| labels.get(k) != Some(v))
+    {
+        return Ok(false);
+    }
+    for expr in selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let key = expr["key"].as_str().context("expression key")?;
+        let values: Vec<&Value> = expr["values"].as_array().into_iter().flatten().collect();
+        let label = labels.get(key);
+        let ok = match expr["operator"].as_str().context("operator")? {
+            "In" => label.is_some_and(|l| values.contains(&l)),
+            "NotIn" => label.is_none_or(|l| !values.contains(&l)),
+            "Exists" => label.is_some(),
+            "DoesNotExist" => label.is_none(),
+            other => bail!("unknown selector operator {other}"),
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether one of `rules` covers a namespaced core/v1 `pods` request with `operation`.
+fn rules_match(rules: &Value, operation: &str) -> bool {
+    let has = |list: &Value, want: &str| {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .any(|v| v == want || v == "*")
+    };
+    rules.as_array().into_iter().flatten().any(|rule| {
+        has(&rule["operations"], operation)
+            && has(&rule["apiGroups"], "")
+            && has(&rule["apiVersions"], "v1")
+            && has(&rule["resources"], "pods")
+            && (rule["scope"].is_null() || rule["scope"] == "*" || rule["scope"] == "Namespaced")
+    })
+}
+
+/// Whether the apiserver would call `webhook` for `operation` on `pod` in `namespace`.
+fn apiserver_calls(
+    webhook: &Value,
+    namespace: &Value,
+    pod: &Value,
+    operation: &str,
+) -> anyhow::Result<bool> {
+    let empty = Map::new();
+    let labels = |o: &Value| {
+        o["metadata"]["labels"]
+            .as_object()
+            .cloned()
+            .unwrap_or_else(|| empty.clone())
+    };
+    Ok(rules_match(&webhook["rules"], operation)
+        && selector_matches(&webhook["namespaceSelector"], &labels(namespace))?
+        && selector_matches(&webhook["objectSelector"], &labels(pod))?)
+}
+
+fn namespace(name: &str, opted_in: bool) -> Value {
+    let mut labels = json!({"kubernetes.io/metadata.name": name});
+    if opted_in {
+        labels["trueip.io/inject"] = json!("enabled");
+    }
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}
+
+fn pod(name: &str, annotations: &Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "nginx:1.27",
+                                 "ports": [{"containerPort": 80}]}]},
+    })
+}
+
+/// What the apiserver sends for a pod being created.
+fn admission_review(uid: &str, object: &Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": object["metadata"]["name"],
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {"username": "kubernetes-admin", "groups": ["system:masters"]},
+            "object": object,
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        }
+    })
+}
+
+/// The apiserver's side of one call: sends `object`, reads the response, applies the patch.
+struct Apiserver<'a> {
+    webhook: &'a Webhook,
+    ca_pem: &'a [u8],
+    host: String,
+    path: String,
+}
+
+/// What came back for one pod.
+#[derive(Debug)]
+struct Answer {
+    allowed: bool,
+    message: String,
+    warnings: Vec<String>,
+    /// The pod after the patch (unchanged without one).
+    pod: Value,
+    patched: bool,
+}
+
+impl Apiserver<'_> {
+    fn admit(&self, object: &Value) -> anyhow::Result<Answer> {
+        let uid = format!("uid-{}", object["metadata"]["name"].as_str().unwrap_or("x"));
+        let (status, body) = self.webhook.request(
+            self.ca_pem,
+            &self.host,
+            Method::POST,
+            &self.path,
+            serde_json::to_vec(&admission_review(&uid, object))?,
+        )?;
+        ensure!(
+            status == StatusCode::OK,
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let review: AdmissionReview<DynamicObject> = serde_json::from_slice(&body)?;
+        ensure!(review.types.api_version == "admission.k8s.io/v1");
+        ensure!(review.types.kind == "AdmissionReview");
+        let response = review.response.context("no response")?;
+        ensure!(response.uid == uid, "uid {} != {uid}", response.uid);
+        let mut pod = object.clone();
+        let patched = response.patch.is_some();
+        if let Some(patch) = &response.patch {
+            let raw: Value = serde_json::from_slice(&body)?;
+            ensure!(raw["response"]["patchType"] == "JSONPatch", "{raw}");
+            let patch: json_patch::Patch = serde_json::from_slice(patch)?;
+            json_patch::patch(&mut pod, &patch).context("the JSONPatch does not apply")?;
+        }
+        Ok(Answer {
+            allowed: response.allowed,
+            message: response.result.message,
+            warnings: response.warnings.unwrap_or_default(),
+            pod,
+            patched,
+        })
+    }
+}
+
+/// The sidecar in a mutated pod.
+fn sidecar(pod: &Value) -> anyhow::Result<&Value> {
+    pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "trueip-sidecar")
+        .context("no trueip-sidecar init container")
+}
+
+fn volume<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
+    pod["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == name)
+}
+
+#[test]
+fn apiserver_calls_the_webhook_and_applies_its_patch() -> anyhow::Result<()> {
+    let Some(tools) = Tools::or_skip("apiserver_calls_the_webhook_and_applies_its_patch") else {
+        return Ok(());
+    };
+
+    // 1. The chart as installed, with its generated certificate.
+    let docs = documents(&tools.render(&[], &[])?)?;
+    let generated = find(&docs, "MutatingWebhookConfiguration", None)?["webhooks"][0].clone();
+    let config = injector_config(&docs)?;
+    let service = &generated["clientConfig"]["service"];
+    let host = format!(
+        "{}.{}.svc",
+        service["name"].as_str().context("service name")?,
+        service["namespace"].as_str().context("service namespace")?
+    );
+    assert_eq!(service["namespace"], NAMESPACE);
+
+    // 2. The webhook with a throw-away certificate for the Service's name, and the chart
+    //    rendered again with that CA.
+    let pki = TestPki::new(&host)?;
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    pki.install(&cert, &key)?;
+    let webhook = Webhook::start(&config, &cert, &key)?;
+    let ca_b64 = base64::engine::general_purpose::STANDARD.encode(&pki.ca_pem);
+    let docs = documents(&tools.render(
+        &[],
+        &[
+            "--set=injector.tls.source=secret",
+            "--set=injector.tls.secretName=trueip-injector-tls",
+            &format!("--set=injector.tls.caBundle={ca_b64}"),
+        ],
+    )?)?;
+    let configured = find(&docs, "MutatingWebhookConfiguration", None)?["webhooks"][0].clone();
+    let ca_bundle = base64::engine::general_purpose::STANDARD.decode(
+        configured["clientConfig"]["caBundle"]
+            .as_str()
+            .context("caBundle")?,
+    )?;
+    assert_eq!(ca_bundle, pki.ca_pem.as_bytes());
+    let strip = |mut w: Value| {
+        if let Some(c) = w["clientConfig"].as_object_mut() {
+            c.remove("caBundle");
+        }
+        w
+    };
+    assert_eq!(
+        strip(configured.clone()),
+        strip(generated),
+        "only the caBundle differs between the certificate sources"
+    );
+    assert_eq!(injector_config(&docs)?, config);
+
+    // 3. Which requests the apiserver sends.
+    let shop = namespace("shop", true);
+    let plain = pod("web-0", &json!({"trueip.io/ports": "8080:80"}));
+    assert!(apiserver_calls(&configured, &shop, &plain, "CREATE")?);
+    assert!(!apiserver_calls(&configured, &shop, &plain, "UPDATE")?);
+    assert!(!apiserver_calls(
+        &configured,
+        &namespace("other", false),
+        &plain,
+        "CREATE"
+    )?);
+    assert!(!apiserver_calls(
+        &configured,
+        &namespace("kube-system", true),
+        &plain,
+        "CREATE"
+    )?);
+    assert!(!apiserver_calls(
+        &configured,
+        &namespace(NAMESPACE, true),
+        &plain,
+        "CREATE"
+    )?);
+    let mut labelled_out = plain.clone();
+    labelled_out["metadata"]["labels"] = json!({"trueip.io/inject": "disabled"});
+    assert!(!apiserver_calls(
+        &configured,
+        &shop,
+        &labelled_out,
+        "CREATE"
+    )?);
+
+    // 4. and 5. The calls.
+    let apiserver = Apiserver {
+        webhook: &webhook,
+        ca_pem: &ca_bundle,
+        host: host.clone(),
+        path: format!(
+            "{}?timeout={}s",
+            configured["clientConfig"]["service"]["path"]
+                .as_str()
+                .context("path")?,
+            configured["timeoutSeconds"]
+        ),
+    };
+
+    // A pod without init containers or volumes, on the chart's default mode (ebpf).
+    let web = pod(
+        "web-0",
+        &json!({"trueip.io/ports": "8080:80", "trueip.io/trusted-cidrs": "10.0.0.0/8"}),
+    );
+    let answer = apiserver.admit(&web)?;
+    assert!(answer.allowed && answer.patched, "{answer:?}");
+    let mutated = answer.pod;
+    tools.validate(&serde_json::to_string(&mutated)?, "mutated web pod")?;
+    let container = sidecar(&mutated)?;
+    assert_eq!(container["restartPolicy"], "Always", "a native sidecar");
+    assert_eq!(container["image"], "ghcr.io/trueip/trueip-sidecar:0.1.0");
+    let sc = &container["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        sc["capabilities"],
+        json!({"drop": ["ALL"]}),
+        "no CAP_BPF, nothing added"
+    );
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    assert_eq!(
+        container["resources"],
+        json!({"limits": {"memory": "64Mi"}, "requests": {"cpu": "10m", "memory": "16Mi"}})
+    );
+    let env: Vec<&Value> = container["env"].as_array().context("env")?.iter().collect();
+    for (name, field) in [
+        ("K8S_POD_NAME", "metadata.name"),
+        ("K8S_NAMESPACE_NAME", "metadata.namespace"),
+        ("K8S_POD_UID", "metadata.uid"),
+    ] {
+        assert!(
+            env.iter()
+                .any(|e| e["name"] == name && e["valueFrom"]["fieldRef"]["fieldPath"] == field),
+            "{name} from {field}: {env:?}"
+        );
+    }
+    let socket = volume(&mutated, "trueip-agent-socket").context("no agent socket volume")?;
+    assert_eq!(socket["hostPath"]["path"], "/run/trueip");
+    let mounts = container["volumeMounts"].as_array().context("mounts")?;
+    let socket_mount = mounts
+        .iter()
+        .find(|m| m["name"] == "trueip-agent-socket")
+        .context("socket not mounted")?;
+    assert_eq!(socket_mount["mountPath"], "/run/trueip");
+    assert_eq!(socket_mount["readOnly"], true);
+    let config_volume = volume(&mutated, "trueip-sidecar-config").context("no config volume")?;
+    assert_eq!(
+        config_volume["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
+        "metadata.annotations['trueip.io/sidecar-config']"
+    );
+    // The file the sidecar will read, read by the sidecar's own parser.
+    let file = mutated["metadata"]["annotations"]["trueip.io/sidecar-config"]
+        .as_str()
+        .context("no sidecar-config annotation")?;
+    let sidecar_config = trueip_sidecar_app::Config::from_yaml(file)?;
+    let listener = &sidecar_config.listeners[0];
+    assert_eq!(listener.listen, "0.0.0.0:8080".parse()?);
+    assert_eq!(listener.upstream, "127.0.0.1:80".parse()?);
+    assert_eq!(listener.mode, trueip_sidecar_app::config::Mode::Ebpf);
+    assert!(listener.is_trusted("10.1.2.3".parse()?));
+    assert_eq!(
+        sidecar_config.agent_socket,
+        Path::new("/run/trueip/agent.sock")
+    );
+    assert_eq!(mutated["spec"]["containers"], web["spec"]["containers"]);
+
+    // Idempotent: the mutated pod, admitted again, comes back unchanged.
+    let again = apiserver.admit(&mutated)?;
+    assert!(again.allowed && !again.patched, "{again:?}");
+    assert_eq!(again.pod, mutated);
+
+    // A pod that already has init containers, volumes and annotations: appended to.
+    let mut busy = pod(
+        "busy-0",
+        &json!({"team": "shop", "trueip.io/ports": "9090, 8443:443",
+                "trueip.io/mode": "proxy-v1", "trueip.io/header": "optional",
+                "trueip.io/trusted-cidrs": "192.0.2.0/24,2001:db8::/32"}),
+    );
+    busy["spec"]["initContainers"] = json!([{"name": "migrate", "image": "busybox:1.36"}]);
+    busy["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+    busy["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
+    let answer = apiserver.admit(&busy)?;
+    assert!(answer.allowed && answer.patched, "{answer:?}");
+    tools.validate(&serde_json::to_string(&answer.pod)?, "mutated busy pod")?;
+    let inits: Vec<&Value> = answer.pod["spec"]["initContainers"]
+        .as_array()
+        .context("inits")?
+        .iter()
+        .map(|c| &c["name"])
+        .collect();
+    assert_eq!(inits, [&json!("migrate"), &json!("trueip-sidecar")]);
+    let volumes: Vec<&Value> = answer.pod["spec"]["volumes"]
+        .as_array()
+        .context("volumes")?
+        .iter()
+        .map(|v| &v["name"])
+        .collect();
+    assert_eq!(
+        volumes,
+        [&json!("data"), &json!("trueip-sidecar-config")],
+        "proxy-v1 needs no agent socket"
+    );
+    assert_eq!(answer.pod["metadata"]["annotations"]["team"], "shop");
+    let ports: Vec<&Value> = sidecar(&answer.pod)?["ports"]
+        .as_array()
+        .context("ports")?
+        .iter()
+        .map(|p| &p["containerPort"])
+        .collect();
+    assert_eq!(
+        ports,
+        [&json!(9090), &json!(8443), &json!(9902)],
+        "listeners, then metrics"
+    );
+
+    // Opted out by annotation: sent (the objectSelector only sees labels), left alone.
+    let out = pod(
+        "legacy-0",
+        &json!({"trueip.io/inject": "disabled", "trueip.io/ports": "8080"}),
+    );
+    assert!(apiserver_calls(&configured, &shop, &out, "CREATE")?);
+    let answer = apiserver.admit(&out)?;
+    assert!(answer.allowed && !answer.patched, "{answer:?}");
+    assert_eq!(answer.pod, out);
+
+    // Bad annotations: refused, each named.
+    let answer = apiserver.admit(&pod(
+        "bad-0",
+        &json!({"trueip.io/ports": "http", "trueip.io/mode": "fast",
+                "trueip.io/trusted-cidrs": "10.0.0.0/8"}),
+    ))?;
+    assert!(!answer.allowed && !answer.patched, "{answer:?}");
+    assert!(
+        answer
+            .message
+            .contains("annotation trueip.io/ports: \"http\": `http` is not a port"),
+        "{}",
+        answer.message
+    );
+    assert!(
+        answer
+            .message
+            .contains("annotation trueip.io/mode: \"fast\": unknown variant `fast`"),
+        "{}",
+        answer.message
+    );
+
+    // The chart trusts no load balancer by default: a pod that names none is refused, saying so.
+    let answer = apiserver.admit(&pod("untrusting-0", &json!({"trueip.io/ports": "8080:80"})))?;
+    assert!(!answer.allowed, "{answer:?}");
+    assert!(
+        answer.message.contains("trueip.io/trusted-cidrs"),
+        "{}",
+        answer.message
+    );
+
+    // No ports anywhere: admitted unchanged, with a warning kubectl shows.
+    let answer = apiserver.admit(&pod("batch-0", &json!({})))?;
+    assert!(answer.allowed && !answer.patched, "{answer:?}");
+    assert!(
+        answer
+            .warnings
+            .iter()
+            .any(|w| w.contains("trueip.io/ports")),
+        "{answer:?}"
+    );
+
+    // Probes and metrics, over the same TLS.
+    let (status, body) = webhook.request(&ca_bundle, &host, Method::GET, "/healthz", vec![])?;
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::OK, b"ok\n".as_slice())
+    );
+    let (status, body) = webhook.request(&ca_bundle, &host, Method::GET, "/metrics", vec![])?;
+    assert_eq!(status, StatusCode::OK);
+    let metrics = String::from_utf8(body)?;
+    assert!(
+        metrics.contains("trueip_injector_admissions_total{outcome=\"injected\"} 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("trueip_injector_admissions_total{outcome=\"refused\"} 2\n"),
+        "{metrics}"
+    );
+    let (status, _) =
+        webhook.request(&ca_bundle, &host, Method::POST, "/mutate", b"{}".to_vec())?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    Ok(())
+}
+
+#[test]
+fn tls_trusts_only_the_ca_bundle_and_follows_certificate_renewal() -> anyhow::Result<()> {
+    let Some(tools) =
+        Tools::or_skip("tls_trusts_only_the_ca_bundle_and_follows_certificate_renewal")
+    else {
+        return Ok(());
+    };
+    let docs = documents(&tools.render(&[], &[])?)?;
+    let host = "trueip-injector.trueip.svc";
+    let first = TestPki::new(host)?;
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    first.install(&cert, &key)?;
+    let webhook = Webhook::start(&injector_config(&docs)?, &cert, &key)?;
+    let healthz = |ca: &str, name: &str| {
+        webhook
+            .request(ca.as_bytes(), name, Method::GET, "/healthz", vec![])
+            .map(|(status, _)| status)
+    };
+    assert_eq!(healthz(&first.ca_pem, host)?, StatusCode::OK);
+    let stranger = TestPki::new(host)?;
+    assert!(
+        healthz(&stranger.ca_pem, host).is_err(),
+        "a foreign CA is trusted"
+    );
+    assert!(
+        healthz(&first.ca_pem, "trueip-injector.other.svc").is_err(),
+        "the certificate is accepted for another name"
+    );
+
+    // A renewed certificate (another CA, as after a chart re-install) is served without a
+    // restart; a broken pair in between is not.
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n",
+    )?;
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        healthz(&first.ca_pem, host)?,
+        StatusCode::OK,
+        "kept the working pair"
+    );
+    let second = TestPki::new(host)?;
+    second.install(&cert, &key)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while healthz(&second.ca_pem, host).is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "the renewed certificate is not served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        healthz(&first.ca_pem, host).is_err(),
+        "still serving the old certificate"
+    );
+    let (_, body) = webhook.request(
+        second.ca_pem.as_bytes(),
+        host,
+        Method::GET,
+        "/metrics",
+        vec![],
+    )?;
+    let metrics = String::from_utf8(body)?;
+    assert!(
+        metrics.contains("trueip_injector_cert_reloads_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("trueip_injector_cert_reload_errors_total "),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("trueip_injector_cert_reload_errors_total 0\n"),
+        "{metrics}"
+    );
+    Ok(())
+}

@@ -1,0 +1,100 @@
+{{/* Chart name, overridable. */}}
+{{- define "trueip.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Resource name prefix: <release>-<chart>, or the release name when it contains the chart name. */}}
+{{- define "trueip.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels on every resource. */}}
+{{- define "trueip.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "trueip.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: trueip
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component: include with (dict "root" $ "component" "agent"). */}}
+{{- define "trueip.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "trueip.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* An image reference: include with (dict "root" $ "image" .Values.agent.image). */}}
+{{- define "trueip.image" -}}
+{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
+{{- end }}
+
+{{/* Names of the component resources. */}}
+{{- define "trueip.agent.name" -}}
+{{- printf "%s-agent" (include "trueip.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- define "trueip.injector.name" -}}
+{{- printf "%s-injector" (include "trueip.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- define "trueip.injector.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "trueip.injector.name" .)) .Values.injector.tls.secretName }}
+{{- end }}
+
+{{/* The injector's configuration file (agent/injector/src/config.rs reads it). */}}
+{{- define "trueip.injector.config" -}}
+sidecar:
+  image: {{ include "trueip.image" (dict "root" . "image" .Values.sidecar.image) | quote }}
+  imagePullPolicy: {{ .Values.sidecar.image.pullPolicy | quote }}
+  resources: {{ toJson .Values.sidecar.resources }}
+  runAsUser: {{ int64 .Values.sidecar.runAsUser }}
+  runAsGroup: {{ int64 .Values.sidecar.runAsGroup }}
+  agentSocket: {{ .Values.agent.socketPath | quote }}
+  listenAddress: {{ .Values.sidecar.listenAddress | quote }}
+  upstreamAddress: {{ .Values.sidecar.upstreamAddress | quote }}
+  metricsPort: {{ int .Values.sidecar.metricsPort }}
+  {{- with .Values.sidecar.fallback }}
+  fallback: {{ . | quote }}
+  {{- end }}
+  logFormat: {{ .Values.sidecar.logFormat | quote }}
+  logLevel: {{ .Values.sidecar.logLevel | quote }}
+defaults:
+  ports: {{ .Values.sidecar.ports | toString | quote }}
+  mode: {{ .Values.sidecar.mode | quote }}
+  header: {{ .Values.sidecar.header | quote }}
+  trustedCIDRs: {{ toJson .Values.sidecar.trustedCIDRs }}
+{{- end }}
+
+{{/* Fails rendering on values the chart cannot work with. */}}
+{{- define "trueip.validate" -}}
+{{- if not (has .Values.injector.failurePolicy (list "Ignore" "Fail")) }}
+{{- fail (printf "injector.failurePolicy must be Ignore or Fail, not %q" .Values.injector.failurePolicy) }}
+{{- end }}
+{{- if not (has .Values.injector.tls.source (list "helm" "cert-manager" "secret")) }}
+{{- fail (printf "injector.tls.source must be helm, cert-manager or secret, not %q" .Values.injector.tls.source) }}
+{{- end }}
+{{- if and (eq .Values.injector.tls.source "secret") (or (not .Values.injector.tls.secretName) (not .Values.injector.tls.caBundle)) }}
+{{- fail "injector.tls.source=secret needs injector.tls.secretName and injector.tls.caBundle" }}
+{{- end }}
+{{- if or (lt (int .Values.injector.timeoutSeconds) 1) (gt (int .Values.injector.timeoutSeconds) 30) }}
+{{- fail "injector.timeoutSeconds must be between 1 and 30" }}
+{{- end }}
+{{- if not (has .Values.sidecar.mode (list "ebpf" "proxy-v1" "proxy-v2" "none")) }}
+{{- fail (printf "sidecar.mode must be ebpf, proxy-v1, proxy-v2 or none, not %q" .Values.sidecar.mode) }}
+{{- end }}
+{{- if not (has .Values.sidecar.header (list "required" "optional" "off")) }}
+{{- fail (printf "sidecar.header must be required, optional or off, not %q" .Values.sidecar.header) }}
+{{- end }}
+{{- end }}
