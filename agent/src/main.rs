@@ -10,6 +10,7 @@ mod cgroup;
 mod config;
 mod health;
 mod identify;
+mod metrics;
 mod pods;
 mod programs;
 mod server;
@@ -32,6 +33,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::{LogFormat, Opt},
+    metrics::AgentMetrics,
     pods::Registry,
     programs::{Hook, Programs},
     server::Server,
@@ -83,10 +85,15 @@ fn run(opt: &Opt) -> anyhow::Result<()> {
 
 async fn serve(opt: &Opt, cgroup_root: std::path::PathBuf) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(AgentMetrics::default());
     let health = tokio::net::TcpListener::bind(opt.health_listen)
         .await
         .with_context(|| format!("listening for health probes on {}", opt.health_listen))?;
-    tokio::spawn(health::serve(health, Arc::clone(&ready)));
+    tokio::spawn(health::serve(
+        health,
+        Arc::clone(&ready),
+        Arc::clone(&metrics),
+    ));
 
     let mut hooks = vec![Hook::Getpeername4, Hook::Getpeername6];
     if opt.getsockname {
@@ -108,6 +115,7 @@ async fn serve(opt: &Opt, cgroup_root: std::path::PathBuf) -> anyhow::Result<()>
     .context("re-finding the pins of a previous run")?;
     tracing::info!(pods = registry.len(), "pods carried over");
     let registry = Arc::new(Mutex::new(registry));
+    metrics.observe(Arc::clone(&registry));
 
     let listener = server::bind_socket(&opt.socket, opt.socket_mode)?;
     let server = Server {
@@ -115,6 +123,7 @@ async fn serve(opt: &Opt, cgroup_root: std::path::PathBuf) -> anyhow::Result<()>
         cgroup_root,
         pod_cgroup: opt.pod_cgroup,
         steer_when_gone: opt.steer_when_gone,
+        metrics: Arc::clone(&metrics),
     };
     std::thread::Builder::new()
         .name("agent-socket".into())
@@ -138,6 +147,9 @@ async fn serve(opt: &Opt, cgroup_root: std::path::PathBuf) -> anyhow::Result<()>
                 swept
             })
             .await;
+            if let Ok(n) = swept {
+                metrics.swept(n);
+            }
             match swept {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(pods = n, "swept pods whose cgroup is gone"),

@@ -23,13 +23,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{MapData, MapError};
+use aya::maps::{HashMap, Map, MapData, MapError};
 use trueip_redirect_common::{ConnKey, POD_MAP_FLAGS, RestoreValue};
 
 use crate::{
     cgroup,
     config::WhenGone,
     identify::Caller,
+    metrics::{Observed, PodMapUse},
     programs::{Hook, Programs, ProgramsError, remove_if_exists},
     steer::{self, SteerError, SteerStats},
 };
@@ -100,6 +101,32 @@ pub(crate) struct Registry {
     pods: BTreeMap<u64, Pod>,
     /// The steering counters last reported, by cgroup id.
     steer_reported: BTreeMap<u64, SteerStats>,
+    /// The steering counters of the pods (or namespaces) removed since the agent started, so
+    /// that their sum in the metrics never goes down.
+    steer_retired: SteerStats,
+}
+
+/// The pods as a scrape reads them: copied under the registry's lock, read by [`observe`] after
+/// it is released.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct View {
+    /// The cgroup hooks every pod gets.
+    hooks: Vec<Hook>,
+    /// The pods served.
+    pods: Vec<PodPins>,
+    /// The steering counters of removed pods.
+    steer_retired: SteerStats,
+}
+
+/// Where a scrape reads one pod.
+#[derive(Debug, Clone)]
+struct PodPins {
+    /// The pod cgroup below the cgroup2 mount, e.g. `/kubepods.slice/…/kubepods-pod….slice`.
+    label: String,
+    /// The pod map's pin.
+    map: PathBuf,
+    /// The pod's steering directory (which exists only if it steers).
+    steering: PathBuf,
 }
 
 /// A pod map handed to a sidecar.
@@ -131,6 +158,7 @@ impl Registry {
             map_max_entries,
             pods: BTreeMap::new(),
             steer_reported: BTreeMap::new(),
+            steer_retired: SteerStats::default(),
         };
         let entries =
             fs::read_dir(&registry.dir).map_err(|s| fs_err("reading", &registry.dir, s))?;
@@ -311,6 +339,30 @@ impl Registry {
         self.pods.len()
     }
 
+    /// A copy of what a scrape needs (no map is read here: see [`observe`]).
+    pub(crate) fn view(&self) -> View {
+        let pods = self
+            .pods
+            .iter()
+            .map(|(&id, pod)| {
+                let below = pod
+                    .cgroup
+                    .strip_prefix(&self.cgroup_root)
+                    .unwrap_or(&pod.cgroup);
+                PodPins {
+                    label: Path::new("/").join(below).display().to_string(),
+                    map: self.map_pin(id, pod.netns),
+                    steering: steer::dir(&self.dir.join(id.to_string()), pod.netns),
+                }
+            })
+            .collect();
+        View {
+            hooks: self.hooks.clone(),
+            pods,
+            steer_retired: self.steer_retired,
+        }
+    }
+
     /// Creates pod `id`'s map for `netns`, pins it, and enters it in the table (in that order, so
     /// that a crash in between leaves a pin that recovery finds).
     fn create_map(&mut self, id: u64, netns: u64) -> Result<(), ServeError> {
@@ -423,6 +475,7 @@ impl Registry {
         self.remove_table_entry(netns)?;
         remove_if_exists(&self.map_pin(id, netns))?;
         let steering = steer::dir(&self.dir.join(id.to_string()), netns);
+        self.retire_steering(&steering);
         match fs::remove_dir_all(&steering) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 Err(fs_err("removing", &steering, e).into())
@@ -437,11 +490,23 @@ impl Registry {
             self.remove_table_entry(netns)?;
         }
         let pod_dir = self.dir.join(id.to_string());
+        for entry in fs::read_dir(&pod_dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with("steer-") {
+                self.retire_steering(&entry.path());
+            }
+        }
         match fs::remove_dir_all(&pod_dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 Err(fs_err("removing", &pod_dir, e).into())
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Adds the counters of the steering in `dir`, about to be removed, to the retired ones.
+    fn retire_steering(&mut self, dir: &Path) {
+        if let Some(stats) = steer::stats(dir) {
+            self.steer_retired.add(stats);
         }
     }
 
@@ -481,6 +546,53 @@ impl Registry {
     fn link_pin(&self, id: u64, hook: Hook) -> PathBuf {
         self.dir.join(id.to_string()).join(hook.name())
     }
+}
+
+/// Reads what `view` points at: the pods' maps (counting their keys, at most their capacity, so
+/// that a map changing under the walk cannot keep it going) and steering counters. Pods removed
+/// since the view was taken are left out.
+pub(crate) fn observe(view: &View) -> Observed {
+    let mut steering = view.steer_retired;
+    let mut steering_pods = 0;
+    let mut maps = Vec::with_capacity(view.pods.len());
+    for pod in &view.pods {
+        if let Some((entries, capacity)) = map_use(&pod.map) {
+            maps.push(PodMapUse {
+                pod: pod.label.clone(),
+                entries,
+                capacity,
+            });
+        }
+        if let Some(stats) = steer::stats(&pod.steering) {
+            steering.add(stats);
+        }
+        if steer::attached(&pod.steering) {
+            steering_pods += 1;
+        }
+    }
+    let mut programs: Vec<(&'static str, u64)> = view.hooks.iter().map(|h| (h.name(), 1)).collect();
+    programs.push(("sk_lookup", steering_pods));
+    Observed {
+        ready: false,
+        programs,
+        pods_served: view.pods.len() as u64,
+        maps,
+        steering,
+    }
+}
+
+/// The entries in, and the capacity of, the pod map pinned at `pin`.
+fn map_use(pin: &Path) -> Option<(u64, u64)> {
+    let data = MapData::from_pin(pin).ok()?;
+    let capacity = data.info().ok()?.max_entries();
+    let map: HashMap<MapData, ConnKey, RestoreValue> =
+        Map::from_map_data(data).ok()?.try_into().ok()?;
+    let entries = map
+        .keys()
+        .take(capacity as usize)
+        .filter(Result::is_ok)
+        .count();
+    Some((entries as u64, capacity.into()))
 }
 
 /// The netns cookie named by the map pin in a pod's pin directory.

@@ -32,6 +32,7 @@ use trueip_agent_client::protocol::{self, ErrorCode, ProtocolError, Request, Res
 use crate::{
     config::{PodCgroupMode, WhenGone},
     identify::{self, Caller, IdentifyError},
+    metrics::{AgentMetrics, RequestKind},
     pods::{Registry, ServeError, error_chain},
     programs::ProgramsError,
     steer::SteerError,
@@ -100,6 +101,8 @@ pub(crate) struct Server {
     pub(crate) pod_cgroup: PodCgroupMode,
     /// What steered connections get while a sidecar's listener is gone.
     pub(crate) steer_when_gone: WhenGone,
+    /// Where requests and their results are counted.
+    pub(crate) metrics: Arc<AgentMetrics>,
 }
 
 impl Server {
@@ -154,6 +157,8 @@ impl Server {
                         fds.len() + 1
                     ));
                     tracing::warn!(error = %e, "bad request on the agent socket");
+                    self.metrics
+                        .request(RequestKind::Steer, Err(ErrorCode::BadRequest));
                     reply_error(conn.as_fd(), ErrorCode::BadRequest, &e)
                 }
             },
@@ -163,6 +168,7 @@ impl Server {
                     _ => ErrorCode::BadRequest,
                 };
                 tracing::warn!(error = %e, "bad request on the agent socket");
+                self.metrics.request(RequestKind::Invalid, Err(code));
                 reply_error(conn.as_fd(), code, &e)
             }
         };
@@ -171,21 +177,23 @@ impl Server {
         }
     }
 
-    /// Identifies the caller, or answers why not (`Err` then holds how sending that went).
-    fn identify(&self, conn: BorrowedFd<'_>) -> Result<Caller, io::Result<()>> {
+    /// Identifies the caller of a `kind` request, or counts and answers why not (`Err` then
+    /// holds how sending that went).
+    fn identify(&self, conn: BorrowedFd<'_>, kind: RequestKind) -> Result<Caller, io::Result<()>> {
         identify::caller(conn, &self.cgroup_root, self.pod_cgroup).map_err(|e| {
             tracing::warn!(error = %error_chain(&e), "could not identify a caller");
             let code = match e {
                 IdentifyError::Netns { .. } | IdentifyError::Sockopt { .. } => ErrorCode::Internal,
                 _ => ErrorCode::Identify,
             };
+            self.metrics.request(kind, Err(code));
             reply_error(conn, code, &e)
         })
     }
 
     /// Identifies the caller and steers its pod's connections to `port` to `listener`.
     fn steer(&self, conn: BorrowedFd<'_>, port: u16, listener: BorrowedFd<'_>) -> io::Result<()> {
-        let caller = match self.identify(conn) {
+        let caller = match self.identify(conn, RequestKind::Steer) {
             Ok(caller) => caller,
             Err(answered) => return answered,
         };
@@ -205,6 +213,7 @@ impl Server {
                     attached,
                     "steering the pod's connections to a sidecar listener"
                 );
+                self.metrics.request(RequestKind::Steer, Ok(()));
                 send(conn, &Response::Steering { port }.encode(), None)
             }
             Err(e) => {
@@ -215,6 +224,8 @@ impl Server {
                     port,
                     "refused to steer"
                 );
+                self.metrics
+                    .request(RequestKind::Steer, Err(error_code(&e)));
                 reply_error(conn, error_code(&e), &e)
             }
         }
@@ -222,7 +233,7 @@ impl Server {
 
     /// Identifies the caller and sends it its pod's map, or why not.
     fn get_map(&self, conn: BorrowedFd<'_>) -> io::Result<()> {
-        let caller = match self.identify(conn) {
+        let caller = match self.identify(conn, RequestKind::GetMap) {
             Ok(caller) => caller,
             Err(answered) => return answered,
         };
@@ -241,6 +252,7 @@ impl Server {
                     max_entries = served.max_entries,
                     "handed a pod map to a sidecar"
                 );
+                self.metrics.request(RequestKind::GetMap, Ok(()));
                 let bytes = Response::Map {
                     max_entries: served.max_entries,
                 }
@@ -255,6 +267,8 @@ impl Server {
                     netns = caller.netns,
                     "refused a sidecar"
                 );
+                self.metrics
+                    .request(RequestKind::GetMap, Err(error_code(&e)));
                 reply_error(conn, error_code(&e), &e)
             }
         }

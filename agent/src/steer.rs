@@ -100,6 +100,15 @@ pub(crate) struct SteerStats {
     pub(crate) refused: u64,
 }
 
+impl SteerStats {
+    /// Adds `other`'s counters to these.
+    pub(crate) fn add(&mut self, other: Self) {
+        self.steered = self.steered.saturating_add(other.steered);
+        self.fell_through = self.fell_through.saturating_add(other.fell_through);
+        self.refused = self.refused.saturating_add(other.refused);
+    }
+}
+
 /// The steering directory of the pod whose pin directory is `pod_dir`, for namespace `netns`.
 pub(crate) fn dir(pod_dir: &Path, netns: u64) -> PathBuf {
     pod_dir.join(format!("steer-{netns}"))
@@ -214,6 +223,11 @@ fn attach(ebpf: &mut aya::Ebpf, netns_file: &fs::File, pin: &Path) -> Result<(),
         source,
     })?;
     Ok(())
+}
+
+/// Whether the pod steering in `dir` (a [`dir`]) has its sk_lookup program attached.
+pub(crate) fn attached(dir: &Path) -> bool {
+    dir.join(LINK_PIN).exists()
 }
 
 /// The counters of the pod steering in `dir` (a [`dir`]), or `None` if it does not steer.

@@ -14,7 +14,9 @@ use std::{net::SocketAddr, process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, bail, ensure};
 
-use crate::support::{Agent, Env, Netns, Placement, PodCgroup, Proc, Skip, Veth, wait_for};
+use crate::support::{
+    Agent, Env, Metrics, Netns, Placement, PodCgroup, Proc, Skip, Veth, wait_for,
+};
 
 /// A test gets the environment, or why it is missing (see [`need`]).
 type Test = fn(&Result<Env, String>) -> anyhow::Result<()>;
@@ -56,6 +58,10 @@ const TESTS: &[(&str, Test)] = &[
         unprivileged_sidecar_uses_its_map,
     ),
     ("gone_pods_are_swept", gone_pods_are_swept),
+    (
+        "metrics_show_pods_entries_and_requests",
+        metrics_show_pods_entries_and_requests,
+    ),
     (
         "steering_hands_outside_connections_to_the_sidecar",
         steering_hands_outside_connections_to_the_sidecar,
@@ -637,6 +643,79 @@ fn gone_pods_are_swept(env: &Result<Env, String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn metrics_show_pods_entries_and_requests(env: &Result<Env, String>) -> anyhow::Result<()> {
+    let env = need(env)?;
+    let agent = Agent::start(&["--sweep-interval", "1s"])?;
+    let before = agent.metrics()?;
+    ensure!(before.value("trueip_agent_ready", &[])? == 1.0);
+    ensure!(before.value("trueip_agent_pods_served", &[])? == 0.0);
+
+    let pod = Pod::new(env, false)?;
+    let app = pod.app("127.0.0.1:0")?;
+    let mut sidecar = pod.ready_sidecar(&agent)?;
+    for (id, client) in [("1", "203.0.113.1:1"), ("2", "203.0.113.2:2")] {
+        let (_, status, _) = open(&mut sidecar, id, app.addr, client, "-", None)?;
+        ensure!(status == "restored", "insert {id}: {status}");
+    }
+    let label = format!(
+        "/{}",
+        pod.cgroup.pod.strip_prefix(&env.cgroup_root)?.display()
+    );
+    let pod_label = [("pod", label.as_str())];
+    let m = agent.metrics()?;
+    ensure!(
+        m.value("trueip_agent_pods_served", &[])? == 1.0,
+        "{}",
+        m.text
+    );
+    ensure!(
+        m.value("trueip_agent_pod_map_entries", &pod_label)? == 2.0,
+        "{}",
+        m.text
+    );
+    ensure!(m.value("trueip_agent_pod_map_capacity", &pod_label)? == 16384.0);
+    let requests = "trueip_agent_sidecar_requests_total";
+    ensure!(
+        m.value(requests, &[("request", "get-map"), ("result", "ok")])? == 1.0,
+        "{}",
+        m.text
+    );
+    ensure!(m.value(requests, &[("request", "steer"), ("result", "ok")])? == 0.0);
+    for program in ["getpeername4", "getpeername6"] {
+        ensure!(m.value("trueip_agent_programs_loaded", &[("program", program)])? == 1.0);
+    }
+    ensure!(m.value("trueip_agent_programs_loaded", &[("program", "sk_lookup")])? == 0.0);
+    ensure!(
+        m.value(
+            "trueip_agent_steered_connections_total",
+            &[("outcome", "steered")]
+        )? == 0.0
+    );
+
+    // Entries are read at scrape time; a gone pod is swept and counted.
+    ensure!(sidecar.cmd("close 1")? == "ok");
+    let m = agent.metrics()?;
+    ensure!(m.value("trueip_agent_pod_map_entries", &pod_label)? == 1.0);
+    drop(sidecar);
+    drop(app);
+    pod.cgroup.remove()?;
+    let m = wait_for("the gone pod to be swept", || {
+        agent
+            .metrics()
+            .ok()
+            .filter(|m| m.value("trueip_agent_pods_swept_total", &[]).ok() == Some(1.0))
+    })
+    .with_context(|| agent.log())?;
+    ensure!(m.value("trueip_agent_pods_served", &[])? == 0.0);
+    ensure!(m.value("trueip_agent_sweeps_total", &[])? >= 1.0);
+    ensure!(
+        !m.text.contains("trueip_agent_pod_map_entries{"),
+        "a swept pod's series stays:\n{}",
+        m.text
+    );
+    Ok(())
+}
+
 /// Steering: with the app itself on `0.0.0.0:<port>`, connections from outside the pod reach the
 /// sidecar, loopback ones the app; the steering survives an agent restart; a stopped sidecar lets
 /// connections through to the app (fail-open, counted and logged); a gone pod's steering is
@@ -702,6 +781,14 @@ fn steering_hands_outside_connections_to_the_sidecar(
             .then_some(())
     })
     .with_context(|| agent.log())?;
+    // The counters live in the pinned maps: the connection steered before the restart counts.
+    let m = agent.metrics()?;
+    ensure!(
+        steered(&m, "steered")? == 2.0 && steered(&m, "fell_through")? == 1.0,
+        "steering counters:\n{}",
+        m.text
+    );
+    ensure!(m.value("trueip_agent_programs_loaded", &[("program", "sk_lookup")])? == 1.0);
 
     let pod_dirs: Vec<_> = std::fs::read_dir(agent.bpffs_dir.join("pods"))?
         .flatten()
@@ -727,7 +814,23 @@ fn steering_hands_outside_connections_to_the_sidecar(
         (!pod_dirs[0].exists()).then_some(())
     })
     .with_context(|| agent.log())?;
+    // A swept pod's connections stay counted: the counters never go down.
+    let m = agent.metrics()?;
+    ensure!(
+        steered(&m, "steered")? == 3.0 && steered(&m, "fell_through")? == 1.0,
+        "steering counters after the sweep:\n{}",
+        m.text
+    );
+    ensure!(m.value("trueip_agent_programs_loaded", &[("program", "sk_lookup")])? == 0.0);
     Ok(())
+}
+
+/// `trueip_agent_steered_connections_total` for one outcome.
+fn steered(m: &Metrics, outcome: &str) -> anyhow::Result<f64> {
+    m.value(
+        "trueip_agent_steered_connections_total",
+        &[("outcome", outcome)],
+    )
 }
 
 /// With `--steer-when-gone closed`, a steered port whose sidecar is gone refuses connections

@@ -190,6 +190,29 @@ impl Agent {
         Ok(())
     }
 
+    /// Scrapes the agent's `/metrics` (on its health port), checking the status and content
+    /// type, and parses the exposition text.
+    pub(crate) fn metrics(&self) -> anyhow::Result<Metrics> {
+        let response = http_get(self.health, "/metrics")?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("no end of head in {response:?}"))?;
+        ensure!(head.starts_with("HTTP/1.1 200"), "/metrics: {head}");
+        ensure!(
+            head.contains(
+                "Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"
+            ),
+            "/metrics content type: {head}"
+        );
+        ensure!(body.ends_with("# EOF\n"), "/metrics: no # EOF:\n{body}");
+        let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+            .with_context(|| format!("parsing /metrics:\n{body}"))?;
+        Ok(Metrics {
+            scrape,
+            text: body.to_owned(),
+        })
+    }
+
     /// What the agent logged so far.
     pub(crate) fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
@@ -201,6 +224,31 @@ impl Drop for Agent {
         drop(self.kill());
         // Unpinning everything detaches the links and frees the maps.
         drop(fs::remove_dir_all(&self.bpffs_dir));
+    }
+}
+
+/// A parsed scrape of the agent's `/metrics`.
+pub(crate) struct Metrics {
+    scrape: prometheus_parse::Scrape,
+    /// The exposition text, for error messages.
+    pub(crate) text: String,
+}
+
+impl Metrics {
+    /// The value of the sample `name` with (at least) `labels`.
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+        let found =
+            self.scrape.samples.iter().find(|s| {
+                s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+            });
+        match found.map(|s| &s.value) {
+            Some(
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v),
+            ) => Ok(*v),
+            other => bail!("{name} {labels:?}: {other:?} in\n{}", self.text),
+        }
     }
 }
 
