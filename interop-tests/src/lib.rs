@@ -8,7 +8,7 @@
 //!
 //! Unlike the usual `#![cfg(test)]` interop crate, this is a normal library: `trueip-demo`
 //! (`make demo`) builds the same scenario. Everything here needs root and `ip`; the tests check
-//! that first ([`prereq::runnable`]) and print `SKIPPED: <reason>` instead of passing silently.
+//! that first ([`prereq::require`]) and are reported as skipped (ignored), never as passed.
 //!
 //! Every process's output goes to `<name>.log` in the topology's scratch directory, which is
 //! deleted afterwards unless the test panicked or `TRUEIP_KEEP_LOGS` is set

@@ -1,8 +1,9 @@
 //! What the interop tests need from the machine, where the trueip binaries are, and how a test
-//! that cannot run says so (`SKIPPED: <reason>` on stderr, never a silent pass).
+//! that cannot run says so: it returns a [`Skip`] error ([`require`], [`skip`]), which the
+//! interop harness reports as ignored with the reason, never as passed.
 
 use std::{
-    env,
+    env, fmt,
     io::Write,
     path::{Path, PathBuf},
 };
@@ -12,6 +13,8 @@ use nix::{
     sys::statfs::{BPF_FS_MAGIC, statfs},
     unistd::geteuid,
 };
+
+use crate::Cgroup;
 
 /// Overrides where the trueip binaries are looked up (`make` sets it).
 pub const BIN_DIR_ENV: &str = "TRUEIP_BIN_DIR";
@@ -33,7 +36,8 @@ pub enum Need {
     Curl,
     /// The `trueip-sidecar` binary, built.
     Sidecar,
-    /// The `trueip-agent` binary, built, and a mounted bpffs.
+    /// The `trueip-agent` binary, built, a mounted bpffs and a mounted cgroup v2 (where the
+    /// agent's programs attach).
     Agent,
 }
 
@@ -58,7 +62,8 @@ impl Need {
                 .or_else(|| {
                     (!statfs(BPFFS).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC))
                         .then(|| format!("no bpffs mounted at {BPFFS}"))
-                }),
+                })
+                .or_else(|| Cgroup::mount_point().err().map(|e| format!("{e:#}"))),
         }
     }
 }
@@ -74,22 +79,35 @@ pub fn missing(needs: &[Need]) -> Option<String> {
     needs.iter().find_map(|need| need.unmet())
 }
 
-/// Whether the calling test can run; if not, prints `SKIPPED: <reason>` and the test's name
-/// to stderr, past the test harness's output capture, so the skip is always visible.
-pub fn runnable(needs: &[Need]) -> bool {
-    let Some(reason) = missing(needs) else {
-        return true;
-    };
-    let thread = std::thread::current();
-    note(&format!(
-        "SKIPPED: {reason} ({})",
-        thread.name().unwrap_or("test")
-    ));
-    false
+/// Why a test cannot run on this machine (no root, a missing tool or kernel feature, a tool too
+/// old). Returned as the test's error, it is not a failure: the interop harness finds it with
+/// `anyhow::Error::downcast_ref` (also under added context) and reports the test as ignored,
+/// with this reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip(pub String);
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
-/// Writes a line straight to stderr. The test harness captures `eprintln!`, not this, so
-/// skips and kept-log notes are seen even for passing tests.
+impl std::error::Error for Skip {}
+
+/// `Ok` when a test needing `needs` can run here, else the [`Skip`] saying why:
+/// `require(&[Need::Haproxy])?;` as a test's first line.
+pub fn require(needs: &[Need]) -> Result<(), Skip> {
+    missing(needs).map_or(Ok(()), |reason| Err(Skip(reason)))
+}
+
+/// A [`Skip`] for a prerequisite checked in the test itself (a tool's version, a module):
+/// `return Err(skip(why));`.
+pub fn skip(reason: impl Into<String>) -> anyhow::Error {
+    Skip(reason.into()).into()
+}
+
+/// Writes a line straight to stderr, unbuffered and in one piece, so skips and kept-log notes
+/// are seen whatever a test harness does with `eprintln!`.
 pub fn note(line: &str) {
     // Nothing sensible is left to do if stderr itself is gone.
     let _ = writeln!(std::io::stderr().lock(), "{line}");

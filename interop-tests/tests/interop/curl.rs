@@ -5,7 +5,7 @@ use anyhow::{Context, Result, ensure};
 use trueip_interop_tests::{
     Family, Need, Topology, curl,
     nginx::{self, Nginx, logged_client},
-    prereq::runnable,
+    prereq::require,
     sidecar::{self, REJECT_REASON},
 };
 
@@ -16,11 +16,8 @@ const TRUSTED_CLIENTS: [&str; 2] = ["203.0.113.0/24", "2001:db8:c::/64"];
 
 /// With the client's subnet trusted, curl's header is honoured: nginx logs curl's address and
 /// port, over IPv4 and IPv6.
-#[test]
-fn curl_haproxy_protocol_to_proxy_v1_mode_nginx_logs_curl() -> Result<()> {
-    if !runnable(&[Need::Nginx, Need::Curl, Need::Sidecar]) {
-        return Ok(());
-    }
+pub(crate) fn curl_haproxy_protocol_to_proxy_v1_mode_nginx_logs_curl() -> Result<()> {
+    require(&[Need::Nginx, Need::Curl, Need::Sidecar])?;
     let topo = Topology::new()?;
     let nginx = Nginx::start(&topo, None)?;
     let mut sidecars = Vec::new();
@@ -53,11 +50,8 @@ fn curl_haproxy_protocol_to_proxy_v1_mode_nginx_logs_curl() -> Result<()> {
 /// The same header from a source outside `--trusted` (only the LB is trusted): curl's
 /// connection is closed without a response, nginx logs nothing, and the sidecar logs the
 /// reason and the peer.
-#[test]
-fn curl_haproxy_protocol_from_an_untrusted_source_is_rejected() -> Result<()> {
-    if !runnable(&[Need::Nginx, Need::Curl, Need::Sidecar]) {
-        return Ok(());
-    }
+pub(crate) fn curl_haproxy_protocol_from_an_untrusted_source_is_rejected() -> Result<()> {
+    require(&[Need::Nginx, Need::Curl, Need::Sidecar])?;
     let topo = Topology::new()?;
     let mut nginx = Nginx::start(&topo, None)?;
     let listen = sidecar_addr(Family::V4);

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Result, ensure};
-use trueip_interop_tests::{Need, Topology, haproxy, prereq::runnable};
+use trueip_interop_tests::{Need, Topology, haproxy, prereq::require};
 use trueip_proxy_header::{
     Addresses, Command, Header, Limits, Tlvs, Transport, Version, decode, kind,
 };
@@ -183,11 +183,8 @@ fn haproxy_verdict(topo: &Topology, bytes: &[u8]) -> Result<(Option<SocketAddr>,
 /// and an accepted header yields the same client in both (LOCAL, UNSPEC and UNKNOWN: the
 /// connection's own address). The one deliberate difference (oversize v2) is asserted as a
 /// difference.
-#[test]
-fn haproxy_and_trueip_agree_on_every_header() -> Result<()> {
-    if !runnable(&[Need::Haproxy]) {
-        return Ok(());
-    }
+pub(crate) fn haproxy_and_trueip_agree_on_every_header() -> Result<()> {
+    require(&[Need::Haproxy])?;
     let topo = Topology::new()?;
     let cfg = format!(
         "global\n    log stderr format raw local0 info\n\

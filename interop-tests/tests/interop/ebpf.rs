@@ -12,7 +12,7 @@ use trueip_interop_tests::{
     curl,
     haproxy::{self, Route, SendProxy},
     nginx::{self, Nginx, logged_remote_addr},
-    prereq::runnable,
+    prereq::require,
     sidecar,
 };
 
@@ -93,11 +93,8 @@ fn app_addrs() -> [SocketAddr; 2] {
 
 /// The app's `accept()` and `getpeername()` both return the client's address and port —
 /// never the load balancer's or the sidecar's — over IPv4 and IPv6.
-#[test]
-fn ebpf_mode_accept_and_getpeername_return_the_client() -> Result<()> {
-    if !runnable(&NEEDS) {
-        return Ok(());
-    }
+pub(crate) fn ebpf_mode_accept_and_getpeername_return_the_client() -> Result<()> {
+    require(&NEEDS)?;
     let topo = Topology::new()?;
     let cgroup = Cgroup::create()?;
     let mut app = EchoApp::start(&topo, &topo.pod, &app_addrs(), Some(&cgroup))?;
@@ -120,11 +117,8 @@ fn ebpf_mode_accept_and_getpeername_return_the_client() -> Result<()> {
 }
 
 /// nginx's stock `combined` log (`$remote_addr`) shows the client, IPv4 and IPv6.
-#[test]
-fn ebpf_mode_nginx_default_log_shows_the_client() -> Result<()> {
-    if !runnable(&[NEEDS.as_slice(), &[Need::Nginx, Need::Curl]].concat()) {
-        return Ok(());
-    }
+pub(crate) fn ebpf_mode_nginx_default_log_shows_the_client() -> Result<()> {
+    require(&[NEEDS.as_slice(), &[Need::Nginx, Need::Curl]].concat())?;
     let topo = Topology::new()?;
     let cgroup = Cgroup::create()?;
     let nginx = Nginx::start(&topo, Some(&cgroup))?;
@@ -147,11 +141,8 @@ fn ebpf_mode_nginx_default_log_shows_the_client() -> Result<()> {
 
 /// The agent is killed and restarted while a connection is open: that connection keeps its
 /// restored address to the end, and a new one is restored too.
-#[test]
-fn ebpf_mode_keeps_restoring_across_an_agent_restart() -> Result<()> {
-    if !runnable(&NEEDS) {
-        return Ok(());
-    }
+pub(crate) fn ebpf_mode_keeps_restoring_across_an_agent_restart() -> Result<()> {
+    require(&NEEDS)?;
     let topo = Topology::new()?;
     let cgroup = Cgroup::create()?;
     let mut app = EchoApp::start(&topo, &topo.pod, &app_addrs(), Some(&cgroup))?;
@@ -192,11 +183,8 @@ fn ebpf_mode_keeps_restoring_across_an_agent_restart() -> Result<()> {
 /// Two pods — each with its own namespace, cgroup, sidecar and app — served by one agent take
 /// interleaved connections, all open at once: each app's `accept()` and `getpeername()` return
 /// exactly its own clients, never the other pod's.
-#[test]
-fn ebpf_mode_two_pods_never_see_each_others_clients() -> Result<()> {
-    if !runnable(&NEEDS) {
-        return Ok(());
-    }
+pub(crate) fn ebpf_mode_two_pods_never_see_each_others_clients() -> Result<()> {
+    require(&NEEDS)?;
     let topo = Topology::with_two_pods()?;
     let cgroups = [Cgroup::create()?, Cgroup::create()?];
     let pods = [

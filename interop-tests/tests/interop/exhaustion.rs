@@ -13,7 +13,7 @@ use anyhow::{Context, Result, ensure};
 use trueip_interop_tests::{
     Family, Need, Topology,
     app::EchoApp,
-    prereq::runnable,
+    prereq::require,
     process::wait_for,
     sidecar,
     stats::{Usage, quantile, raise_fd_limit},
@@ -34,11 +34,8 @@ const RSS_SLACK_KIB: u64 = 24 * 1024;
 /// (+5 s slack) and every client sees the close, the sidecar's descriptor count returns
 /// exactly to its baseline, and RSS after the second wave is within [`RSS_SLACK_KIB`] of RSS
 /// after the first (no per-connection leak; RSS itself stays above the baseline, see below).
-#[test]
-fn ten_thousand_silent_connections_are_closed_at_the_header_timeout() -> Result<()> {
-    if !runnable(&[Need::Sidecar]) {
-        return Ok(());
-    }
+pub(crate) fn ten_thousand_silent_connections_are_closed_at_the_header_timeout() -> Result<()> {
+    require(&[Need::Sidecar])?;
     raise_fd_limit()?;
     let topo = Topology::new()?;
     let _app = EchoApp::start(&topo, &topo.pod, &[APP], None)?;
@@ -183,11 +180,8 @@ fn valid_latencies(to: SocketAddr, n: usize) -> Result<Vec<f64>> {
 /// 8 clients sending garbage headers as fast as they can do not stall valid connections on
 /// the same listener: p99 with the flood < 20 × p99 without + 50 ms (generous: two shared
 /// cores), and the flood was real (thousands of rejected connections).
-#[test]
-fn invalid_header_flood_does_not_stall_valid_connections() -> Result<()> {
-    if !runnable(&[Need::Sidecar]) {
-        return Ok(());
-    }
+pub(crate) fn invalid_header_flood_does_not_stall_valid_connections() -> Result<()> {
+    require(&[Need::Sidecar])?;
     let topo = Topology::new()?;
     let _app = EchoApp::start(&topo, &topo.pod, &[APP], None)?;
     let listen = sidecar_addr(Family::V4);

@@ -8,7 +8,7 @@ use trueip_interop_tests::{
     Family, Need, Topology,
     app::{EchoApp, exchange, fnv1a, random_bytes},
     haproxy::{self, Route, SendProxy},
-    prereq::runnable,
+    prereq::require,
     sidecar::{self, REJECT_REASON},
 };
 
@@ -20,13 +20,11 @@ const APP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9000);
 /// 1 MiB: many segments, so reassembly and ordering are exercised.
 const PAYLOAD_LEN: usize = 1 << 20;
 
-#[test]
-fn send_proxy_v2_payload_reaches_the_app_intact() -> Result<()> {
+pub(crate) fn send_proxy_v2_payload_reaches_the_app_intact() -> Result<()> {
     payload_reaches_the_app_intact(SendProxy::V2)
 }
 
-#[test]
-fn send_proxy_v1_payload_reaches_the_app_intact() -> Result<()> {
+pub(crate) fn send_proxy_v1_payload_reaches_the_app_intact() -> Result<()> {
     payload_reaches_the_app_intact(SendProxy::V1)
 }
 
@@ -34,9 +32,7 @@ fn send_proxy_v1_payload_reaches_the_app_intact() -> Result<()> {
 /// reads exactly the client's random payload (same length and checksum: no header bytes,
 /// nothing lost or reordered), sees the FIN, and its echo reaches the client intact.
 fn payload_reaches_the_app_intact(send_proxy: SendProxy) -> Result<()> {
-    if !runnable(&[Need::Haproxy, Need::Sidecar]) {
-        return Ok(());
-    }
+    require(&[Need::Haproxy, Need::Sidecar])?;
     let topo = Topology::new()?;
     let mut app = EchoApp::start(&topo, &topo.pod, &[APP], None)?;
     let mut sidecars = Vec::new();
@@ -95,11 +91,8 @@ fn payload_reaches_the_app_intact(send_proxy: SendProxy) -> Result<()> {
 
 /// HAProxy's header arrives from an address the sidecar does not trust: the connection is
 /// closed without a byte of reply, the app never sees it, and the sidecar logs why and who.
-#[test]
-fn header_from_an_untrusted_load_balancer_is_rejected() -> Result<()> {
-    if !runnable(&[Need::Haproxy, Need::Sidecar]) {
-        return Ok(());
-    }
+pub(crate) fn header_from_an_untrusted_load_balancer_is_rejected() -> Result<()> {
+    require(&[Need::Haproxy, Need::Sidecar])?;
     let topo = Topology::new()?;
     let app = EchoApp::start(&topo, &topo.pod, &[APP], None)?;
     let listen = sidecar_addr(Family::V4);

@@ -2,7 +2,14 @@
 //!
 //! Every test builds its own [`Topology`](trueip_interop_tests::Topology) (client, LB, pod), so
 //! they run in parallel, and asserts what a user would notice: the address nginx logged, the
-//! bytes the app received. Without root or a peer they print `SKIPPED: <reason>` and return.
+//! bytes the app received.
+//!
+//! A test that cannot run here (no root, a missing peer or kernel feature, a peer too old)
+//! returns a [`Skip`] (`prereq::require`, `prereq::skip`): this `harness = false` binary
+//! (libtest-mimic) reports it as ignored, never as passed:
+//! `test <name> ... ignored (SKIPPED: <why>)`. It takes libtest's arguments (a name filter,
+//! `--exact`, `--skip`, `--test-threads`, `--list`, ...) and `RUST_TEST_THREADS`, and runs the
+//! tests in parallel like libtest; their output is not captured.
 
 mod curl;
 mod differential;
@@ -15,9 +22,78 @@ mod senders;
 mod soak;
 mod steering;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
-use trueip_interop_tests::Family;
+use anyhow::Result;
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use trueip_interop_tests::{Family, prereq::Skip};
+
+/// A test: `Ok` passed, a [`Skip`] error ignored, any other error failed.
+type Test = fn() -> Result<()>;
+
+/// `module::test` paths to the tests, named as libtest named them.
+macro_rules! tests {
+    ($($module:ident::$test:ident),* $(,)?) => {
+        [$((concat!(stringify!($module), "::", stringify!($test)), $module::$test as Test)),*]
+    };
+}
+
+/// Every test of this binary; a test function left out is dead code, which clippy refuses.
+const TESTS: [(&str, Test); 23] = tests![
+    curl::curl_haproxy_protocol_from_an_untrusted_source_is_rejected,
+    curl::curl_haproxy_protocol_to_proxy_v1_mode_nginx_logs_curl,
+    differential::haproxy_and_trueip_agree_on_every_header,
+    ebpf::ebpf_mode_accept_and_getpeername_return_the_client,
+    ebpf::ebpf_mode_keeps_restoring_across_an_agent_restart,
+    ebpf::ebpf_mode_nginx_default_log_shows_the_client,
+    ebpf::ebpf_mode_two_pods_never_see_each_others_clients,
+    exhaustion::invalid_header_flood_does_not_stall_valid_connections,
+    exhaustion::ten_thousand_silent_connections_are_closed_at_the_header_timeout,
+    haproxy::header_from_an_untrusted_load_balancer_is_rejected,
+    haproxy::send_proxy_v1_payload_reaches_the_app_intact,
+    haproxy::send_proxy_v2_payload_reaches_the_app_intact,
+    nginx::send_proxy_v1_through_proxy_v2_mode_nginx_logs_the_client,
+    nginx::send_proxy_v2_through_proxy_v1_mode_nginx_logs_the_client,
+    nginx::without_trueip_nginx_logs_the_load_balancer,
+    receivers::haproxy_apache_nginx_accept_every_reemitted_header_and_tshark_decodes_it,
+    senders::curl_haproxy_clientip,
+    senders::haproxy_tls_send_proxy_v2_tlvs_reach_the_app_exactly,
+    senders::loxilb_shaped_header_glued_and_split_over_tcp,
+    senders::nginx_stream_proxy_protocol_v1_sender,
+    soak::soak_short_form_with_app_restart_and_graceful_drain,
+    steering::steering_hands_lb_connections_to_the_sidecar_and_the_app_sees_the_client,
+    steering::steering_nginx_on_its_own_port_logs_the_client,
+];
+
+fn main() -> ExitCode {
+    let mut args = Arguments::from_args();
+    // libtest honours RUST_TEST_THREADS; libtest-mimic only --test-threads.
+    if args.test_threads.is_none() {
+        args.test_threads = std::env::var("RUST_TEST_THREADS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .filter(|&n| n > 0);
+    }
+    let trials = TESTS
+        .iter()
+        .map(|&(name, test)| Trial::ignorable_test(name, move || outcome(test())))
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// What the harness reports for a test's result: a [`Skip`] (also under added context) is
+/// ignored, on the test's own line: `test <name> ... ignored (SKIPPED: <why>)`. (Not printed
+/// separately: the harness prints from another thread, the lines would interleave.)
+fn outcome(result: Result<()>) -> Result<Completion, Failed> {
+    match result {
+        Ok(()) => Ok(Completion::Completed),
+        Err(e) => match e.downcast_ref::<Skip>() {
+            Some(Skip(why)) => Ok(Completion::ignored_with(format!("SKIPPED: {why}"))),
+            // `{:?}`: the whole chain of context, as libtest prints a test's `Err`.
+            None => Err(Failed::from(format!("{e:?}"))),
+        },
+    }
+}
 
 /// Where the sidecar listens in the pod (the port the load balancer targets).
 const SIDECAR_PORT: u16 = 8080;

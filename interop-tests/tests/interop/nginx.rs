@@ -8,18 +8,15 @@ use trueip_interop_tests::{
     Family, Need, Topology, curl,
     haproxy::{self, Route, SendProxy},
     nginx::{self, Nginx, logged_client, logged_remote_addr},
-    prereq::runnable,
+    prereq::require,
     sidecar,
 };
 
 use crate::{TRUSTED_LB, lb_addr, sidecar_addr};
 
 /// The problem trueip solves: HAProxy straight to nginx, and nginx logs HAProxy's address.
-#[test]
-fn without_trueip_nginx_logs_the_load_balancer() -> Result<()> {
-    if !runnable(&[Need::Haproxy, Need::Nginx, Need::Curl]) {
-        return Ok(());
-    }
+pub(crate) fn without_trueip_nginx_logs_the_load_balancer() -> Result<()> {
+    require(&[Need::Haproxy, Need::Nginx, Need::Curl])?;
     let topo = Topology::new()?;
     let nginx = Nginx::start(&topo, None)?;
     let routes = Family::BOTH.map(|family| Route {
@@ -42,22 +39,18 @@ fn without_trueip_nginx_logs_the_load_balancer() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn send_proxy_v2_through_proxy_v1_mode_nginx_logs_the_client() -> Result<()> {
+pub(crate) fn send_proxy_v2_through_proxy_v1_mode_nginx_logs_the_client() -> Result<()> {
     nginx_logs_the_client(SendProxy::V2, "proxy-v1")
 }
 
-#[test]
-fn send_proxy_v1_through_proxy_v2_mode_nginx_logs_the_client() -> Result<()> {
+pub(crate) fn send_proxy_v1_through_proxy_v2_mode_nginx_logs_the_client() -> Result<()> {
     nginx_logs_the_client(SendProxy::V1, "proxy-v2")
 }
 
 /// Client → HAProxy (`send_proxy`) → sidecar `--mode <mode>` → nginx `proxy_protocol`, over
 /// IPv4 and IPv6: nginx logs curl's own address and port, never the load balancer's.
 fn nginx_logs_the_client(send_proxy: SendProxy, mode: &str) -> Result<()> {
-    if !runnable(&[Need::Haproxy, Need::Nginx, Need::Curl, Need::Sidecar]) {
-        return Ok(());
-    }
+    require(&[Need::Haproxy, Need::Nginx, Need::Curl, Need::Sidecar])?;
     let topo = Topology::new()?;
     let nginx = Nginx::start(&topo, None)?;
     let mut sidecars = Vec::new();

@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use trueip_interop_tests::{
     Family, Need, Proc, Topology, haproxy,
-    prereq::{self, find_program, runnable},
+    prereq::{self, find_program, require},
     process::{self, Launch, wait_for},
     sidecar,
 };
@@ -175,11 +175,9 @@ fn start_nginx(topo: &Topology) -> Result<Proc> {
 /// and `fc_pp_unique_id` when the TLVs were passed on), Apache's `%a` and `%{remote}p`,
 /// nginx's `$proxy_protocol_addr`/`$proxy_protocol_port`. tshark, capturing the sidecars'
 /// loopback traffic, decodes the same addresses from every v1 and v2 header.
-#[test]
-fn haproxy_apache_nginx_accept_every_reemitted_header_and_tshark_decodes_it() -> Result<()> {
-    if !runnable(&[Need::Haproxy, Need::Nginx, Need::Sidecar]) {
-        return Ok(());
-    }
+pub(crate) fn haproxy_apache_nginx_accept_every_reemitted_header_and_tshark_decodes_it()
+-> Result<()> {
+    require(&[Need::Haproxy, Need::Nginx, Need::Sidecar])?;
     let apache = find_program("apache2").is_some();
     if !apache {
         prereq::note("SKIPPED (Apache part): `apache2` not found (run scripts/setup.sh)");

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use trueip_interop_tests::{
     Family, Need, Topology, curl, haproxy,
-    prereq::{self, runnable},
+    prereq::{self, require},
     process::{self, Launch},
     record::{RecordApp, Recording},
     sidecar, tls,
@@ -72,11 +72,8 @@ const TLS_VARIANTS: [(&str, u16, &str); 3] = [
 /// frontend, the authority = the SNI curl sent, the unique id = the `%ID` HAProxy logged, the
 /// SSL TLV with the TLS version HAProxy logged, the client flag set and verify = 0, and the
 /// certificate CN only with `-ssl-cn`; a fresh, valid CRC32c; the HTTP request intact after it.
-#[test]
-fn haproxy_tls_send_proxy_v2_tlvs_reach_the_app_exactly() -> Result<()> {
-    if !runnable(&[Need::Haproxy, Need::Curl, Need::Sidecar]) {
-        return Ok(());
-    }
+pub(crate) fn haproxy_tls_send_proxy_v2_tlvs_reach_the_app_exactly() -> Result<()> {
+    require(&[Need::Haproxy, Need::Curl, Need::Sidecar])?;
     let topo = Topology::new()?;
     let pki = tls::Pki::generate(topo.dir())?;
     let mut recorder = RecordApp::start(&topo, &topo.pod, &[RECORDER])?;
@@ -209,17 +206,13 @@ fn haproxy_tls_send_proxy_v2_tlvs_reach_the_app_exactly() -> Result<()> {
 /// nginx's stream module in the LB namespace, `proxy_protocol on;` (a v1 sender) in front of
 /// the sidecar: the header the sidecar re-emits names the client's address and port and
 /// nginx's listening address, over IPv4 and IPv6, and the client's bytes follow intact.
-#[test]
-fn nginx_stream_proxy_protocol_v1_sender() -> Result<()> {
-    if !runnable(&[Need::Nginx, Need::Sidecar]) {
-        return Ok(());
-    }
+pub(crate) fn nginx_stream_proxy_protocol_v1_sender() -> Result<()> {
+    require(&[Need::Nginx, Need::Sidecar])?;
     let module = "/usr/lib/nginx/modules/ngx_stream_module.so";
     if !std::path::Path::new(module).is_file() {
-        prereq::note(&format!(
-            "SKIPPED: {module} missing (Debian package libnginx-mod-stream)"
-        ));
-        return Ok(());
+        return Err(prereq::skip(format!(
+            "{module} missing (Debian package libnginx-mod-stream)"
+        )));
     }
     let topo = Topology::new()?;
     let mut recorder = RecordApp::start(&topo, &topo.pod, &[RECORDER])?;
@@ -276,11 +269,8 @@ fn nginx_stream_proxy_protocol_v1_sender() -> Result<()> {
 
 /// curl `--haproxy-clientip` (curl >= 8.2) sends a v1 header naming an address of the
 /// caller's choice. Where this curl has it, the sidecar must pass that address on.
-#[test]
-fn curl_haproxy_clientip() -> Result<()> {
-    if !runnable(&[Need::Curl, Need::Sidecar]) {
-        return Ok(());
-    }
+pub(crate) fn curl_haproxy_clientip() -> Result<()> {
+    require(&[Need::Curl, Need::Sidecar])?;
     let mut help = std::process::Command::new("curl");
     help.args(["--help", "all"]);
     let out = process::output(&mut help, Duration::from_secs(10))?;
@@ -288,14 +278,12 @@ fn curl_haproxy_clientip() -> Result<()> {
         let mut version = std::process::Command::new("curl");
         version.arg("--version");
         let v = process::output(&mut version, Duration::from_secs(10))?;
-        prereq::note(&format!(
-            "SKIPPED: this curl has no --haproxy-clientip (added in curl 8.2.0): {}",
-            String::from_utf8_lossy(&v.stdout)
-                .lines()
-                .next()
-                .unwrap_or("?")
-        ));
-        return Ok(());
+        let v = String::from_utf8_lossy(&v.stdout);
+        let v: Vec<&str> = v.split_whitespace().take(2).collect();
+        return Err(prereq::skip(format!(
+            "this curl ({}) has no --haproxy-clientip (added in curl 8.2.0)",
+            v.join(" ")
+        )));
     }
     let topo = Topology::new()?;
     let mut recorder = RecordApp::start(&topo, &topo.pod, &[RECORDER])?;
@@ -335,11 +323,8 @@ fn loxilb_header(src: SocketAddr, dst: SocketAddr) -> Result<Vec<u8>> {
 /// trusted): the 28-byte header and the first data in one segment, then header and data in
 /// separate segments (TCP_NODELAY, a pause between). Both times the sidecar decodes the
 /// client and destination LoxiLB named, and the data arrives intact after the header.
-#[test]
-fn loxilb_shaped_header_glued_and_split_over_tcp() -> Result<()> {
-    if !runnable(&[Need::Sidecar]) {
-        return Ok(());
-    }
+pub(crate) fn loxilb_shaped_header_glued_and_split_over_tcp() -> Result<()> {
+    require(&[Need::Sidecar])?;
     let topo = Topology::new()?;
     let mut recorder = RecordApp::start(&topo, &topo.pod, &[RECORDER])?;
     let _sidecar = reemitting_sidecar(&topo, &["203.0.113.0/24"])?;

@@ -3,13 +3,10 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use trueip_interop_tests::{Need, prereq::runnable, soak};
+use trueip_interop_tests::{Need, prereq::require, soak};
 
-#[test]
-fn soak_short_form_with_app_restart_and_graceful_drain() -> Result<()> {
-    if !runnable(&[Need::Haproxy, Need::Sidecar]) {
-        return Ok(());
-    }
+pub(crate) fn soak_short_form_with_app_restart_and_graceful_drain() -> Result<()> {
+    require(&[Need::Haproxy, Need::Sidecar])?;
     let report = soak::run(soak::Config::new(Duration::from_secs(20)))?;
     eprintln!("{}", report.markdown());
     Ok(())

@@ -19,7 +19,7 @@ use trueip_interop_tests::{
     curl,
     haproxy::{self, Route, SendProxy},
     nginx::{self, Nginx, logged_remote_addr},
-    prereq::runnable,
+    prereq::require,
     sidecar,
 };
 
@@ -90,11 +90,9 @@ fn steered_path(
 /// The echo app listens on `[::]:8080` itself; through HAProxy its `accept()` and
 /// `getpeername()` return the client, IPv4 and IPv6. A header-less probe from the LB's namespace
 /// is served by the sidecar; with the sidecar stopped, the same probe reaches the app directly.
-#[test]
-fn steering_hands_lb_connections_to_the_sidecar_and_the_app_sees_the_client() -> Result<()> {
-    if !runnable(&NEEDS) {
-        return Ok(());
-    }
+pub(crate) fn steering_hands_lb_connections_to_the_sidecar_and_the_app_sees_the_client()
+-> Result<()> {
+    require(&NEEDS)?;
     let topo = Topology::new()?;
     let cgroup = Cgroup::create()?;
     let app_addr = SocketAddr::new(IpAddr::from([0u16; 8]), APP_PORT);
@@ -165,11 +163,8 @@ fn steering_hands_lb_connections_to_the_sidecar_and_the_app_sees_the_client() ->
 
 /// nginx on its usual port (`listen 8082; listen [::]:8082;`, the example configuration, with
 /// its stock `combined` log): through HAProxy and steering, the log shows the client.
-#[test]
-fn steering_nginx_on_its_own_port_logs_the_client() -> Result<()> {
-    if !runnable(&[NEEDS.as_slice(), &[Need::Nginx, Need::Curl]].concat()) {
-        return Ok(());
-    }
+pub(crate) fn steering_nginx_on_its_own_port_logs_the_client() -> Result<()> {
+    require(&[NEEDS.as_slice(), &[Need::Nginx, Need::Curl]].concat())?;
     let topo = Topology::new()?;
     let cgroup = Cgroup::create()?;
     let nginx = Nginx::start(&topo, Some(&cgroup))?;

@@ -61,11 +61,8 @@ fn variants() -> anyhow::Result<Vec<(Vec<PathBuf>, Vec<&'static str>)>> {
     Ok(all)
 }
 
-#[test]
-fn lint_strict_with_every_values_file() -> anyhow::Result<()> {
-    let Some(tools) = Tools::or_skip("lint_strict_with_every_values_file") else {
-        return Ok(());
-    };
+pub(crate) fn lint_strict_with_every_values_file() -> anyhow::Result<()> {
+    let tools = Tools::require()?;
     tools.lint(&[])?;
     for file in example_values()? {
         tools.lint(&[&file])?;
@@ -73,11 +70,8 @@ fn lint_strict_with_every_values_file() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn every_values_file_renders_valid_manifests() -> anyhow::Result<()> {
-    let Some(tools) = Tools::or_skip("every_values_file_renders_valid_manifests") else {
-        return Ok(());
-    };
+pub(crate) fn every_values_file_renders_valid_manifests() -> anyhow::Result<()> {
+    let tools = Tools::require()?;
     for (files, flags) in variants()? {
         let what = format!("{files:?} {flags:?}");
         let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
@@ -131,11 +125,8 @@ fn every_values_file_renders_valid_manifests() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn default_render_wires_the_pieces_together() -> anyhow::Result<()> {
-    let Some(tools) = Tools::or_skip("default_render_wires_the_pieces_together") else {
-        return Ok(());
-    };
+pub(crate) fn default_render_wires_the_pieces_together() -> anyhow::Result<()> {
+    let tools = Tools::require()?;
     let docs = documents(&tools.render(&[], &[])?)?;
 
     // apiserver → Service → Deployment's container port.
@@ -283,22 +274,16 @@ fn default_render_wires_the_pieces_together() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn failure_policy_is_a_value() -> anyhow::Result<()> {
-    let Some(tools) = Tools::or_skip("failure_policy_is_a_value") else {
-        return Ok(());
-    };
+pub(crate) fn failure_policy_is_a_value() -> anyhow::Result<()> {
+    let tools = Tools::require()?;
     let docs = documents(&tools.render(&[], &["--set=injector.failurePolicy=Fail"])?)?;
     let webhook = &find(&docs, "MutatingWebhookConfiguration", None)?["webhooks"][0];
     assert_eq!(webhook["failurePolicy"], "Fail");
     Ok(())
 }
 
-#[test]
-fn generated_certificate_is_trusted_by_the_ca_bundle() -> anyhow::Result<()> {
-    let Some(tools) = Tools::or_skip("generated_certificate_is_trusted_by_the_ca_bundle") else {
-        return Ok(());
-    };
+pub(crate) fn generated_certificate_is_trusted_by_the_ca_bundle() -> anyhow::Result<()> {
+    let tools = Tools::require()?;
     let docs = documents(&tools.render(&[], &[])?)?;
     let webhook = &find(&docs, "MutatingWebhookConfiguration", None)?["webhooks"][0];
     let secret = find(&docs, "Secret", Some("trueip-injector-tls"))?;
@@ -359,11 +344,8 @@ fn generated_certificate_is_trusted_by_the_ca_bundle() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn bad_values_are_refused_at_render() -> anyhow::Result<()> {
-    let Some(tools) = Tools::or_skip("bad_values_are_refused_at_render") else {
-        return Ok(());
-    };
+pub(crate) fn bad_values_are_refused_at_render() -> anyhow::Result<()> {
+    let tools = Tools::require()?;
     for (flag, expected) in [
         (
             "--set=injector.failurePolicy=Sometimes",
@@ -435,8 +417,7 @@ fn leaves(value: &Value, prefix: &str, out: &mut Vec<String>) {
     }
 }
 
-#[test]
-fn every_value_is_documented() -> anyhow::Result<()> {
+pub(crate) fn every_value_is_documented() -> anyhow::Result<()> {
     let text = std::fs::read_to_string(chart_dir().join("values.yaml"))?;
     let documented = documented_keys(&text)?;
     let covered = |path: &str| {

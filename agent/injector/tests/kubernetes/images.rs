@@ -20,8 +20,7 @@ const IMAGES: [(&str, &str, &str, bool); 3] = [
     ),
 ];
 
-#[test]
-fn dockerfiles_build_what_the_chart_runs() -> anyhow::Result<()> {
+pub(crate) fn dockerfiles_build_what_the_chart_runs() -> anyhow::Result<()> {
     let root = workspace_root();
     let manifest = std::fs::read_to_string(root.join("Cargo.toml"))?;
     let rust_version = manifest

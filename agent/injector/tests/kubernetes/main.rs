@@ -4,10 +4,74 @@
 //! kube-apiserver's mutating-webhook dispatcher calls it, with the rendered configuration. The
 //! Dockerfiles are checked against the chart (docker cannot build here).
 //!
-//! The tools come from `scripts/setup.sh` (into `.tools/`). Without them, each test prints
-//! `SKIPPED: <why>` to stderr and returns.
+//! The tools come from `scripts/setup.sh` (into `.tools/`). A test that needs a missing tool
+//! returns a [`Skip`] (`Tools::require`): this `harness = false` binary (libtest-mimic) reports
+//! it as ignored, never as passed: `test <name> ... ignored (SKIPPED: <why>)`.
+//! It takes libtest's arguments (a name filter, `--exact`, `--skip`, `--test-threads`, `--list`,
+//! ...) and `RUST_TEST_THREADS`, and runs the tests in parallel like libtest; their output is not
+//! captured.
 
 mod chart;
 mod images;
 mod support;
 mod webhook;
+
+use std::process::ExitCode;
+
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+use crate::support::Skip;
+
+/// A test: `Ok` passed, a [`Skip`] error ignored, any other error (or a panic) failed.
+type Test = fn() -> anyhow::Result<()>;
+
+/// `module::test` paths to the tests, named as libtest named them.
+macro_rules! tests {
+    ($($module:ident::$test:ident),* $(,)?) => {
+        [$((concat!(stringify!($module), "::", stringify!($test)), $module::$test as Test)),*]
+    };
+}
+
+/// Every test of this binary; a test function left out is dead code, which clippy refuses.
+const TESTS: [(&str, Test); 10] = tests![
+    chart::bad_values_are_refused_at_render,
+    chart::default_render_wires_the_pieces_together,
+    chart::every_value_is_documented,
+    chart::every_values_file_renders_valid_manifests,
+    chart::failure_policy_is_a_value,
+    chart::generated_certificate_is_trusted_by_the_ca_bundle,
+    chart::lint_strict_with_every_values_file,
+    images::dockerfiles_build_what_the_chart_runs,
+    webhook::apiserver_calls_the_webhook_and_applies_its_patch,
+    webhook::tls_trusts_only_the_ca_bundle_and_follows_certificate_renewal,
+];
+
+fn main() -> ExitCode {
+    let mut args = Arguments::from_args();
+    // libtest honours RUST_TEST_THREADS; libtest-mimic only --test-threads.
+    if args.test_threads.is_none() {
+        args.test_threads = std::env::var("RUST_TEST_THREADS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .filter(|&n| n > 0);
+    }
+    let trials = TESTS
+        .iter()
+        .map(|&(name, test)| Trial::ignorable_test(name, move || outcome(test())))
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// What the harness reports for a test's result: a [`Skip`] (also under added context) is
+/// ignored, on the test's own line: `test <name> ... ignored (SKIPPED: <why>)`. (Not printed
+/// separately: the harness prints from another thread, the lines would interleave.)
+fn outcome(result: anyhow::Result<()>) -> Result<Completion, Failed> {
+    match result {
+        Ok(()) => Ok(Completion::Completed),
+        Err(e) => match e.downcast_ref::<Skip>() {
+            Some(Skip(why)) => Ok(Completion::ignored_with(format!("SKIPPED: {why}"))),
+            // `{:?}`: the whole chain of context, as libtest prints a test's `Err`.
+            None => Err(Failed::from(format!("{e:?}"))),
+        },
+    }
+}

@@ -1,7 +1,7 @@
 //! Running helm and kubernetes-validate, and reading what they render.
 
 use std::{
-    io::Write as _,
+    fmt,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -33,6 +33,19 @@ pub(crate) fn chart_dir() -> PathBuf {
     workspace_root().join("charts/trueip")
 }
 
+/// Why a test cannot run here (a tool missing). Returned as the test's error, it is not a
+/// failure: the harness (`main.rs`) reports the test as ignored, with this reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Skip(pub(crate) String);
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Skip {}
+
 /// helm and kubernetes-validate, as `scripts/setup.sh` installs them.
 #[derive(Debug)]
 pub(crate) struct Tools {
@@ -41,23 +54,21 @@ pub(crate) struct Tools {
 }
 
 impl Tools {
-    /// The tools, or `None` after printing `SKIPPED: <test>: <why>` (setup not run) straight to
-    /// stderr: the harness captures `eprintln!` of passing tests, not this.
-    pub(crate) fn or_skip(test: &str) -> Option<Self> {
+    /// The tools, or the [`Skip`] saying which is missing (setup not run): `Tools::require()?`
+    /// as a test's first line, which the harness then reports as ignored, not passed.
+    pub(crate) fn require() -> Result<Self, Skip> {
         let tools = workspace_root().join(".tools");
         let helm = tools.join("bin/helm");
         let validate = tools.join("venv/bin/kubernetes-validate");
         for tool in [&helm, &validate] {
             if !tool.exists() {
-                let _ = writeln!(
-                    std::io::stderr().lock(),
-                    "SKIPPED: {test}: {} is missing (run `bash scripts/setup.sh`)",
+                return Err(Skip(format!(
+                    "{} is missing (run `bash scripts/setup.sh`)",
                     tool.display()
-                );
-                return None;
+                )));
             }
         }
-        Some(Self { helm, validate })
+        Ok(Self { helm, validate })
     }
 
     /// `helm lint --strict` with the given values files.
