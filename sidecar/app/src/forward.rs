@@ -1,15 +1,17 @@
-//! Moves bytes between the load balancer's connection and the app's, in both directions, with
-//! splice(2) through a kernel pipe per direction: no copy into user space, back-pressure from
-//! the sockets themselves (at most one pipe's worth in flight per direction), and half-close
-//! (one side's FIN becomes a shutdown of the other side's write half).
+//! Moves bytes between the load balancer's connection and the app's, in both directions:
+//! small messages by one recv and one send, bulk flows by splice(2) through a kernel pipe (no
+//! copy into user space). Back-pressure comes from the sockets themselves (at most one buffer
+//! or pipe's worth in flight per direction), and half-close is passed on (one side's FIN
+//! becomes a shutdown of the other side's write half).
 
 use std::{
     io,
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
 };
 
 use nix::{
     fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice},
+    sys::socket::{MsgFlags, recv},
     unistd::pipe2,
 };
 use socket2::SockRef;
@@ -22,6 +24,8 @@ use crate::metrics::ListenerMetrics;
 
 /// The most moved by one splice(2) call; the pipe's capacity bounds it further.
 const SPLICE_CHUNK: usize = 1 << 20;
+/// The copy buffer for small messages; a read that fills it switches the direction to splice.
+const COPY_CHUNK: usize = 16 * 1024;
 
 /// Bytes moved by a finished connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -93,16 +97,8 @@ pub async fn forward(
     pipe_size: Option<usize>,
     metrics: &ListenerMetrics,
 ) -> Result<Transfer, ForwardError> {
-    let setup = async {
-        if !preamble.is_empty() || !rest.is_empty() {
-            app.write_all(&[preamble, rest].concat()).await?;
-            metrics.to_app(rest.len() as u64);
-        }
-        Ok::<_, io::Error>((Pipe::new(pipe_size)?, Pipe::new(pipe_size)?))
-    };
-    let (up_pipe, down_pipe) = match setup.await {
-        Ok(pipes) => pipes,
-        Err(source) => {
+    if !preamble.is_empty() || !rest.is_empty() {
+        if let Err(source) = app.write_all(&[preamble, rest].concat()).await {
             reset(client);
             reset(app);
             return Err(ForwardError {
@@ -112,10 +108,11 @@ pub async fn forward(
                 source,
             });
         }
-    };
+        metrics.to_app(rest.len() as u64);
+    }
     let app = &*app;
-    let up = pump(client, app, &up_pipe, |n| metrics.to_app(n));
-    let down = pump(app, client, &down_pipe, |n| metrics.to_client(n));
+    let up = pump(client, app, pipe_size, |n| metrics.to_app(n));
+    let down = pump(app, client, pipe_size, |n| metrics.to_client(n));
     tokio::pin!(up, down);
     let (mut to_app, mut to_client) = (None, None);
     while to_app.is_none() || to_client.is_none() {
@@ -155,36 +152,34 @@ enum PumpSide {
     Destination,
 }
 
-/// Moves bytes from `src` to `dst` through `pipe` until `src` reaches EOF, then shuts down
-/// `dst`'s write half. Returns the number of bytes moved.
+/// Moves bytes from `src` to `dst` until `src` reaches EOF, then shuts down `dst`'s write half.
+/// Returns the number of bytes moved.
+///
+/// Small messages (requests, responses, handshakes) are copied through a short-lived buffer:
+/// one recv and one send each, and no pipe. The first read that fills the buffer marks a bulk
+/// flow, which switches to splice(2) through a kernel pipe for the rest of the connection.
 async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
-    pipe: &Pipe,
+    pipe_size: Option<usize>,
     mut count: impl FnMut(u64),
 ) -> Result<u64, (PumpSide, io::Error)> {
-    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     let mut total = 0u64;
+    let mut pipe: Option<Pipe> = None;
     loop {
-        let filled = loop {
-            src.readable().await.map_err(|e| (PumpSide::Source, e))?;
-            match src.try_io(Interest::READABLE, || {
-                splice(
-                    src.as_fd(),
-                    None,
-                    pipe.write.as_fd(),
-                    None,
-                    SPLICE_CHUNK,
-                    flags,
-                )
-                .map_err(io::Error::from)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err((PumpSide::Source, e)),
+        let moved = match &pipe {
+            None => {
+                let mut buf = vec![0; COPY_CHUNK];
+                let n = recv_some(src, &mut buf).await?;
+                send_all(dst, &buf[..n]).await?;
+                if n == COPY_CHUNK {
+                    pipe = Some(Pipe::new(pipe_size).map_err(|e| (PumpSide::Source, e))?);
+                }
+                n
             }
+            Some(pipe) => splice_some(src, dst, pipe).await?,
         };
-        if filled == 0 {
+        if moved == 0 {
             SockRef::from(dst)
                 .shutdown(std::net::Shutdown::Write)
                 .or_else(|e| match e.kind() {
@@ -195,23 +190,96 @@ async fn pump(
                 .map_err(|e| (PumpSide::Destination, e))?;
             return Ok(total);
         }
-        let mut left = filled;
-        while left > 0 {
-            dst.writable()
-                .await
-                .map_err(|e| (PumpSide::Destination, e))?;
-            match dst.try_io(Interest::WRITABLE, || {
-                splice(pipe.read.as_fd(), None, dst.as_fd(), None, left, flags)
-                    .map_err(io::Error::from)
-            }) {
-                Ok(n) => left -= n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err((PumpSide::Destination, e)),
-            }
-        }
-        total += filled as u64;
-        count(filled as u64);
+        total += moved as u64;
+        count(moved as u64);
     }
+}
+
+/// Reads what `src` has (at least one byte, or 0 at EOF) into `buf`.
+///
+/// A read shorter than `buf` has emptied the socket's receive queue (TCP copies until the queue
+/// or the buffer is exhausted), so its readiness is cleared inside the same `try_io`: that saves
+/// the second, empty recv that would otherwise only return EAGAIN. Clearing inside `try_io` is
+/// race-free: tokio only clears the readiness it observed before the call, and bytes arriving
+/// meanwhile set it again.
+async fn recv_some(src: &TcpStream, buf: &mut [u8]) -> Result<usize, (PumpSide, io::Error)> {
+    loop {
+        src.readable().await.map_err(|e| (PumpSide::Source, e))?;
+        let mut drained = None;
+        match src.try_io(Interest::READABLE, || {
+            let n = recv(src.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)?;
+            if n > 0 && n < buf.len() {
+                drained = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        }) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Some(n) = drained {
+                    return Ok(n);
+                }
+            }
+            Err(e) => return Err((PumpSide::Source, e)),
+        }
+    }
+}
+
+/// Writes all of `bytes` to `dst`, waiting for room as needed.
+async fn send_all(dst: &TcpStream, mut bytes: &[u8]) -> Result<(), (PumpSide, io::Error)> {
+    while !bytes.is_empty() {
+        dst.writable()
+            .await
+            .map_err(|e| (PumpSide::Destination, e))?;
+        match dst.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err((PumpSide::Destination, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Splices what `src` has into `pipe` and all of it out to `dst`; 0 at EOF. The pipe is empty
+/// again when this returns, so no byte is ever left behind in it.
+async fn splice_some(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &Pipe,
+) -> Result<usize, (PumpSide, io::Error)> {
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    let filled = loop {
+        src.readable().await.map_err(|e| (PumpSide::Source, e))?;
+        match src.try_io(Interest::READABLE, || {
+            splice(
+                src.as_fd(),
+                None,
+                pipe.write.as_fd(),
+                None,
+                SPLICE_CHUNK,
+                flags,
+            )
+            .map_err(io::Error::from)
+        }) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err((PumpSide::Source, e)),
+        }
+    };
+    let mut left = filled;
+    while left > 0 {
+        dst.writable()
+            .await
+            .map_err(|e| (PumpSide::Destination, e))?;
+        match dst.try_io(Interest::WRITABLE, || {
+            splice(pipe.read.as_fd(), None, dst.as_fd(), None, left, flags).map_err(io::Error::from)
+        }) {
+            Ok(n) => left -= n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err((PumpSide::Destination, e)),
+        }
+    }
+    Ok(filled)
 }
 
 /// Makes the next close send a reset, so that the peer learns the relay broke rather than
