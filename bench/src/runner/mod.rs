@@ -1,0 +1,759 @@
+//! The runner (`trueip-bench`, run by `make bench` as root): builds the namespaces, starts the
+//! app, then for every repetition runs every variant in turn (rotating the order), each through
+//! the same workloads, and writes `RESULTS.md` and the plot.
+
+pub mod machine;
+pub mod plot;
+pub mod report;
+pub mod variant;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use trueip_interop_tests::{Cgroup, Launch, Need, Proc, Topology, agent::Agent, prereq, process};
+
+use crate::{
+    loadgen::{self, BulkResult, ConnResult, IdleResult, RrResult},
+    procfs,
+    wire::AppStats,
+};
+pub use variant::Variant;
+use variant::{APP_PORT, EBPF_APP_PORT, Ebpf, Hop, Programs};
+
+/// Environment variable that selects the quick mode (`make bench BENCH_QUICK=1`).
+pub const QUICK_ENV: &str = "BENCH_QUICK";
+
+/// How long the app gets to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settling time after a hop starts or connections close, before memory is read.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Head room over a workload's own duration before its load generator is killed.
+const LOADGEN_SLACK: Duration = Duration::from_secs(60);
+
+/// What one run measures and how long.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    /// Measured repetitions per variant (after the warm-up pass).
+    pub reps: usize,
+    /// Duration of each bulk, request/response and short-connection workload.
+    pub secs: f64,
+    /// Duration of the warm-up pass per variant.
+    pub warmup_secs: f64,
+    /// Parallel streams of the "many streams" bulk workloads.
+    pub streams: usize,
+    /// Keep-alive connections of the request/response workload.
+    pub rr_conns: usize,
+    /// Request (= response) size, bytes.
+    pub msg_size: usize,
+    /// Concurrent loops of the short-connection workload.
+    pub conn_concurrency: usize,
+    /// Idle connection counts for the memory workload.
+    pub idle: Vec<usize>,
+    /// `taskset -c` CPU lists: load generator, app, hop (`None`: not pinned).
+    pub pin: Pins,
+    /// Variants to run.
+    pub variants: Vec<Variant>,
+    /// Whether this is the quick mode.
+    pub quick: bool,
+    /// `trueip-sidecar` to run (default: found like the interop tests find it).
+    pub sidecar: Option<PathBuf>,
+    /// Extra arguments for every `trueip-sidecar` (experiments such as `--pipe-size`).
+    pub sidecar_args: Vec<String>,
+    /// Extra `KEY=VALUE` environment for every `trueip-sidecar` (e.g. `TOKIO_WORKER_THREADS=1`).
+    pub sidecar_env: Vec<String>,
+    /// Deviations from the plan the machine forced, for the method section.
+    pub caveats: Vec<String>,
+    /// Workload groups to run: `idle`, `bulk`, `rr`, `conn` (all by default; fewer for
+    /// profiling one of them).
+    pub workloads: Vec<String>,
+}
+
+impl Plan {
+    fn runs(&self, workload: &str) -> bool {
+        self.workloads.iter().any(|w| w == workload)
+    }
+}
+
+/// CPU pinning of the three parties (`taskset -c` lists).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Pins {
+    /// The load generator.
+    pub client: Option<String>,
+    /// The app.
+    pub app: Option<String>,
+    /// The middle hop.
+    pub hop: Option<String>,
+}
+
+impl Plan {
+    /// The full plan: 5 repetitions of 3-second workloads, 1 000 and 10 000 idle connections.
+    #[must_use]
+    pub fn full() -> Self {
+        Self {
+            reps: 5,
+            secs: 3.0,
+            warmup_secs: 1.0,
+            streams: 8,
+            rr_conns: 16,
+            msg_size: 64,
+            conn_concurrency: 16,
+            idle: vec![1_000, 10_000],
+            pin: Pins::default(),
+            variants: Variant::ALL.to_vec(),
+            quick: false,
+            sidecar: None,
+            sidecar_args: Vec::new(),
+            sidecar_env: Vec::new(),
+            caveats: Vec::new(),
+            workloads: ["idle", "bulk", "rr", "conn"].map(str::to_owned).to_vec(),
+        }
+    }
+
+    /// The smoke-test plan: one repetition of short workloads, fewer idle connections.
+    #[must_use]
+    pub fn quick() -> Self {
+        Self {
+            reps: 1,
+            secs: 0.5,
+            warmup_secs: 0.2,
+            idle: vec![100, 1_000],
+            quick: true,
+            ..Self::full()
+        }
+    }
+}
+
+/// The metrics of one variant: samples per metric, plus notes (failures, skips, checks).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Samples {
+    /// Metric key → one sample per repetition.
+    pub values: BTreeMap<String, Vec<f64>>,
+    /// Why something is missing, or what was checked.
+    pub notes: Vec<String>,
+    /// Why the whole variant did not run.
+    pub skipped: Option<String>,
+}
+
+impl Samples {
+    fn push(&mut self, key: &str, value: f64) {
+        self.values.entry(key.to_owned()).or_default().push(value);
+    }
+
+    fn note(&mut self, note: String) {
+        if !self.notes.contains(&note) {
+            self.notes.push(note);
+        }
+    }
+}
+
+/// Everything a run produced (also saved as JSON, so the report can be rendered again).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Results {
+    /// The plan it ran.
+    pub plan: Plan,
+    /// Samples per variant, in [`Variant::ALL`] order.
+    pub variants: Vec<(Variant, Samples)>,
+    /// The machine and peer versions.
+    pub machine: machine::Machine,
+    /// Wall time of the whole run, seconds.
+    pub wall_secs: f64,
+    /// Load average before the run (1 minute).
+    pub load_before: f64,
+    /// Load average at the end of the run (1 minute; includes the run itself).
+    #[serde(default)]
+    pub load_after: Option<f64>,
+}
+
+/// The programs the run needs.
+#[derive(Debug)]
+struct Bins {
+    loadgen: PathBuf,
+    app: PathBuf,
+}
+
+/// Descriptors per relayed connection of the hungriest hop: `trueip-sidecar` holds two sockets
+/// and two splice pipes (four descriptors) per connection.
+const HOP_FDS_PER_CONN: u64 = 6;
+
+/// Lowers idle connection counts the open-file limit cannot hold, and says so.
+fn cap_idle(plan: &mut Plan) {
+    let limit = crate::fd_limit();
+    let cap = usize::try_from((limit.saturating_sub(1000) / HOP_FDS_PER_CONN) / 500 * 500)
+        .unwrap_or(usize::MAX)
+        .max(100);
+    let wanted = plan.idle.clone();
+    for n in &mut plan.idle {
+        *n = (*n).min(cap);
+    }
+    plan.idle.dedup();
+    if plan.idle != wanted {
+        plan.caveats.push(format!(
+            "Idle counts {wanted:?} lowered to {:?}: the hard open-file limit here is {limit} and \
+             cannot be raised (no CAP_SYS_RESOURCE in this sandbox), while a trueip-sidecar \
+             connection takes {HOP_FDS_PER_CONN} descriptors (2 sockets + 2 splice pipes; \
+             HAProxy and nginx take 2). With `ulimit -Hn` ≥ 61 000 the run uses 10 000.",
+            plan.idle
+        ));
+    }
+}
+
+/// Runs `plan` and returns the results. Needs root.
+pub fn run(mut plan: Plan) -> Result<Results> {
+    let started = Instant::now();
+    let load_before = machine::load_average();
+    if let Some(reason) = prereq::missing(&[Need::Haproxy, Need::Nginx]) {
+        bail!("cannot run the benchmark: {reason}");
+    }
+    crate::raise_fd_limit_hard();
+    cap_idle(&mut plan);
+    let bins = Bins {
+        loadgen: prereq::trueip_binary("trueip-loadgen")?,
+        app: prereq::trueip_binary("trueip-bench-app")?,
+    };
+    let programs = Programs {
+        sidecar: match &plan.sidecar {
+            Some(path) if path.is_file() => Ok(path.clone()),
+            Some(path) => Err(format!("{} does not exist", path.display())),
+            None => prereq::trueip_binary("trueip-sidecar").map_err(|e| format!("{e:#}")),
+        },
+        pin: plan.pin.hop.clone(),
+        sidecar_args: plan.sidecar_args.clone(),
+        sidecar_env: plan.sidecar_env.clone(),
+    };
+    let topo = Topology::new().context("building the namespaces")?;
+    tune(&topo)?;
+    let mut app = start_app(&topo, &bins, &plan, None, APP_PORT, "app")?;
+
+    let mut samples: BTreeMap<Variant, Samples> = plan
+        .variants
+        .iter()
+        .map(|v| (*v, Samples::default()))
+        .collect();
+    if prereq::find_program("socat").is_none()
+        && let Some(s) = samples.get_mut(&Variant::Socat)
+    {
+        s.skipped = Some("`socat` not found (run scripts/setup.sh)".into());
+    }
+    if let Err(e) = &programs.sidecar {
+        for v in [
+            Variant::TrueipNone,
+            Variant::TrueipProxyV1,
+            Variant::TrueipEbpf,
+        ] {
+            if let Some(s) = samples.get_mut(&v) {
+                s.skipped = Some(e.clone());
+            }
+        }
+    }
+    // The eBPF pieces live for the whole run; without them the row says why.
+    let mut ebpf_app = None;
+    let ebpf = if samples
+        .get(&Variant::TrueipEbpf)
+        .is_some_and(|s| s.skipped.is_none())
+    {
+        match start_ebpf(&topo, &bins, &plan) {
+            Ok((e, a)) => {
+                ebpf_app = Some(a);
+                Some(e)
+            }
+            Err(e) => {
+                if let Some(s) = samples.get_mut(&Variant::TrueipEbpf) {
+                    s.skipped = Some(format!("{e:#}"));
+                }
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let ctx = Ctx {
+        topo: &topo,
+        bins: &bins,
+        programs: &programs,
+        ebpf: ebpf.as_ref(),
+        plan: &plan,
+    };
+    let runnable: Vec<Variant> = plan
+        .variants
+        .iter()
+        .copied()
+        .filter(|v| samples.get(v).is_some_and(|s| s.skipped.is_none()))
+        .collect();
+    log(&format!(
+        "variants: {}",
+        runnable
+            .iter()
+            .map(|v| v.slug())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    // Warm-up: every variant once, short, nothing recorded (page cache, allocators, ARP).
+    for v in &runnable {
+        log(&format!("warm-up {}", v.slug()));
+        if let Err(e) = ctx.warm_up(*v) {
+            log(&format!("warm-up of {} failed: {e:#}", v.slug()));
+        }
+    }
+    for rep in 0..plan.reps {
+        // Rotate the order, so no variant always runs first or right after the same one.
+        let mut order = runnable.clone();
+        let len = order.len().max(1);
+        order.rotate_left(rep % len);
+        for v in order {
+            log(&format!("rep {}/{} {}", rep + 1, plan.reps, v.slug()));
+            let s = samples.get_mut(&v).context("a sample set per variant")?;
+            if let Err(e) = ctx.measure(v, s) {
+                log(&format!("{}: {e:#}", v.slug()));
+                s.note(format!("rep {}: {e:#}", rep + 1));
+            }
+            app.ensure_running()?;
+        }
+    }
+    // Sanity checks from the app's own counters.
+    check_app(&topo, APP_PORT, &mut samples, &plan);
+    if ebpf.is_some() {
+        check_ebpf(&topo, &mut samples);
+    }
+    drop(ebpf_app);
+    drop(ebpf);
+    drop(app);
+    let mut machine = machine::Machine::read();
+    if let Ok(path) = &programs.sidecar {
+        let version = Command::new(path)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        machine
+            .versions
+            .push(format!("{version} (`{}`)", path.display()));
+    }
+    Ok(Results {
+        variants: plan
+            .variants
+            .iter()
+            .map(|v| (*v, samples.remove(v).unwrap_or_default()))
+            .collect(),
+        plan,
+        machine,
+        wall_secs: started.elapsed().as_secs_f64(),
+        load_before,
+        load_after: Some(machine::load_average()),
+    })
+}
+
+/// Progress on stderr.
+fn log(line: &str) {
+    prereq::note(&format!("[bench] {line}"));
+}
+
+/// Sysctls of the namespaces we own: the client reuses TIME_WAIT ports (tens of thousands of
+/// short connections) and all namespaces get a wide ephemeral port range.
+fn tune(topo: &Topology) -> Result<()> {
+    for (ns, key, value) in [
+        (&topo.client, "ipv4/tcp_tw_reuse", "1"),
+        (&topo.client, "ipv4/ip_local_port_range", "10000 65000"),
+        (&topo.pod, "ipv4/tcp_tw_reuse", "1"),
+        (&topo.pod, "ipv4/ip_local_port_range", "10000 65000"),
+        (&topo.pod, "core/somaxconn", "8192"),
+    ] {
+        let path = format!("/proc/sys/net/{key}");
+        ns.run(|| std::fs::write(&path, value))?
+            .with_context(|| format!("setting {path} = {value} in {}", ns.name()))?;
+    }
+    Ok(())
+}
+
+/// A launch behind `taskset -c cpus` when given.
+fn pinned<'a>(name: &str, program: &std::path::Path, cpus: Option<&String>) -> Launch<'a> {
+    match cpus {
+        Some(cpus) => Launch::new(name, "taskset")
+            .args(["-c", cpus])
+            .args([program]),
+        None => Launch::new(name, program),
+    }
+}
+
+/// Starts an app instance in the pod namespace: on `0.0.0.0:port` outside any cgroup, or on
+/// `127.0.0.1:port` inside `cgroup`.
+fn start_app(
+    topo: &Topology,
+    bins: &Bins,
+    plan: &Plan,
+    cgroup: Option<&Cgroup>,
+    port: u16,
+    name: &str,
+) -> Result<Proc> {
+    let ip = if cgroup.is_some() {
+        Ipv4Addr::LOCALHOST
+    } else {
+        Ipv4Addr::UNSPECIFIED
+    };
+    let addr = SocketAddr::new(IpAddr::V4(ip), port);
+    let mut launch = pinned(name, &bins.app, plan.pin.app.as_ref())
+        .args(["--listen".to_owned(), addr.to_string()])
+        .netns(&topo.pod);
+    if let Some(cg) = cgroup {
+        launch = launch.cgroup(cg);
+    }
+    let mut proc = launch.spawn(topo.dir())?;
+    topo.pod.wait_listening(&mut proc, addr, START_TIMEOUT)?;
+    Ok(proc)
+}
+
+/// The agent, the cgroup and the app inside it, or why the eBPF variant cannot run.
+fn start_ebpf(topo: &Topology, bins: &Bins, plan: &Plan) -> Result<(Ebpf, Proc)> {
+    if let Some(reason) = prereq::missing(&[Need::Agent]) {
+        bail!("not run: {reason}");
+    }
+    let cgroup = Cgroup::create().context("not run: creating a cgroup v2")?;
+    let app = start_app(topo, bins, plan, Some(&cgroup), EBPF_APP_PORT, "app-ebpf")?;
+    let agent = Agent::start(topo).context("not run: trueip-agent did not start")?;
+    Ok((Ebpf { agent, cgroup }, app))
+}
+
+/// Asks an app instance for its counters from inside the pod namespace.
+fn app_stats(topo: &Topology, port: u16) -> Result<AppStats> {
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    topo.pod
+        .run(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(loadgen::app_stats(addr))
+        })?
+        .with_context(|| format!("asking the app on port {port} for its counters"))
+}
+
+/// The main app: the proxy-v1 variant's lines arrived, and nothing failed.
+fn check_app(topo: &Topology, port: u16, samples: &mut BTreeMap<Variant, Samples>, plan: &Plan) {
+    match app_stats(topo, port) {
+        Ok(stats) => {
+            log(&format!("app counters: {stats:?}"));
+            if let Some(s) = samples.get_mut(&Variant::TrueipProxyV1)
+                && s.skipped.is_none()
+                && plan.variants.contains(&Variant::TrueipProxyV1)
+            {
+                s.note(format!(
+                    "the app skipped {} PROXY v1 lines re-emitted by the sidecar",
+                    stats.v1_headers
+                ));
+            }
+            if stats.errors > 0
+                && let Some(s) = samples.get_mut(&Variant::Direct)
+            {
+                s.note(format!(
+                    "app: {} connections (all variants but eBPF) ended with an error",
+                    stats.errors
+                ));
+            }
+        }
+        Err(e) => log(&format!("{e:#}")),
+    }
+}
+
+/// The eBPF app's `accept()` returned the client on every connection.
+fn check_ebpf(topo: &Topology, samples: &mut BTreeMap<Variant, Samples>) {
+    let Some(s) = samples.get_mut(&Variant::TrueipEbpf) else {
+        return;
+    };
+    match app_stats(topo, EBPF_APP_PORT) {
+        Ok(st) if st.connections > 0 && st.loopback_peers == 0 => s.note(format!(
+            "restoration checked: all {} connections the app accepted had the client's address as peer",
+            st.connections
+        )),
+        Ok(st) => s.note(format!(
+            "restoration NOT complete: {} of {} connections showed a loopback peer",
+            st.loopback_peers, st.connections
+        )),
+        Err(e) => s.note(format!("could not check restoration: {e:#}")),
+    }
+}
+
+/// The run's fixed pieces.
+struct Ctx<'a> {
+    topo: &'a Topology,
+    bins: &'a Bins,
+    programs: &'a Programs,
+    ebpf: Option<&'a Ebpf>,
+    plan: &'a Plan,
+}
+
+impl Ctx<'_> {
+    fn loadgen(&self, variant: Variant) -> Command {
+        let mut cmd = self.topo.client.command("taskset");
+        match &self.plan.pin.client {
+            Some(cpus) => cmd.args(["-c", cpus]),
+            // All CPUs: the same command line either way.
+            None => cmd.args(["-c", &format!("0-{}", machine::nproc().saturating_sub(1))]),
+        };
+        cmd.arg(&self.bins.loadgen)
+            .arg("--target")
+            .arg(variant.target().to_string())
+            .arg("--header")
+            .arg(match variant.header() {
+                loadgen::HeaderKind::None => "none",
+                loadgen::HeaderKind::V2 => "v2",
+            });
+        cmd
+    }
+
+    /// Runs one load generator workload and parses its result line.
+    fn workload<T: DeserializeOwned>(&self, variant: Variant, args: &[String]) -> Result<T> {
+        let mut cmd = self.loadgen(variant);
+        cmd.args(args);
+        let limit = Duration::from_secs_f64(self.plan.secs) * 2 + LOADGEN_SLACK;
+        let out = process::output(&mut cmd, limit)?;
+        if !out.status.success() {
+            bail!(
+                "trueip-loadgen {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(line).with_context(|| format!("parsing loadgen output {line:?}"))
+    }
+
+    fn warm_up(&self, variant: Variant) -> Result<()> {
+        let hop = variant::start(variant, self.topo, self.programs, self.ebpf)?;
+        let secs = format!("{}", self.plan.warmup_secs);
+        for dir in ["upload", "download"] {
+            let _: BulkResult = self.workload(
+                variant,
+                &strings(&[
+                    "bulk",
+                    "--direction",
+                    dir,
+                    "--streams",
+                    "1",
+                    "--secs",
+                    &secs,
+                ]),
+            )?;
+        }
+        let _: RrResult = self.workload(variant, &strings(&["rr", "--secs", &secs]))?;
+        drop(hop);
+        Ok(())
+    }
+
+    /// One repetition of every workload for `variant`, appended to `s`. A failing workload is
+    /// noted and the others still run.
+    fn measure(&self, variant: Variant, s: &mut Samples) -> Result<()> {
+        let hop = variant::start(variant, self.topo, self.programs, self.ebpf)?;
+        sleep(SETTLE);
+        if let Some(pgid) = hop.pgid() {
+            let u = procfs::group_usage(pgid)?;
+            s.push("rss_idle_mib", u.rss_kib as f64 / 1024.0);
+            s.push("pss_idle_mib", u.pss_kib as f64 / 1024.0);
+        }
+        // Memory first, on the fresh process, as a new pod would see its first connections.
+        let idle: &[usize] = if self.plan.runs("idle") {
+            &self.plan.idle
+        } else {
+            &[]
+        };
+        for &n in idle {
+            if let Err(e) = self.idle(variant, &hop, n, s) {
+                s.note(format!("idle {n}: {e:#}"));
+            }
+        }
+        let secs = format!("{}", self.plan.secs);
+        let streams = self.plan.streams.to_string();
+        let dirs: &[(&str, &str)] = if self.plan.runs("bulk") {
+            &[("upload", "up"), ("download", "down")]
+        } else {
+            &[]
+        };
+        for &(dir, key) in dirs {
+            for (n, tag) in [("1", "1"), (streams.as_str(), "n")] {
+                let args = strings(&["bulk", "--direction", dir, "--streams", n, "--secs", &secs]);
+                let key = format!("{key}{tag}");
+                match self.timed_cpu::<BulkResult>(variant, &hop, &args) {
+                    Ok((r, cpu)) => {
+                        s.push(&format!("{key}_gbps"), r.gbps);
+                        if let Some(cpu) = cpu {
+                            s.push(&format!("{key}_cpu_per_gb"), cpu / (r.bytes as f64 / 1e9));
+                        }
+                    }
+                    Err(e) => s.note(format!("{key}: {e:#}")),
+                }
+            }
+        }
+        let rr = strings(&[
+            "rr",
+            "--conns",
+            &self.plan.rr_conns.to_string(),
+            "--size",
+            &self.plan.msg_size.to_string(),
+            "--secs",
+            &secs,
+        ]);
+        match self.run_if("rr", || self.timed_cpu::<RrResult>(variant, &hop, &rr)) {
+            None => {}
+            Some(Ok((r, cpu))) => {
+                s.push("rr_rps", r.rps);
+                s.push("rr_p50_us", r.p50_us);
+                s.push("rr_p99_us", r.p99_us);
+                s.push("rr_p999_us", r.p999_us);
+                if let Some(cpu) = cpu {
+                    s.push("rr_cpu_per_1m_req", cpu / (r.requests as f64 / 1e6));
+                }
+            }
+            Some(Err(e)) => s.note(format!("rr: {e:#}")),
+        }
+        let conn = strings(&[
+            "conn",
+            "--concurrency",
+            &self.plan.conn_concurrency.to_string(),
+            "--size",
+            &self.plan.msg_size.to_string(),
+            "--secs",
+            &secs,
+        ]);
+        match self.run_if("conn", || {
+            self.timed_cpu::<ConnResult>(variant, &hop, &conn)
+        }) {
+            None => {}
+            Some(Ok((r, cpu))) => {
+                s.push("conn_cps", r.cps);
+                s.push("conn_p99_us", r.p99_us);
+                if let Some(cpu) = cpu {
+                    s.push("conn_cpu_per_10k", cpu / (r.conns as f64 / 1e4));
+                }
+            }
+            Some(Err(e)) => s.note(format!("conn: {e:#}")),
+        }
+        if let Some(mut proc) = hop.proc {
+            proc.ensure_running()?;
+        }
+        Ok(())
+    }
+
+    /// `f()` when `workload` is in the plan.
+    fn run_if<T>(&self, workload: &str, f: impl FnOnce() -> T) -> Option<T> {
+        self.plan.runs(workload).then(f)
+    }
+
+    /// A workload and the hop's CPU seconds during it.
+    fn timed_cpu<T: DeserializeOwned>(
+        &self,
+        variant: Variant,
+        hop: &Hop,
+        args: &[String],
+    ) -> Result<(T, Option<f64>)> {
+        let before = hop.pgid().map(procfs::group_usage).transpose()?;
+        let r = self.workload(variant, args)?;
+        let after = hop.pgid().map(procfs::group_usage).transpose()?;
+        let cpu = before.zip(after).map(|(b, a)| a.cpu_secs - b.cpu_secs);
+        Ok((r, cpu))
+    }
+
+    /// Opens `n` idle connections through the hop and records its memory with them open.
+    fn idle(&self, variant: Variant, hop: &Hop, n: usize, s: &mut Samples) -> Result<()> {
+        let Some(pgid) = hop.pgid() else {
+            return Ok(());
+        };
+        if variant == Variant::Socat && n > 1_000 {
+            s.note(format!(
+                "idle {n}: not run for socat (one process per connection)"
+            ));
+            return Ok(());
+        }
+        sleep(SETTLE);
+        let base = procfs::group_usage(pgid)?;
+        let mut cmd = self.loadgen(variant);
+        cmd.args(strings(&[
+            "idle",
+            "--conns",
+            &n.to_string(),
+            "--hold-secs",
+            "120",
+        ]))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("starting trueip-loadgen idle")?;
+        let stdout = child.stdout.take().context("loadgen stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(120));
+        let result = (|| {
+            let line = line.context("no answer from trueip-loadgen idle within 120 s")?;
+            let r: IdleResult = serde_json::from_str(line.trim())
+                .with_context(|| format!("trueip-loadgen idle answered {line:?}"))?;
+            if r.open != n {
+                bail!("only {} of {n} connections opened", r.open);
+            }
+            sleep(SETTLE);
+            let with = procfs::group_usage(pgid)?;
+            let label = idle_label(n);
+            s.push(&format!("rss_{label}_mib"), with.rss_kib as f64 / 1024.0);
+            s.push(
+                &format!("per_conn_{label}_kib"),
+                (with.rss_kib as f64 - base.rss_kib as f64) / n as f64,
+            );
+            s.push(
+                &format!("pss_per_conn_{label}_kib"),
+                (with.pss_kib as f64 - base.pss_kib as f64) / n as f64,
+            );
+            Ok(())
+        })();
+        // Release the connections: a line on stdin, then wait (bounded) for the exit.
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(b"done\n");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            sleep(Duration::from_millis(20));
+        }
+        if matches!(child.try_wait(), Ok(None)) {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        sleep(SETTLE);
+        result.map_err(|e| {
+            // The load generator's own words, when it failed (one line; it has exited).
+            let mut stderr = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+            }
+            match stderr.trim() {
+                "" => e,
+                said => e.context(said.to_owned()),
+            }
+        })
+    }
+}
+
+/// `1k`, `10k`, or the plain number.
+#[must_use]
+pub fn idle_label(n: usize) -> String {
+    if n >= 1000 && n.is_multiple_of(1000) {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}

@@ -1,0 +1,480 @@
+//! `RESULTS.md`: the summary table (medians and spread), ratios against direct and against
+//! HAProxy, the sidecar's targets, every metric in detail, the method and the machine.
+
+use std::fmt::Write as _;
+
+use super::{Plan, Results, Samples, Variant, idle_label};
+use crate::stats::Summary;
+
+/// One measured quantity.
+#[derive(Debug, Clone)]
+pub struct Metric {
+    /// Key in [`Samples::values`].
+    pub key: String,
+    /// Column or row label.
+    pub label: String,
+    /// Whether more is better (throughput) or less (latency, memory, CPU).
+    pub higher_is_better: bool,
+}
+
+impl Metric {
+    fn new(key: &str, label: &str, higher_is_better: bool) -> Self {
+        Self {
+            key: key.to_owned(),
+            label: label.to_owned(),
+            higher_is_better,
+        }
+    }
+}
+
+/// Every metric of `plan`, in report order.
+#[must_use]
+pub fn metrics(plan: &Plan) -> Vec<Metric> {
+    let n = plan.streams;
+    let mut m = vec![
+        Metric::new("up1_gbps", "upload ×1, Gbit/s", true),
+        Metric::new("upn_gbps", &format!("upload ×{n}, Gbit/s"), true),
+        Metric::new("down1_gbps", "download ×1, Gbit/s", true),
+        Metric::new("downn_gbps", &format!("download ×{n}, Gbit/s"), true),
+        Metric::new("rr_rps", &format!("req/s ({} conns)", plan.rr_conns), true),
+        Metric::new("rr_p50_us", "rr p50, µs", false),
+        Metric::new("rr_p99_us", "rr p99, µs", false),
+        Metric::new("rr_p999_us", "rr p99.9, µs", false),
+        Metric::new("conn_cps", "new conns/s", true),
+        Metric::new("conn_p99_us", "conn p99, µs", false),
+        Metric::new("rss_idle_mib", "RSS idle, MiB", false),
+        Metric::new("pss_idle_mib", "PSS idle, MiB", false),
+    ];
+    for &i in &plan.idle {
+        let l = idle_label(i);
+        m.push(Metric::new(
+            &format!("rss_{l}_mib"),
+            &format!("RSS @{l} idle, MiB"),
+            false,
+        ));
+        m.push(Metric::new(
+            &format!("per_conn_{l}_kib"),
+            &format!("RSS KiB/conn @{l}"),
+            false,
+        ));
+        m.push(Metric::new(
+            &format!("pss_per_conn_{l}_kib"),
+            &format!("PSS KiB/conn @{l}"),
+            false,
+        ));
+    }
+    m.extend([
+        Metric::new("up1_cpu_per_gb", "CPU s/GB upload ×1", false),
+        Metric::new("down1_cpu_per_gb", "CPU s/GB download ×1", false),
+        Metric::new("upn_cpu_per_gb", &format!("CPU s/GB upload ×{n}"), false),
+        Metric::new(
+            "downn_cpu_per_gb",
+            &format!("CPU s/GB download ×{n}"),
+            false,
+        ),
+        Metric::new("rr_cpu_per_1m_req", "CPU s/1M req", false),
+        Metric::new("conn_cpu_per_10k", "CPU s/10k conns", false),
+    ]);
+    m
+}
+
+/// The columns of the summary table.
+fn summary_keys(plan: &Plan) -> Vec<String> {
+    let big = plan.idle.last().map(|&n| idle_label(n)).unwrap_or_default();
+    [
+        "up1_gbps",
+        "upn_gbps",
+        "down1_gbps",
+        "downn_gbps",
+        "rr_rps",
+        "rr_p99_us",
+        "conn_cps",
+        "rss_idle_mib",
+        &format!("per_conn_{big}_kib"),
+        "down1_cpu_per_gb",
+        "conn_cpu_per_10k",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+fn summary(s: &Samples, key: &str) -> Option<Summary> {
+    s.values.get(key).and_then(|v| Summary::of(v))
+}
+
+/// A number with about three significant digits.
+fn num(x: f64) -> String {
+    let a = x.abs();
+    if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else if a >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn cell(s: Option<Summary>) -> String {
+    match s {
+        Some(s) if s.n > 1 => format!("**{}** ({}–{})", num(s.median), num(s.min), num(s.max)),
+        Some(s) => format!("**{}**", num(s.median)),
+        None => "–".to_owned(),
+    }
+}
+
+fn ratio(a: Option<Summary>, b: Option<Summary>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b.median != 0.0 => format!("{:.2}×", a.median / b.median),
+        _ => "–".to_owned(),
+    }
+}
+
+fn find(results: &Results, v: Variant) -> Option<&Samples> {
+    results
+        .variants
+        .iter()
+        .find(|(x, s)| *x == v && s.skipped.is_none())
+        .map(|(_, s)| s)
+}
+
+/// Renders the whole file. `notes` (hand-written profiling notes) is appended verbatim.
+#[must_use]
+pub fn render(results: &Results, plot_file: &str, notes: Option<&str>) -> String {
+    let plan = &results.plan;
+    let all = metrics(plan);
+    let label = |key: &str| {
+        all.iter()
+            .find(|m| m.key == key)
+            .map_or_else(|| key.to_owned(), |m| m.label.clone())
+    };
+    let keys = summary_keys(plan);
+    let direct = find(results, Variant::Direct);
+    let haproxy = find(results, Variant::Haproxy);
+    let m = &results.machine;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# trueip benchmark results\n\n\
+         Generated by `trueip-bench` (`make bench`){} on **{}** — {} × {}, {} cores (nproc), {:.0} GiB, kernel {}.\n\
+         {} repetition(s) per variant, interleaved, after a warm-up; {} s per throughput, \
+         request/response and short-connection workload; wall time {:.0} s; 1-minute load \
+         average {:.2} before the run and {} at its end (the run itself loads the machine).\n\n\
+         Cells: **median** (min–max) over the repetitions. Higher is better for Gbit/s, req/s \
+         and conns/s; lower for latency, memory and CPU. Plot: [`{plot_file}`]({plot_file}).\n",
+        if plan.quick {
+            " (BENCH_QUICK=1: smoke run, not for quoting)"
+        } else {
+            ""
+        },
+        m.date,
+        m.nproc,
+        m.cpu,
+        m.nproc,
+        m.mem_gib,
+        m.kernel,
+        plan.reps,
+        plan.secs,
+        results.wall_secs,
+        results.load_before,
+        results
+            .load_after
+            .map_or_else(|| "not recorded".to_owned(), |l| format!("{l:.2}")),
+    );
+
+    // Summary.
+    let _ = writeln!(out, "## Summary\n");
+    let _ = writeln!(
+        out,
+        "| variant | {} |",
+        keys.iter()
+            .map(|k| label(k))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(out, "|---|{}", "---|".repeat(keys.len()));
+    for (v, s) in &results.variants {
+        if let Some(why) = &s.skipped {
+            let _ = writeln!(
+                out,
+                "| {} | not run: {} |{}",
+                v.label(),
+                one_line(why),
+                " |".repeat(keys.len().saturating_sub(1))
+            );
+            continue;
+        }
+        let cells: Vec<String> = keys.iter().map(|k| cell(summary(s, k))).collect();
+        let _ = writeln!(out, "| {} | {} |", v.label(), cells.join(" | "));
+    }
+
+    // Ratios.
+    let _ = writeln!(
+        out,
+        "\n## Ratios\n\nMedian of the variant ÷ median of direct / ÷ median of HAProxy, same column \
+         as above (for latency, memory and CPU below 1× is better).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| variant | {} |",
+        keys.iter()
+            .map(|k| label(k))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(out, "|---|{}", "---|".repeat(keys.len()));
+    for (v, s) in &results.variants {
+        if s.skipped.is_some() {
+            continue;
+        }
+        let cells: Vec<String> = keys
+            .iter()
+            .map(|k| {
+                let me = summary(s, k);
+                format!(
+                    "{} / {}",
+                    ratio(me, direct.and_then(|d| summary(d, k))),
+                    ratio(me, haproxy.and_then(|h| summary(h, k)))
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "| {} | {} |", v.label(), cells.join(" | "));
+    }
+
+    targets(&mut out, results);
+
+    // Everything.
+    let _ = writeln!(
+        out,
+        "\n## Every metric\n\n| metric | variant | median | min–max | n | ×direct | ×HAProxy |\n|---|---|---|---|---|---|---|"
+    );
+    for metric in &all {
+        for (v, s) in &results.variants {
+            let Some(me) = summary(s, &metric.key) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {}–{} | {} | {} | {} |",
+                metric.label,
+                v.label(),
+                num(me.median),
+                num(me.min),
+                num(me.max),
+                me.n,
+                ratio(Some(me), direct.and_then(|d| summary(d, &metric.key))),
+                ratio(Some(me), haproxy.and_then(|h| summary(h, &metric.key))),
+            );
+        }
+    }
+
+    // Per-variant notes: failures, skips, checks.
+    let noted: Vec<_> = results
+        .variants
+        .iter()
+        .filter(|(_, s)| !s.notes.is_empty() || s.skipped.is_some())
+        .collect();
+    if !noted.is_empty() {
+        let _ = writeln!(out, "\n## Run notes\n");
+        for (v, s) in noted {
+            if let Some(why) = &s.skipped {
+                let _ = writeln!(out, "* **{}**: not run — {}", v.label(), one_line(why));
+            }
+            for n in &s.notes {
+                let _ = writeln!(out, "* **{}**: {}", v.label(), one_line(n));
+            }
+        }
+    }
+
+    method(&mut out, results);
+    if let Some(notes) = notes {
+        let _ = writeln!(out, "\n{}", notes.trim_end());
+    }
+    out
+}
+
+/// Markdown-safe single line.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ⏎ ")
+        .replace('|', "\\|")
+}
+
+/// The issue's performance targets for the sidecar's userspace path, checked.
+fn targets(out: &mut String, results: &Results) {
+    let med = |v: Variant, key: &str| {
+        find(results, v)
+            .and_then(|s| summary(s, key))
+            .map(|s| s.median)
+    };
+    let best_peer = |key: &str| {
+        [Variant::Haproxy, Variant::Nginx, Variant::Socat]
+            .iter()
+            .filter_map(|&v| med(v, key).map(|m| (m, v)))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+    };
+    let big = results
+        .plan
+        .idle
+        .last()
+        .map(|&n| idle_label(n))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "\n## The sidecar's targets (issue 6)\n\n| target | variant | measured | goal | verdict |\n|---|---|---|---|---|"
+    );
+    for v in [Variant::TrueipNone, Variant::TrueipEbpf] {
+        if find(results, v).is_none() {
+            let _ = writeln!(out, "| all | {} | not run | – | – |", v.label());
+            continue;
+        }
+        let mut row =
+            |target: &str, measured: Option<f64>, goal: Option<(f64, String)>, higher: bool| {
+                let verdict = match (measured, &goal) {
+                    (Some(m), Some((g, _))) if (higher && m >= *g) || (!higher && m <= *g) => "met",
+                    (Some(_), Some(_)) => "**missed**",
+                    _ => "n/a",
+                };
+                let _ = writeln!(
+                    out,
+                    "| {target} | {} | {} | {} | {verdict} |",
+                    v.label(),
+                    measured.map_or_else(|| "–".to_owned(), num),
+                    goal.map_or_else(|| "–".to_owned(), |(g, how)| format!("{} {how}", num(g)))
+                );
+            };
+        for (key, what) in [("up1_gbps", "upload ×1"), ("down1_gbps", "download ×1")] {
+            let goal = best_peer(key).map(|(m, p)| (1.5 * m, format!("(≥ 1.5× {})", p.label())));
+            row(&format!("bulk {what}, Gbit/s"), med(v, key), goal, true);
+        }
+        let goal =
+            med(Variant::Haproxy, "conn_cps").map(|h| (1.2 * h, "(≥ 1.2× HAProxy)".to_owned()));
+        row("new conns/s", med(v, "conn_cps"), goal, true);
+        let goal = med(Variant::Nginx, "rr_rps").map(|n| (1.1 * n, "(≥ 1.1× nginx)".to_owned()));
+        row(
+            &format!("req/s, {} conns", results.plan.rr_conns),
+            med(v, "rr_rps"),
+            goal,
+            true,
+        );
+        let goal = med(Variant::Haproxy, "rr_p99_us").map(|h| (h, "(≤ HAProxy)".to_owned()));
+        row("rr p99, µs", med(v, "rr_p99_us"), goal, false);
+        row(
+            "RSS idle, MiB",
+            med(v, "rss_idle_mib"),
+            Some((4.0, "(≤ 4 MiB)".to_owned())),
+            false,
+        );
+        row(
+            &format!("RSS per idle conn @{big}, KiB"),
+            med(v, &format!("per_conn_{big}_kib")),
+            Some((4.0, "(≤ 4 KiB)".to_owned())),
+            false,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nThe header parse target (≤ 100 ns per v2 header with TLVs) is the criterion benchmark \
+         `cargo bench -p trueip-proxy-header`, not part of this run."
+    );
+}
+
+fn method(out: &mut String, results: &Results) {
+    let plan = &results.plan;
+    let m = &results.machine;
+    let pin = |p: &Option<String>| {
+        p.as_ref()
+            .map_or_else(|| "not pinned".to_owned(), |c| format!("`taskset -c {c}`"))
+    };
+    let _ = writeln!(
+        out,
+        "\n## Method\n\n\
+         * **Topology** (network namespaces and veth pairs, TEST-NET addresses only): load \
+         generator in a client namespace (203.0.113.7) → a router namespace (plain IP forwarding, \
+         the same for every variant) → the pod namespace (192.0.2.10), where the middle hop listens \
+         and forwards to the app on 127.0.0.1:9000 (the eBPF variant: a second app instance on \
+         127.0.0.1:9001 inside the sidecar's cgroup v2). *direct* connects to the app's \
+         192.0.2.10:9000 itself. Namespaces come from `trueip-interop-tests`' `Topology`.\n\
+         * **Load generator** `trueip-loadgen` (Rust, tokio, this crate): opens each connection \
+         with a PROXY v2 header (`Header::to_v2`, 28 bytes, the connection's own endpoints) glued \
+         to the first bytes like LoxiLB does — except to *direct* and *socat*, which get no header. \
+         **App** `trueip-bench-app` (tokio, 256 KiB buffers): sink / source / echo, the same \
+         binary behind every variant; it skips a PROXY v1 line (proxy-v1 variant) and does no more.\n\
+         * **Workloads** per repetition, in this order on a freshly started hop: RSS idle; {idle} \
+         idle connections (each echoes one 8-byte ping end to end, so the hop has connected to the \
+         app; held, memory read, closed; per-connection cost = (RSS with them − RSS just before) ÷ \
+         count); bulk upload and download with 1 and {streams} parallel streams, {secs} s of \
+         sending each (upload: until the app confirms the byte count; download: the client \
+         half-closes after {secs} s and counts to EOF); request/response, {rr} keep-alive \
+         connections, {size}-byte messages, one in flight per connection, latency in an \
+         hdrhistogram per connection, merged; short connections, {cc} concurrent loops of connect \
+         + header + {size}-byte request + echo + close. Every byte count and echo is checked; a \
+         mismatch fails the workload and is listed under run notes.\n\
+         * **Repetitions**: a warm-up pass per variant (1 × bulk each way and rr, {warm} s, not \
+         recorded), then {reps} repetition(s); each repetition runs every variant once, starting \
+         and stopping its hop, the order rotated by one each time.\n\
+         * **CPU**: utime + stime (+ reaped children's, for socat's per-connection processes) of \
+         every process in the hop's process group, from `/proc/<pid>/stat`, before and after each \
+         workload; CPU s/GB divides by the bytes moved, CPU s/10k conns by the connections made. \
+         Only the hop's own process time: kernel work done in softirq context on its behalf is \
+         not attributed to it. **Memory**: sum of `VmRSS` (and of `Pss` from `smaps_rollup`) over \
+         the same processes; kernel socket buffers are not in either.\n\
+         * **Pinning**: load generator {pc}; app {pa}; hop {ph}. All three share the {n} cores, as \
+         they would in a pod on a small node; no userspace hop gets near *direct* this way. Pinning was tried (see the notes): it narrows the spread but halves *direct* and reorders the hops.\n\
+         * **Limits** set by the runner (root): `RLIMIT_NOFILE` {nofile} (it raises it to \
+         `fs.nr_open` where allowed), `somaxconn` 8192 in the pod namespace, `tcp_tw_reuse=1` and ports 10000–65000 in the \
+         client and pod namespaces (short-connection workload).\n",
+        idle = plan
+            .idle
+            .iter()
+            .map(|&n| idle_label(n))
+            .collect::<Vec<_>>()
+            .join(" and "),
+        streams = plan.streams,
+        secs = plan.secs,
+        rr = plan.rr_conns,
+        size = plan.msg_size,
+        cc = plan.conn_concurrency,
+        warm = plan.warmup_secs,
+        reps = plan.reps,
+        pc = pin(&plan.pin.client),
+        pa = pin(&plan.pin.app),
+        ph = pin(&plan.pin.hop),
+        n = m.nproc,
+        nofile = m.nofile,
+    );
+    if !plan.sidecar_args.is_empty() {
+        let _ = writeln!(
+            out,
+            "* **Sidecar arguments added for this run**: `{}`",
+            plan.sidecar_args.join(" ")
+        );
+    }
+    if !plan.sidecar_env.is_empty() {
+        let _ = writeln!(
+            out,
+            "* **Sidecar environment added for this run**: `{}`",
+            plan.sidecar_env.join(" ")
+        );
+    }
+    for c in &plan.caveats {
+        let _ = writeln!(out, "* **Caveat**: {c}");
+    }
+    let _ = writeln!(out, "\n### Variants\n");
+    for v in &plan.variants {
+        let _ = writeln!(out, "* **{}**: {}", v.label(), v.describe());
+    }
+    if !m.versions.is_empty() {
+        let _ = writeln!(out, "\nPeers: {}.", m.versions.join("; "));
+    }
+    let _ = writeln!(
+        out,
+        "\nReproduce: `make bench` (as root; `BENCH_QUICK=1` for a smoke run). \
+         Options: `target/release/trueip-bench --help`."
+    );
+}

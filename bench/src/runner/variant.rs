@@ -1,0 +1,389 @@
+//! The middle hops under test, each started in the pod namespace in front of the same app, and
+//! the direct connection that has none.
+//!
+//! ```text
+//!  client ns                 lb ns (IP forwarding only)            pod ns
+//!  trueip-loadgen ──veth──►  router  ──veth──►  192.0.2.10:80xx  middle hop ──► 127.0.0.1:9000 app
+//!  203.0.113.7                                  192.0.2.10:9000  ◄── direct (no hop) ──────────┘
+//! ```
+
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use trueip_interop_tests::{Cgroup, Launch, Proc, Topology, agent::Agent, process};
+
+use crate::loadgen::HeaderKind;
+
+/// The pod's address, where every hop and the direct app listen.
+pub const POD_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
+
+/// The app's port: `0.0.0.0:9000` (direct clients and every hop but eBPF's).
+pub const APP_PORT: u16 = 9000;
+
+/// The second app instance, inside the eBPF variant's cgroup, on `127.0.0.1:9001`.
+pub const EBPF_APP_PORT: u16 = 9001;
+
+/// The client range the sidecar trusts (the load generator is the "load balancer").
+pub const TRUSTED: &str = "203.0.113.0/24";
+
+/// Connections every hop is configured to hold at most (idle workload), with head room; lower
+/// when the open-file limit is lower (HAProxy refuses to start when it cannot get the
+/// descriptors its `maxconn` implies).
+fn max_conns() -> u64 {
+    40_000u64.min(crate::fd_limit().saturating_sub(500) / 2)
+}
+
+/// How long a hop gets to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One row of the results.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum Variant {
+    /// Client → app, no hop, no header: the ceiling.
+    Direct,
+    /// `trueip-sidecar --mode none`.
+    TrueipNone,
+    /// `trueip-sidecar --mode proxy-v1` (the app skips the re-emitted line).
+    TrueipProxyV1,
+    /// `trueip-sidecar --mode ebpf` with `trueip-agent`, sidecar and app in a cgroup v2.
+    TrueipEbpf,
+    /// HAProxy 2.6 `mode tcp`, `bind ... accept-proxy`.
+    Haproxy,
+    /// nginx `stream`, `listen ... proxy_protocol`.
+    Nginx,
+    /// socat `fork` relay, no header: a plain userspace copy.
+    Socat,
+}
+
+impl Variant {
+    /// Every variant, in table order.
+    pub const ALL: [Self; 7] = [
+        Self::Direct,
+        Self::TrueipNone,
+        Self::TrueipProxyV1,
+        Self::TrueipEbpf,
+        Self::Haproxy,
+        Self::Nginx,
+        Self::Socat,
+    ];
+
+    /// The row label.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::TrueipNone => "trueip none",
+            Self::TrueipProxyV1 => "trueip proxy-v1",
+            Self::TrueipEbpf => "trueip ebpf",
+            Self::Haproxy => "HAProxy",
+            Self::Nginx => "nginx stream",
+            Self::Socat => "socat",
+        }
+    }
+
+    /// A short name for command lines and file names.
+    #[must_use]
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::TrueipNone => "none",
+            Self::TrueipProxyV1 => "proxy-v1",
+            Self::TrueipEbpf => "ebpf",
+            Self::Haproxy => "haproxy",
+            Self::Nginx => "nginx",
+            Self::Socat => "socat",
+        }
+    }
+
+    /// Where clients connect.
+    #[must_use]
+    pub fn target(self) -> SocketAddr {
+        let port = match self {
+            Self::Direct => APP_PORT,
+            Self::TrueipNone => 8001,
+            Self::TrueipProxyV1 => 8002,
+            Self::TrueipEbpf => 8003,
+            Self::Haproxy => 8004,
+            Self::Nginx => 8005,
+            Self::Socat => 8006,
+        };
+        SocketAddr::new(POD_IP, port)
+    }
+
+    /// Whether the client sends a PROXY v2 header (not to direct, not to socat).
+    #[must_use]
+    pub fn header(self) -> HeaderKind {
+        match self {
+            Self::Direct | Self::Socat => HeaderKind::None,
+            _ => HeaderKind::V2,
+        }
+    }
+
+    /// Where the hop forwards to.
+    #[must_use]
+    pub fn upstream(self) -> SocketAddr {
+        let port = if self == Self::TrueipEbpf {
+            EBPF_APP_PORT
+        } else {
+            APP_PORT
+        };
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    }
+
+    /// How the hop is configured, for the method section.
+    #[must_use]
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Direct => {
+                "the load generator connects straight to the app on 192.0.2.10:9000, no header"
+            }
+            Self::TrueipNone => {
+                "`trueip-sidecar --mode none --trusted 203.0.113.0/24` (defaults otherwise: tokio multi-thread, splice(2) with the kernel's default pipe size)"
+            }
+            Self::TrueipProxyV1 => {
+                "`trueip-sidecar --mode proxy-v1`: re-emits a v1 line, which the app skips"
+            }
+            Self::TrueipEbpf => {
+                "`trueip-sidecar --mode ebpf` + `trueip-agent --pod-cgroup own`; sidecar and a second app instance in a scratch cgroup v2; the app's accept() sees the client"
+            }
+            Self::Haproxy => {
+                "`haproxy` 2.6, `mode tcp`, `bind 192.0.2.10:8004 accept-proxy`, `maxconn` 40000 or what the open-file limit allows, no logging, default threads (one per CPU), no splice"
+            }
+            Self::Nginx => {
+                "`nginx` stream, `listen 192.0.2.10:8005 proxy_protocol`, `proxy_pass 127.0.0.1:9000`, `proxy_half_close on` (the workloads half-close), `worker_processes auto`, no access log"
+            }
+            Self::Socat => {
+                "`socat TCP4-LISTEN:8006,fork,reuseaddr TCP4:127.0.0.1:9000` (one process per connection, default 8 KiB buffer), client sends no header"
+            }
+        }
+    }
+}
+
+/// Programs the hops are run with.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    /// `trueip-sidecar`, or why not.
+    pub sidecar: Result<PathBuf, String>,
+    /// `taskset -c <cpus>` prefix for the hop, if pinned.
+    pub pin: Option<String>,
+    /// Extra arguments for `trueip-sidecar`.
+    pub sidecar_args: Vec<String>,
+    /// Extra `KEY=VALUE` environment for `trueip-sidecar`.
+    pub sidecar_env: Vec<String>,
+}
+
+/// The eBPF variant's extra pieces, kept for the whole run.
+#[derive(Debug)]
+pub struct Ebpf {
+    /// The agent, on the host.
+    pub agent: Agent,
+    /// The scratch cgroup the sidecar and the second app run in.
+    pub cgroup: Cgroup,
+}
+
+/// A started hop; dropping it stops it.
+#[derive(Debug)]
+pub struct Hop {
+    /// The process (group leader); `None` for direct.
+    pub proc: Option<Proc>,
+}
+
+impl Hop {
+    /// Its process group, which every measurement sums over.
+    #[must_use]
+    pub fn pgid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+}
+
+/// Starts `variant`'s hop in the pod namespace and waits until it listens.
+pub fn start(
+    variant: Variant,
+    topo: &Topology,
+    programs: &Programs,
+    ebpf: Option<&Ebpf>,
+) -> Result<Hop> {
+    let dir = topo.dir();
+    let launch = match variant {
+        Variant::Direct => return Ok(Hop { proc: None }),
+        Variant::TrueipNone | Variant::TrueipProxyV1 | Variant::TrueipEbpf => {
+            let sidecar = programs.sidecar.clone().map_err(anyhow::Error::msg)?;
+            let mut args: Vec<String> = vec![
+                "--listen".into(),
+                variant.target().to_string(),
+                "--upstream".into(),
+                variant.upstream().to_string(),
+                "--mode".into(),
+                match variant {
+                    Variant::TrueipNone => "none",
+                    Variant::TrueipProxyV1 => "proxy-v1",
+                    _ => "ebpf",
+                }
+                .into(),
+                "--trusted".into(),
+                TRUSTED.into(),
+                // The idle workload's 10 000 connections must not queue.
+                "--max-connections".into(),
+                max_conns().to_string(),
+            ];
+            let mut launch = pinned(&format!("sidecar-{}", variant.slug()), &sidecar, programs);
+            if variant == Variant::TrueipEbpf {
+                let ebpf = ebpf.context("the eBPF variant needs the agent")?;
+                args.push("--agent-socket".into());
+                args.push(ebpf.agent.socket().display().to_string());
+                launch = launch.cgroup(&ebpf.cgroup);
+            }
+            args.extend(programs.sidecar_args.iter().cloned());
+            launch = launch.args(args).env("NO_COLOR", "1");
+            for kv in &programs.sidecar_env {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                launch = launch.env(k, v);
+            }
+            launch
+        }
+        Variant::Haproxy => {
+            let cfg = dir.join("haproxy.cfg");
+            write(&cfg, &haproxy_config(variant))?;
+            check_haproxy(topo, &cfg)?;
+            pinned("haproxy", Path::new("haproxy"), programs)
+                .args(["-db", "-f"])
+                .args([&cfg])
+        }
+        Variant::Nginx => {
+            let prefix = dir.join("nginx");
+            std::fs::create_dir_all(prefix.join("logs"))
+                .with_context(|| format!("creating {}", prefix.display()))?;
+            let cfg = prefix.join("nginx.conf");
+            write(&cfg, &nginx_config(variant, &prefix))?;
+            pinned("nginx", Path::new("nginx"), programs)
+                .args([
+                    "-p".as_ref(),
+                    prefix.as_os_str(),
+                    "-c".as_ref(),
+                    cfg.as_os_str(),
+                ])
+                .args(["-e".as_ref(), prefix.join("logs/error.log").as_os_str()])
+        }
+        Variant::Socat => {
+            let listen = variant.target();
+            let up = variant.upstream();
+            pinned("socat", Path::new("socat"), programs).args([
+                format!(
+                    "TCP4-LISTEN:{},bind={},reuseaddr,fork,backlog=4096",
+                    listen.port(),
+                    listen.ip()
+                ),
+                format!("TCP4:{}:{}", up.ip(), up.port()),
+            ])
+        }
+    };
+    let mut proc = launch.netns(&topo.pod).spawn(dir)?;
+    topo.pod
+        .wait_listening(&mut proc, variant.target(), START_TIMEOUT)?;
+    Ok(Hop { proc: Some(proc) })
+}
+
+/// A launch of `program`, behind `taskset` when the hop is pinned.
+fn pinned<'a>(name: &str, program: &Path, programs: &Programs) -> Launch<'a> {
+    match &programs.pin {
+        Some(cpus) => Launch::new(name, "taskset")
+            .args(["-c", cpus])
+            .args([program]),
+        None => Launch::new(name, program),
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// HAProxy in TCP mode taking the PROXY header on its bind line, no logging.
+fn haproxy_config(variant: Variant) -> String {
+    let mut cfg = String::from("# Generated by trueip-bench.\nglobal\n");
+    let max = max_conns();
+    // Writing to a String cannot fail.
+    let _ = write!(
+        cfg,
+        "    maxconn {max}\n\n\
+         defaults\n    mode tcp\n    maxconn {max}\n\
+         \x20   timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n\n\
+         frontend fe\n    bind {} accept-proxy\n    default_backend be\n\n\
+         backend be\n    server app {} maxconn {max}\n",
+        variant.target(),
+        variant.upstream()
+    );
+    cfg
+}
+
+fn check_haproxy(topo: &Topology, cfg: &Path) -> Result<()> {
+    let mut check = topo.pod.command("haproxy");
+    check.arg("-c").arg("-f").arg(cfg);
+    let out = process::output(&mut check, START_TIMEOUT)?;
+    if !out.status.success() {
+        bail!(
+            "haproxy rejects {}: {}{}",
+            cfg.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Debian's dynamic stream module, when nginx was not built with it.
+const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+/// nginx in the foreground with one `stream` server taking the PROXY header.
+fn nginx_config(variant: Variant, prefix: &Path) -> String {
+    let mut cfg = String::from("# Generated by trueip-bench.\n");
+    if Path::new(NGINX_STREAM_MODULE).exists() {
+        let _ = writeln!(cfg, "load_module {NGINX_STREAM_MODULE};");
+    }
+    let limit = crate::fd_limit();
+    let _ = write!(
+        cfg,
+        "daemon off;\nmaster_process on;\nworker_processes auto;\n\
+         worker_rlimit_nofile {limit};\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log warn;\n\n\
+         events {{\n    worker_connections {conns};\n}}\n\n\
+         stream {{\n    server {{\n        listen {listen} proxy_protocol backlog=4096;\n\
+         \x20       proxy_pass {up};\n        proxy_timeout 120s;\n        proxy_half_close on;\n    }}\n}}\n",
+        conns = limit.saturating_sub(500),
+        dir = prefix.display(),
+        listen = variant.target(),
+        up = variant.upstream()
+    );
+    cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_name_the_addresses() {
+        let h = haproxy_config(Variant::Haproxy);
+        assert!(h.contains("bind 192.0.2.10:8004 accept-proxy"), "{h}");
+        assert!(h.contains("server app 127.0.0.1:9000"), "{h}");
+        let n = nginx_config(Variant::Nginx, Path::new("/tmp/x"));
+        assert!(
+            n.contains("listen 192.0.2.10:8005 proxy_protocol backlog=4096;"),
+            "{n}"
+        );
+        assert!(n.contains("proxy_pass 127.0.0.1:9000;"), "{n}");
+    }
+
+    #[test]
+    fn every_variant_has_its_own_port() {
+        let mut ports: Vec<u16> = Variant::ALL.iter().map(|v| v.target().port()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), Variant::ALL.len());
+    }
+}
