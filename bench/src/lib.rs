@@ -5,10 +5,12 @@
 //! * [`loadgen`]: the load generator (`trueip-loadgen`) that speaks PROXY v2 like a load balancer;
 //! * [`procfs`]: CPU time and memory of a middle hop, from `/proc`;
 //! * [`stats`]: medians and spread;
+//! * [`otlp_sink`]: the collector stand-in the "traces on" variant exports to;
 //! * [`runner`]: the namespaces, the variants, the interleaved repetitions, `RESULTS.md` and the plot.
 
 pub mod app;
 pub mod loadgen;
+pub mod otlp_sink;
 pub mod procfs;
 pub mod runner;
 pub mod stats;

@@ -61,3 +61,37 @@ async fn loadgen_and_app_agree_on_every_workload() {
     drop(open);
     server.abort();
 }
+
+#[tokio::test]
+async fn otlp_sink_acknowledges_and_counts_exports() {
+    use std::sync::{Arc, atomic::Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use trueip_bench::otlp_sink::{self, SinkCounters};
+
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counters = Arc::new(SinkCounters::default());
+    let server = tokio::spawn(otlp_sink::serve_listener(listener, Arc::clone(&counters)));
+
+    let body = [0x0a_u8; 300];
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for _ in 0..2 {
+        let head = format!(
+            "POST /v1/traces HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body).await.unwrap();
+        let mut reply = [0u8; 512];
+        let n = stream.read(&mut reply).await.unwrap();
+        let reply = String::from_utf8_lossy(&reply[..n]);
+        assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+        assert!(reply.contains("application/x-protobuf"), "{reply}");
+    }
+    assert_eq!(counters.requests.load(Ordering::Relaxed), 2);
+    assert_eq!(counters.bytes.load(Ordering::Relaxed), 600);
+    server.abort();
+}

@@ -12,6 +12,11 @@ struct Opt {
     #[arg(long, required = true, value_name = "ADDR")]
     listen: Vec<SocketAddr>,
 
+    /// Also answer OTLP/HTTP trace exports on this address (the "traces on" variant's
+    /// collector stand-in), e.g. 127.0.0.1:4318.
+    #[arg(long, value_name = "ADDR")]
+    otlp_sink: Option<SocketAddr>,
+
     /// Worker threads [default: one per CPU].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -25,9 +30,18 @@ fn main() -> ExitCode {
     if let Some(n) = opt.threads {
         builder.worker_threads(n);
     }
-    let result = builder
-        .build()
-        .and_then(|rt| rt.block_on(trueip_bench::app::serve(&opt.listen)));
+    let result = builder.build().and_then(|rt| {
+        rt.block_on(async {
+            let counters = std::sync::Arc::default();
+            match opt.otlp_sink {
+                Some(addr) => tokio::select! {
+                    r = trueip_bench::app::serve(&opt.listen) => r,
+                    r = trueip_bench::otlp_sink::serve(addr, counters) => r,
+                },
+                None => trueip_bench::app::serve(&opt.listen).await,
+            }
+        })
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -251,6 +251,8 @@ pub fn run(mut plan: Plan) -> Result<Results> {
             Variant::TrueipNone,
             Variant::TrueipProxyV1,
             Variant::TrueipEbpf,
+            Variant::TrueipMetrics,
+            Variant::TrueipTraces,
         ] {
             if let Some(s) = samples.get_mut(&v) {
                 s.skipped = Some(e.clone());
@@ -406,6 +408,9 @@ fn start_app(
     let mut launch = pinned(name, &bins.app, plan.pin.app.as_ref())
         .args(["--listen".to_owned(), addr.to_string()])
         .netns(&topo.pod);
+    if cgroup.is_none() {
+        launch = launch.args(["--otlp-sink", variant::OTLP_SINK]);
+    }
     if let Some(cg) = cgroup {
         launch = launch.cgroup(cg);
     }

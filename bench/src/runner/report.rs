@@ -244,6 +244,7 @@ pub fn render(results: &Results, plot_file: &str, notes: Option<&str>) -> String
     }
 
     targets(&mut out, results);
+    observability_cost(&mut out, results);
 
     // Everything.
     let _ = writeln!(
@@ -382,6 +383,56 @@ fn targets(out: &mut String, results: &Results) {
         "\nThe header parse target (≤ 100 ns per v2 header with TLVs) is the criterion benchmark \
          `cargo bench -p trueip-proxy-header`, not part of this run."
     );
+}
+
+/// What metrics and traces cost (issue 9): the `none` mode with metrics served and with every
+/// connection traced, against plain `none`, from the same run. The goal is for "metrics only":
+/// within 3 % on throughput and connections/s.
+fn observability_cost(out: &mut String, results: &Results) {
+    let med = |v: Variant, key: &str| {
+        find(results, v)
+            .and_then(|s| summary(s, key))
+            .map(|s| s.median)
+    };
+    if find(results, Variant::TrueipNone).is_none() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## What observability costs (issue 9)\n\n\
+         Median of the variant ÷ median of `trueip none` (same run; 1.00× is free). Goal for \
+         metrics only: within 3 % (0.97× or better) on throughput and connections/s.\n\n\
+         | metric | trueip none | + metrics | ratio | verdict | + traces (100 %) | ratio |\n\
+         |---|---|---|---|---|---|---|"
+    );
+    for (key, what) in [
+        ("up1_gbps", "upload ×1, Gbit/s"),
+        ("down1_gbps", "download ×1, Gbit/s"),
+        ("rr_rps", "req/s"),
+        ("conn_cps", "new conns/s"),
+    ] {
+        let base = med(Variant::TrueipNone, key);
+        let cost = |v: Variant| match (med(v, key), base) {
+            (Some(m), Some(b)) if b > 0.0 => (num(m), Some(m / b)),
+            (Some(m), _) => (num(m), None),
+            _ => ("not run".to_owned(), None),
+        };
+        let (metrics, metrics_ratio) = cost(Variant::TrueipMetrics);
+        let (traces, traces_ratio) = cost(Variant::TrueipTraces);
+        let show = |r: Option<f64>| r.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"));
+        let verdict = match metrics_ratio {
+            Some(r) if r >= 0.97 => "met",
+            Some(_) => "**missed**",
+            None => "n/a",
+        };
+        let _ = writeln!(
+            out,
+            "| {what} | {} | {metrics} | {} | {verdict} | {traces} | {} |",
+            base.map_or_else(|| "–".to_owned(), num),
+            show(metrics_ratio),
+            show(traces_ratio)
+        );
+    }
 }
 
 fn method(out: &mut String, results: &Results) {

@@ -28,6 +28,9 @@ pub const APP_PORT: u16 = 9000;
 /// The second app instance, inside the eBPF variant's cgroup, on `127.0.0.1:9001`.
 pub const EBPF_APP_PORT: u16 = 9001;
 
+/// Where the pod's main app also answers OTLP/HTTP exports (the traces variant's collector).
+pub const OTLP_SINK: &str = "127.0.0.1:4318";
+
 /// The client range the sidecar trusts (the load generator is the "load balancer").
 pub const TRUSTED: &str = "203.0.113.0/24";
 
@@ -52,6 +55,11 @@ pub enum Variant {
     TrueipNone,
     /// `trueip-sidecar --mode proxy-v1` (the app skips the re-emitted line).
     TrueipProxyV1,
+    /// `trueip-sidecar --mode none` serving `/metrics` (issue 9's "metrics only").
+    TrueipMetrics,
+    /// `trueip-sidecar --mode none` exporting every connection's span over OTLP (issue 9's
+    /// "traces on at 100 % sampling").
+    TrueipTraces,
     /// `trueip-sidecar --mode ebpf` with `trueip-agent`, sidecar and app in a cgroup v2.
     TrueipEbpf,
     /// HAProxy 2.6 `mode tcp`, `bind ... accept-proxy`.
@@ -64,10 +72,12 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in table order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::Direct,
         Self::TrueipNone,
         Self::TrueipProxyV1,
+        Self::TrueipMetrics,
+        Self::TrueipTraces,
         Self::TrueipEbpf,
         Self::Haproxy,
         Self::Nginx,
@@ -81,6 +91,8 @@ impl Variant {
             Self::Direct => "direct",
             Self::TrueipNone => "trueip none",
             Self::TrueipProxyV1 => "trueip proxy-v1",
+            Self::TrueipMetrics => "trueip none + metrics",
+            Self::TrueipTraces => "trueip none + traces",
             Self::TrueipEbpf => "trueip ebpf",
             Self::Haproxy => "HAProxy",
             Self::Nginx => "nginx stream",
@@ -95,6 +107,8 @@ impl Variant {
             Self::Direct => "direct",
             Self::TrueipNone => "none",
             Self::TrueipProxyV1 => "proxy-v1",
+            Self::TrueipMetrics => "none-metrics",
+            Self::TrueipTraces => "none-traces",
             Self::TrueipEbpf => "ebpf",
             Self::Haproxy => "haproxy",
             Self::Nginx => "nginx",
@@ -113,6 +127,8 @@ impl Variant {
             Self::Haproxy => 8004,
             Self::Nginx => 8005,
             Self::Socat => 8006,
+            Self::TrueipMetrics => 8007,
+            Self::TrueipTraces => 8008,
         };
         SocketAddr::new(POD_IP, port)
     }
@@ -145,7 +161,13 @@ impl Variant {
                 "the load generator connects straight to the app on 192.0.2.10:9000, no header"
             }
             Self::TrueipNone => {
-                "`trueip-sidecar --mode none --trusted 203.0.113.0/24` (defaults otherwise: tokio multi-thread, splice(2) with the kernel's default pipe size)"
+                "`trueip-sidecar --mode none --trusted 203.0.113.0/24` (defaults otherwise: tokio multi-thread, splice(2) with the kernel's default pipe size); metrics are counted but not served, no traces"
+            }
+            Self::TrueipMetrics => {
+                "as `trueip none`, plus `--metrics-listen 127.0.0.1:9902` (the Prometheus endpoint is served; counters are updated in every variant)"
+            }
+            Self::TrueipTraces => {
+                "as `trueip none`, plus `OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318`, `http/protobuf`, `OTEL_TRACES_SAMPLER=always_on`: one span per connection, batched and exported to a sink in the app process that reads and acknowledges every export"
             }
             Self::TrueipProxyV1 => {
                 "`trueip-sidecar --mode proxy-v1`: re-emits a v1 line, which the app skips"
@@ -213,7 +235,11 @@ pub fn start(
     let dir = topo.dir();
     let launch = match variant {
         Variant::Direct => return Ok(Hop { proc: None }),
-        Variant::TrueipNone | Variant::TrueipProxyV1 | Variant::TrueipEbpf => {
+        Variant::TrueipNone
+        | Variant::TrueipProxyV1
+        | Variant::TrueipEbpf
+        | Variant::TrueipMetrics
+        | Variant::TrueipTraces => {
             let sidecar = programs.sidecar.clone().map_err(anyhow::Error::msg)?;
             let mut args: Vec<String> = vec![
                 "--listen".into(),
@@ -222,9 +248,9 @@ pub fn start(
                 variant.upstream().to_string(),
                 "--mode".into(),
                 match variant {
-                    Variant::TrueipNone => "none",
                     Variant::TrueipProxyV1 => "proxy-v1",
-                    _ => "ebpf",
+                    Variant::TrueipEbpf => "ebpf",
+                    _ => "none",
                 }
                 .into(),
                 "--trusted".into(),
@@ -240,8 +266,19 @@ pub fn start(
                 args.push(ebpf.agent.socket().display().to_string());
                 launch = launch.cgroup(&ebpf.cgroup);
             }
+            if variant == Variant::TrueipMetrics {
+                args.push("--metrics-listen".into());
+                args.push("127.0.0.1:9902".into());
+            }
             args.extend(programs.sidecar_args.iter().cloned());
             launch = launch.args(args).env("NO_COLOR", "1");
+            if variant == Variant::TrueipTraces {
+                launch = launch
+                    .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{OTLP_SINK}"))
+                    .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+                    .env("OTEL_TRACES_SAMPLER", "always_on")
+                    .env("OTEL_SERVICE_NAME", "trueip-bench");
+            }
             for kv in &programs.sidecar_env {
                 let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
                 launch = launch.env(k, v);
