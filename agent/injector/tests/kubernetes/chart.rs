@@ -57,6 +57,15 @@ fn variants() -> anyhow::Result<Vec<(Vec<PathBuf>, Vec<&'static str>)>> {
                 "--set=injector.bindAddress=::",
             ],
         ),
+        (
+            vec![],
+            vec![
+                "--set=metrics.podMonitor.enabled=true",
+                "--set=metrics.podMonitor.interval=30s",
+                "--set=metrics.podMonitor.labels.release=prometheus",
+                "--set=metrics.podMonitor.sidecarNamespaces={shop,web}",
+            ],
+        ),
     ]);
     Ok(all)
 }
@@ -270,6 +279,68 @@ pub(crate) fn default_render_wires_the_pieces_together() -> anyhow::Result<()> {
     assert!(
         config.contains("agentSocket: \"/run/trueip/agent.sock\""),
         "{config}"
+    );
+    Ok(())
+}
+
+pub(crate) fn pod_monitors_scrape_the_agents_and_the_injected_sidecars() -> anyhow::Result<()> {
+    let tools = Tools::require()?;
+    let off = documents(&tools.render(&[], &[])?)?;
+    ensure!(
+        off.iter().all(|d| d["kind"] != "PodMonitor"),
+        "PodMonitors rendered although metrics.podMonitor.enabled is false"
+    );
+    let docs = documents(&tools.render(
+        &[],
+        &[
+            "--set=metrics.podMonitor.enabled=true",
+            "--set=metrics.podMonitor.labels.release=prometheus",
+        ],
+    )?)?;
+
+    // The agents' monitor selects exactly the DaemonSet's pods, on a port they declare.
+    let agent = find(&docs, "PodMonitor", Some("trueip-agent"))?;
+    let daemonset = find(&docs, "DaemonSet", None)?;
+    assert_eq!(
+        agent["spec"]["selector"]["matchLabels"],
+        daemonset["spec"]["selector"]["matchLabels"]
+    );
+    let endpoint = &agent["spec"]["podMetricsEndpoints"][0];
+    let ports = &daemonset["spec"]["template"]["spec"]["containers"][0]["ports"];
+    ensure!(
+        ports
+            .as_array()
+            .context("agent ports")?
+            .iter()
+            .any(|p| p["name"] == endpoint["port"]),
+        "the agent PodMonitor scrapes port {} which the DaemonSet does not declare: {ports}",
+        endpoint["port"]
+    );
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(agent["metadata"]["labels"]["release"], "prometheus");
+
+    // The sidecars' monitor scrapes the port the injector adds, in every namespace.
+    let sidecars = find(&docs, "PodMonitor", Some("trueip-sidecars"))?;
+    assert_eq!(
+        sidecars["spec"]["podMetricsEndpoints"][0]["port"],
+        "trueip-metrics"
+    );
+    assert_eq!(sidecars["spec"]["namespaceSelector"]["any"], true);
+    assert_eq!(sidecars["metadata"]["labels"]["release"], "prometheus");
+
+    // No sidecar metrics port, no sidecar monitor; no agent, no agent monitor.
+    let docs = documents(&tools.render(
+        &[],
+        &[
+            "--set=metrics.podMonitor.enabled=true",
+            "--set=sidecar.metricsPort=0",
+            "--set=agent.enabled=false",
+            "--set=sidecar.mode=proxy-v2",
+        ],
+    )?)?;
+    ensure!(
+        docs.iter().all(|d| d["kind"] != "PodMonitor"),
+        "PodMonitors rendered for components that serve no metrics"
     );
     Ok(())
 }

@@ -33,7 +33,7 @@ macro_rules! tests {
 }
 
 /// Every test of this binary; a test function left out is dead code, which clippy refuses.
-const TESTS: [(&str, Test); 10] = tests![
+const TESTS: [(&str, Test); 11] = tests![
     chart::bad_values_are_refused_at_render,
     chart::default_render_wires_the_pieces_together,
     chart::every_value_is_documented,
@@ -41,6 +41,7 @@ const TESTS: [(&str, Test); 10] = tests![
     chart::failure_policy_is_a_value,
     chart::generated_certificate_is_trusted_by_the_ca_bundle,
     chart::lint_strict_with_every_values_file,
+    chart::pod_monitors_scrape_the_agents_and_the_injected_sidecars,
     images::dockerfiles_build_what_the_chart_runs,
     webhook::apiserver_calls_the_webhook_and_applies_its_patch,
     webhook::tls_trusts_only_the_ca_bundle_and_follows_certificate_renewal,
