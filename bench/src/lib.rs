@@ -42,6 +42,17 @@ pub fn raise_fd_limit_hard() {
     }
 }
 
+/// A multi-thread tokio runtime with `threads` workers (default: one per CPU), as the bench's
+/// binaries run.
+pub fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = threads {
+        builder.worker_threads(n);
+    }
+    builder.build()
+}
+
 /// The open-file limit (soft) of this process now.
 #[must_use]
 pub fn fd_limit() -> u64 {

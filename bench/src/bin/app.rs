@@ -25,12 +25,7 @@ struct Opt {
 fn main() -> ExitCode {
     let opt = Opt::parse();
     trueip_bench::raise_fd_limit();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(n) = opt.threads {
-        builder.worker_threads(n);
-    }
-    let result = builder.build().and_then(|rt| {
+    let result = trueip_bench::runtime(opt.threads).and_then(|rt| {
         rt.block_on(async {
             let counters = std::sync::Arc::default();
             match opt.otlp_sink {

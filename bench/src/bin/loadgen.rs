@@ -145,13 +145,7 @@ async fn run(opt: Opt) -> Result<()> {
 fn main() -> ExitCode {
     let opt = Opt::parse();
     trueip_bench::raise_fd_limit();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(n) = opt.threads {
-        builder.worker_threads(n);
-    }
-    let result = builder
-        .build()
+    let result = trueip_bench::runtime(opt.threads)
         .context("starting the runtime")
         .and_then(|rt| {
             let r = rt.block_on(run(opt));

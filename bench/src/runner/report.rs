@@ -145,12 +145,15 @@ fn find(results: &Results, v: Variant) -> Option<&Samples> {
 pub fn render(results: &Results, plot_file: &str, notes: Option<&str>) -> String {
     let plan = &results.plan;
     let all = metrics(plan);
-    let label = |key: &str| {
-        all.iter()
-            .find(|m| m.key == key)
-            .map_or_else(|| key.to_owned(), |m| m.label.clone())
-    };
     let keys = summary_keys(plan);
+    let labels: Vec<String> = keys
+        .iter()
+        .map(|key| {
+            all.iter()
+                .find(|m| &m.key == key)
+                .map_or_else(|| key.clone(), |m| m.label.clone())
+        })
+        .collect();
     let direct = find(results, Variant::Direct);
     let haproxy = find(results, Variant::Haproxy);
     let m = &results.machine;
@@ -186,15 +189,7 @@ pub fn render(results: &Results, plot_file: &str, notes: Option<&str>) -> String
 
     // Summary.
     let _ = writeln!(out, "## Summary\n");
-    let _ = writeln!(
-        out,
-        "| variant | {} |",
-        keys.iter()
-            .map(|k| label(k))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    let _ = writeln!(out, "|---|{}", "---|".repeat(keys.len()));
+    table_head(&mut out, &labels);
     for (v, s) in &results.variants {
         if let Some(why) = &s.skipped {
             let _ = writeln!(
@@ -216,15 +211,7 @@ pub fn render(results: &Results, plot_file: &str, notes: Option<&str>) -> String
         "\n## Ratios\n\nMedian of the variant ÷ median of direct / ÷ median of HAProxy, same column \
          as above (for latency, memory and CPU below 1× is better).\n"
     );
-    let _ = writeln!(
-        out,
-        "| variant | {} |",
-        keys.iter()
-            .map(|k| label(k))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    let _ = writeln!(out, "|---|{}", "---|".repeat(keys.len()));
+    table_head(&mut out, &labels);
     for (v, s) in &results.variants {
         if s.skipped.is_some() {
             continue;
@@ -294,6 +281,12 @@ pub fn render(results: &Results, plot_file: &str, notes: Option<&str>) -> String
         let _ = writeln!(out, "\n{}", notes.trim_end());
     }
     out
+}
+
+/// The head of a table with a variant column and one column per metric label.
+fn table_head(out: &mut String, labels: &[String]) {
+    let _ = writeln!(out, "| variant | {} |", labels.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---|".repeat(labels.len()));
 }
 
 /// Markdown-safe single line.
