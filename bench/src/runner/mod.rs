@@ -251,6 +251,7 @@ pub fn run(mut plan: Plan) -> Result<Results> {
             Variant::TrueipNone,
             Variant::TrueipProxyV1,
             Variant::TrueipEbpf,
+            Variant::TrueipTransparent,
         ] {
             if let Some(s) = samples.get_mut(&v) {
                 s.skipped = Some(e.clone());

@@ -54,6 +54,8 @@ pub enum Variant {
     TrueipProxyV1,
     /// `trueip-sidecar --mode ebpf` with `trueip-agent`, sidecar and app in a cgroup v2.
     TrueipEbpf,
+    /// `trueip-sidecar --mode transparent`: connects to the app from the client's address.
+    TrueipTransparent,
     /// HAProxy 2.6 `mode tcp`, `bind ... accept-proxy`.
     Haproxy,
     /// nginx `stream`, `listen ... proxy_protocol`.
@@ -64,11 +66,12 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in table order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Direct,
         Self::TrueipNone,
         Self::TrueipProxyV1,
         Self::TrueipEbpf,
+        Self::TrueipTransparent,
         Self::Haproxy,
         Self::Nginx,
         Self::Socat,
@@ -82,6 +85,7 @@ impl Variant {
             Self::TrueipNone => "trueip none",
             Self::TrueipProxyV1 => "trueip proxy-v1",
             Self::TrueipEbpf => "trueip ebpf",
+            Self::TrueipTransparent => "trueip transparent",
             Self::Haproxy => "HAProxy",
             Self::Nginx => "nginx stream",
             Self::Socat => "socat",
@@ -96,6 +100,7 @@ impl Variant {
             Self::TrueipNone => "none",
             Self::TrueipProxyV1 => "proxy-v1",
             Self::TrueipEbpf => "ebpf",
+            Self::TrueipTransparent => "transparent",
             Self::Haproxy => "haproxy",
             Self::Nginx => "nginx",
             Self::Socat => "socat",
@@ -113,6 +118,7 @@ impl Variant {
             Self::Haproxy => 8004,
             Self::Nginx => 8005,
             Self::Socat => 8006,
+            Self::TrueipTransparent => 8007,
         };
         SocketAddr::new(POD_IP, port)
     }
@@ -152,6 +158,9 @@ impl Variant {
             }
             Self::TrueipEbpf => {
                 "`trueip-sidecar --mode ebpf` + `trueip-agent --pod-cgroup own`; sidecar and a second app instance in a scratch cgroup v2; the app's accept() sees the client"
+            }
+            Self::TrueipTransparent => {
+                "`trueip-sidecar --mode transparent` (as root): connects to the app on 127.0.0.1:9000 from the client's address and port (IP_TRANSPARENT), with the policy routing it installs in the pod namespace; the app's accept() sees the client"
             }
             Self::Haproxy => {
                 "`haproxy` 2.6, `mode tcp`, `bind 192.0.2.10:8004 accept-proxy`, `maxconn` 40000 or what the open-file limit allows, no logging, default threads (one per CPU), no splice"
@@ -213,7 +222,10 @@ pub fn start(
     let dir = topo.dir();
     let launch = match variant {
         Variant::Direct => return Ok(Hop { proc: None }),
-        Variant::TrueipNone | Variant::TrueipProxyV1 | Variant::TrueipEbpf => {
+        Variant::TrueipNone
+        | Variant::TrueipProxyV1
+        | Variant::TrueipEbpf
+        | Variant::TrueipTransparent => {
             let sidecar = programs.sidecar.clone().map_err(anyhow::Error::msg)?;
             let mut args: Vec<String> = vec![
                 "--listen".into(),
@@ -224,6 +236,7 @@ pub fn start(
                 match variant {
                     Variant::TrueipNone => "none",
                     Variant::TrueipProxyV1 => "proxy-v1",
+                    Variant::TrueipTransparent => "transparent",
                     _ => "ebpf",
                 }
                 .into(),
