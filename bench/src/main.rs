@@ -47,7 +47,8 @@ struct Opt {
     #[arg(long, value_delimiter = ',')]
     idle: Option<Vec<usize>>,
 
-    /// Only these variants, comma-separated (direct, none, proxy-v1, none-metrics, none-traces, ebpf, haproxy, nginx, socat).
+    /// Only these variants, comma-separated (direct, none, proxy-v1, none-metrics, none-traces,
+    /// ebpf, transparent, haproxy, nginx, socat).
     #[arg(long, value_delimiter = ',', value_parser = parse_variant)]
     variants: Option<Vec<Variant>>,
 

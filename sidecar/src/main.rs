@@ -15,7 +15,10 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use trueip_sidecar_app::{
     Config, Sidecar,
-    config::{HeaderPolicy, ListenerConfig, MapFullPolicy, Mode, TlvKind, UntrustedPolicy},
+    config::{
+        HeaderPolicy, ListenerConfig, MapFullPolicy, Mode, PortInUsePolicy, TlvKind,
+        UntrustedPolicy,
+    },
 };
 
 /// Strips and validates PROXY protocol headers (v1 and v2) in front of an unmodified app, and
@@ -47,7 +50,8 @@ struct Opt {
     #[arg(long, value_name = "ADDR", requires = "listen")]
     upstream: Option<SocketAddr>,
 
-    /// How the app learns the client: none, proxy-v1, proxy-v2 or ebpf [default: none].
+    /// How the app learns the client: none, proxy-v1, proxy-v2, ebpf or transparent
+    /// [default: none].
     #[arg(long, value_name = "MODE", value_parser = yaml::<Mode>)]
     mode: Option<Mode>,
 
@@ -98,6 +102,19 @@ struct Opt {
     /// without it the sidecar refuses to start.
     #[arg(long, value_name = "MODE", value_parser = yaml::<Mode>)]
     fallback: Option<Mode>,
+
+    /// transparent: when the client's address and port are taken, connect from another port
+    /// (any-port) or close the connection (refuse) [default: any-port].
+    #[arg(long, value_name = "POLICY", value_parser = yaml::<PortInUsePolicy>)]
+    on_port_in_use: Option<PortInUsePolicy>,
+
+    /// transparent: the routing table for the `local default dev lo` route [default: 29810].
+    #[arg(long, value_name = "TABLE")]
+    transparent_table: Option<u32>,
+
+    /// transparent: the priority of the `from <loopback> iif lo` rule [default: 29810].
+    #[arg(long, value_name = "PRIORITY")]
+    transparent_priority: Option<u32>,
 
     /// Kernel pipe size for splice(2), in bytes [default: the kernel's].
     #[arg(long, value_name = "BYTES")]
@@ -152,6 +169,12 @@ impl Opt {
         if let Some(drain) = self.drain_timeout {
             config.drain_timeout = drain;
         }
+        if let Some(table) = self.transparent_table {
+            config.transparent.table = table;
+        }
+        if let Some(priority) = self.transparent_priority {
+            config.transparent.priority = priority;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -189,6 +212,9 @@ impl Opt {
         }
         if let Some(v) = self.on_map_full {
             l.on_map_full = v;
+        }
+        if let Some(v) = self.on_port_in_use {
+            l.on_port_in_use = v;
         }
         l
     }

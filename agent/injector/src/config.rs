@@ -216,10 +216,12 @@ impl Config {
                 ),
             ));
         }
-        if sidecar.fallback == Some(Mode::Ebpf) {
+        if let Some(mode @ (Mode::Ebpf | Mode::Transparent)) = sidecar.fallback {
             return Err(invalid(
                 "sidecar.fallback",
-                "is the mode that needs the agent; use none, proxy-v1 or proxy-v2".into(),
+                format!(
+                    "cannot be {mode} (it needs set-up at start); use none, proxy-v1 or proxy-v2"
+                ),
             ));
         }
         let defaults = &file.defaults;
@@ -356,6 +358,10 @@ defaults:
                 "sidecar.agentSocket",
             ),
             ("sidecar: {image: x, fallback: ebpf}", "sidecar.fallback"),
+            (
+                "sidecar: {image: x, fallback: transparent}",
+                "sidecar.fallback",
+            ),
             (
                 "sidecar: {image: x}\ndefaults: {ports: web}",
                 "defaults.ports: `web` is not a port",

@@ -92,12 +92,20 @@ pub(crate) fn decide(pod: &Pod, config: &Config) -> Decision {
             return Decision::Refuse(format!("trueip: {}", list.join("; ")));
         }
     };
-    if settings.mode == Mode::Ebpf && spec.and_then(|s| s.host_network) == Some(true) {
+    if matches!(settings.mode, Mode::Ebpf | Mode::Transparent)
+        && spec.and_then(|s| s.host_network) == Some(true)
+    {
         return Decision::Refuse(format!(
-            "trueip: annotation {}: the ebpf mode cannot serve a hostNetwork pod (it shares the \
-             node's network namespace); use proxy-v1, proxy-v2 or none, or opt the pod out with \
-             {}: disabled",
+            "trueip: annotation {}: the {} mode cannot serve a hostNetwork pod (it shares the \
+             node's network namespace{}); use proxy-v1, proxy-v2 or none, or opt the pod out \
+             with {}: disabled",
             settings::MODE,
+            settings.mode,
+            if settings.mode == Mode::Transparent {
+                ", whose routing it would change"
+            } else {
+                ""
+            },
             settings::INJECT,
         ));
     }
@@ -317,6 +325,14 @@ mod tests {
             panic!()
         };
         assert!(message.contains("hostNetwork"), "{message}");
+        host["metadata"]["annotations"] = json!({"trueip.io/mode": "transparent"});
+        let Decision::Refuse(message) = decide(&pod(host.clone()), &config()) else {
+            panic!()
+        };
+        assert!(
+            message.contains("transparent mode cannot serve a hostNetwork pod"),
+            "{message}"
+        );
         host["metadata"]["annotations"] = json!({"trueip.io/mode": "proxy-v1"});
         assert!(matches!(decide(&pod(host), &config()), Decision::Inject(_)));
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) const INJECT: &str = "trueip.io/inject";
 /// The ports the sidecar serves: `8080` or `8080:80,9090` (listen:upstream pairs).
 pub(crate) const PORTS: &str = "trueip.io/ports";
-/// The restore mode: `none`, `proxy-v1`, `proxy-v2` or `ebpf`.
+/// The restore mode: `none`, `proxy-v1`, `proxy-v2`, `ebpf` or `transparent`.
 pub(crate) const MODE: &str = "trueip.io/mode";
 /// The load balancers whose PROXY headers are honoured: comma-separated CIDRs or addresses.
 pub(crate) const TRUSTED_CIDRS: &str = "trueip.io/trusted-cidrs";
@@ -34,6 +34,8 @@ pub(crate) enum Mode {
     /// The app's `accept()`/`getpeername()` return the client, through the node agent.
     #[default]
     Ebpf,
+    /// The sidecar connects to the app from the client's address; it gets CAP_NET_ADMIN.
+    Transparent,
 }
 
 /// Whether a PROXY header is expected (the sidecar's `header`, same spelling).
@@ -117,6 +119,7 @@ impl fmt::Display for Mode {
             Self::ProxyV1 => "proxy-v1",
             Self::ProxyV2 => "proxy-v2",
             Self::Ebpf => "ebpf",
+            Self::Transparent => "transparent",
         })
     }
 }
@@ -315,7 +318,13 @@ mod tests {
         );
         let e = word::<Mode>("ebpf2").unwrap_err();
         assert!(e.contains("`none`, `proxy-v1`, `proxy-v2`, `ebpf`"), "{e}");
-        for mode in [Mode::None, Mode::ProxyV1, Mode::ProxyV2, Mode::Ebpf] {
+        for mode in [
+            Mode::None,
+            Mode::ProxyV1,
+            Mode::ProxyV2,
+            Mode::Ebpf,
+            Mode::Transparent,
+        ] {
             assert_eq!(word::<Mode>(&mode.to_string()), Ok(mode));
         }
     }
@@ -388,7 +397,7 @@ mod tests {
             &map(&[
                 (INJECT, "false"),
                 (PORTS, "http"),
-                (MODE, "transparent"),
+                (MODE, "tproxy"),
                 (HEADER, "yes"),
                 (TRUSTED_CIDRS, "lb.example"),
             ]),
@@ -400,8 +409,8 @@ mod tests {
         assert_eq!(names, [INJECT, PORTS, MODE, HEADER, TRUSTED_CIDRS]);
         assert_eq!(
             errors[2].to_string(),
-            "annotation trueip.io/mode: \"transparent\": unknown variant `transparent`, \
-             expected one of `none`, `proxy-v1`, `proxy-v2`, `ebpf`"
+            "annotation trueip.io/mode: \"tproxy\": unknown variant `tproxy`, \
+             expected one of `none`, `proxy-v1`, `proxy-v2`, `ebpf`, `transparent`"
         );
     }
 }

@@ -106,6 +106,7 @@ struct ListenerFile {
 pub(crate) fn build(settings: &PodSettings, config: &Config) -> Result<Injection, BuildError> {
     let template = &config.sidecar;
     let ebpf = settings.mode == Mode::Ebpf;
+    let transparent = settings.mode == Mode::Transparent;
     let metrics_port = Some(template.metrics_port).filter(|&p| p != 0);
     if let Some(port) = metrics_port.filter(|&m| settings.ports.iter().any(|p| p.listen == m)) {
         return Err(BuildError::PortTaken { port });
@@ -234,15 +235,18 @@ pub(crate) fn build(settings: &PodSettings, config: &Config) -> Result<Injection
         }),
         resources: Some(template.resources.clone()),
         security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(template.run_as_user),
+            run_as_non_root: Some(!transparent),
+            run_as_user: Some(if transparent { 0 } else { template.run_as_user }),
             run_as_group: Some(template.run_as_group),
             privileged: Some(false),
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             capabilities: Some(Capabilities {
+                // `transparent` binds sockets to the clients' addresses and installs the pod's
+                // policy routing: CAP_NET_ADMIN, which Kubernetes grants to user 0 only (a
+                // non-root container's added capabilities are not effective).
+                add: transparent.then(|| vec!["NET_ADMIN".into()]),
                 drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
             }),
             seccomp_profile: Some(SeccompProfile {
                 type_: "RuntimeDefault".into(),
@@ -339,6 +343,7 @@ mod tests {
             (Mode::ProxyV1, M::ProxyV1),
             (Mode::ProxyV2, M::ProxyV2),
             (Mode::Ebpf, M::Ebpf),
+            (Mode::Transparent, M::Transparent),
         ] {
             for (header, their_header) in [
                 (HeaderPolicy::Required, H::Required),
@@ -411,6 +416,35 @@ mod tests {
                 "RUST_LOG"
             ]
         );
+    }
+
+    #[test]
+    fn transparent_gets_net_admin_as_root_and_nothing_else() {
+        let got = build(
+            &settings("8080:80", Mode::Transparent, HeaderPolicy::Required),
+            &config(),
+        )
+        .unwrap();
+        let sc = got.container.security_context.unwrap();
+        assert_eq!((sc.run_as_user, sc.run_as_non_root), (Some(0), Some(false)));
+        let caps = sc.capabilities.unwrap();
+        assert_eq!(caps.add.unwrap(), ["NET_ADMIN"]);
+        assert_eq!(caps.drop.unwrap(), ["ALL"]);
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.privileged, Some(false));
+        assert_eq!(got.volumes.len(), 1, "no agent socket");
+        assert!(
+            got.config_yaml.contains("mode: transparent"),
+            "{}",
+            got.config_yaml
+        );
+
+        for mode in [Mode::None, Mode::ProxyV1, Mode::ProxyV2, Mode::Ebpf] {
+            let got = build(&settings("80", mode, HeaderPolicy::Required), &config()).unwrap();
+            let sc = got.container.security_context.unwrap();
+            assert_eq!(sc.capabilities.unwrap().add, None, "{mode}");
+            assert_eq!(sc.run_as_non_root, Some(true), "{mode}");
+        }
     }
 
     #[test]

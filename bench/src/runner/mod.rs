@@ -253,6 +253,7 @@ pub fn run(mut plan: Plan) -> Result<Results> {
             Variant::TrueipEbpf,
             Variant::TrueipMetrics,
             Variant::TrueipTraces,
+            Variant::TrueipTransparent,
         ] {
             if let Some(s) = samples.get_mut(&v) {
                 s.skipped = Some(e.clone());

@@ -62,6 +62,8 @@ pub enum Variant {
     TrueipTraces,
     /// `trueip-sidecar --mode ebpf` with `trueip-agent`, sidecar and app in a cgroup v2.
     TrueipEbpf,
+    /// `trueip-sidecar --mode transparent`: connects to the app from the client's address.
+    TrueipTransparent,
     /// HAProxy 2.6 `mode tcp`, `bind ... accept-proxy`.
     Haproxy,
     /// nginx `stream`, `listen ... proxy_protocol`.
@@ -72,13 +74,14 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in table order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Direct,
         Self::TrueipNone,
         Self::TrueipProxyV1,
         Self::TrueipMetrics,
         Self::TrueipTraces,
         Self::TrueipEbpf,
+        Self::TrueipTransparent,
         Self::Haproxy,
         Self::Nginx,
         Self::Socat,
@@ -94,6 +97,7 @@ impl Variant {
             Self::TrueipMetrics => "trueip none + metrics",
             Self::TrueipTraces => "trueip none + traces",
             Self::TrueipEbpf => "trueip ebpf",
+            Self::TrueipTransparent => "trueip transparent",
             Self::Haproxy => "HAProxy",
             Self::Nginx => "nginx stream",
             Self::Socat => "socat",
@@ -110,6 +114,7 @@ impl Variant {
             Self::TrueipMetrics => "none-metrics",
             Self::TrueipTraces => "none-traces",
             Self::TrueipEbpf => "ebpf",
+            Self::TrueipTransparent => "transparent",
             Self::Haproxy => "haproxy",
             Self::Nginx => "nginx",
             Self::Socat => "socat",
@@ -129,6 +134,7 @@ impl Variant {
             Self::Socat => 8006,
             Self::TrueipMetrics => 8007,
             Self::TrueipTraces => 8008,
+            Self::TrueipTransparent => 8009,
         };
         SocketAddr::new(POD_IP, port)
     }
@@ -174,6 +180,9 @@ impl Variant {
             }
             Self::TrueipEbpf => {
                 "`trueip-sidecar --mode ebpf` + `trueip-agent --pod-cgroup own`; sidecar and a second app instance in a scratch cgroup v2; the app's accept() sees the client"
+            }
+            Self::TrueipTransparent => {
+                "`trueip-sidecar --mode transparent` (as root): connects to the app on 127.0.0.1:9000 from the client's address and port (IP_TRANSPARENT), with the policy routing it installs in the pod namespace; the app's accept() sees the client"
             }
             Self::Haproxy => {
                 "`haproxy` 2.6, `mode tcp`, `bind 192.0.2.10:8004 accept-proxy`, `maxconn` 40000 or what the open-file limit allows, no logging, default threads (one per CPU), no splice"
@@ -239,7 +248,8 @@ pub fn start(
         | Variant::TrueipProxyV1
         | Variant::TrueipEbpf
         | Variant::TrueipMetrics
-        | Variant::TrueipTraces => {
+        | Variant::TrueipTraces
+        | Variant::TrueipTransparent => {
             let sidecar = programs.sidecar.clone().map_err(anyhow::Error::msg)?;
             let mut args: Vec<String> = vec![
                 "--listen".into(),
@@ -250,6 +260,7 @@ pub fn start(
                 match variant {
                     Variant::TrueipProxyV1 => "proxy-v1",
                     Variant::TrueipEbpf => "ebpf",
+                    Variant::TrueipTransparent => "transparent",
                     _ => "none",
                 }
                 .into(),

@@ -21,6 +21,7 @@ mod receivers;
 mod senders;
 mod soak;
 mod steering;
+mod transparent;
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -39,7 +40,7 @@ macro_rules! tests {
 }
 
 /// Every test of this binary; a test function left out is dead code, which clippy refuses.
-const TESTS: [(&str, Test); 23] = tests![
+const TESTS: [(&str, Test); 27] = tests![
     curl::curl_haproxy_protocol_from_an_untrusted_source_is_rejected,
     curl::curl_haproxy_protocol_to_proxy_v1_mode_nginx_logs_curl,
     differential::haproxy_and_trueip_agree_on_every_header,
@@ -63,6 +64,10 @@ const TESTS: [(&str, Test); 23] = tests![
     soak::soak_short_form_with_app_restart_and_graceful_drain,
     steering::steering_hands_lb_connections_to_the_sidecar_and_the_app_sees_the_client,
     steering::steering_nginx_on_its_own_port_logs_the_client,
+    transparent::transparent_mode_app_sees_the_client_and_routing_is_cleaned_up,
+    transparent::transparent_mode_nginx_default_log_shows_the_client,
+    transparent::transparent_mode_taken_client_port_and_local_header,
+    transparent::transparent_mode_without_net_admin_exits_with_a_clear_error,
 ];
 
 fn main() -> ExitCode {

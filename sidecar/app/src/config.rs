@@ -45,6 +45,36 @@ pub struct Config {
     /// variable): no traces.
     #[serde(default)]
     pub otlp: Option<OtlpConfig>,
+    /// The policy routing that listeners in `transparent` mode install in the pod's network
+    /// namespace at start and remove at exit.
+    #[serde(default)]
+    pub transparent: TransparentConfig,
+}
+
+/// Where the `transparent` mode puts its policy routing: one rule per address family,
+/// `from 127.0.0.0/8 iif lo lookup <table>` (`from ::1` for IPv6) at `priority`, and one route
+/// in that table, `local default dev lo`. Together they deliver the app's replies to the
+/// client address back to the sidecar's socket on loopback instead of out of the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransparentConfig {
+    /// The routing table that holds the `local default dev lo` route; trueip owns it (it is
+    /// removed at exit), so choose one nothing else in the pod uses.
+    #[serde(default = "defaults::transparent_table")]
+    pub table: u32,
+    /// The rule's priority (preference); lower is looked up first, and it must come before
+    /// the `main` table's rule (32766).
+    #[serde(default = "defaults::transparent_priority")]
+    pub priority: u32,
+}
+
+impl Default for TransparentConfig {
+    fn default() -> Self {
+        Self {
+            table: defaults::transparent_table(),
+            priority: defaults::transparent_priority(),
+        }
+    }
 }
 
 /// An OTLP trace destination.
@@ -116,6 +146,11 @@ pub struct ListenerConfig {
     /// `ebpf`: what happens when the pod's restore map is full.
     #[serde(default)]
     pub on_map_full: MapFullPolicy,
+    /// `transparent`: what happens when the client's exact address and port cannot be bound
+    /// (another connection already uses it: two load balancers' clients with the same
+    /// address and port).
+    #[serde(default)]
+    pub on_port_in_use: PortInUsePolicy,
     /// `ebpf`: the mode used when the agent cannot be reached at start-up. Unset: refuse to start.
     #[serde(default)]
     pub fallback: Option<Mode>,
@@ -148,6 +183,9 @@ pub enum Mode {
     ProxyV2,
     /// Record the client in the pod's eBPF map; the app's `getpeername()` returns it.
     Ebpf,
+    /// Connect to the app from the client's own address and port (IP_TRANSPARENT plus policy
+    /// routing); needs CAP_NET_ADMIN, no agent.
+    Transparent,
 }
 
 impl Mode {
@@ -158,6 +196,7 @@ impl Mode {
             Self::ProxyV1 => "proxy-v1",
             Self::ProxyV2 => "proxy-v2",
             Self::Ebpf => "ebpf",
+            Self::Transparent => "transparent",
         }
     }
 }
@@ -193,6 +232,18 @@ pub enum MapFullPolicy {
     /// Deliver the connection; the app sees the sidecar as its peer.
     #[default]
     Deliver,
+    /// Close the connection.
+    Refuse,
+}
+
+/// What a `transparent` listener does when the client's address and port are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortInUsePolicy {
+    /// Connect from the client's address with a port the kernel chooses: the app sees the
+    /// client's address, not its port.
+    #[default]
+    AnyPort,
     /// Close the connection.
     Refuse,
 }
@@ -286,6 +337,7 @@ impl Config {
             agent_socket: defaults::agent_socket(),
             metrics_listen: None,
             otlp: None,
+            transparent: TransparentConfig::default(),
         }
     }
 
@@ -294,6 +346,7 @@ impl Config {
         if self.listeners.is_empty() {
             return Err(ConfigError::NoListeners);
         }
+        self.transparent.validate()?;
         let mut seen_addrs = HashSet::new();
         let mut seen_names = HashSet::new();
         for l in &self.listeners {
@@ -313,6 +366,44 @@ impl Config {
             if !seen_names.insert(name.clone()) {
                 return Err(invalid("name", "is used by another listener".into()));
             }
+        }
+        Ok(())
+    }
+}
+
+// === impl TransparentConfig ===
+
+impl TransparentConfig {
+    /// The kernel's own tables (`unspec`, `default`, `main`, `local`) are never trueip's.
+    const RESERVED_TABLES: [u32; 4] = [0, 253, 254, 255];
+    /// The priority of the `main` table's rule: trueip's must come first.
+    const MAIN_RULE_PRIORITY: u32 = 32766;
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: String| ConfigError::Invalid {
+            listener: "transparent".into(),
+            key,
+            problem,
+        };
+        if Self::RESERVED_TABLES.contains(&self.table) {
+            return Err(invalid(
+                "table",
+                format!(
+                    "{} is one of the kernel's tables (0, 253 default, 254 main, 255 local); \
+                     choose a table of its own",
+                    self.table
+                ),
+            ));
+        }
+        if self.priority == 0 || self.priority >= Self::MAIN_RULE_PRIORITY {
+            return Err(invalid(
+                "priority",
+                format!(
+                    "{} must be in 1..{}, before the rule of the main table",
+                    self.priority,
+                    Self::MAIN_RULE_PRIORITY
+                ),
+            ));
         }
         Ok(())
     }
@@ -338,6 +429,7 @@ impl ListenerConfig {
             tlv_allow: defaults::tlv_allow(),
             crc32c: false,
             on_map_full: MapFullPolicy::default(),
+            on_port_in_use: PortInUsePolicy::default(),
             fallback: None,
             pipe_size: None,
             steer: false,
@@ -397,18 +489,28 @@ impl ListenerConfig {
                 "needs a PROXY header to restore from; with `header: off` use `mode: none`".into(),
             ));
         }
-        if self.mode == Mode::Ebpf && !self.upstream.ip().is_loopback() {
+        if matches!(self.mode, Mode::Ebpf | Mode::Transparent) && !self.upstream.ip().is_loopback()
+        {
             return Err(invalid(
                 "upstream",
                 format!(
-                    "{} is not on loopback; `mode: ebpf` restores connections to an app in \
+                    "{} is not on loopback; `mode: {}` restores connections to an app in \
                      the same pod (127.0.0.1 or ::1)",
-                    self.upstream
+                    self.upstream,
+                    self.mode.label()
                 ),
             ));
         }
         if self.fallback == Some(Mode::Ebpf) {
             return Err(invalid("fallback", "cannot be ebpf itself".into()));
+        }
+        if self.fallback == Some(Mode::Transparent) {
+            return Err(invalid(
+                "fallback",
+                "cannot be transparent (its routing is set up at start, for listeners in that \
+                 mode); use none, proxy-v1 or proxy-v2"
+                    .into(),
+            ));
         }
         if self.fallback.is_some() && self.mode != Mode::Ebpf {
             return Err(invalid("fallback", "applies to `mode: ebpf` only".into()));
@@ -530,6 +632,17 @@ mod defaults {
         trueip_proxy_header::DEFAULT_MAX_V2_LEN
     }
 
+    /// "tr" (0x7472) for trueip: a table number no distribution or CNI plugin is known to use.
+    pub(super) fn transparent_table() -> u32 {
+        0x7472
+    }
+
+    /// Before the `main` table's rule (32766) and the kernel's default slot for new rules just
+    /// below it, so rules added by hand without a priority do not take precedence by accident.
+    pub(super) fn transparent_priority() -> u32 {
+        0x7472
+    }
+
     /// Bounds memory and file descriptors; the accept queue absorbs bursts above it.
     pub(super) fn max_connections() -> NonZeroUsize {
         NonZeroUsize::new(16_384).expect("non-zero")
@@ -590,6 +703,36 @@ drain_timeout: 10s
         assert_eq!(c.listeners[1].name(), "[::]:8443");
         assert_eq!(c.listeners[1].header, HeaderPolicy::Optional);
         assert_eq!(c.drain_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn transparent_mode_and_its_routing() {
+        let yaml = "listeners:\n  - listen: 0.0.0.0:1\n    upstream: 127.0.0.1:2\n    \
+                    trusted_sources: [0.0.0.0/0]\n    mode: transparent\n    \
+                    on_port_in_use: refuse\n";
+        let c = Config::from_yaml(yaml).unwrap();
+        assert_eq!(c.listeners[0].mode, Mode::Transparent);
+        assert_eq!(c.listeners[0].on_port_in_use, PortInUsePolicy::Refuse);
+        assert_eq!(c.transparent, TransparentConfig::default());
+        let c =
+            Config::from_yaml(&format!("{yaml}transparent:\n  table: 7\n  priority: 9\n")).unwrap();
+        assert_eq!((c.transparent.table, c.transparent.priority), (7, 9));
+        for (extra, key) in [
+            ("transparent:\n  table: 254\n", "table"),
+            ("transparent:\n  priority: 32766\n", "priority"),
+            ("transparent:\n  fwmark: 1\n", "unknown field `fwmark`"),
+        ] {
+            let e = parse_err(&format!("{yaml}{extra}"));
+            assert!(e.contains(key), "{extra} => {e}");
+        }
+        let e = parse_err(&yaml.replace("127.0.0.1:2", "10.0.0.1:2"));
+        assert!(e.contains("upstream") && e.contains("transparent"), "{e}");
+        let e = parse_err(
+            &yaml
+                .replace("transparent", "ebpf")
+                .replace("on_port_in_use: refuse", "fallback: transparent"),
+        );
+        assert!(e.contains("fallback"), "{e}");
     }
 
     fn parse_err(yaml: &str) -> String {

@@ -15,6 +15,7 @@ pub mod forward;
 pub mod listen;
 pub mod metrics;
 pub mod restore;
+pub mod routing;
 pub mod steer;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
@@ -34,12 +35,20 @@ pub struct Sidecar {
     drain: std::time::Duration,
     registry: Arc<SidecarMetrics>,
     admin: Option<std::net::TcpListener>,
+    /// The `transparent` mode's rules and routes; removed when the sidecar is dropped, after
+    /// the last connection.
+    routing: Option<routing::PolicyRouting>,
 }
 
 impl Sidecar {
     /// Binds every listener and the admin endpoint; fails if any cannot start.
     pub fn bind(config: &Config) -> Result<Self, ListenError> {
         let registry = Arc::new(SidecarMetrics::default());
+        // Before any listener accepts: a transparent connection needs the replies routed back.
+        let routing = Self::transparent_families(config)
+            .map(|families| routing::PolicyRouting::install(config.transparent, &families))
+            .transpose()
+            .map_err(ListenError::Routing)?;
         let listeners = config
             .listeners
             .iter()
@@ -63,7 +72,21 @@ impl Sidecar {
             drain: config.drain_timeout,
             registry,
             admin,
+            routing,
         })
+    }
+
+    /// The address families of the `transparent` listeners' apps, if there are any.
+    fn transparent_families(config: &Config) -> Option<Vec<routing::Family>> {
+        let mut families: Vec<_> = config
+            .listeners
+            .iter()
+            .filter(|l| l.mode == config::Mode::Transparent)
+            .map(|l| routing::Family::of(l.upstream.ip()))
+            .collect();
+        families.sort_unstable();
+        families.dedup();
+        (!families.is_empty()).then_some(families)
     }
 
     /// The admin endpoint's bound address, when configured.
@@ -114,6 +137,7 @@ impl Sidecar {
         if let Some(admin) = admin {
             admin.abort();
         }
+        drop(self.routing);
         cut
     }
 }

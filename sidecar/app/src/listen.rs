@@ -54,6 +54,9 @@ pub enum ListenError {
         #[source]
         source: SteerError,
     },
+    /// The `transparent` mode's policy routing could not be set up.
+    #[error(transparent)]
+    Routing(crate::routing::RoutingError),
     /// The `ebpf` mode could not be set up and no fallback is configured.
     #[error("listener {listener}: {source}")]
     Ebpf {

@@ -21,7 +21,8 @@ use prometheus_client::{
 /// What happened to the client address of a served connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RestoreOutcome {
-    /// The app learns the client from the header (re-emitted header or eBPF entry).
+    /// The app learns the client from the header (re-emitted header, eBPF entry, or a
+    /// connection from the client's own address).
     Restored,
     /// The header carried no client (LOCAL, UNSPEC) or there was none: real addresses used.
     NoClient,
@@ -29,18 +30,24 @@ pub enum RestoreOutcome {
     Passthrough,
     /// The pod's map was full; the connection was delivered without restoration.
     MapFull,
-    /// Writing the eBPF entry failed; the connection was delivered without restoration.
+    /// Restoring failed (the eBPF entry could not be written; `transparent`: no socket could
+    /// be bound to the client's address, or its address family differs from the app's): the
+    /// connection was delivered without restoration.
     Failed,
+    /// `transparent`: the client's port was taken, so the app sees the client's address with
+    /// a port the kernel chose.
+    PortChanged,
 }
 
 impl RestoreOutcome {
     /// Every outcome, for exporting zeros too.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Restored,
         Self::NoClient,
         Self::Passthrough,
         Self::MapFull,
         Self::Failed,
+        Self::PortChanged,
     ];
 
     /// A stable label for logs and metrics.
@@ -51,6 +58,7 @@ impl RestoreOutcome {
             Self::Passthrough => "passthrough",
             Self::MapFull => "map_full",
             Self::Failed => "failed",
+            Self::PortChanged => "port_changed",
         }
     }
 }
@@ -179,7 +187,7 @@ pub struct ListenerMetrics {
     upstream_errors: Counter,
     to_app: Counter,
     to_client: Counter,
-    restore: [Counter; 5],
+    restore: [Counter; RestoreOutcome::ALL.len()],
     header_duration: Histogram,
     rejected: Family<Labels, Counter>,
     reasons: Mutex<BTreeSet<&'static str>>,

@@ -3,6 +3,7 @@
 
 mod ebpf;
 mod proxy;
+mod transparent;
 
 use std::{net::SocketAddr, path::Path};
 
@@ -10,7 +11,7 @@ use tokio::net::TcpStream;
 use trueip_proxy_header::{Command, Header};
 
 pub use self::ebpf::EbpfError;
-use self::{ebpf::Ebpf, proxy::Reemit};
+use self::{ebpf::Ebpf, proxy::Reemit, transparent::Transparent};
 use crate::{
     config::{ListenerConfig, Mode, canonical},
     detect::Detection,
@@ -88,6 +89,15 @@ pub enum ConnectError {
     /// The pod's map is full and the listener refuses unrestorable connections.
     #[error("the pod's restore map is full (on_map_full: refuse)")]
     MapFull,
+    /// `transparent`: the client's address and port are taken and the listener refuses to
+    /// connect from another port.
+    #[error(
+        "the client's address {client} is already connected to the app (on_port_in_use: refuse)"
+    )]
+    PortInUse {
+        /// The client's address and port.
+        client: SocketAddr,
+    },
 }
 
 impl ConnectError {
@@ -96,6 +106,7 @@ impl ConnectError {
         match self {
             Self::Connect { .. } => "upstream_connect",
             Self::MapFull => "map_full",
+            Self::PortInUse { .. } => "port_in_use",
         }
     }
 }
@@ -109,6 +120,8 @@ pub enum Restorer {
     Reemit(Box<Reemit>),
     /// Write an eBPF entry before connecting.
     Ebpf(Ebpf),
+    /// Connect from the client's address.
+    Transparent(Transparent),
 }
 
 impl Restorer {
@@ -118,6 +131,7 @@ impl Restorer {
         Ok(match config.mode {
             Mode::None => Self::None,
             Mode::ProxyV1 | Mode::ProxyV2 => Self::Reemit(Box::new(Reemit::new(config))),
+            Mode::Transparent => Self::Transparent(Transparent::new(config)),
             Mode::Ebpf => match Ebpf::open(agent_socket, config.on_map_full) {
                 Ok(ebpf) => Self::Ebpf(ebpf),
                 Err(e) => match config.fallback {
@@ -144,6 +158,7 @@ impl Restorer {
             Self::None => Mode::None,
             Self::Reemit(r) => r.mode(),
             Self::Ebpf(_) => Mode::Ebpf,
+            Self::Transparent(_) => Mode::Transparent,
         }
     }
 
@@ -177,7 +192,8 @@ impl Restorer {
                 entry: None,
             }),
             Self::Ebpf(ebpf) if endpoints.from_header => ebpf.connect(upstream, endpoints).await,
-            Self::Ebpf(_) => Ok(Upstream {
+            Self::Transparent(t) if endpoints.from_header => t.connect(upstream, endpoints).await,
+            Self::Ebpf(_) | Self::Transparent(_) => Ok(Upstream {
                 stream: connect(TcpStream::connect(upstream).await)?,
                 preamble: Vec::new(),
                 outcome: plain_outcome,
