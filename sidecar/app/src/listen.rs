@@ -54,6 +54,15 @@ pub enum ListenError {
         #[source]
         source: SteerError,
     },
+    /// The `ebpf` mode of a UDP listener could not be set up and no fallback is configured.
+    #[error("listener {listener}: {source}")]
+    Udp {
+        /// The listener's name.
+        listener: String,
+        /// Why.
+        #[source]
+        source: crate::udp::UdpEbpfError,
+    },
     /// The `ebpf` mode could not be set up and no fallback is configured.
     #[error("listener {listener}: {source}")]
     Ebpf {
