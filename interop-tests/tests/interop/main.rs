@@ -21,6 +21,7 @@ mod receivers;
 mod senders;
 mod soak;
 mod steering;
+mod udp;
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -39,7 +40,7 @@ macro_rules! tests {
 }
 
 /// Every test of this binary; a test function left out is dead code, which clippy refuses.
-const TESTS: [(&str, Test); 23] = tests![
+const TESTS: [(&str, Test); 29] = tests![
     curl::curl_haproxy_protocol_from_an_untrusted_source_is_rejected,
     curl::curl_haproxy_protocol_to_proxy_v1_mode_nginx_logs_curl,
     differential::haproxy_and_trueip_agree_on_every_header,
@@ -63,6 +64,12 @@ const TESTS: [(&str, Test); 23] = tests![
     soak::soak_short_form_with_app_restart_and_graceful_drain,
     steering::steering_hands_lb_connections_to_the_sidecar_and_the_app_sees_the_client,
     steering::steering_nginx_on_its_own_port_logs_the_client,
+    udp::udp_bad_datagrams_are_dropped_and_counted_by_reason,
+    udp::udp_ebpf_mode_recvfrom_returns_the_client_and_replies_reach_it,
+    udp::udp_ebpf_mode_refuses_an_agent_without_udp_hooks,
+    udp::udp_flow_table_exhaustion_evicts_the_idle_longest,
+    udp::udp_none_mode_relays_datagrams_both_ways,
+    udp::udp_proxy_v2_mode_app_reads_the_client_from_a_clean_header,
 ];
 
 fn main() -> ExitCode {
