@@ -60,6 +60,13 @@ pub(crate) struct Opt {
     #[arg(long, env = "TRUEIP_GETSOCKNAME")]
     pub(crate) getsockname: bool,
 
+    /// Also attach recvmsg4/6 and sendmsg4/6, for sidecar UDP listeners in `ebpf` mode: the
+    /// app's recvfrom() returns the client named by the PROXY header, and its replies to that
+    /// client go back through the sidecar (off by default: these hooks run on every UDP
+    /// recvfrom/sendto in the pods).
+    #[arg(long, env = "TRUEIP_UDP")]
+    pub(crate) udp: bool,
+
     /// Steering: what connections to a steered app port get while the pod's sidecar listener is
     /// gone (the sidecar stopped or crashed): `open` lets them reach the app directly (without
     /// the client address), `closed` refuses them. Both are counted and logged every

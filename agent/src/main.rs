@@ -99,6 +99,9 @@ async fn serve(opt: &Opt, cgroup_root: std::path::PathBuf) -> anyhow::Result<()>
     if opt.getsockname {
         hooks.extend([Hook::Getsockname4, Hook::Getsockname6]);
     }
+    if opt.udp {
+        hooks.extend(Hook::UDP);
+    }
     let programs = Programs::load(&opt.bpffs_dir, opt.max_pods, &hooks)
         .context("loading the eBPF programs")?;
     tracing::info!(

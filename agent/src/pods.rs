@@ -334,6 +334,11 @@ impl Registry {
         removed
     }
 
+    /// Whether the pods get the UDP hooks (`--udp`), which `GET-MAP udp` requires.
+    pub(crate) fn serves_udp(&self) -> bool {
+        Hook::UDP.iter().all(|hook| self.hooks.contains(hook))
+    }
+
     /// How many pods are served.
     pub(crate) fn len(&self) -> usize {
         self.pods.len()

@@ -26,6 +26,9 @@ static GETPEERNAME_OBJ: &[u8] =
 static GETSOCKNAME_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/getsockname"));
 
+/// The recvmsg4/6 + sendmsg4/6 object (UDP flows), from `ebpf-redirect/ebpf/src/udp.rs`.
+static UDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/udp"));
+
 /// One of the cgroup hooks the agent attaches; its name is the program's and its pins'.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Hook {
@@ -37,15 +40,35 @@ pub(crate) enum Hook {
     Getsockname4,
     /// getsockname on AF_INET6 sockets.
     Getsockname6,
+    /// recvfrom/recvmsg on AF_INET UDP sockets (`--udp`).
+    Recvmsg4,
+    /// recvfrom/recvmsg on AF_INET6 UDP sockets (`--udp`).
+    Recvmsg6,
+    /// sendto/sendmsg on AF_INET UDP sockets (`--udp`).
+    Sendmsg4,
+    /// sendto/sendmsg on AF_INET6 UDP sockets (`--udp`).
+    Sendmsg6,
 }
 
 impl Hook {
     /// Every hook.
-    pub(crate) const ALL: [Self; 4] = [
+    pub(crate) const ALL: [Self; 8] = [
         Self::Getpeername4,
         Self::Getpeername6,
         Self::Getsockname4,
         Self::Getsockname6,
+        Self::Recvmsg4,
+        Self::Recvmsg6,
+        Self::Sendmsg4,
+        Self::Sendmsg6,
+    ];
+
+    /// The hooks of UDP flows.
+    pub(crate) const UDP: [Self; 4] = [
+        Self::Recvmsg4,
+        Self::Recvmsg6,
+        Self::Sendmsg4,
+        Self::Sendmsg6,
     ];
 
     /// The program's name in its object, and the file name of its pins.
@@ -55,6 +78,10 @@ impl Hook {
             Self::Getpeername6 => "getpeername6",
             Self::Getsockname4 => "getsockname4",
             Self::Getsockname6 => "getsockname6",
+            Self::Recvmsg4 => "recvmsg4",
+            Self::Recvmsg6 => "recvmsg6",
+            Self::Sendmsg4 => "sendmsg4",
+            Self::Sendmsg6 => "sendmsg6",
         }
     }
 }
@@ -174,21 +201,23 @@ impl Programs {
         })?;
         let table_pin = bpffs_dir.join(RESTORE_MAP);
         let mut objects = Vec::new();
-        for (object, data, wanted) in [
+        let objects_and_hooks: [(&'static str, &[u8], &[Hook]); 3] = [
             (
                 "getpeername",
                 GETPEERNAME_OBJ,
-                [Hook::Getpeername4, Hook::Getpeername6],
+                &[Hook::Getpeername4, Hook::Getpeername6],
             ),
             (
                 "getsockname",
                 GETSOCKNAME_OBJ,
-                [Hook::Getsockname4, Hook::Getsockname6],
+                &[Hook::Getsockname4, Hook::Getsockname6],
             ),
-        ] {
+            ("udp", UDP_OBJ, &Hook::UDP),
+        ];
+        for (object, data, wanted) in objects_and_hooks {
             if !wanted.iter().any(|h| hooks.contains(h)) {
                 // Not configured this time: drop the pins a previous run may have left.
-                for hook in wanted {
+                for &hook in wanted {
                     remove_if_exists(&progs_dir.join(hook.name()))?;
                 }
                 continue;
@@ -198,7 +227,7 @@ impl Programs {
                 .map_max_entries(RESTORE_MAP, max_pods)
                 .load(data)
                 .map_err(|source| ProgramsError::Object { object, source })?;
-            for hook in wanted {
+            for &hook in wanted {
                 let program: &mut CgroupSockAddr = ebpf
                     .program_mut(hook.name())
                     .ok_or_else(|| ProgramsError::Missing(format!("program {}", hook.name())))?

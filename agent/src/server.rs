@@ -149,6 +149,7 @@ impl Server {
         };
         let result = match request {
             Ok(Request::GetMap) => self.get_map(conn.as_fd()),
+            Ok(Request::GetUdpMap) => self.get_udp_map(conn.as_fd()),
             Ok(Request::Steer { port }) => match (fds.pop(), fds.is_empty()) {
                 (Some(listener), true) => self.steer(conn.as_fd(), port, listener.as_fd()),
                 _ => {
@@ -229,6 +230,24 @@ impl Server {
                 reply_error(conn, error_code(&e), &e)
             }
         }
+    }
+
+    /// `GET-MAP udp`: as [`get_map`](Self::get_map) when this agent attaches the UDP hooks; a
+    /// refusal otherwise, so that the sidecar does not write entries no hook reads.
+    fn get_udp_map(&self, conn: BorrowedFd<'_>) -> io::Result<()> {
+        let serves_udp = self
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .serves_udp();
+        if serves_udp {
+            return self.get_map(conn);
+        }
+        let e = io::Error::other("this agent does not attach the UDP hooks (start it with --udp)");
+        tracing::warn!(error = %e, "refused a UDP map request");
+        self.metrics
+            .request(RequestKind::GetMap, Err(ErrorCode::BadRequest));
+        reply_error(conn, ErrorCode::BadRequest, &e)
     }
 
     /// Identifies the caller and sends it its pod's map, or why not.

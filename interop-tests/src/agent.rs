@@ -28,32 +28,45 @@ pub struct Agent {
     command_line: String,
     /// How many times it has been started, to give each run its own log file.
     starts: u32,
+    /// Flags beyond the ones every test agent gets.
+    flags: Vec<String>,
 }
 
 impl Agent {
     /// Starts the agent with a fresh pin directory below the bpffs (`tip-<pid>-<n>`).
     pub fn start(topo: &Topology) -> Result<Self> {
+        Self::start_with(topo, &[])
+    }
+
+    /// [`start`](Self::start) with more flags, e.g. `--udp`.
+    pub fn start_with(topo: &Topology, flags: &[&str]) -> Result<Self> {
         remove_stale_pins();
-        Self::start_pinned(
+        Self::start_pinned_with(
             topo,
             Path::new(BPFFS).join(format!("{PREFIX}{}", unique_suffix())),
+            flags,
         )
     }
 
     /// Starts the agent pinning below `pins`, which is removed first if a previous run left it.
     pub fn start_pinned(topo: &Topology, pins: PathBuf) -> Result<Self> {
+        Self::start_pinned_with(topo, pins, &[])
+    }
+
+    fn start_pinned_with(topo: &Topology, pins: PathBuf, flags: &[&str]) -> Result<Self> {
         if pins.exists() {
             std::fs::remove_dir_all(&pins)
                 .with_context(|| format!("removing the leftover {}", pins.display()))?;
         }
         let socket = topo.dir().join("agent.sock");
-        let launch = launch(&socket, &pins)?;
+        let launch = launch(&socket, &pins)?.args(flags);
         let mut agent = Self {
             proc: None,
             command_line: launch.command_line(),
             socket,
             pins,
             starts: 0,
+            flags: flags.iter().map(|&f| f.to_owned()).collect(),
         };
         agent.spawn(topo, launch)?;
         Ok(agent)
@@ -85,7 +98,8 @@ impl Agent {
             std::fs::remove_file(&self.socket)
                 .with_context(|| format!("removing {}", self.socket.display()))?;
         }
-        self.spawn(topo, launch(&self.socket, &self.pins)?)
+        let launch = launch(&self.socket, &self.pins)?.args(&self.flags);
+        self.spawn(topo, launch)
     }
 
     fn spawn(&mut self, topo: &Topology, launch: Launch<'_>) -> Result<()> {

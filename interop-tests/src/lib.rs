@@ -28,6 +28,7 @@ pub mod soak;
 pub mod stats;
 pub mod tls;
 pub mod topology;
+pub mod udp;
 
 pub use cgroup::Cgroup;
 pub use prereq::Need;

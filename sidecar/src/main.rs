@@ -16,7 +16,8 @@ use serde::de::DeserializeOwned;
 use trueip_sidecar_app::{
     Config, Sidecar,
     config::{
-        HeaderPolicy, ListenerConfig, MapFullPolicy, Mode, PortInUsePolicy, TlvKind,
+        DatagramHeader, HeaderPolicy, ListenerConfig, MapFullPolicy, Mode, PortInUsePolicy, Protocol,
+        TlvKind,
         UntrustedPolicy,
     },
 };
@@ -126,6 +127,29 @@ struct Opt {
     #[arg(long)]
     steer: bool,
 
+    /// tcp or udp: what the listener receives; udp takes PROXY v2 in front of datagrams
+    /// (modes none, proxy-v2, ebpf) [default: tcp].
+    #[arg(long, value_name = "PROTOCOL", value_parser = yaml::<Protocol>)]
+    protocol: Option<Protocol>,
+
+    /// udp: which datagrams carry the header: every, or only the first of each load-balancer
+    /// flow [default: every].
+    #[arg(long, value_name = "WHICH", value_parser = yaml::<DatagramHeader>)]
+    datagram_header: Option<DatagramHeader>,
+
+    /// udp: put a v2 header (addresses swapped) in front of the app's replies to the load balancer.
+    #[arg(long)]
+    reply_header: bool,
+
+    /// udp: close a client flow idle this long [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    flow_idle_timeout: Option<Duration>,
+
+    /// udp: client flows served at once; a new one beyond it closes the flow idle the longest
+    /// [default: 4096].
+    #[arg(long, value_name = "N")]
+    max_flows: Option<NonZeroUsize>,
+
     /// The node agent's Unix socket (ebpf mode) [default: /run/trueip/agent.sock].
     #[arg(long, env = "TRUEIP_AGENT_SOCKET", value_name = "PATH")]
     agent_socket: Option<PathBuf>,
@@ -186,6 +210,19 @@ impl Opt {
         l.fallback = self.fallback;
         l.pipe_size = self.pipe_size;
         l.steer = self.steer;
+        l.reply_header = self.reply_header;
+        if let Some(v) = self.protocol {
+            l.protocol = v;
+        }
+        if let Some(v) = self.datagram_header {
+            l.datagram_header = v;
+        }
+        if let Some(v) = self.flow_idle_timeout {
+            l.flow_idle_timeout = v;
+        }
+        if let Some(v) = self.max_flows {
+            l.max_flows = v;
+        }
         if let Some(v) = self.mode {
             l.mode = v;
         }
@@ -303,7 +340,7 @@ fn run(opt: &Opt, config: &Config, runtime: &tokio::runtime::Runtime) -> Result<
         for l in &config.listeners {
             tracing::info!(
                 listener = %l.name(), listen = %l.listen, upstream = %l.upstream,
-                mode = ?l.mode, header = ?l.header, "listener ok"
+                protocol = ?l.protocol, mode = ?l.mode, header = ?l.header, "listener ok"
             );
         }
         tracing::info!(listeners = config.listeners.len(), "configuration is valid");

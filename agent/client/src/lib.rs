@@ -34,7 +34,7 @@ use nix::{
         time::TimeVal,
     },
 };
-use trueip_redirect_common::{ConnKey, RestoreValue};
+use trueip_redirect_common::{ConnKey, RestoreValue, UdpFlowEntries};
 
 use crate::protocol::{ErrorCode, ProtocolError, Request, Response};
 
@@ -74,6 +74,17 @@ pub struct Restored {
     /// The destination from the PROXY header: what the app's `getsockname()` returns when the
     /// agent attaches the getsockname hooks.
     pub original_dst: Option<SocketAddr>,
+}
+
+/// One UDP flow of a sidecar listener, named as the pod's recvmsg/sendmsg hooks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpFlow {
+    /// The app's port (the upstream the flow's datagrams go to).
+    pub app_port: u16,
+    /// The sidecar's flow socket, bound on loopback: the source of the datagrams the app receives.
+    pub sidecar: SocketAddr,
+    /// The client from the PROXY header: what the app's `recvfrom()` returns, and where it replies.
+    pub client: SocketAddr,
 }
 
 /// Why an entry could not be recorded; `Full` is separate because the sidecar's policy for it
@@ -154,7 +165,17 @@ impl PodMap {
     /// Blocking (a few milliseconds; at most 10 s against a wedged agent); call it once at
     /// startup and share the result.
     pub fn connect(socket: &Path) -> Result<Self, ClientError> {
-        let (response, mut fds) = exchange(socket, Request::GetMap, None)?;
+        Self::request(socket, Request::GetMap)
+    }
+
+    /// Like [`connect`](Self::connect), for UDP listeners: the agent also makes sure the pod's
+    /// UDP hooks are attached, and refuses if it runs without UDP support.
+    pub fn connect_udp(socket: &Path) -> Result<Self, ClientError> {
+        Self::request(socket, Request::GetUdpMap)
+    }
+
+    fn request(socket: &Path, request: Request) -> Result<Self, ClientError> {
+        let (response, mut fds) = exchange(socket, request, None)?;
         match response {
             Response::Error { code, message } => Err(ClientError::Refused { code, message }),
             Response::Map { max_entries } => {
@@ -217,6 +238,50 @@ impl PodMap {
                 source: Box::new(source),
             }),
         }
+    }
+
+    /// Records the two entries of a UDP flow (see [`UdpFlowEntries`]): call after binding the
+    /// flow socket and BEFORE sending the flow's first datagram to the app. Either both entries
+    /// are written or neither.
+    pub fn insert_udp_flow(&self, flow: &UdpFlow) -> Result<(), InsertError> {
+        let entries = UdpFlowEntries::new(flow.app_port, flow.sidecar, flow.client);
+        let mut map = self.lock();
+        let mut insert = |(key, value)| match map.insert(key, value, 0) {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e).is_some_and(|n| n == E2BIG || n == ENOSPC) => {
+                Err(InsertError::Full)
+            }
+            Err(source) => Err(InsertError::Other(ClientError::Map {
+                op: "inserting a UDP flow entry",
+                source: Box::new(source),
+            })),
+        };
+        insert(entries.recv)?;
+        let sent = insert(entries.send);
+        if sent.is_err() {
+            let _ = map.remove(&entries.recv.0);
+        }
+        sent
+    }
+
+    /// Forgets a UDP flow (call when it expires, before its socket closes). Forgetting an unknown
+    /// flow is not an error.
+    pub fn remove_udp_flow(&self, flow: &UdpFlow) -> Result<(), ClientError> {
+        let entries = UdpFlowEntries::new(flow.app_port, flow.sidecar, flow.client);
+        let mut map = self.lock();
+        for key in [entries.recv.0, entries.send.0] {
+            match map.remove(&key) {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(ENOENT) => {}
+                Err(source) => {
+                    return Err(ClientError::Map {
+                        op: "removing a UDP flow entry",
+                        source: Box::new(source),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The capacity of the map (the agent's `--map-max-entries`), for logs and metrics.

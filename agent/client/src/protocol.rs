@@ -8,6 +8,9 @@
 //! agent → sidecar   TRUEIP/1 OK max_entries=16384        + the pod map's fd (SCM_RIGHTS)
 //!                   TRUEIP/1 ERR <code> <message>        (no fd)
 //!
+//! sidecar → agent   TRUEIP/1 GET-MAP udp                 (the same, and the pod's UDP hooks too)
+//! agent → sidecar   as for GET-MAP; ERR bad-request from an agent without UDP support
+//!
 //! sidecar → agent   TRUEIP/1 STEER port=8080             + the sidecar's listening socket (SCM_RIGHTS)
 //! agent → sidecar   TRUEIP/1 OK steer port=8080
 //!                   TRUEIP/1 ERR <code> <message>
@@ -36,6 +39,10 @@ pub const MAX_MESSAGE_LEN: usize = 1024;
 pub enum Request {
     /// "Give me my pod's restore map."
     GetMap,
+    /// "Give me my pod's restore map, and make sure the pod's UDP hooks (cgroup recvmsg4/6 and
+    /// sendmsg4/6) are attached": for the sidecar's UDP listeners in `ebpf` mode. An agent
+    /// started without UDP support refuses, so the sidecar never writes entries nobody reads.
+    GetUdpMap,
     /// "Steer my pod's connections to this app port from outside the pod to the listening socket
     /// attached to this message."
     Steer {
@@ -114,6 +121,7 @@ impl Request {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Self::GetMap => format!("TRUEIP/{VERSION} GET-MAP\n").into_bytes(),
+            Self::GetUdpMap => format!("TRUEIP/{VERSION} GET-MAP udp\n").into_bytes(),
             Self::Steer { port } => format!("TRUEIP/{VERSION} STEER port={port}\n").into_bytes(),
         }
     }
@@ -123,6 +131,9 @@ impl Request {
         let rest = versioned_line(bytes)?;
         if rest == "GET-MAP" {
             return Ok(Self::GetMap);
+        }
+        if rest == "GET-MAP udp" {
+            return Ok(Self::GetUdpMap);
         }
         match rest.strip_prefix("STEER port=").map(str::parse) {
             Some(Ok(port)) if port != 0 => Ok(Self::Steer { port }),
@@ -245,6 +256,11 @@ mod tests {
         );
         // The trailing newline is optional (socat users).
         assert_eq!(Request::decode(b"TRUEIP/1 GET-MAP"), Ok(Request::GetMap));
+        assert_eq!(Request::GetUdpMap.encode(), b"TRUEIP/1 GET-MAP udp\n");
+        assert_eq!(
+            Request::decode(&Request::GetUdpMap.encode()),
+            Ok(Request::GetUdpMap)
+        );
         let steer = Request::Steer { port: 8080 };
         assert_eq!(steer.encode(), b"TRUEIP/1 STEER port=8080\n");
         assert_eq!(Request::decode(&steer.encode()), Ok(steer));

@@ -28,7 +28,8 @@ type PodMap = HashMap<
 /// netns cookie of a pod → that pod's map. The agent creates the pod maps and inserts them; the
 /// name must stay `trueip_redirect_common::RESTORE_MAP`.
 #[btf_map]
-static TRUEIP_RESTORE: HashOfMaps<u64, PodMap, { MAX_PODS as usize }> = HashOfMaps::new();
+pub(crate) static TRUEIP_RESTORE: HashOfMaps<u64, PodMap, { MAX_PODS as usize }> =
+    HashOfMaps::new();
 
 /// The entry for the socket behind `ctx`, if the socket is the app side of a restored connection.
 #[inline(always)]

@@ -22,6 +22,7 @@ mod senders;
 mod soak;
 mod steering;
 mod transparent;
+mod udp;
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -40,7 +41,7 @@ macro_rules! tests {
 }
 
 /// Every test of this binary; a test function left out is dead code, which clippy refuses.
-const TESTS: [(&str, Test); 27] = tests![
+const TESTS: [(&str, Test); 33] = tests![
     curl::curl_haproxy_protocol_from_an_untrusted_source_is_rejected,
     curl::curl_haproxy_protocol_to_proxy_v1_mode_nginx_logs_curl,
     differential::haproxy_and_trueip_agree_on_every_header,
@@ -68,6 +69,12 @@ const TESTS: [(&str, Test); 27] = tests![
     transparent::transparent_mode_nginx_default_log_shows_the_client,
     transparent::transparent_mode_taken_client_port_and_local_header,
     transparent::transparent_mode_without_net_admin_exits_with_a_clear_error,
+    udp::udp_bad_datagrams_are_dropped_and_counted_by_reason,
+    udp::udp_ebpf_mode_recvfrom_returns_the_client_and_replies_reach_it,
+    udp::udp_ebpf_mode_refuses_an_agent_without_udp_hooks,
+    udp::udp_flow_table_exhaustion_evicts_the_idle_longest,
+    udp::udp_none_mode_relays_datagrams_both_ways,
+    udp::udp_proxy_v2_mode_app_reads_the_client_from_a_clean_header,
 ];
 
 fn main() -> ExitCode {

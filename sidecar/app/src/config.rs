@@ -18,6 +18,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 use trueip_proxy_header::kind;
 
+pub use crate::udp::{DatagramHeader, Protocol};
+
 /// The largest v2 header the protocol can express: 16 fixed bytes and a 16-bit length.
 const MAX_V2_WIRE_LEN: usize = 16 + u16::MAX as usize;
 /// The smallest useful cap: a v2 header with IPv6 addresses and no TLVs.
@@ -168,6 +170,27 @@ pub struct ListenerConfig {
     /// (or are refused: the agent's `--steer-when-gone closed`).
     #[serde(default)]
     pub steer: bool,
+    /// `tcp` (connections, the default) or `udp` (datagrams with a PROXY v2 header in front;
+    /// `mode` is then `none`, `proxy-v2` or `ebpf`). See the README's "UDP listeners".
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// `udp`: which datagrams carry the header: `every` one (the default), or only the `first`
+    /// of each load-balancer flow (source address and port).
+    #[serde(default)]
+    pub datagram_header: DatagramHeader,
+    /// `udp`: put a v2 header (the client's addresses swapped) in front of each reply to the
+    /// load balancer; without it replies go back bare.
+    #[serde(default)]
+    pub reply_header: bool,
+    /// `udp`: a client flow with no datagram either way for this long is closed.
+    #[serde(
+        default = "crate::udp::defaults::flow_idle_timeout",
+        deserialize_with = "duration"
+    )]
+    pub flow_idle_timeout: Duration,
+    /// `udp`: client flows served at once; a new one beyond it closes the flow idle the longest.
+    #[serde(default = "crate::udp::defaults::max_flows")]
+    pub max_flows: NonZeroUsize,
 }
 
 /// How the app learns the real client address.
@@ -357,7 +380,7 @@ impl Config {
                 key,
                 problem,
             };
-            if !seen_addrs.insert(l.listen) {
+            if !seen_addrs.insert((l.protocol, l.listen)) {
                 return Err(invalid(
                     "listen",
                     format!("{} is used by another listener", l.listen),
@@ -433,6 +456,11 @@ impl ListenerConfig {
             fallback: None,
             pipe_size: None,
             steer: false,
+            protocol: Protocol::default(),
+            datagram_header: DatagramHeader::default(),
+            reply_header: false,
+            flow_idle_timeout: crate::udp::defaults::flow_idle_timeout(),
+            max_flows: crate::udp::defaults::max_flows(),
         }
     }
 
@@ -515,7 +543,7 @@ impl ListenerConfig {
         if self.fallback.is_some() && self.mode != Mode::Ebpf {
             return Err(invalid("fallback", "applies to `mode: ebpf` only".into()));
         }
-        Ok(())
+        crate::udp::validate(self).map_err(|(key, problem)| invalid(key, problem))
     }
 }
 

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod restore;
 pub mod routing;
 pub mod steer;
+pub mod udp;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -32,6 +33,7 @@ pub use crate::{
 #[derive(Debug)]
 pub struct Sidecar {
     listeners: Vec<listen::Listener>,
+    udp_listeners: Vec<udp::UdpListener>,
     drain: std::time::Duration,
     registry: Arc<SidecarMetrics>,
     admin: Option<std::net::TcpListener>,
@@ -49,10 +51,17 @@ impl Sidecar {
             .map(|families| routing::PolicyRouting::install(config.transparent, &families))
             .transpose()
             .map_err(ListenError::Routing)?;
-        let listeners = config
+        let (udp, tcp): (Vec<_>, Vec<_>) = config
             .listeners
             .iter()
+            .partition(|l| l.protocol == config::Protocol::Udp);
+        let listeners = tcp
+            .into_iter()
             .map(|l| listen::Listener::bind(l.clone(), &config.agent_socket, &registry))
+            .collect::<Result<_, _>>()?;
+        let udp_listeners = udp
+            .into_iter()
+            .map(|l| udp::UdpListener::bind(l.clone(), &config.agent_socket, &registry))
             .collect::<Result<_, _>>()?;
         let admin = config
             .metrics_listen
@@ -69,6 +78,7 @@ impl Sidecar {
             })?;
         Ok(Self {
             listeners,
+            udp_listeners,
             drain: config.drain_timeout,
             registry,
             admin,
@@ -99,11 +109,25 @@ impl Sidecar {
         Arc::clone(&self.registry)
     }
 
-    /// Each listener's name and bound address.
+    /// Each listener's name and bound address (TCP listeners, then UDP ones, each in the
+    /// configuration's order).
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.listeners
+        let tcp = self
+            .listeners
             .iter()
-            .filter_map(|l| Some((l.name().to_owned(), l.local_addr().ok()?)))
+            .filter_map(|l| Some((l.name().to_owned(), l.local_addr().ok()?)));
+        let udp = self
+            .udp_listeners
+            .iter()
+            .filter_map(|l| Some((l.name().to_owned(), l.local_addr().ok()?)));
+        tcp.chain(udp).collect()
+    }
+
+    /// Each UDP listener's name and counters.
+    pub fn udp_metrics(&self) -> Vec<(String, Arc<udp::UdpMetrics>)> {
+        self.udp_listeners
+            .iter()
+            .map(|l| (l.name().to_owned(), l.metrics()))
             .collect()
     }
 
@@ -122,11 +146,16 @@ impl Sidecar {
             .admin
             .map(|socket| tokio::spawn(admin::serve(socket, Arc::clone(&self.registry))));
         let (stop, stopped) = watch::channel(false);
-        let tasks: Vec<_> = self
+        let mut tasks: Vec<_> = self
             .listeners
             .into_iter()
             .map(|l| tokio::spawn(l.serve(stopped.clone(), self.drain)))
             .collect();
+        tasks.extend(
+            self.udp_listeners
+                .into_iter()
+                .map(|l| tokio::spawn(l.serve(stopped.clone()))),
+        );
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining open ones");
         let _ = stop.send(true);

@@ -57,6 +57,15 @@ pub enum ListenError {
     /// The `transparent` mode's policy routing could not be set up.
     #[error(transparent)]
     Routing(crate::routing::RoutingError),
+    /// The `ebpf` mode of a UDP listener could not be set up and no fallback is configured.
+    #[error("listener {listener}: {source}")]
+    Udp {
+        /// The listener's name.
+        listener: String,
+        /// Why.
+        #[source]
+        source: crate::udp::UdpEbpfError,
+    },
     /// The `ebpf` mode could not be set up and no fallback is configured.
     #[error("listener {listener}: {source}")]
     Ebpf {

@@ -87,6 +87,7 @@ pub struct SidecarMetrics {
     bytes: Family<Labels, Counter>,
     upstream_errors: Family<Labels, Counter>,
     header_duration: Family<Labels, Histogram, HeaderBuckets>,
+    udp: crate::udp::metrics::UdpFamilies,
     registry: Registry,
 }
 
@@ -101,8 +102,10 @@ impl Default for SidecarMetrics {
             bytes: Family::default(),
             upstream_errors: Family::default(),
             header_duration: Family::new_with_constructor(HeaderBuckets),
+            udp: crate::udp::metrics::UdpFamilies::default(),
             registry: Registry::default(),
         };
+        m.udp.register(&mut registry);
         registry.register(
             "connections_accepted",
             "Connections accepted from the load balancer",
@@ -167,6 +170,11 @@ impl SidecarMetrics {
             rejected: self.rejected.clone(),
             reasons: Mutex::default(),
         }
+    }
+
+    /// The handles of one UDP listener.
+    pub fn udp_listener(&self, name: &str) -> crate::udp::UdpMetrics {
+        self.udp.listener(name)
     }
 
     /// The OpenMetrics text exposition of every series.

@@ -55,11 +55,13 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod datagram;
 mod error;
 mod header;
 pub mod v1;
 pub mod v2;
 
+pub use datagram::{DatagramError, decode_datagram};
 pub use error::{DecodeError, EncodeError};
 pub use header::{Addresses, Command, Header, Transport, Version};
 pub use v2::tlv::{RawTlv, Ssl, Tlvs, kind};
