@@ -120,7 +120,7 @@ pub struct UdpMetrics {
     to_client: Counter,
     bytes_to_app: Counter,
     bytes_to_client: Counter,
-    opened: [Counter; 5],
+    opened: [Counter; RestoreOutcome::ALL.len()],
     active: Gauge,
     closed: [Counter; 3],
     dropped: Family<Labels, Counter>,

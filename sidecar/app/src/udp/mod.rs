@@ -106,6 +106,12 @@ pub(crate) fn validate(config: &ListenerConfig) -> Result<(), (&'static str, Str
                 .into(),
         ));
     }
+    if config.mode == Mode::Transparent {
+        return Err((
+            "mode",
+            "transparent applies to TCP listeners only; for UDP use proxy-v2, ebpf or none".into(),
+        ));
+    }
     if config.steer {
         return Err((
             "steer",
@@ -142,7 +148,8 @@ enum Restore {
 impl Restore {
     fn new(config: &ListenerConfig, agent_socket: &Path) -> Result<Self, UdpEbpfError> {
         Ok(match config.mode {
-            Mode::None | Mode::ProxyV1 => Self::None,
+            // Refused by `validate`: neither can describe a datagram's client.
+            Mode::None | Mode::ProxyV1 | Mode::Transparent => Self::None,
             Mode::ProxyV2 => {
                 let mut allowed = Box::new([false; 256]);
                 for kind in &config.tlv_allow {
