@@ -18,6 +18,10 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 use trueip_proxy_header::kind;
 
+pub use self::http::{ClientHeaders, HeaderSlot, HttpConfig, TlsConfig, TlvHeaders};
+
+mod http;
+
 /// The largest v2 header the protocol can express: 16 fixed bytes and a 16-bit length.
 const MAX_V2_WIRE_LEN: usize = 16 + u16::MAX as usize;
 /// The smallest useful cap: a v2 header with IPv6 addresses and no TLVs.
@@ -133,6 +137,9 @@ pub struct ListenerConfig {
     /// (or are refused: the agent's `--steer-when-gone closed`).
     #[serde(default)]
     pub steer: bool,
+    /// `http`: forwarding headers, TLV headers and TLS termination.
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 /// How the app learns the real client address.
@@ -148,6 +155,9 @@ pub enum Mode {
     ProxyV2,
     /// Record the client in the pod's eBPF map; the app's `getpeername()` returns it.
     Ebpf,
+    /// Speak HTTP to both sides and tell the app the client in `X-Forwarded-For`,
+    /// `X-Real-IP` and `Forwarded` headers.
+    Http,
 }
 
 impl Mode {
@@ -158,6 +168,7 @@ impl Mode {
             Self::ProxyV1 => "proxy-v1",
             Self::ProxyV2 => "proxy-v2",
             Self::Ebpf => "ebpf",
+            Self::Http => "http",
         }
     }
 }
@@ -341,6 +352,7 @@ impl ListenerConfig {
             fallback: None,
             pipe_size: None,
             steer: false,
+            http: HttpConfig::default(),
         }
     }
 
@@ -412,6 +424,17 @@ impl ListenerConfig {
         }
         if self.fallback.is_some() && self.mode != Mode::Ebpf {
             return Err(invalid("fallback", "applies to `mode: ebpf` only".into()));
+        }
+        if self.mode == Mode::Http && self.untrusted == UntrustedPolicy::Passthrough {
+            return Err(invalid(
+                "untrusted",
+                "`passthrough` would hand the PROXY header to the HTTP parser; `mode: http` \
+                 needs `reject`"
+                    .into(),
+            ));
+        }
+        if self.http.tls.is_some() && self.mode != Mode::Http {
+            return Err(invalid("http.tls", "applies to `mode: http` only".into()));
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use crate::{
     config::ListenerConfig,
     connection,
     metrics::{ListenerMetrics, SidecarMetrics},
-    restore::{EbpfError, Restorer},
+    restore::{Restorer, SetupError},
     steer::{self, SteerError},
 };
 
@@ -54,14 +54,15 @@ pub enum ListenError {
         #[source]
         source: SteerError,
     },
-    /// The `ebpf` mode could not be set up and no fallback is configured.
+    /// The restore mode could not be set up: `ebpf` without the agent and without a fallback,
+    /// `http` with a TLS certificate that does not load.
     #[error("listener {listener}: {source}")]
-    Ebpf {
+    Restore {
         /// The listener's name.
         listener: String,
         /// Why.
         #[source]
-        source: EbpfError,
+        source: SetupError,
     },
 }
 
@@ -92,7 +93,7 @@ impl Listener {
     ) -> Result<Self, ListenError> {
         let name = config.name();
         let restorer =
-            Restorer::new(&config, agent_socket).map_err(|source| ListenError::Ebpf {
+            Restorer::new(&config, agent_socket).map_err(|source| ListenError::Restore {
                 listener: name.clone(),
                 source,
             })?;
