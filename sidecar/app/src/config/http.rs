@@ -172,6 +172,8 @@ fn default_reload_interval() -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use hyper::header::HeaderName;
+
     use crate::config::{Config, Mode};
 
     const BASE: &str = "listeners:\n  - name: web\n    listen: 0.0.0.0:8080\n    upstream: 127.0.0.1:80\n    trusted_sources: [10.0.0.0/8]\n";
@@ -186,7 +188,7 @@ mod tests {
         assert_eq!(l.mode, Mode::Http);
         assert_eq!(l.http.client_headers, super::ClientHeaders::Append);
         assert_eq!(
-            l.http.x_forwarded_for.0.as_ref().map(|n| n.as_str()),
+            l.http.x_forwarded_for.0.as_ref().map(HeaderName::as_str),
             Some("x-client-chain")
         );
         assert!(l.http.x_real_ip.0.is_none());
@@ -195,7 +197,7 @@ mod tests {
             l.http
                 .tlv_headers
                 .names()
-                .map(|n| n.as_str())
+                .map(HeaderName::as_str)
                 .collect::<Vec<_>>(),
             ["x-request-id"]
         );
