@@ -43,6 +43,8 @@ struct Counters {
     v1_headers: AtomicU64,
     v2_headers: AtomicU64,
     errors: AtomicU64,
+    http_requests: AtomicU64,
+    http_forwarded: AtomicU64,
 }
 
 impl Counters {
@@ -54,6 +56,8 @@ impl Counters {
             v1_headers: self.v1_headers.load(Ordering::Relaxed),
             v2_headers: self.v2_headers.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            http_requests: self.http_requests.load(Ordering::Relaxed),
+            http_forwarded: self.http_forwarded.load(Ordering::Relaxed),
         }
     }
 }
@@ -157,6 +161,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, counters: &Counters) ->
         wire::SINK => sink(stream, rest.len() as u64).await,
         wire::SOURCE => source(stream, arg).await,
         wire::ECHO => echo(stream, rest).await,
+        wire::HTTP => http(stream, [&preamble[..], &rest].concat(), counters).await,
         wire::STATS => {
             let mut line = serde_json::to_vec(&counters.snapshot()).map_err(io::Error::other)?;
             line.push(b'\n');
@@ -233,6 +238,60 @@ async fn source(stream: TcpStream, limit: u64) -> io::Result<()> {
     // Wait for the client's FIN before closing, so that the close is clean on both sides.
     let _ = watcher.await;
     result
+}
+
+/// The longest HTTP request head the app reads.
+const HTTP_HEAD_MAX: usize = 16 * 1024;
+
+/// HTTP/1.1 keep-alive: answers every `GET /<n>` with an `n`-byte body until the client closes
+/// (or says `Connection: close`). `buf` holds what was read so far.
+async fn http(mut stream: TcpStream, mut buf: Vec<u8>, counters: &Counters) -> io::Result<()> {
+    static BODY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let body = BODY.get_or_init(|| wire::pattern(wire::PATTERN_LEN));
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > HTTP_HEAD_MAX {
+                return Err(invalid("HTTP request head too long"));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return if buf.is_empty() {
+                    Ok(())
+                } else {
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                };
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        buf.drain(..end);
+        let size = head
+            .strip_prefix("get /")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| invalid("not a GET /<size> request"))?
+            .min(wire::PATTERN_LEN);
+        counters.http_requests.fetch_add(1, Ordering::Relaxed);
+        let forwarded = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-forwarded-for:"));
+        if forwarded
+            .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok())
+            .is_some_and(|ip| !ip.is_loopback())
+        {
+            counters.http_forwarded.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut out = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n").into_bytes();
+        out.extend_from_slice(&body[..size]);
+        stream.write_all(&out).await?;
+        if head.contains("\r\nconnection: close\r\n") {
+            return stream.shutdown().await;
+        }
+    }
 }
 
 /// Echoes until EOF; `rest` arrived with the preamble.

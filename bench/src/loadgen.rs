@@ -164,6 +164,19 @@ async fn open(target: Target, mode: u8, arg: u64, first: &[u8]) -> io::Result<Tc
     Ok(stream)
 }
 
+/// Connects and sends the header (if any) and `first` in one write, without a preamble.
+async fn open_raw(target: Target, first: &[u8]) -> io::Result<TcpStream> {
+    let mut stream = timed(TcpStream::connect(target.addr)).await??;
+    stream.set_nodelay(true)?;
+    let mut out = match target.header {
+        HeaderKind::None => Vec::with_capacity(first.len()),
+        HeaderKind::V2 => v2_header(&stream)?,
+    };
+    out.extend_from_slice(first);
+    timed(stream.write_all(&out)).await??;
+    Ok(stream)
+}
+
 /// `fut`, failing with `TimedOut` after [`IO_TIMEOUT`].
 async fn timed<F: Future>(fut: F) -> io::Result<F::Output> {
     tokio::time::timeout(IO_TIMEOUT, fut)
@@ -345,6 +358,101 @@ pub async fn request_response(
         p999_us: us(&all, 0.999),
         max_us: all.max() as f64 / 1e3,
     })
+}
+
+// === HTTP ===
+
+/// `conns` keep-alive HTTP/1.1 connections (the PROXY header, if any, once at the start), each
+/// sending `GET /<size>` back to back (one in flight) for `duration`; every response must be a
+/// `200` with the `size`-byte body.
+pub async fn http_requests(
+    target: Target,
+    conns: usize,
+    size: usize,
+    duration: Duration,
+) -> io::Result<RrResult> {
+    let barrier = Arc::new(Barrier::new(conns + 1));
+    let mut set = JoinSet::new();
+    for _ in 0..conns {
+        let barrier = Arc::clone(&barrier);
+        set.spawn(async move {
+            let request = format!("GET /{size} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes();
+            let stream = open_raw(target, &[]).await;
+            barrier.wait().await;
+            let mut stream = stream?;
+            let expected = wire::pattern(size);
+            let mut buf = Vec::with_capacity(4096 + size);
+            let mut hist = histogram();
+            let started = Instant::now();
+            while started.elapsed() < duration {
+                let t = Instant::now();
+                timed(stream.write_all(&request)).await??;
+                let body = timed(read_response(&mut stream, &mut buf)).await??;
+                hist.saturating_record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                if body != expected {
+                    return Err(io::Error::other("HTTP body differs from the pattern"));
+                }
+            }
+            Ok(hist)
+        });
+    }
+    barrier.wait().await;
+    let started = Instant::now();
+    let hists = join_all(set).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let mut all = histogram();
+    for h in &hists {
+        all.add(h).map_err(io::Error::other)?;
+    }
+    let requests = all.len();
+    Ok(RrResult {
+        conns,
+        size,
+        requests,
+        secs,
+        rps: requests as f64 / secs,
+        p50_us: us(&all, 0.5),
+        p99_us: us(&all, 0.99),
+        p999_us: us(&all, 0.999),
+        max_us: all.max() as f64 / 1e3,
+    })
+}
+
+/// Reads one `200` response with a `content-length` body; returns the body. `buf` carries
+/// bytes read past it to the next call.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Vec<u8>> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        read_more(stream, buf).await?;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") {
+        let status = head.lines().next().unwrap_or_default().to_owned();
+        return Err(io::Error::other(format!("HTTP answer {status:?}")));
+    }
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .ok_or_else(|| io::Error::other("HTTP answer without content-length"))?;
+    while buf.len() < head_end + len {
+        read_more(stream, buf).await?;
+    }
+    let body = buf[head_end..head_end + len].to_vec();
+    buf.drain(..head_end + len);
+    Ok(body)
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = stream.read(&mut chunk).await?;
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
 }
 
 // === short connections ===

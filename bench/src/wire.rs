@@ -9,6 +9,10 @@
 //! | [`SOURCE`] | reads; sends its FIN to stop early | sends `arg` bytes ([`UNLIMITED`]: until the client's FIN), then its FIN |
 //! | [`ECHO`] | sends anything | echoes every byte until EOF |
 //! | [`STATS`] | nothing | answers one JSON line of [`AppStats`], closes |
+//!
+//! A connection that starts with `GET ` instead of a preamble ([`HTTP`]) is HTTP/1.1 keep-alive:
+//! each `GET /<n>` is answered with `200` and an `n`-byte body of the pattern (the `http`
+//! workload, which `mode: http` and HTTP reverse proxies can serve, and every TCP relay too).
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +24,8 @@ pub const SOURCE: u8 = b'D';
 pub const ECHO: u8 = b'E';
 /// The app's counters, for the runner's sanity checks.
 pub const STATS: u8 = b'Q';
+/// Not a preamble: the first byte of `GET `, an HTTP/1.1 request.
+pub const HTTP: u8 = b'G';
 
 /// Length of the preamble: mode + `u64` argument.
 pub const PREAMBLE_LEN: usize = 9;
@@ -71,6 +77,12 @@ pub struct AppStats {
     pub v2_headers: u64,
     /// Connections that ended with an I/O error or a malformed preamble.
     pub errors: u64,
+    /// HTTP requests answered.
+    #[serde(default)]
+    pub http_requests: u64,
+    /// Of those, how many carried an `X-Forwarded-For` header naming a non-loopback client.
+    #[serde(default)]
+    pub http_forwarded: u64,
 }
 
 #[cfg(test)]

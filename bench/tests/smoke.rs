@@ -51,11 +51,15 @@ async fn loadgen_and_app_agree_on_every_workload() {
     assert!(conns.conns > 0, "{conns:?}");
     let (open, idle) = loadgen::open_idle(v2, 50).await.unwrap();
     assert_eq!((open.len(), idle.open), (50, 50));
+    // HTTP keep-alive, the header once per connection; bodies compared with the pattern.
+    let http = loadgen::http_requests(v2, 3, 1000, short).await.unwrap();
+    assert!(http.requests > 3 && http.p50_us > 0.0, "{http:?}");
 
     let stats = loadgen::app_stats(addr).await.unwrap();
-    let expected = 2 + 3 + 1 + 4 + conns.conns + 50;
+    let expected = 2 + 3 + 1 + 4 + conns.conns + 50 + 3;
     assert_eq!(stats.connections, expected, "{stats:?}");
-    assert_eq!(stats.v2_headers, 2 + 1 + 4 + 50, "{stats:?}");
+    assert_eq!(stats.v2_headers, 2 + 1 + 4 + 50 + 3, "{stats:?}");
+    assert_eq!(stats.http_requests, http.requests, "{stats:?}");
     assert_eq!(stats.loopback_peers, expected, "{stats:?}");
     assert_eq!((stats.v1_headers, stats.errors), (0, 0), "{stats:?}");
     drop(open);

@@ -28,6 +28,9 @@ pub const PROXY_PROTOCOL: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 /// The example's plain server port (all addresses), for the eBPF mode and for no trueip at all.
 pub const PLAIN_PORT: u16 = 8082;
 
+/// The server that believes `X-Forwarded-For` from loopback (realip), behind `--mode http`.
+pub const REALIP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8083);
+
 /// How long nginx gets to start, and a request to reach its log.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -64,7 +67,7 @@ impl Nginx {
         let mut proc = launch.spawn(topo.dir())?;
         let plain_v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PLAIN_PORT);
         let plain_v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), PLAIN_PORT);
-        for addr in [PROXY_PROTOCOL, plain_v4, plain_v6] {
+        for addr in [PROXY_PROTOCOL, plain_v4, plain_v6, REALIP] {
             topo.pod.wait_listening(&mut proc, addr, TIMEOUT)?;
         }
         Ok(Self { proc, prefix })
@@ -93,6 +96,11 @@ impl Nginx {
     /// Waits for the plain server's log line of the request for `path`.
     pub fn access_line(&self, path: &str) -> Result<String> {
         self.wait_line("access.log", path)
+    }
+
+    /// Waits for the realip server's (8083) log line of the request for `path`.
+    pub fn realip_line(&self, path: &str) -> Result<String> {
+        self.wait_line("realip.log", path)
     }
 
     fn read_log(&self, name: &str) -> String {

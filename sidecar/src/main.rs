@@ -51,8 +51,8 @@ struct Opt {
     #[arg(long, value_name = "ADDR", requires = "listen")]
     upstream: Option<SocketAddr>,
 
-    /// How the app learns the client: none, proxy-v1, proxy-v2, ebpf or transparent
-    /// [default: none].
+    /// How the app learns the client: none, proxy-v1, proxy-v2, ebpf, transparent or http
+    /// (forwarding headers; its options are in the config file's `http:` section) [default: none].
     #[arg(long, value_name = "MODE", value_parser = yaml::<Mode>)]
     mode: Option<Mode>,
 

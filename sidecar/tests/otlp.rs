@@ -46,23 +46,19 @@ impl Received {
     }
 
     fn wait_for(&self, n: usize) -> Vec<ResourceSpan> {
+        self.wait_for_named("trueip.connection", n)
+    }
+
+    fn wait_for_named(&self, name: &str, n: usize) -> Vec<ResourceSpan> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             let spans = self.0.lock().unwrap().clone();
-            if spans
-                .iter()
-                .filter(|(_, s)| s.name == "trueip.connection")
-                .count()
-                >= n
-            {
+            if spans.iter().filter(|(_, s)| s.name == name).count() >= n {
                 return spans;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "fewer than {n} connection spans: {:?}",
-            self.0.lock().unwrap()
-        );
+        panic!("fewer than {n} {name} spans: {:?}", self.0.lock().unwrap());
     }
 }
 
@@ -163,6 +159,10 @@ fn free_port() -> u16 {
 }
 
 fn sidecar(port: u16, app: SocketAddr, endpoint: &str, protocol: &str) -> Child {
+    sidecar_in(port, app, endpoint, protocol, "proxy-v2")
+}
+
+fn sidecar_in(port: u16, app: SocketAddr, endpoint: &str, protocol: &str, mode: &str) -> Child {
     let child = Command::new(BIN)
         .args([
             "--listen",
@@ -170,7 +170,7 @@ fn sidecar(port: u16, app: SocketAddr, endpoint: &str, protocol: &str) -> Child 
             "--upstream",
             &app.to_string(),
         ])
-        .args(["--mode", "proxy-v2", "--trusted", "127.0.0.0/8"])
+        .args(["--mode", mode, "--trusted", "127.0.0.0/8"])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
@@ -315,4 +315,123 @@ fn spans_over_grpc() {
 #[test]
 fn spans_over_http_protobuf() {
     run(false);
+}
+
+/// `mode: http`: a request with a `traceparent` gets a span in the caller's trace (child of the
+/// caller's span, linked to the connection's span), and the app receives a `traceparent` that
+/// names that span, so the app's own spans join the same trace.
+#[test]
+fn http_requests_join_the_callers_trace() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CALLER: &str = "00f067aa0ba902b7";
+    let received = Received::default();
+    let collector = receiver(false, received.clone());
+    let app = TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_addr = app.local_addr().unwrap();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for s in app.incoming() {
+            let mut s = s.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if std::io::Read::read(&mut s, &mut byte).unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let _ = seen_tx.send(String::from_utf8_lossy(&head).into_owned());
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    let port = free_port();
+    let mut child = sidecar_in(
+        port,
+        app_addr,
+        &format!("http://{collector}"),
+        "http/protobuf",
+        "http",
+    );
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(
+        format!(
+            "PROXY TCP4 203.0.113.7 198.51.100.1 51234 443\r\nGET /cart HTTP/1.1\r\nHost: shop\r\n\
+             traceparent: 00-{TRACE}-{CALLER}-01\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut c, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    let app_head = seen_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+
+    let spans = received.wait_for_named("trueip.request", 1);
+    received.wait_for(1);
+    let spans = [spans, received.0.lock().unwrap().clone()].concat();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let (_, request) = spans
+        .iter()
+        .find(|(_, s)| s.name == "trueip.request")
+        .unwrap();
+    assert_eq!(hex(&request.trace_id), TRACE, "the caller's trace");
+    assert_eq!(
+        hex(&request.parent_span_id),
+        CALLER,
+        "a child of the caller's span"
+    );
+    assert_eq!(request.kind, 2, "SERVER");
+    let a = attrs(&request.attributes);
+    assert_eq!(
+        a.get("http.request.method").map(String::as_str),
+        Some("GET")
+    );
+    assert_eq!(a.get("url.path").map(String::as_str), Some("/cart"));
+    assert_eq!(
+        a.get("http.response.status_code").map(String::as_str),
+        Some("200")
+    );
+    let connection = spans
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| {
+            s.name == "trueip.connection"
+                && attrs(&s.attributes)
+                    .get("trueip.restore.mode")
+                    .map(String::as_str)
+                    == Some("http")
+                && attrs(&s.attributes)
+                    .get("client.address")
+                    .map(String::as_str)
+                    == Some("203.0.113.7")
+        })
+        .expect("the connection's span");
+    assert!(
+        request
+            .links
+            .iter()
+            .any(|l| l.span_id == connection.span_id),
+        "linked to the connection's span: {:?}",
+        request.links
+    );
+    // The app is told the request span as its parent, in the same trace.
+    let traceparent = app_head
+        .lines()
+        .find_map(|l| l.strip_prefix("traceparent: "))
+        .unwrap_or_else(|| panic!("no traceparent reached the app: {app_head}"));
+    assert_eq!(
+        traceparent,
+        format!("00-{TRACE}-{}-01", hex(&request.span_id)),
+        "{app_head}"
+    );
+    assert!(
+        app_head.contains("x-forwarded-for: 203.0.113.7"),
+        "{app_head}"
+    );
 }

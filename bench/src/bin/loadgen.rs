@@ -61,6 +61,18 @@ enum Workload {
         #[arg(long)]
         secs: f64,
     },
+    /// HTTP/1.1 GET requests over keep-alive connections (the header once per connection).
+    Http {
+        /// Connections.
+        #[arg(long, default_value_t = 16)]
+        conns: usize,
+        /// Response body size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Duration in seconds.
+        #[arg(long)]
+        secs: f64,
+    },
     /// Short connections: connect, header, one request, close.
     Conn {
         /// Concurrent connection loops.
@@ -121,6 +133,11 @@ async fn run(opt: Opt) -> Result<()> {
             size,
             secs: s,
         } => print(&loadgen::request_response(target, conns, size, secs(s)?).await?),
+        Workload::Http {
+            conns,
+            size,
+            secs: s,
+        } => print(&loadgen::http_requests(target, conns, size, secs(s)?).await?),
         Workload::Conn {
             concurrency,
             size,

@@ -75,7 +75,7 @@ pub struct Plan {
     pub sidecar_env: Vec<String>,
     /// Deviations from the plan the machine forced, for the method section.
     pub caveats: Vec<String>,
-    /// Workload groups to run: `idle`, `bulk`, `rr`, `conn` (all by default; fewer for
+    /// Workload groups to run: `idle`, `bulk`, `rr`, `conn`, `http` (all by default; fewer for
     /// profiling one of them).
     pub workloads: Vec<String>,
 }
@@ -117,7 +117,9 @@ impl Plan {
             sidecar_args: Vec::new(),
             sidecar_env: Vec::new(),
             caveats: Vec::new(),
-            workloads: ["idle", "bulk", "rr", "conn"].map(str::to_owned).to_vec(),
+            workloads: ["idle", "bulk", "rr", "conn", "http"]
+                .map(str::to_owned)
+                .to_vec(),
         }
     }
 
@@ -254,6 +256,7 @@ pub fn run(mut plan: Plan) -> Result<Results> {
             Variant::TrueipMetrics,
             Variant::TrueipTraces,
             Variant::TrueipTransparent,
+            Variant::TrueipHttp,
         ] {
             if let Some(s) = samples.get_mut(&v) {
                 s.skipped = Some(e.clone());
@@ -458,6 +461,15 @@ fn check_app(topo: &Topology, port: u16, samples: &mut BTreeMap<Variant, Samples
                     stats.v1_headers
                 ));
             }
+            if stats.http_forwarded > 0
+                && let Some(s) = samples.get_mut(&Variant::TrueipHttp)
+                && s.skipped.is_none()
+            {
+                s.note(format!(
+                    "the app saw the client's address in X-Forwarded-For on {} of {} HTTP requests (trueip http and nginx http write it)",
+                    stats.http_forwarded, stats.http_requests
+                ));
+            }
             if stats.errors > 0
                 && let Some(s) = samples.get_mut(&Variant::Direct)
             {
@@ -538,6 +550,11 @@ impl Ctx<'_> {
     fn warm_up(&self, variant: Variant) -> Result<()> {
         let hop = variant::start(variant, self.topo, self.programs, self.ebpf)?;
         let secs = format!("{}", self.plan.warmup_secs);
+        if variant.http_only() {
+            let _: RrResult = self.workload(variant, &strings(&["http", "--secs", &secs]))?;
+            drop(hop);
+            return Ok(());
+        }
         for dir in ["upload", "download"] {
             let _: BulkResult = self.workload(
                 variant,
@@ -567,6 +584,24 @@ impl Ctx<'_> {
             s.push("rss_idle_mib", u.rss_kib as f64 / 1024.0);
             s.push("pss_idle_mib", u.pss_kib as f64 / 1024.0);
         }
+        let secs = format!("{}", self.plan.secs);
+        let http = strings(&[
+            "http",
+            "--conns",
+            &self.plan.rr_conns.to_string(),
+            "--size",
+            &self.plan.msg_size.to_string(),
+            "--secs",
+            &secs,
+        ]);
+        if variant.http_only() {
+            // The bench's own protocol is not HTTP: only the HTTP workload goes through.
+            self.http(variant, &hop, &http, s);
+            if let Some(mut proc) = hop.proc {
+                proc.ensure_running()?;
+            }
+            return Ok(());
+        }
         // Memory first, on the fresh process, as a new pod would see its first connections.
         let idle: &[usize] = if self.plan.runs("idle") {
             &self.plan.idle
@@ -578,7 +613,6 @@ impl Ctx<'_> {
                 s.note(format!("idle {n}: {e:#}"));
             }
         }
-        let secs = format!("{}", self.plan.secs);
         let streams = self.plan.streams.to_string();
         let dirs: &[(&str, &str)] = if self.plan.runs("bulk") {
             &[("upload", "up"), ("download", "down")]
@@ -644,10 +678,27 @@ impl Ctx<'_> {
             }
             Some(Err(e)) => s.note(format!("conn: {e:#}")),
         }
+        self.http(variant, &hop, &http, s);
         if let Some(mut proc) = hop.proc {
             proc.ensure_running()?;
         }
         Ok(())
+    }
+
+    /// HTTP/1.1 GETs over keep-alive connections, the PROXY header once per connection.
+    fn http(&self, variant: Variant, hop: &Hop, args: &[String], s: &mut Samples) {
+        match self.run_if("http", || self.timed_cpu::<RrResult>(variant, hop, args)) {
+            None => {}
+            Some(Ok((r, cpu))) => {
+                s.push("http_rps", r.rps);
+                s.push("http_p50_us", r.p50_us);
+                s.push("http_p99_us", r.p99_us);
+                if let Some(cpu) = cpu {
+                    s.push("http_cpu_per_1m_req", cpu / (r.requests as f64 / 1e6));
+                }
+            }
+            Some(Err(e)) => s.note(format!("http: {e:#}")),
+        }
     }
 
     /// `f()` when `workload` is in the plan.

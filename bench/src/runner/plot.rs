@@ -174,6 +174,10 @@ pub fn draw(results: &Results, path: &Path) -> Result<()> {
                 name: "new connections/s".into(),
                 values: scaled("conn_cps", 1e3),
             },
+            Series {
+                name: format!("HTTP requests/s ({} conns)", results.plan.rr_conns),
+                values: scaled("http_rps", 1e3),
+            },
         ],
     )?;
     panel(

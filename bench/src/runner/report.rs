@@ -42,6 +42,13 @@ pub fn metrics(plan: &Plan) -> Vec<Metric> {
         Metric::new("rr_p999_us", "rr p99.9, µs", false),
         Metric::new("conn_cps", "new conns/s", true),
         Metric::new("conn_p99_us", "conn p99, µs", false),
+        Metric::new(
+            "http_rps",
+            &format!("HTTP req/s ({} conns)", plan.rr_conns),
+            true,
+        ),
+        Metric::new("http_p50_us", "HTTP p50, µs", false),
+        Metric::new("http_p99_us", "HTTP p99, µs", false),
         Metric::new("rss_idle_mib", "RSS idle, MiB", false),
         Metric::new("pss_idle_mib", "PSS idle, MiB", false),
     ];
@@ -74,6 +81,7 @@ pub fn metrics(plan: &Plan) -> Vec<Metric> {
         ),
         Metric::new("rr_cpu_per_1m_req", "CPU s/1M req", false),
         Metric::new("conn_cpu_per_10k", "CPU s/10k conns", false),
+        Metric::new("http_cpu_per_1m_req", "CPU s/1M HTTP req", false),
     ]);
     m
 }
@@ -89,6 +97,7 @@ fn summary_keys(plan: &Plan) -> Vec<String> {
         "rr_rps",
         "rr_p99_us",
         "conn_cps",
+        "http_rps",
         "rss_idle_mib",
         &format!("per_conn_{big}_kib"),
         "down1_cpu_per_gb",

@@ -94,3 +94,52 @@ fn nginx_logs_the_client(send_proxy: SendProxy, mode: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Client → HAProxy `send-proxy-v2` → sidecar `--mode http` → nginx with `realip` trusting
+/// `X-Forwarded-For` from loopback, over IPv4 and IPv6: nginx's stock `combined` log shows
+/// curl's address, never the load balancer's, and never the `X-Forwarded-For` curl forged.
+pub(crate) fn http_mode_nginx_realip_logs_the_client() -> Result<()> {
+    require(&[Need::Haproxy, Need::Nginx, Need::Curl, Need::Sidecar])?;
+    let topo = Topology::new()?;
+    let nginx = Nginx::start(&topo, None)?;
+    let mut sidecars = Vec::new();
+    let mut routes = Vec::new();
+    for family in Family::BOTH {
+        let listen = sidecar_addr(family);
+        let name = format!("sidecar-{family}");
+        let launch = sidecar::launch(&name, listen, nginx::REALIP, "http", &TRUSTED_LB)?;
+        sidecars.push(sidecar::start(&topo, &topo.pod, launch, listen)?);
+        routes.push(Route {
+            bind: lb_addr(family),
+            server: listen,
+            send_proxy: SendProxy::V2,
+        });
+    }
+    let _haproxy = haproxy::start(&topo, &routes)?;
+
+    for family in Family::BOTH {
+        let path = format!("/http-{family}");
+        let response = curl::get_url(
+            &topo.client,
+            &["--header", "X-Forwarded-For: 198.51.100.66"],
+            &format!("http://{}{path}", lb_addr(family)),
+        )?;
+        ensure!(response.is_ok(), "{family}: {response:?}");
+        let line = nginx.realip_line(&path)?;
+        ensure!(
+            logged_remote_addr(&line) == Some(family.client()),
+            "{family}: expected nginx to log the client {}: {line}",
+            family.client()
+        );
+        ensure!(
+            !line.contains("198.51.100.66"),
+            "{family}: the forged X-Forwarded-For reached nginx: {line}"
+        );
+        ensure!(
+            response.body.trim() == format!("hello {}", family.client()),
+            "{family}: nginx answered {:?}",
+            response.body
+        );
+    }
+    Ok(())
+}

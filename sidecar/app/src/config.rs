@@ -19,6 +19,9 @@ use serde::{Deserialize, Deserializer, de};
 use trueip_proxy_header::kind;
 
 pub use crate::udp::{DatagramHeader, Protocol};
+pub use self::http::{ClientHeaders, HeaderSlot, HttpConfig, TlsConfig, TlvHeaders};
+
+mod http;
 
 /// The largest v2 header the protocol can express: 16 fixed bytes and a 16-bit length.
 const MAX_V2_WIRE_LEN: usize = 16 + u16::MAX as usize;
@@ -191,6 +194,9 @@ pub struct ListenerConfig {
     /// `udp`: client flows served at once; a new one beyond it closes the flow idle the longest.
     #[serde(default = "crate::udp::defaults::max_flows")]
     pub max_flows: NonZeroUsize,
+    /// `http`: forwarding headers, TLV headers and TLS termination.
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 /// How the app learns the real client address.
@@ -209,6 +215,9 @@ pub enum Mode {
     /// Connect to the app from the client's own address and port (IP_TRANSPARENT plus policy
     /// routing); needs CAP_NET_ADMIN, no agent.
     Transparent,
+    /// Speak HTTP to both sides and tell the app the client in `X-Forwarded-For`,
+    /// `X-Real-IP` and `Forwarded` headers.
+    Http,
 }
 
 impl Mode {
@@ -220,6 +229,7 @@ impl Mode {
             Self::ProxyV2 => "proxy-v2",
             Self::Ebpf => "ebpf",
             Self::Transparent => "transparent",
+            Self::Http => "http",
         }
     }
 }
@@ -461,6 +471,7 @@ impl ListenerConfig {
             reply_header: false,
             flow_idle_timeout: crate::udp::defaults::flow_idle_timeout(),
             max_flows: crate::udp::defaults::max_flows(),
+            http: HttpConfig::default(),
         }
     }
 
@@ -542,6 +553,17 @@ impl ListenerConfig {
         }
         if self.fallback.is_some() && self.mode != Mode::Ebpf {
             return Err(invalid("fallback", "applies to `mode: ebpf` only".into()));
+        }
+        if self.mode == Mode::Http && self.untrusted == UntrustedPolicy::Passthrough {
+            return Err(invalid(
+                "untrusted",
+                "`passthrough` would hand the PROXY header to the HTTP parser; `mode: http` \
+                 needs `reject`"
+                    .into(),
+            ));
+        }
+        if self.http.tls.is_some() && self.mode != Mode::Http {
+            return Err(invalid("http.tls", "applies to `mode: http` only".into()));
         }
         crate::udp::validate(self).map_err(|(key, problem)| invalid(key, problem))
     }

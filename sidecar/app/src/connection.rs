@@ -9,6 +9,7 @@ use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 use crate::{
     detect::{self, Detection},
     listen::Shared,
+    metrics::RestoreOutcome,
     restore::{self, ConnAddrs},
 };
 
@@ -44,6 +45,9 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
         trueip.tlv.ssl_cn = Empty,
         trueip.restore.mode = shared.restorer.mode().label(),
         trueip.restore.outcome = Empty,
+        tls.client.server_name = Empty,
+        tls.protocol.version = Empty,
+        trueip.http.requests = Empty,
         trueip.bytes.to_app = Empty,
         trueip.bytes.to_client = Empty,
     );
@@ -79,6 +83,19 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
             }
         };
         let conn = ConnAddrs { peer, local };
+        if let restore::Restorer::Http(http) = &shared.restorer {
+            let endpoints = restore::Endpoints::of(&detection, conn);
+            let outcome = if endpoints.from_header {
+                RestoreOutcome::Restored
+            } else {
+                RestoreOutcome::NoClient
+            };
+            metrics.restore(outcome);
+            record_connection(&detection, endpoints, outcome);
+            http.serve(client, detection, endpoints, Arc::clone(metrics))
+                .await;
+            return;
+        }
         let upstream = match shared
             .restorer
             .connect(shared.config.upstream, &detection, conn)
@@ -164,7 +181,7 @@ fn failed(reason: &'static str) {
 fn record_connection(
     detection: &Detection,
     endpoints: restore::Endpoints,
-    outcome: crate::metrics::RestoreOutcome,
+    outcome: RestoreOutcome,
 ) {
     let span = Span::current();
     span.record("client.address", endpoints.client.ip().to_string());

@@ -13,7 +13,7 @@ use crate::{
     config::ListenerConfig,
     connection,
     metrics::{ListenerMetrics, SidecarMetrics},
-    restore::{EbpfError, Restorer},
+    restore::{Restorer, SetupError},
     steer::{self, SteerError},
 };
 
@@ -66,14 +66,15 @@ pub enum ListenError {
         #[source]
         source: crate::udp::UdpEbpfError,
     },
-    /// The `ebpf` mode could not be set up and no fallback is configured.
+    /// The restore mode could not be set up: `ebpf` without the agent and without a fallback,
+    /// `http` with a TLS certificate that does not load.
     #[error("listener {listener}: {source}")]
-    Ebpf {
+    Restore {
         /// The listener's name.
         listener: String,
         /// Why.
         #[source]
-        source: EbpfError,
+        source: SetupError,
     },
 }
 
@@ -104,7 +105,7 @@ impl Listener {
     ) -> Result<Self, ListenError> {
         let name = config.name();
         let restorer =
-            Restorer::new(&config, agent_socket).map_err(|source| ListenError::Ebpf {
+            Restorer::new(&config, agent_socket).map_err(|source| ListenError::Restore {
                 listener: name.clone(),
                 source,
             })?;

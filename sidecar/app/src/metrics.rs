@@ -88,6 +88,8 @@ pub struct SidecarMetrics {
     upstream_errors: Family<Labels, Counter>,
     header_duration: Family<Labels, Histogram, HeaderBuckets>,
     udp: crate::udp::metrics::UdpFamilies,
+    http_requests: Family<Labels, Counter>,
+    http_headers_removed: Family<Labels, Counter>,
     registry: Registry,
 }
 
@@ -103,6 +105,8 @@ impl Default for SidecarMetrics {
             upstream_errors: Family::default(),
             header_duration: Family::new_with_constructor(HeaderBuckets),
             udp: crate::udp::metrics::UdpFamilies::default(),
+            http_requests: Family::default(),
+            http_headers_removed: Family::default(),
             registry: Registry::default(),
         };
         m.udp.register(&mut registry);
@@ -143,6 +147,16 @@ impl Default for SidecarMetrics {
             Unit::Seconds,
             m.header_duration.clone(),
         );
+        registry.register(
+            "http_requests",
+            "mode http: requests answered, by status class (1xx..5xx)",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "http_headers_removed",
+            "mode http: client-supplied forwarding headers removed (anti-spoofing), by header",
+            m.http_headers_removed.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -169,6 +183,9 @@ impl SidecarMetrics {
             header_duration: self.header_duration.get_or_create(&labels(&[])).clone(),
             rejected: self.rejected.clone(),
             reasons: Mutex::default(),
+            http_requests: self.http_requests.clone(),
+            http_headers_removed: self.http_headers_removed.clone(),
+            removed_headers: Mutex::default(),
         }
     }
 
@@ -199,7 +216,13 @@ pub struct ListenerMetrics {
     header_duration: Histogram,
     rejected: Family<Labels, Counter>,
     reasons: Mutex<BTreeSet<&'static str>>,
+    http_requests: Family<Labels, Counter>,
+    http_headers_removed: Family<Labels, Counter>,
+    removed_headers: Mutex<BTreeSet<String>>,
 }
+
+/// The status classes of `http_requests`, indexed by the status code's first digit minus one.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// A copy of a listener's counters, for tests and logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -218,6 +241,10 @@ pub struct Snapshot {
     pub rejected: std::collections::BTreeMap<&'static str, u64>,
     /// Served connections by restore outcome.
     pub restore: std::collections::BTreeMap<&'static str, u64>,
+    /// `http` mode: responses by status class (`2xx`, ...); classes never seen are absent.
+    pub http_requests: std::collections::BTreeMap<&'static str, u64>,
+    /// `http` mode: client-supplied forwarding headers removed, by header name.
+    pub http_headers_removed: std::collections::BTreeMap<String, u64>,
 }
 
 impl Snapshot {
@@ -257,6 +284,33 @@ impl ListenerMetrics {
 
     pub(crate) fn restore(&self, outcome: RestoreOutcome) {
         self.restore[outcome as usize].inc();
+    }
+
+    /// Counts a response sent to the client in `http` mode.
+    pub(crate) fn http_response(&self, status: u16) {
+        let Some(class) = STATUS_CLASSES.get(usize::from(status / 100).wrapping_sub(1)) else {
+            return;
+        };
+        self.http_requests
+            .get_or_create(&vec![
+                ("listener", self.name.clone()),
+                ("class", (*class).to_owned()),
+            ])
+            .inc();
+    }
+
+    /// Counts a forwarding header the client sent that the sidecar removed.
+    pub(crate) fn http_header_removed(&self, header: &str) {
+        self.removed_headers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(header.to_owned());
+        self.http_headers_removed
+            .get_or_create(&vec![
+                ("listener", self.name.clone()),
+                ("header", header.to_owned()),
+            ])
+            .inc();
     }
 
     pub(crate) fn upstream_error(&self) {
@@ -301,6 +355,26 @@ impl ListenerMetrics {
             restore: RestoreOutcome::ALL
                 .into_iter()
                 .map(|o| (o.label(), self.restore[o as usize].get()))
+                .collect(),
+            http_requests: STATUS_CLASSES
+                .into_iter()
+                .filter_map(|class| {
+                    let labels = vec![("listener", self.name.clone()), ("class", class.to_owned())];
+                    Some((class, self.http_requests.get(&labels)?.get()))
+                })
+                .collect(),
+            http_headers_removed: self
+                .removed_headers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|header| {
+                    let labels = vec![("listener", self.name.clone()), ("header", header.clone())];
+                    (
+                        header.clone(),
+                        self.http_headers_removed.get_or_create(&labels).get(),
+                    )
+                })
                 .collect(),
         }
     }

@@ -2,6 +2,7 @@
 //! opens the connection to the app and says what must be written to it first.
 
 mod ebpf;
+mod http;
 mod proxy;
 mod transparent;
 
@@ -10,8 +11,8 @@ use std::{net::SocketAddr, path::Path};
 use tokio::net::TcpStream;
 use trueip_proxy_header::{Command, Header};
 
-pub use self::ebpf::EbpfError;
-use self::{ebpf::Ebpf, proxy::Reemit, transparent::Transparent};
+pub use self::{ebpf::EbpfError, http::TlsError};
+use self::{ebpf::Ebpf, http::Http, proxy::Reemit, transparent::Transparent};
 use crate::{
     config::{ListenerConfig, Mode, canonical},
     detect::Detection,
@@ -111,6 +112,17 @@ impl ConnectError {
     }
 }
 
+/// Why a listener's restore mode could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// `ebpf` without the agent and without a fallback.
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    /// `http` with a TLS certificate that does not load (boxed: paths and rustls' error).
+    #[error(transparent)]
+    Tls(Box<TlsError>),
+}
+
 /// A listener's restore mode, ready to serve connections.
 #[derive(Debug)]
 pub enum Restorer {
@@ -122,12 +134,14 @@ pub enum Restorer {
     Ebpf(Ebpf),
     /// Connect from the client's address.
     Transparent(Transparent),
+    /// Serve HTTP and tell the app the client in request headers (boxed: TLS state).
+    Http(Box<Http>),
 }
 
 impl Restorer {
     /// Prepares the mode of `config`; `ebpf` asks the agent at `agent_socket` for the pod's map
     /// and, if that fails, uses the configured fallback or gives up.
-    pub fn new(config: &ListenerConfig, agent_socket: &Path) -> Result<Self, EbpfError> {
+    pub fn new(config: &ListenerConfig, agent_socket: &Path) -> Result<Self, SetupError> {
         Ok(match config.mode {
             Mode::None => Self::None,
             Mode::ProxyV1 | Mode::ProxyV2 => Self::Reemit(Box::new(Reemit::new(config))),
@@ -146,9 +160,12 @@ impl Restorer {
                         };
                         Self::new(&fallback, agent_socket)?
                     }
-                    None => return Err(e),
+                    None => return Err(e.into()),
                 },
             },
+            Mode::Http => Self::Http(Box::new(
+                Http::new(config).map_err(|e| SetupError::Tls(Box::new(e)))?,
+            )),
         })
     }
 
@@ -159,6 +176,7 @@ impl Restorer {
             Self::Reemit(r) => r.mode(),
             Self::Ebpf(_) => Mode::Ebpf,
             Self::Transparent(_) => Mode::Transparent,
+            Self::Http(_) => Mode::Http,
         }
     }
 
@@ -179,7 +197,8 @@ impl Restorer {
             stream.map_err(|source| ConnectError::Connect { upstream, source })
         };
         match self {
-            Self::None => Ok(Upstream {
+            // `http` connects per request (see `Http::serve`); a plain connection otherwise.
+            Self::None | Self::Http(_) => Ok(Upstream {
                 stream: connect(TcpStream::connect(upstream).await)?,
                 preamble: Vec::new(),
                 outcome: plain_outcome,

@@ -106,10 +106,13 @@ pub(crate) fn validate(config: &ListenerConfig) -> Result<(), (&'static str, Str
                 .into(),
         ));
     }
-    if config.mode == Mode::Transparent {
+    if matches!(config.mode, Mode::Transparent | Mode::Http) {
         return Err((
             "mode",
-            "transparent applies to TCP listeners only; for UDP use proxy-v2, ebpf or none".into(),
+            format!(
+                "{} applies to TCP listeners only; for UDP use proxy-v2, ebpf or none",
+                config.mode.label()
+            ),
         ));
     }
     if config.steer {
@@ -149,7 +152,7 @@ impl Restore {
     fn new(config: &ListenerConfig, agent_socket: &Path) -> Result<Self, UdpEbpfError> {
         Ok(match config.mode {
             // Refused by `validate`: neither can describe a datagram's client.
-            Mode::None | Mode::ProxyV1 | Mode::Transparent => Self::None,
+            Mode::None | Mode::ProxyV1 | Mode::Transparent | Mode::Http => Self::None,
             Mode::ProxyV2 => {
                 let mut allowed = Box::new([false; 256]);
                 for kind in &config.tlv_allow {

@@ -1,7 +1,7 @@
 //! Shared set-up for the sidecar's integration tests: a sidecar on loopback in front of a
 //! recording app, with its logs captured so tests can assert the reason a connection was closed.
 
-#![allow(dead_code, unreachable_pub)] // each test file uses a different part of this module
+#![allow(dead_code, unreachable_pub, unused_imports)] // each test file uses a different part of this module
 
 use std::{
     io::Write,

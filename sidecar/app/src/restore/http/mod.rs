@@ -1,0 +1,204 @@
+//! `mode: http`: the sidecar serves HTTP/1.1 and HTTP/2 to the load balancer (cleartext with
+//! h1/h2 detection, or TLS with ALPN) and proxies each request to the app over HTTP/1.1 on
+//! loopback, with the client the PROXY header named in `X-Forwarded-For`, `X-Real-IP` and
+//! `Forwarded`. The client is a property of the downstream connection: every request on it —
+//! keep-alive, pipelined or multiplexed — carries the same client.
+
+mod headers;
+mod io;
+mod proxy;
+mod tls;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_rustls::TlsAcceptor;
+use tracing::{Span, debug, warn};
+
+pub use self::tls::TlsError;
+use self::{
+    headers::ClientFacts,
+    io::{FirstBytes, Prefixed},
+    proxy::{AppPool, ConnCtx},
+};
+use super::Endpoints;
+use crate::{
+    config::{HttpConfig, ListenerConfig},
+    detect::Detection,
+    metrics::ListenerMetrics,
+};
+
+/// How long a client gets for the TLS handshake and for the first bytes of each request head
+/// (slowloris bound on every request of a keep-alive connection).
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A listener's `http` mode, ready to serve connections.
+pub struct Http {
+    config: Arc<HttpConfig>,
+    upstream: SocketAddr,
+    tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Http {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http")
+            .field("upstream", &self.upstream)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Http {
+    /// Prepares the mode; with `http.tls`, loads the certificate (and starts watching its files).
+    pub(super) fn new(config: &ListenerConfig) -> Result<Self, TlsError> {
+        let tls = config
+            .http
+            .tls
+            .as_ref()
+            .map(|t| tls::acceptor(t, &config.name()))
+            .transpose()?;
+        Ok(Self {
+            config: Arc::new(config.http.clone()),
+            upstream: config.upstream,
+            tls,
+        })
+    }
+
+    /// Serves one downstream connection whose PROXY header has been read: TLS (if configured),
+    /// then HTTP until the client or the app closes. Everything that goes wrong is logged and
+    /// counted on the connection's span and metrics.
+    pub(crate) async fn serve(
+        &self,
+        client: TcpStream,
+        detection: Detection,
+        endpoints: Endpoints,
+        metrics: Arc<ListenerMetrics>,
+    ) {
+        let (header, rest) = match detection {
+            Detection::Header { header, rest, .. } => (Some(header), rest),
+            Detection::NoHeader { rest, .. } | Detection::Passthrough { rest } => (None, rest),
+        };
+        let io = Prefixed::new(rest, client);
+        let Some(acceptor) = &self.tls else {
+            let facts = ClientFacts::new(
+                endpoints.client.ip(),
+                header.as_deref(),
+                false,
+                &self.config,
+            );
+            return self.serve_http(io, facts, metrics).await;
+        };
+        let stream = match tokio::time::timeout(REQUEST_HEAD_TIMEOUT, acceptor.accept(io)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return reject(&metrics, "tls_handshake", &e),
+            Err(_) => return reject(&metrics, "tls_handshake_timeout", &"no handshake in time"),
+        };
+        let (_, session) = stream.get_ref();
+        let span = Span::current();
+        if let Some(sni) = session.server_name() {
+            span.record("tls.client.server_name", sni);
+        }
+        if let Some(version) = session.protocol_version() {
+            span.record("tls.protocol.version", tls::version_label(version));
+        }
+        let facts = ClientFacts::new(endpoints.client.ip(), header.as_deref(), true, &self.config);
+        self.serve_http(Prefixed::new(Vec::new(), stream), facts, metrics)
+            .await;
+    }
+
+    /// Checks that the stream starts like HTTP, then serves it with hyper.
+    async fn serve_http<S>(
+        &self,
+        mut io: Prefixed<S>,
+        facts: ClientFacts,
+        metrics: Arc<ListenerMetrics>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match io.sniff(REQUEST_HEAD_TIMEOUT).await {
+            Ok(FirstBytes::Http) => {}
+            Ok(FirstBytes::Closed) => {
+                debug!("connection closed before a request");
+                return;
+            }
+            Ok(FirstBytes::Timeout) => {
+                return reject(&metrics, "request_timeout", &"no request in time");
+            }
+            Ok(first @ (FirstBytes::NotHttp | FirstBytes::Tls)) => {
+                let why = if first == FirstBytes::Tls {
+                    "a TLS handshake on a cleartext HTTP listener"
+                } else {
+                    "not an HTTP request"
+                };
+                let body = format!("trueip: {why}\n");
+                let response = format!(
+                    "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                // The connection is closed either way; a client that is gone misses the answer.
+                let _ = io.write_all(response.as_bytes()).await;
+                let _ = io.shutdown().await;
+                metrics.http_response(400);
+                return reject(&metrics, "not_http", &why);
+            }
+            Err(e) => return reject(&metrics, "read_error", &e),
+        }
+        let ctx = Arc::new(ConnCtx {
+            config: Arc::clone(&self.config),
+            facts,
+            pool: Arc::new(AppPool::new(self.upstream)),
+            metrics: Arc::clone(&metrics),
+            conn_span: Span::current(),
+            requests: std::sync::atomic::AtomicU64::new(0),
+            tunnels: std::sync::Mutex::default(),
+        });
+        let service = {
+            let ctx = Arc::clone(&ctx);
+            hyper::service::service_fn(move |req| proxy::handle(req, Arc::clone(&ctx)))
+        };
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(REQUEST_HEAD_TIMEOUT);
+        builder.http2().timer(TokioTimer::new());
+        let result = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .await;
+        ctx.tunnels_closed().await;
+        let requests = ctx.requests.load(std::sync::atomic::Ordering::Relaxed);
+        Span::current().record("trueip.http.requests", requests);
+        if let Err(e) = result {
+            let parse = e
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(|e| e.is_parse() || e.is_parse_too_large());
+            if parse && requests == 0 {
+                // hyper answered 400 (or 431/414) itself.
+                metrics.http_response(400);
+                reject(&metrics, "not_http", &e);
+            } else if parse {
+                metrics.http_response(400);
+                warn!(error = %e, requests, "malformed HTTP request; connection closed");
+            } else {
+                debug!(error = %e, requests, "HTTP connection ended");
+            }
+        }
+    }
+}
+
+/// Logs, counts and marks the span of a connection closed before a request reached the app.
+fn reject(metrics: &ListenerMetrics, reason: &'static str, error: &dyn std::fmt::Display) {
+    let span = Span::current();
+    span.record("otel.status_code", "error");
+    span.record("otel.status_description", reason);
+    warn!(reason, error = %error, "connection rejected");
+    metrics.rejected(reason);
+}

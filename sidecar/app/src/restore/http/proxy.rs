@@ -1,0 +1,441 @@
+//! One request: rewrite its forwarding headers, send it to the app over a pooled HTTP/1.1
+//! connection, stream the answer back; upgrades (WebSocket, CONNECT) become a raw tunnel.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::{
+    Method, Request, Response, StatusCode, Uri, Version,
+    body::{Bytes, Incoming},
+    client::conn::http1::SendRequest,
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    upgrade::OnUpgrade,
+};
+use hyper_util::rt::TokioIo;
+use opentelemetry::{
+    propagation::{Extractor, Injector, TextMapPropagator as _},
+    trace::TraceContextExt as _,
+};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tokio::{net::TcpStream, task::JoinHandle};
+use tracing::{Instrument as _, Span, debug, field::Empty, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use super::headers::{self, ClientFacts};
+use crate::{config::HttpConfig, metrics::ListenerMetrics};
+
+/// The body of every response the sidecar sends: the app's, streamed, or its own short text.
+pub(super) type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Idle app connections kept per downstream connection (HTTP/2 multiplexing needs several).
+const MAX_IDLE: usize = 16;
+
+/// Headers that describe one hop of a connection, never forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// What the requests of one downstream connection share.
+#[derive(Debug)]
+pub(super) struct ConnCtx {
+    pub(super) config: Arc<HttpConfig>,
+    pub(super) facts: ClientFacts,
+    pub(super) pool: Arc<AppPool>,
+    pub(super) metrics: Arc<ListenerMetrics>,
+    /// The connection's span: the parent of request spans without an incoming `traceparent`,
+    /// and linked from those with one.
+    pub(super) conn_span: Span,
+    /// Requests handled so far.
+    pub(super) requests: AtomicU64,
+    /// Upgraded connections still open: the downstream connection lasts until they close.
+    pub(super) tunnels: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl ConnCtx {
+    /// Waits for every tunnel the connection's upgrades opened.
+    pub(super) async fn tunnels_closed(&self) {
+        loop {
+            let open =
+                std::mem::take(&mut *self.tunnels.lock().unwrap_or_else(PoisonError::into_inner));
+            if open.is_empty() {
+                return;
+            }
+            for tunnel in open {
+                // A tunnel that panicked has nothing left to wait for.
+                let _ = tunnel.await;
+            }
+        }
+    }
+}
+
+/// Serves one request; never fails: an unreachable app is a 502.
+pub(super) async fn handle(
+    req: Request<Incoming>,
+    ctx: Arc<ConnCtx>,
+) -> Result<Response<Body>, Infallible> {
+    ctx.requests.fetch_add(1, Ordering::Relaxed);
+    let span = request_span(&req, &ctx);
+    let response = forward(req, &ctx).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+    ctx.metrics.http_response(status.as_u16());
+    Ok(response)
+}
+
+/// The request's span: a child of the caller's trace when the request carries a valid
+/// `traceparent` (linked to the connection's span), of the connection's span otherwise.
+fn request_span(req: &Request<Incoming>, ctx: &ConnCtx) -> Span {
+    let span = tracing::info_span!(
+        parent: &ctx.conn_span,
+        "request",
+        otel.name = "trueip.request",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = %req.method(),
+        url.path = req.uri().path(),
+        network.protocol.name = "http",
+        network.protocol.version = version_label(req.version()),
+        http.response.status_code = Empty,
+    );
+    let incoming = TraceContextPropagator::new().extract(&HeaderExtractor(req.headers()));
+    if incoming.span().span_context().is_valid() {
+        // Fails only without an OpenTelemetry layer (no traces exported): nothing to join then.
+        let _ = span.set_parent(incoming);
+        span.add_link(ctx.conn_span.context().span().span_context().clone());
+    }
+    span
+}
+
+/// Sends `req` to the app with the client in its headers and returns the app's answer.
+async fn forward(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
+    let connect = req.method() == Method::CONNECT;
+    let upgrade = connect || wants_upgrade(req.headers());
+    let downstream: Option<OnUpgrade> = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+
+    let headers = req.headers_mut();
+    remove_hop_by_hop(headers, upgrade && !connect);
+    for name in headers::rewrite(headers, &ctx.config, &ctx.facts, host.as_deref()) {
+        ctx.metrics.http_header_removed(name.as_str());
+    }
+    if let Some(host) = host.as_deref()
+        && !headers.contains_key(header::HOST)
+        && let Ok(value) = HeaderValue::from_str(host)
+    {
+        // HTTP/2 carries the host in `:authority`; HTTP/1.1 needs `Host`.
+        headers.insert(header::HOST, value);
+    }
+    let cx = Span::current().context();
+    if cx.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+    }
+    *req.version_mut() = Version::HTTP_11;
+    if !connect {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+    }
+
+    let mut response = match ctx.pool.send(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "request not delivered to the app");
+            ctx.metrics.upstream_error();
+            return text(StatusCode::BAD_GATEWAY, "trueip: the app is unreachable\n");
+        }
+    };
+    let status = response.status();
+    let switched = status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success());
+    if let Some(downstream) = downstream.filter(|_| switched) {
+        let app = hyper::upgrade::on(&mut response);
+        let task =
+            tokio::spawn(tunnel(downstream, app, Arc::clone(&ctx.metrics)).in_current_span());
+        ctx.tunnels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(task);
+    }
+    remove_hop_by_hop(
+        response.headers_mut(),
+        status == StatusCode::SWITCHING_PROTOCOLS,
+    );
+    response.map(BodyExt::boxed_unsync)
+}
+
+/// Copies bytes both ways between the upgraded client and app connections until both close.
+async fn tunnel(client: OnUpgrade, app: OnUpgrade, metrics: Arc<ListenerMetrics>) {
+    let (client, app) = match tokio::try_join!(client, app) {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let (mut client, mut app) = (TokioIo::new(client), TokioIo::new(app));
+    match tokio::io::copy_bidirectional(&mut client, &mut app).await {
+        Ok((to_app, to_client)) => {
+            metrics.to_app(to_app);
+            metrics.to_client(to_client);
+            debug!(to_app, to_client, "upgraded connection closed");
+        }
+        Err(e) => debug!(error = %e, "upgraded connection broken"),
+    }
+}
+
+/// An HTTP/1.1 `Upgrade` request (WebSocket and the like): `Connection: upgrade` + `Upgrade`.
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes the hop-by-hop headers and those `Connection` names; an upgrade keeps `Upgrade`
+/// and `Connection: upgrade`, which the next hop needs to switch.
+fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<String> = connection_tokens(headers)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    for name in named.iter().map(String::as_str).chain(HOP_BY_HOP) {
+        if keep_upgrade && (name == "upgrade" || name == "connection") {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// A short plain-text answer from the sidecar itself.
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+fn version_label(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// Why a request did not reach the app.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SendError {
+    /// connect(2) to the app failed.
+    #[error("cannot connect to the app at {upstream}: {source}")]
+    Connect {
+        upstream: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The app's connection failed before or while the request was sent.
+    #[error("the app's connection failed: {0}")]
+    Http(#[source] hyper::Error),
+}
+
+/// HTTP/1.1 connections to the app, reused by the requests of one downstream connection.
+#[derive(Debug)]
+pub(super) struct AppPool {
+    upstream: SocketAddr,
+    idle: Mutex<Vec<SendRequest<Incoming>>>,
+}
+
+// === impl AppPool ===
+
+impl AppPool {
+    pub(super) fn new(upstream: SocketAddr) -> Self {
+        Self {
+            upstream,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sends `req` on an idle connection, or a new one; a pooled connection the app closed in
+    /// the meantime gives the request back and the next one is tried.
+    async fn send(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, SendError> {
+        loop {
+            let (mut sender, pooled) = match self.take_idle() {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    self.recycle(sender);
+                    return Ok(response);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) if pooled => req = back,
+                    _ => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    fn take_idle(&self) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(sender) = idle.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Puts the connection back once its response is read (not after an upgrade: the
+    /// connection is then the tunnel's). The pool is held weakly: once the downstream
+    /// connection is gone, its app connections close.
+    fn recycle(self: &Arc<Self>, mut sender: SendRequest<Incoming>) {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok()
+                && let Some(pool) = pool.upgrade()
+            {
+                let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                if idle.len() < MAX_IDLE {
+                    idle.push(sender);
+                }
+            }
+        });
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Incoming>, SendError> {
+        let stream =
+            TcpStream::connect(self.upstream)
+                .await
+                .map_err(|source| SendError::Connect {
+                    upstream: self.upstream,
+                    source,
+                })?;
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(error = %e, "TCP_NODELAY not set on the app connection");
+        }
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(error = %e, "app connection failed");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Reads W3C trace context from request headers.
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// Writes W3C trace context into request headers.
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn upgrades_keep_what_the_app_needs_to_switch() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            "sec-websocket-key",
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        assert!(wants_upgrade(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert!(h.contains_key("sec-websocket-key"));
+    }
+}
