@@ -15,7 +15,9 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use trueip_sidecar_app::{
     Config, Sidecar,
-    config::{HeaderPolicy, ListenerConfig, MapFullPolicy, Mode, TlvKind, UntrustedPolicy},
+    config::{
+        FastPathMode, HeaderPolicy, ListenerConfig, MapFullPolicy, Mode, TlvKind, UntrustedPolicy,
+    },
 };
 
 /// Strips and validates PROXY protocol headers (v1 and v2) in front of an unmodified app, and
@@ -109,6 +111,12 @@ struct Opt {
     #[arg(long)]
     steer: bool,
 
+    /// ebpf: the app's bytes to the load balancer go straight from the app's socket to the
+    /// load balancer's connection in the kernel (sk-msg, needs the node agent), or through the
+    /// sidecar (off) [default: off].
+    #[arg(long, value_name = "MODE", value_parser = yaml::<FastPathMode>)]
+    fast_path: Option<FastPathMode>,
+
     /// The node agent's Unix socket (ebpf mode) [default: /run/trueip/agent.sock].
     #[arg(long, env = "TRUEIP_AGENT_SOCKET", value_name = "PATH")]
     agent_socket: Option<PathBuf>,
@@ -163,6 +171,9 @@ impl Opt {
         l.fallback = self.fallback;
         l.pipe_size = self.pipe_size;
         l.steer = self.steer;
+        if let Some(v) = self.fast_path {
+            l.fast_path = v;
+        }
         if let Some(v) = self.mode {
             l.mode = v;
         }

@@ -133,6 +133,36 @@ pub struct ListenerConfig {
     /// (or are refused: the agent's `--steer-when-gone closed`).
     #[serde(default)]
     pub steer: bool,
+    /// `ebpf`: how the app's bytes travel back to the load balancer. `sk-msg` (needs the node
+    /// agent): the kernel sends them out of the load balancer's connection straight from the
+    /// app's `sendmsg()` (sockops + sk_msg), without a copy through the sidecar; the load
+    /// balancer → app direction stays in the sidecar (splice). `off`: the sidecar relays both
+    /// directions. If the agent cannot set the fast path up, connections use the sidecar's path
+    /// (logged once, counted per connection). Other modes ignore it.
+    #[serde(default)]
+    pub fast_path: FastPathMode,
+}
+
+/// How the app → load balancer bytes of an `ebpf` listener travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FastPathMode {
+    /// Through the sidecar (splice or copy), like the other direction.
+    #[default]
+    Off,
+    /// Redirected by the kernel (sk_msg) from the app's socket to the LB-facing socket.
+    #[serde(alias = "sk_msg")]
+    SkMsg,
+}
+
+impl FastPathMode {
+    /// The mode as the configuration spells it, for logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::SkMsg => "sk-msg",
+        }
+    }
 }
 
 /// How the app learns the real client address.
@@ -341,6 +371,7 @@ impl ListenerConfig {
             fallback: None,
             pipe_size: None,
             steer: false,
+            fast_path: FastPathMode::default(),
         }
     }
 

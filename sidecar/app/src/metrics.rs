@@ -55,6 +55,44 @@ impl RestoreOutcome {
     }
 }
 
+/// What the kernel fast path did for a connection of an `ebpf` listener with `fast_path: sk-msg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FastPathOutcome {
+    /// Wired: the app's bytes to the load balancer are redirected by the kernel.
+    Wired,
+    /// The agent did not set the fast path up at start: the sidecar relays them.
+    Unavailable,
+    /// The fast-path maps were full: the sidecar relays them.
+    Full,
+    /// The load balancer had already half-closed (or closed) its connection when it was to be
+    /// wired (the kernel only takes established sockets): the sidecar relays them.
+    Skipped,
+    /// Wiring failed otherwise: the sidecar relays them.
+    Failed,
+}
+
+impl FastPathOutcome {
+    /// Every outcome, for exporting zeros too.
+    pub const ALL: [Self; 5] = [
+        Self::Wired,
+        Self::Unavailable,
+        Self::Full,
+        Self::Skipped,
+        Self::Failed,
+    ];
+
+    /// A stable label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Wired => "wired",
+            Self::Unavailable => "unavailable",
+            Self::Full => "full",
+            Self::Skipped => "skipped",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 type Labels = Vec<(&'static str, String)>;
 
 /// Buckets from 10 µs to about 5 s: a header glued to the first segment is decoded in
@@ -79,6 +117,7 @@ pub struct SidecarMetrics {
     bytes: Family<Labels, Counter>,
     upstream_errors: Family<Labels, Counter>,
     header_duration: Family<Labels, Histogram, HeaderBuckets>,
+    fast_path: Family<Labels, Counter>,
     registry: Registry,
 }
 
@@ -93,6 +132,7 @@ impl Default for SidecarMetrics {
             bytes: Family::default(),
             upstream_errors: Family::default(),
             header_duration: Family::new_with_constructor(HeaderBuckets),
+            fast_path: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -132,6 +172,11 @@ impl Default for SidecarMetrics {
             Unit::Seconds,
             m.header_duration.clone(),
         );
+        registry.register(
+            "fast_path_connections",
+            "Connections of fast-path listeners, by what the kernel fast path did",
+            m.fast_path.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -156,6 +201,8 @@ impl SidecarMetrics {
             to_client: counter(&self.bytes, &[("direction", "to_client")]),
             restore: RestoreOutcome::ALL.map(|o| counter(&self.restore, &[("outcome", o.label())])),
             header_duration: self.header_duration.get_or_create(&labels(&[])).clone(),
+            fast_path: FastPathOutcome::ALL
+                .map(|o| counter(&self.fast_path, &[("outcome", o.label())])),
             rejected: self.rejected.clone(),
             reasons: Mutex::default(),
         }
@@ -181,6 +228,7 @@ pub struct ListenerMetrics {
     to_client: Counter,
     restore: [Counter; 5],
     header_duration: Histogram,
+    fast_path: [Counter; 5],
     rejected: Family<Labels, Counter>,
     reasons: Mutex<BTreeSet<&'static str>>,
 }
@@ -202,6 +250,8 @@ pub struct Snapshot {
     pub rejected: std::collections::BTreeMap<&'static str, u64>,
     /// Served connections by restore outcome.
     pub restore: std::collections::BTreeMap<&'static str, u64>,
+    /// Connections of a fast-path listener by fast-path outcome.
+    pub fast_path: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Snapshot {
@@ -241,6 +291,10 @@ impl ListenerMetrics {
 
     pub(crate) fn restore(&self, outcome: RestoreOutcome) {
         self.restore[outcome as usize].inc();
+    }
+
+    pub(crate) fn fast_path(&self, outcome: FastPathOutcome) {
+        self.fast_path[outcome as usize].inc();
     }
 
     pub(crate) fn upstream_error(&self) {
@@ -285,6 +339,10 @@ impl ListenerMetrics {
             restore: RestoreOutcome::ALL
                 .into_iter()
                 .map(|o| (o.label(), self.restore[o as usize].get()))
+                .collect(),
+            fast_path: FastPathOutcome::ALL
+                .into_iter()
+                .map(|o| (o.label(), self.fast_path[o as usize].get()))
                 .collect(),
         }
     }

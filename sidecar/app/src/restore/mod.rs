@@ -9,7 +9,7 @@ use std::{net::SocketAddr, path::Path};
 use tokio::net::TcpStream;
 use trueip_proxy_header::{Command, Header};
 
-pub use self::ebpf::EbpfError;
+pub use self::ebpf::{EbpfError, FastWire};
 use self::{ebpf::Ebpf, proxy::Reemit};
 use crate::{
     config::{ListenerConfig, Mode, canonical},
@@ -71,6 +71,11 @@ pub struct Upstream {
     pub outcome: RestoreOutcome,
     /// Removes the connection's eBPF entry when dropped; drop it before `stream`.
     pub entry: Option<ebpf::Entry>,
+    /// The connection's kernel fast path, when wired: the app's bytes to the load balancer
+    /// then bypass the sidecar. Finish it before dropping `stream`.
+    pub fast: Option<FastWire>,
+    /// What the fast path did, for listeners that have it configured.
+    pub fast_outcome: Option<crate::metrics::FastPathOutcome>,
 }
 
 /// Why the app could not be reached for a connection.
@@ -118,7 +123,12 @@ impl Restorer {
         Ok(match config.mode {
             Mode::None => Self::None,
             Mode::ProxyV1 | Mode::ProxyV2 => Self::Reemit(Box::new(Reemit::new(config))),
-            Mode::Ebpf => match Ebpf::open(agent_socket, config.on_map_full) {
+            Mode::Ebpf => match Ebpf::open(
+                agent_socket,
+                config.on_map_full,
+                config.fast_path,
+                &config.name(),
+            ) {
                 Ok(ebpf) => Self::Ebpf(ebpf),
                 Err(e) => match config.fallback {
                     Some(mode) => {
@@ -147,12 +157,14 @@ impl Restorer {
         }
     }
 
-    /// Connects to the app at `upstream` for one connection.
+    /// Connects to the app at `upstream` for one connection from the load balancer's socket
+    /// `lb`.
     pub async fn connect(
         &self,
         upstream: SocketAddr,
         detection: &Detection,
         conn: ConnAddrs,
+        lb: &TcpStream,
     ) -> Result<Upstream, ConnectError> {
         let endpoints = Endpoints::of(detection, conn);
         let plain_outcome = match detection {
@@ -169,19 +181,31 @@ impl Restorer {
                 preamble: Vec::new(),
                 outcome: plain_outcome,
                 entry: None,
+                fast: None,
+                fast_outcome: None,
             }),
             Self::Reemit(reemit) => Ok(Upstream {
                 stream: connect(TcpStream::connect(upstream).await)?,
                 preamble: reemit.header(detection, endpoints),
                 outcome: plain_outcome,
                 entry: None,
+                fast: None,
+                fast_outcome: None,
             }),
-            Self::Ebpf(ebpf) if endpoints.from_header => ebpf.connect(upstream, endpoints).await,
+            Self::Ebpf(ebpf) if endpoints.from_header => {
+                ebpf.connect(upstream, Some(endpoints), plain_outcome, lb)
+                    .await
+            }
+            Self::Ebpf(ebpf) if ebpf.fast_path_configured() => {
+                ebpf.connect(upstream, None, plain_outcome, lb).await
+            }
             Self::Ebpf(_) => Ok(Upstream {
                 stream: connect(TcpStream::connect(upstream).await)?,
                 preamble: Vec::new(),
                 outcome: plain_outcome,
                 entry: None,
+                fast: None,
+                fast_outcome: None,
             }),
         }
     }
