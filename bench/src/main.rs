@@ -47,7 +47,8 @@ struct Opt {
     #[arg(long, value_delimiter = ',')]
     idle: Option<Vec<usize>>,
 
-    /// Only these variants, comma-separated (direct, none, proxy-v1, ebpf, haproxy, nginx, socat).
+    /// Only these variants, comma-separated (direct, none, proxy-v1, ebpf, ebpf-steering,
+    /// ebpf-sk-msg, haproxy, nginx, socat).
     #[arg(long, value_delimiter = ',', value_parser = parse_variant)]
     variants: Option<Vec<Variant>>,
 
