@@ -57,7 +57,7 @@ fn fast_path_sockops(ctx: SockOpsContext) -> u32 {
         return 1;
     };
     // SAFETY: only the presence of the entry is used.
-    if unsafe { TRUEIP_FP_PEERS.get(&conn) }.is_none() {
+    if unsafe { TRUEIP_FP_PEERS.get(conn) }.is_none() {
         return 1;
     }
     // SAFETY: `ctx.ops` is the program's context, valid for the whole call.
@@ -82,7 +82,7 @@ fn fast_path_msg(ctx: SkMsgContext) -> u32 {
         return SK_PASS;
     };
     // The peers entry is written after the LB socket's: with it, the redirect has a target.
-    let Some(peer) = TRUEIP_FP_PEERS.get_ptr_mut(&conn) else {
+    let Some(peer) = TRUEIP_FP_PEERS.get_ptr_mut(conn) else {
         return SK_PASS;
     };
     // SAFETY: `peer` points at the value of a live map element. Only this connection's app
