@@ -8,6 +8,7 @@
 
 mod cgroup;
 mod config;
+mod fast_path;
 mod health;
 mod identify;
 mod metrics;

@@ -35,6 +35,8 @@ pub(crate) enum RequestKind {
     GetMap,
     /// `STEER`.
     Steer,
+    /// `GET-FAST-PATH`.
+    FastPath,
     /// A message that is not a request of this protocol version.
     Invalid,
 }
@@ -45,6 +47,7 @@ impl RequestKind {
         match self {
             Self::GetMap => "get-map",
             Self::Steer => "steer",
+            Self::FastPath => "get-fast-path",
             Self::Invalid => "invalid",
         }
     }

@@ -8,6 +8,8 @@
 //! getpeername4 …     the links attaching each hook to the pod cgroup
 //! steer-<cookie>/    steering, once the sidecar asked for it (see `steer`): the link attaching
 //!                    the pod's own sk_lookup program to its namespace, and that program's maps
+//! fastpath-<cookie>/ the fast path, once the sidecar asked for it (see `fast_path`): the link
+//!                    attaching the pod's sockops program to its cgroup, and the socket maps
 //! ```
 //!
 //! Everything the agent knows is in those names, so a restarted agent rebuilds its state from
@@ -29,6 +31,7 @@ use trueip_redirect_common::{ConnKey, POD_MAP_FLAGS, RestoreValue};
 use crate::{
     cgroup,
     config::WhenGone,
+    fast_path::{self, FastPathError, FastPathMaps},
     identify::Caller,
     metrics::{Observed, PodMapUse},
     programs::{Hook, Programs, ProgramsError, remove_if_exists},
@@ -75,6 +78,9 @@ pub(crate) enum ServeError {
     /// Steering could not be set up.
     #[error(transparent)]
     Steer(#[from] SteerError),
+    /// The fast path could not be set up.
+    #[error(transparent)]
+    FastPath(#[from] FastPathError),
 }
 
 /// What the agent knows about one pod.
@@ -104,6 +110,8 @@ pub(crate) struct Registry {
     /// The steering counters of the pods (or namespaces) removed since the agent started, so
     /// that their sum in the metrics never goes down.
     steer_retired: SteerStats,
+    /// The sk_msg attachments this agent made, by cgroup id (dropping one detaches it).
+    fast_path_links: BTreeMap<u64, aya::programs::sk_msg::SkMsgLink>,
 }
 
 /// The pods as a scrape reads them: copied under the registry's lock, read by [`observe`] after
@@ -159,6 +167,7 @@ impl Registry {
             pods: BTreeMap::new(),
             steer_reported: BTreeMap::new(),
             steer_retired: SteerStats::default(),
+            fast_path_links: BTreeMap::new(),
         };
         let entries =
             fs::read_dir(&registry.dir).map_err(|s| fs_err("reading", &registry.dir, s))?;
@@ -285,6 +294,25 @@ impl Registry {
             listener,
             when_gone,
         )?)
+    }
+
+    /// Hands `caller` its pod's fast-path maps, serving the pod and setting up its fast path
+    /// (sockops on the pod cgroup, sk_msg on the pod's socket map) first if needed.
+    pub(crate) fn fast_path(&mut self, caller: &Caller) -> Result<FastPathMaps, ServeError> {
+        self.serve(caller)?;
+        let id = caller.pod.id;
+        let pod_dir = self.dir.join(id.to_string());
+        let (maps, link) = fast_path::set_up(
+            &pod_dir,
+            caller.netns,
+            &caller.pod.dir,
+            self.map_max_entries,
+        )?;
+        if let Some(link) = link {
+            tracing::info!(cgroup = %caller.pod.path.display(), netns = caller.netns, "fast path attached");
+            self.fast_path_links.insert(id, link);
+        }
+        Ok(maps)
     }
 
     /// Logs, per steering pod, the connections that fell through to the app or were refused
@@ -481,16 +509,24 @@ impl Registry {
         remove_if_exists(&self.map_pin(id, netns))?;
         let steering = steer::dir(&self.dir.join(id.to_string()), netns);
         self.retire_steering(&steering);
-        match fs::remove_dir_all(&steering) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(fs_err("removing", &steering, e).into())
+        self.fast_path_links.remove(&id);
+        for dir in [
+            steering,
+            fast_path::dir(&self.dir.join(id.to_string()), netns),
+        ] {
+            match fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(fs_err("removing", &dir, e).into());
+                }
+                _ => {}
             }
-            _ => Ok(()),
         }
+        Ok(())
     }
 
     /// Removes everything pinned for pod `id` (unpinning the links detaches them).
     fn remove_pins(&mut self, id: u64, netns: Option<u64>) -> Result<(), ServeError> {
+        self.fast_path_links.remove(&id);
         if let Some(netns) = netns {
             self.remove_table_entry(netns)?;
         }

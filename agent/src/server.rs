@@ -8,7 +8,7 @@ use std::{
     fs,
     io::{self, IoSlice, IoSliceMut},
     os::{
-        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
+        fd::{AsFd as _, AsRawFd, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
         unix::fs::{FileTypeExt as _, PermissionsExt as _},
     },
     path::{Path, PathBuf},
@@ -31,6 +31,7 @@ use trueip_agent_client::protocol::{self, ErrorCode, ProtocolError, Request, Res
 
 use crate::{
     config::{PodCgroupMode, WhenGone},
+    fast_path::FastPathError,
     identify::{self, Caller, IdentifyError},
     metrics::{AgentMetrics, RequestKind},
     pods::{Registry, ServeError, error_chain},
@@ -150,6 +151,7 @@ impl Server {
         let result = match request {
             Ok(Request::GetMap) => self.get_map(conn.as_fd()),
             Ok(Request::GetUdpMap) => self.get_udp_map(conn.as_fd()),
+            Ok(Request::GetFastPath) => self.get_fast_path(conn.as_fd()),
             Ok(Request::Steer { port }) => match (fds.pop(), fds.is_empty()) {
                 (Some(listener), true) => self.steer(conn.as_fd(), port, listener.as_fd()),
                 _ => {
@@ -215,7 +217,7 @@ impl Server {
                     "steering the pod's connections to a sidecar listener"
                 );
                 self.metrics.request(RequestKind::Steer, Ok(()));
-                send(conn, &Response::Steering { port }.encode(), None)
+                send(conn, &Response::Steering { port }.encode(), &[])
             }
             Err(e) => {
                 tracing::warn!(
@@ -250,6 +252,52 @@ impl Server {
         reply_error(conn, ErrorCode::BadRequest, &e)
     }
 
+    /// Identifies the caller and sends it its pod's fast-path maps (socket map, then peers
+    /// map), or why not.
+    fn get_fast_path(&self, conn: BorrowedFd<'_>) -> io::Result<()> {
+        let caller = match self.identify(conn, RequestKind::FastPath) {
+            Ok(caller) => caller,
+            Err(answered) => return answered,
+        };
+        let served = self
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fast_path(&caller);
+        match served {
+            Ok(maps) => {
+                tracing::info!(
+                    pid = caller.pid,
+                    pod = %caller.pod.path.display(),
+                    netns = caller.netns,
+                    max_entries = maps.max_entries,
+                    "handed the pod's fast-path maps to a sidecar"
+                );
+                self.metrics.request(RequestKind::FastPath, Ok(()));
+                let bytes = Response::FastPath {
+                    max_entries: maps.max_entries,
+                }
+                .encode();
+                send(
+                    conn,
+                    &bytes,
+                    &[maps.sockets.fd().as_fd(), maps.peers.fd().as_fd()],
+                )
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %error_chain(&e),
+                    pid = caller.pid,
+                    netns = caller.netns,
+                    "refused the fast path"
+                );
+                self.metrics
+                    .request(RequestKind::FastPath, Err(error_code(&e)));
+                reply_error(conn, error_code(&e), &e)
+            }
+        }
+    }
+
     /// Identifies the caller and sends it its pod's map, or why not.
     fn get_map(&self, conn: BorrowedFd<'_>) -> io::Result<()> {
         let caller = match self.identify(conn, RequestKind::GetMap) {
@@ -276,7 +324,7 @@ impl Server {
                     max_entries: served.max_entries,
                 }
                 .encode();
-                send(conn, &bytes, Some(served.map.fd().as_fd()))
+                send(conn, &bytes, &[served.map.fd().as_fd()])
             }
             Err(e) => {
                 tracing::warn!(
@@ -305,7 +353,12 @@ fn error_code(e: &ServeError) -> ErrorCode {
         | ServeError::Steer(
             SteerError::Program { .. } | SteerError::Map { .. } | SteerError::Object(_),
         ) => ErrorCode::Kernel,
-        ServeError::Programs(_) | ServeError::Steer(_) => ErrorCode::Internal,
+        ServeError::FastPath(
+            FastPathError::Program { .. } | FastPathError::Object(_) | FastPathError::Map(_),
+        ) => ErrorCode::Kernel,
+        ServeError::Programs(_) | ServeError::Steer(_) | ServeError::FastPath(_) => {
+            ErrorCode::Internal
+        }
     }
 }
 
@@ -336,18 +389,18 @@ fn receive(conn: BorrowedFd<'_>, buf: &mut [u8]) -> nix::Result<(usize, Vec<Owne
 /// Sends an error answer carrying `e` and its sources.
 fn reply_error(conn: BorrowedFd<'_>, code: ErrorCode, e: &dyn std::error::Error) -> io::Result<()> {
     let message = error_chain(e);
-    send(conn, &Response::Error { code, message }.encode(), None)
+    send(conn, &Response::Error { code, message }.encode(), &[])
 }
 
-/// Sends one message, with `fd` attached (SCM_RIGHTS) if given.
-fn send(conn: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+/// Sends one message, with `fds` attached (SCM_RIGHTS), in order.
+fn send(conn: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     let iov = [IoSlice::new(bytes)];
-    let fds = fd.map(|f| [f.as_raw_fd()]);
-    let cmsgs: Vec<ControlMessage<'_>> = fds
-        .as_ref()
-        .map(|fds| ControlMessage::ScmRights(fds))
-        .into_iter()
-        .collect();
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let cmsgs: Vec<ControlMessage<'_>> = if raw.is_empty() {
+        Vec::new()
+    } else {
+        vec![ControlMessage::ScmRights(&raw)]
+    };
     sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
     Ok(())
 }

@@ -48,7 +48,7 @@ struct Opt {
     idle: Option<Vec<usize>>,
 
     /// Only these variants, comma-separated (direct, none, proxy-v1, none-metrics, none-traces,
-    /// ebpf, transparent, haproxy, nginx, socat).
+    /// ebpf, ebpf-steering, ebpf-sk-msg, transparent, http, nginx-http, haproxy, nginx, socat).
     #[arg(long, value_delimiter = ',', value_parser = parse_variant)]
     variants: Option<Vec<Variant>>,
 

@@ -82,6 +82,39 @@ impl Agent {
         &self.command_line
     }
 
+    /// Entries in every pod's fast-path maps: (sockets, connections). A finished connection
+    /// leaves none behind.
+    pub fn fast_path_entries(&self) -> Result<(usize, usize)> {
+        use aya::maps::{HashMap, Map, MapData, SockHash};
+        use trueip_redirect_common::{ConnKey, FastPathKey, FastPathPeer};
+        let mut totals = (0, 0);
+        let pods = self.pins.join("pods");
+        for pod in
+            std::fs::read_dir(&pods).with_context(|| format!("reading {}", pods.display()))?
+        {
+            for dir in std::fs::read_dir(pod?.path())? {
+                let dir = dir?.path();
+                if !dir
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("fastpath-"))
+                {
+                    continue;
+                }
+                let open = |name: &str| -> Result<Map> {
+                    let pin = dir.join(name);
+                    let data = MapData::from_pin(&pin)
+                        .with_context(|| format!("opening {}", pin.display()))?;
+                    Ok(Map::from_map_data(data)?)
+                };
+                let sockets: SockHash<MapData, FastPathKey> = open("sockets")?.try_into()?;
+                let peers: HashMap<MapData, ConnKey, FastPathPeer> = open("peers")?.try_into()?;
+                totals.0 += sockets.keys().filter(Result::is_ok).count();
+                totals.1 += peers.keys().filter(Result::is_ok).count();
+            }
+        }
+        Ok(totals)
+    }
+
     /// The agent's output so far.
     pub fn log_tail(&self) -> String {
         self.proc.as_ref().map(Proc::log_tail).unwrap_or_default()

@@ -26,6 +26,7 @@ pub mod record;
 pub mod sidecar;
 pub mod soak;
 pub mod stats;
+pub mod stream;
 pub mod tls;
 pub mod topology;
 pub mod udp;

@@ -16,9 +16,8 @@ use serde::de::DeserializeOwned;
 use trueip_sidecar_app::{
     Config, Sidecar,
     config::{
-        DatagramHeader, HeaderPolicy, ListenerConfig, MapFullPolicy, Mode, PortInUsePolicy, Protocol,
-        TlvKind,
-        UntrustedPolicy,
+        DatagramHeader, FastPathMode, HeaderPolicy, ListenerConfig, MapFullPolicy, Mode,
+        PortInUsePolicy, Protocol, TlvKind, UntrustedPolicy,
     },
 };
 
@@ -150,6 +149,12 @@ struct Opt {
     #[arg(long, value_name = "N")]
     max_flows: Option<NonZeroUsize>,
 
+    /// ebpf: the app's bytes to the load balancer go straight from the app's socket to the
+    /// load balancer's connection in the kernel (sk-msg, needs the node agent), or through the
+    /// sidecar (off) [default: off].
+    #[arg(long, value_name = "MODE", value_parser = yaml::<FastPathMode>)]
+    fast_path: Option<FastPathMode>,
+
     /// The node agent's Unix socket (ebpf mode) [default: /run/trueip/agent.sock].
     #[arg(long, env = "TRUEIP_AGENT_SOCKET", value_name = "PATH")]
     agent_socket: Option<PathBuf>,
@@ -222,6 +227,9 @@ impl Opt {
         }
         if let Some(v) = self.max_flows {
             l.max_flows = v;
+        }
+        if let Some(v) = self.fast_path {
+            l.fast_path = v;
         }
         if let Some(v) = self.mode {
             l.mode = v;

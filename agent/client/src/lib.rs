@@ -9,9 +9,13 @@
 //! The ordering that keeps it race-free is the caller's: bind the loopback socket, [`PodMap::insert`],
 //! then connect; [`PodMap::remove`] once the connection is closed.
 //!
+//! [`FastPath`] obtains this pod's fast-path maps: the sidecar wires each connection's
+//! LB-facing socket into them, and the kernel then sends the app's bytes out of it directly.
+//!
 //! [`steer`] hands the agent a listening socket, so that the pod's connections to the app's port
 //! from outside the pod reach the sidecar while the app keeps listening on that port itself.
 
+mod fast_path;
 pub mod protocol;
 
 use std::{
@@ -36,6 +40,7 @@ use nix::{
 };
 use trueip_redirect_common::{ConnKey, RestoreValue, UdpFlowEntries};
 
+pub use crate::fast_path::{FastPath, WireError};
 use crate::protocol::{ErrorCode, ProtocolError, Request, Response};
 
 /// How long [`PodMap::connect`] waits for the agent's answer: the agent answers in milliseconds,
@@ -130,13 +135,15 @@ pub enum ClientError {
         #[source]
         source: ProtocolError,
     },
-    /// The agent answered `OK` but did not pass exactly one file descriptor.
-    #[error("the trueip agent at {} sent {count} file descriptors instead of one", socket.display())]
+    /// The agent answered `OK` but did not pass the expected number of file descriptors.
+    #[error("the trueip agent at {} sent {count} file descriptors instead of {expected}", socket.display())]
     MissingFd {
         /// The agent's socket path.
         socket: PathBuf,
         /// How many arrived.
         count: usize,
+        /// How many the answer needs.
+        expected: usize,
     },
     /// The agent refused to hand out a map.
     #[error("the trueip agent refused ({code}): {message}")]
@@ -184,11 +191,14 @@ impl PodMap {
                     return Err(ClientError::MissingFd {
                         socket: socket.to_owned(),
                         count,
+                        expected: 1,
                     });
                 };
                 Self::from_fd(map_fd, max_entries)
             }
-            other @ Response::Steering { .. } => Err(unexpected(socket, &other)),
+            other @ (Response::Steering { .. } | Response::FastPath { .. }) => {
+                Err(unexpected(socket, &other))
+            }
         }
     }
 

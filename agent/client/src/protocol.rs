@@ -14,7 +14,16 @@
 //! sidecar → agent   TRUEIP/1 STEER port=8080             + the sidecar's listening socket (SCM_RIGHTS)
 //! agent → sidecar   TRUEIP/1 OK steer port=8080
 //!                   TRUEIP/1 ERR <code> <message>
+//!
+//! sidecar → agent   TRUEIP/1 GET-FAST-PATH
+//! agent → sidecar   TRUEIP/1 OK fast-path max_entries=16384   + the pod's fast-path socket map
+//!                                                               and peers map (SCM_RIGHTS, in order)
+//!                   TRUEIP/1 ERR <code> <message>
 //! ```
+//!
+//! `GET-FAST-PATH` sets up the pod's kernel fast path (app → load balancer bytes leave the app's
+//! socket through the sidecar's LB-facing socket, see `trueip_redirect_common::fast_path`) and
+//! hands over its two maps; an agent older than this request answers `ERR bad-request`.
 //!
 //! `STEER` asks the agent to hand the pod's new TCP connections to `port` (the app's port) that
 //! come from outside the pod to the attached listening socket instead of the app (sk_lookup in
@@ -49,6 +58,8 @@ pub enum Request {
         /// The app's port (the destination port of the connections to steer).
         port: u16,
     },
+    /// "Set up my pod's fast path and give me its maps."
+    GetFastPath,
 }
 
 /// What the agent answers.
@@ -63,6 +74,12 @@ pub enum Response {
     Steering {
         /// The steered app port.
         port: u16,
+    },
+    /// Here are the fast-path maps (their two fds travel in the same message: the socket map,
+    /// then the peers map); the peers map holds at most `max_entries` connections.
+    FastPath {
+        /// Capacity of the peers map.
+        max_entries: u32,
     },
     /// No map, and why.
     Error {
@@ -123,6 +140,7 @@ impl Request {
             Self::GetMap => format!("TRUEIP/{VERSION} GET-MAP\n").into_bytes(),
             Self::GetUdpMap => format!("TRUEIP/{VERSION} GET-MAP udp\n").into_bytes(),
             Self::Steer { port } => format!("TRUEIP/{VERSION} STEER port={port}\n").into_bytes(),
+            Self::GetFastPath => format!("TRUEIP/{VERSION} GET-FAST-PATH\n").into_bytes(),
         }
     }
 
@@ -134,6 +152,9 @@ impl Request {
         }
         if rest == "GET-MAP udp" {
             return Ok(Self::GetUdpMap);
+        }
+        if rest == "GET-FAST-PATH" {
+            return Ok(Self::GetFastPath);
         }
         match rest.strip_prefix("STEER port=").map(str::parse) {
             Some(Ok(port)) if port != 0 => Ok(Self::Steer { port }),
@@ -150,6 +171,9 @@ impl Response {
         let mut line = match self {
             Self::Map { max_entries } => format!("TRUEIP/{VERSION} OK max_entries={max_entries}"),
             Self::Steering { port } => format!("TRUEIP/{VERSION} OK steer port={port}"),
+            Self::FastPath { max_entries } => {
+                format!("TRUEIP/{VERSION} OK fast-path max_entries={max_entries}")
+            }
             Self::Error { code, message } => {
                 // One line, bounded: the message is for logs, not for parsing.
                 let message: String = message
@@ -171,6 +195,9 @@ impl Response {
         if let Some(port) = rest.strip_prefix("OK steer port=") {
             let port = port.parse().map_err(|_| unexpected())?;
             Ok(Self::Steering { port })
+        } else if let Some(args) = rest.strip_prefix("OK fast-path max_entries=") {
+            let max_entries = args.parse().map_err(|_| unexpected())?;
+            Ok(Self::FastPath { max_entries })
         } else if let Some(args) = rest.strip_prefix("OK ") {
             let max_entries = args
                 .strip_prefix("max_entries=")
@@ -261,6 +288,11 @@ mod tests {
             Request::decode(&Request::GetUdpMap.encode()),
             Ok(Request::GetUdpMap)
         );
+        assert_eq!(Request::GetFastPath.encode(), b"TRUEIP/1 GET-FAST-PATH\n");
+        assert_eq!(
+            Request::decode(&Request::GetFastPath.encode()),
+            Ok(Request::GetFastPath)
+        );
         let steer = Request::Steer { port: 8080 };
         assert_eq!(steer.encode(), b"TRUEIP/1 STEER port=8080\n");
         assert_eq!(Request::decode(&steer.encode()), Ok(steer));
@@ -282,6 +314,9 @@ mod tests {
         let ok = Response::Map { max_entries: 16384 };
         assert_eq!(ok.encode(), b"TRUEIP/1 OK max_entries=16384\n");
         assert_eq!(Response::decode(&ok.encode()), Ok(ok));
+        let fast = Response::FastPath { max_entries: 16384 };
+        assert_eq!(fast.encode(), b"TRUEIP/1 OK fast-path max_entries=16384\n");
+        assert_eq!(Response::decode(&fast.encode()), Ok(fast));
         let steering = Response::Steering { port: 8080 };
         assert_eq!(steering.encode(), b"TRUEIP/1 OK steer port=8080\n");
         assert_eq!(Response::decode(&steering.encode()), Ok(steering));

@@ -28,7 +28,7 @@ use crate::{
     wire::AppStats,
 };
 pub use variant::Variant;
-use variant::{APP_PORT, EBPF_APP_PORT, Ebpf, Hop, Programs};
+use variant::{APP_PORT, EBPF_APP_PORT, Ebpf, Hop, Programs, STEERED_APP_PORTS};
 
 /// Environment variable that selects the quick mode (`make bench BENCH_QUICK=1`).
 pub const QUICK_ENV: &str = "BENCH_QUICK";
@@ -257,25 +257,27 @@ pub fn run(mut plan: Plan) -> Result<Results> {
             Variant::TrueipTraces,
             Variant::TrueipTransparent,
             Variant::TrueipHttp,
+            Variant::TrueipEbpfSteering,
+            Variant::TrueipEbpfSkMsg,
         ] {
             if let Some(s) = samples.get_mut(&v) {
                 s.skipped = Some(e.clone());
             }
         }
     }
-    // The eBPF pieces live for the whole run; without them the row says why.
-    let mut ebpf_app = None;
+    // The eBPF pieces live for the whole run; without them the rows say why.
+    let mut ebpf_apps = Vec::new();
     let ebpf = if samples
-        .get(&Variant::TrueipEbpf)
-        .is_some_and(|s| s.skipped.is_none())
+        .iter()
+        .any(|(v, s)| v.is_ebpf() && s.skipped.is_none())
     {
         match start_ebpf(&topo, &bins, &plan) {
-            Ok((e, a)) => {
-                ebpf_app = Some(a);
+            Ok((e, apps)) => {
+                ebpf_apps = apps;
                 Some(e)
             }
             Err(e) => {
-                if let Some(s) = samples.get_mut(&Variant::TrueipEbpf) {
+                for (_, s) in samples.iter_mut().filter(|(v, _)| v.is_ebpf()) {
                     s.skipped = Some(format!("{e:#}"));
                 }
                 None
@@ -333,7 +335,7 @@ pub fn run(mut plan: Plan) -> Result<Results> {
     if ebpf.is_some() {
         check_ebpf(&topo, &mut samples);
     }
-    drop(ebpf_app);
+    drop(ebpf_apps);
     drop(ebpf);
     drop(app);
     let mut machine = machine::Machine::read();
@@ -408,7 +410,25 @@ fn start_app(
     } else {
         Ipv4Addr::UNSPECIFIED
     };
-    let addr = SocketAddr::new(IpAddr::V4(ip), port);
+    start_app_at(
+        topo,
+        bins,
+        plan,
+        cgroup,
+        SocketAddr::new(IpAddr::V4(ip), port),
+        name,
+    )
+}
+
+/// Starts an app instance listening on `addr` (in `cgroup`, if given).
+fn start_app_at(
+    topo: &Topology,
+    bins: &Bins,
+    plan: &Plan,
+    cgroup: Option<&Cgroup>,
+    addr: SocketAddr,
+    name: &str,
+) -> Result<Proc> {
     let mut launch = pinned(name, &bins.app, plan.pin.app.as_ref())
         .args(["--listen".to_owned(), addr.to_string()])
         .netns(&topo.pod);
@@ -423,15 +443,34 @@ fn start_app(
     Ok(proc)
 }
 
-/// The agent, the cgroup and the app inside it, or why the eBPF variant cannot run.
-fn start_ebpf(topo: &Topology, bins: &Bins, plan: &Plan) -> Result<(Ebpf, Proc)> {
+/// The agent, the cgroup and the apps inside it (the eBPF variant's on loopback, the steering
+/// variants' on their own ports), or why the eBPF variants cannot run.
+fn start_ebpf(topo: &Topology, bins: &Bins, plan: &Plan) -> Result<(Ebpf, Vec<Proc>)> {
     if let Some(reason) = prereq::missing(&[Need::Agent]) {
         bail!("not run: {reason}");
     }
     let cgroup = Cgroup::create().context("not run: creating a cgroup v2")?;
-    let app = start_app(topo, bins, plan, Some(&cgroup), EBPF_APP_PORT, "app-ebpf")?;
+    let mut apps = vec![start_app(
+        topo,
+        bins,
+        plan,
+        Some(&cgroup),
+        EBPF_APP_PORT,
+        "app-ebpf",
+    )?];
+    for port in STEERED_APP_PORTS {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+        apps.push(start_app_at(
+            topo,
+            bins,
+            plan,
+            Some(&cgroup),
+            addr,
+            &format!("app-steered-{port}"),
+        )?);
+    }
     let agent = Agent::start(topo).context("not run: trueip-agent did not start")?;
-    Ok((Ebpf { agent, cgroup }, app))
+    Ok((Ebpf { agent, cgroup }, apps))
 }
 
 /// Asks an app instance for its counters from inside the pod namespace.
@@ -483,12 +522,22 @@ fn check_app(topo: &Topology, port: u16, samples: &mut BTreeMap<Variant, Samples
     }
 }
 
-/// The eBPF app's `accept()` returned the client on every connection.
+/// Each eBPF app's `accept()` returned the client on every connection.
 fn check_ebpf(topo: &Topology, samples: &mut BTreeMap<Variant, Samples>) {
-    let Some(s) = samples.get_mut(&Variant::TrueipEbpf) else {
-        return;
-    };
-    match app_stats(topo, EBPF_APP_PORT) {
+    for (variant, port) in [
+        (Variant::TrueipEbpf, EBPF_APP_PORT),
+        (Variant::TrueipEbpfSteering, STEERED_APP_PORTS[0]),
+        (Variant::TrueipEbpfSkMsg, STEERED_APP_PORTS[1]),
+    ] {
+        if let Some(s) = samples.get_mut(&variant) {
+            check_ebpf_app(topo, port, s);
+        }
+    }
+}
+
+/// One eBPF app's `accept()` returned the client on every connection.
+fn check_ebpf_app(topo: &Topology, port: u16, s: &mut Samples) {
+    match app_stats(topo, port) {
         Ok(st) if st.connections > 0 && st.loopback_peers == 0 => s.note(format!(
             "restoration checked: all {} connections the app accepted had the client's address as peer",
             st.connections

@@ -30,6 +30,9 @@ pub const EBPF_APP_PORT: u16 = 9001;
 
 /// Where the pod's main app also answers OTLP/HTTP exports (the traces variant's collector).
 pub const OTLP_SINK: &str = "127.0.0.1:4318";
+/// The app instances of the steering variants, inside the eBPF cgroup, on `0.0.0.0:<port>`
+/// (the app keeps its port; the load generator connects to it): `ebpf+steering`, `ebpf+sk_msg`.
+pub const STEERED_APP_PORTS: [u16; 2] = [9002, 9003];
 
 /// The client range the sidecar trusts (the load generator is the "load balancer").
 pub const TRUSTED: &str = "203.0.113.0/24";
@@ -64,6 +67,12 @@ pub enum Variant {
     TrueipEbpf,
     /// `trueip-sidecar --mode transparent`: connects to the app from the client's address.
     TrueipTransparent,
+    /// As `TrueipEbpf`, with steering: the app listens on its own port, sk_lookup hands the
+    /// connections to the sidecar; both directions relayed by the sidecar.
+    TrueipEbpfSteering,
+    /// As `TrueipEbpfSteering`, with the kernel fast path (`--fast-path sk-msg`): the app's
+    /// bytes to the client leave its socket through the sidecar's client-facing socket.
+    TrueipEbpfSkMsg,
     /// HAProxy 2.6 `mode tcp`, `bind ... accept-proxy`.
     Haproxy,
     /// nginx `stream`, `listen ... proxy_protocol`.
@@ -78,7 +87,7 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in table order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 14] = [
         Self::Direct,
         Self::TrueipNone,
         Self::TrueipProxyV1,
@@ -86,6 +95,8 @@ impl Variant {
         Self::TrueipTraces,
         Self::TrueipEbpf,
         Self::TrueipTransparent,
+        Self::TrueipEbpfSteering,
+        Self::TrueipEbpfSkMsg,
         Self::Haproxy,
         Self::Nginx,
         Self::Socat,
@@ -111,6 +122,8 @@ impl Variant {
             Self::TrueipTraces => "trueip none + traces",
             Self::TrueipEbpf => "trueip ebpf",
             Self::TrueipTransparent => "trueip transparent",
+            Self::TrueipEbpfSteering => "trueip ebpf+steering",
+            Self::TrueipEbpfSkMsg => "trueip ebpf+sk_msg",
             Self::Haproxy => "HAProxy",
             Self::Nginx => "nginx stream",
             Self::Socat => "socat",
@@ -130,6 +143,8 @@ impl Variant {
             Self::TrueipTraces => "none-traces",
             Self::TrueipEbpf => "ebpf",
             Self::TrueipTransparent => "transparent",
+            Self::TrueipEbpfSteering => "ebpf-steering",
+            Self::TrueipEbpfSkMsg => "ebpf-sk-msg",
             Self::Haproxy => "haproxy",
             Self::Nginx => "nginx",
             Self::Socat => "socat",
@@ -146,6 +161,8 @@ impl Variant {
             Self::TrueipNone => 8001,
             Self::TrueipProxyV1 => 8002,
             Self::TrueipEbpf => 8003,
+            Self::TrueipEbpfSteering => STEERED_APP_PORTS[0],
+            Self::TrueipEbpfSkMsg => STEERED_APP_PORTS[1],
             Self::Haproxy => 8004,
             Self::Nginx => 8005,
             Self::Socat => 8006,
@@ -170,12 +187,32 @@ impl Variant {
     /// Where the hop forwards to.
     #[must_use]
     pub fn upstream(self) -> SocketAddr {
-        let port = if self == Self::TrueipEbpf {
-            EBPF_APP_PORT
-        } else {
-            APP_PORT
+        let port = match self {
+            Self::TrueipEbpf => EBPF_APP_PORT,
+            Self::TrueipEbpfSteering | Self::TrueipEbpfSkMsg => self.target().port(),
+            _ => APP_PORT,
         };
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    }
+
+    /// Where the hop itself listens: the target, except with steering (any free port: the
+    /// agent hands it the connections to the app's port).
+    #[must_use]
+    pub fn listen(self) -> SocketAddr {
+        match self {
+            Self::TrueipEbpfSteering => SocketAddr::new(POD_IP, 15008),
+            Self::TrueipEbpfSkMsg => SocketAddr::new(POD_IP, 15009),
+            _ => self.target(),
+        }
+    }
+
+    /// Whether the variant needs the agent and the eBPF cgroup.
+    #[must_use]
+    pub fn is_ebpf(self) -> bool {
+        matches!(
+            self,
+            Self::TrueipEbpf | Self::TrueipEbpfSteering | Self::TrueipEbpfSkMsg
+        )
     }
 
     /// How the hop is configured, for the method section.
@@ -198,7 +235,13 @@ impl Variant {
                 "`trueip-sidecar --mode proxy-v1`: re-emits a v1 line, which the app skips"
             }
             Self::TrueipEbpf => {
-                "`trueip-sidecar --mode ebpf` + `trueip-agent --pod-cgroup own`; sidecar and a second app instance in a scratch cgroup v2; the app's accept() sees the client"
+                "`trueip-sidecar --mode ebpf --fast-path off` + `trueip-agent --pod-cgroup own`; sidecar and a second app instance in a scratch cgroup v2; the app's accept() sees the client"
+            }
+            Self::TrueipEbpfSteering => {
+                "as `trueip ebpf`, with `--steer`: the app (a third instance) listens on 0.0.0.0:9002 itself and the client connects to that port; the agent's sk_lookup program hands the connections to the sidecar on :15008; `--fast-path off`"
+            }
+            Self::TrueipEbpfSkMsg => {
+                "as `trueip ebpf+steering` (app on 0.0.0.0:9003, sidecar on :15009), with `--fast-path sk-msg`: the app's bytes to the client are redirected by the kernel (sockops + sk_msg) from its socket to the sidecar's client-facing socket; client → app still through the sidecar (splice)"
             }
             Self::TrueipTransparent => {
                 "`trueip-sidecar --mode transparent` (as root): connects to the app on 127.0.0.1:9000 from the client's address and port (IP_TRANSPARENT), with the policy routing it installs in the pod namespace; the app's accept() sees the client"
@@ -275,11 +318,13 @@ pub fn start(
         | Variant::TrueipMetrics
         | Variant::TrueipTraces
         | Variant::TrueipTransparent
-        | Variant::TrueipHttp => {
+        | Variant::TrueipHttp
+        | Variant::TrueipEbpfSteering
+        | Variant::TrueipEbpfSkMsg => {
             let sidecar = programs.sidecar.clone().map_err(anyhow::Error::msg)?;
             let mut args: Vec<String> = vec![
                 "--listen".into(),
-                variant.target().to_string(),
+                variant.listen().to_string(),
                 "--upstream".into(),
                 variant.upstream().to_string(),
                 "--mode".into(),
@@ -298,10 +343,19 @@ pub fn start(
                 max_conns().to_string(),
             ];
             let mut launch = pinned(&format!("sidecar-{}", variant.slug()), &sidecar, programs);
-            if variant == Variant::TrueipEbpf {
+            if variant.is_ebpf() {
                 let ebpf = ebpf.context("the eBPF variant needs the agent")?;
                 args.push("--agent-socket".into());
                 args.push(ebpf.agent.socket().display().to_string());
+                let fast = if variant == Variant::TrueipEbpfSkMsg {
+                    "sk-msg"
+                } else {
+                    "off"
+                };
+                args.extend(["--fast-path".into(), fast.into()]);
+                if variant != Variant::TrueipEbpf {
+                    args.push("--steer".into());
+                }
                 launch = launch.cgroup(&ebpf.cgroup);
             }
             if variant == Variant::TrueipMetrics {
@@ -366,7 +420,7 @@ pub fn start(
     };
     let mut proc = launch.netns(&topo.pod).spawn(dir)?;
     topo.pod
-        .wait_listening(&mut proc, variant.target(), START_TIMEOUT)?;
+        .wait_listening(&mut proc, variant.listen(), START_TIMEOUT)?;
     Ok(Hop { proc: Some(proc) })
 }
 
@@ -483,7 +537,7 @@ mod tests {
         assert!(n.contains("proxy_pass 127.0.0.1:9000;"), "{n}");
         let h = nginx_http_config(Variant::NginxHttp, Path::new("/tmp/x"));
         assert!(
-            h.contains("listen 192.0.2.10:8008 proxy_protocol backlog=4096;"),
+            h.contains("listen 192.0.2.10:8011 proxy_protocol backlog=4096;"),
             "{h}"
         );
         assert!(h.contains("server 127.0.0.1:9000;"), "{h}");

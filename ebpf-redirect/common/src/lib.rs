@@ -15,10 +15,13 @@
 #[cfg(test)]
 extern crate std;
 
+mod fast_path;
+
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 mod udp;
 pub use udp::{UDP_RECV_FAMILY, UDP_SEND_FAMILY, UdpFlowEntries};
+pub use crate::fast_path::*;
 
 /// Name of the outer map (hash of maps: netns cookie → the pod's [`ConnKey`] → [`RestoreValue`]
 /// map) in the eBPF object; the agent pins it under this name.

@@ -15,6 +15,7 @@ mod curl;
 mod differential;
 mod ebpf;
 mod exhaustion;
+mod fast_path;
 mod haproxy;
 mod nginx;
 mod receivers;
@@ -41,7 +42,7 @@ macro_rules! tests {
 }
 
 /// Every test of this binary; a test function left out is dead code, which clippy refuses.
-const TESTS: [(&str, Test); 34] = tests![
+const TESTS: [(&str, Test); 35] = tests![
     curl::curl_haproxy_protocol_from_an_untrusted_source_is_rejected,
     curl::curl_haproxy_protocol_to_proxy_v1_mode_nginx_logs_curl,
     differential::haproxy_and_trueip_agree_on_every_header,
@@ -51,6 +52,7 @@ const TESTS: [(&str, Test); 34] = tests![
     ebpf::ebpf_mode_two_pods_never_see_each_others_clients,
     exhaustion::invalid_header_flood_does_not_stall_valid_connections,
     exhaustion::ten_thousand_silent_connections_are_closed_at_the_header_timeout,
+    fast_path::fast_path_on_and_off_deliver_the_same_bytes,
     haproxy::header_from_an_untrusted_load_balancer_is_rejected,
     haproxy::send_proxy_v1_payload_reaches_the_app_intact,
     haproxy::send_proxy_v2_payload_reaches_the_app_intact,

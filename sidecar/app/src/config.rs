@@ -197,6 +197,36 @@ pub struct ListenerConfig {
     /// `http`: forwarding headers, TLV headers and TLS termination.
     #[serde(default)]
     pub http: HttpConfig,
+    /// `ebpf`: how the app's bytes travel back to the load balancer. `sk-msg` (needs the node
+    /// agent): the kernel sends them out of the load balancer's connection straight from the
+    /// app's `sendmsg()` (sockops + sk_msg), without a copy through the sidecar; the load
+    /// balancer → app direction stays in the sidecar (splice). `off`: the sidecar relays both
+    /// directions. If the agent cannot set the fast path up, connections use the sidecar's path
+    /// (logged once, counted per connection). Other modes ignore it.
+    #[serde(default)]
+    pub fast_path: FastPathMode,
+}
+
+/// How the app → load balancer bytes of an `ebpf` listener travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FastPathMode {
+    /// Through the sidecar (splice or copy), like the other direction.
+    #[default]
+    Off,
+    /// Redirected by the kernel (sk_msg) from the app's socket to the LB-facing socket.
+    #[serde(alias = "sk_msg")]
+    SkMsg,
+}
+
+impl FastPathMode {
+    /// The mode as the configuration spells it, for logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::SkMsg => "sk-msg",
+        }
+    }
 }
 
 /// How the app learns the real client address.
@@ -472,6 +502,7 @@ impl ListenerConfig {
             flow_idle_timeout: crate::udp::defaults::flow_idle_timeout(),
             max_flows: crate::udp::defaults::max_flows(),
             http: HttpConfig::default(),
+            fast_path: FastPathMode::default(),
         }
     }
 

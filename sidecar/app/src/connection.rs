@@ -98,7 +98,7 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
         }
         let upstream = match shared
             .restorer
-            .connect(shared.config.upstream, &detection, conn)
+            .connect(shared.config.upstream, &detection, conn, &client)
             .await
         {
             Ok(u) => u,
@@ -114,6 +114,9 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
             }
         };
         metrics.restore(upstream.outcome);
+        if let Some(fast) = upstream.fast_outcome {
+            metrics.fast_path(fast);
+        }
         let endpoints = restore::Endpoints::of(&detection, conn);
         record_connection(&detection, endpoints, upstream.outcome);
         let client_addr = endpoints.client;
@@ -140,11 +143,25 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
             &upstream.preamble,
             rest,
             shared.config.pipe_size.map(usize::from),
+            upstream.fast.is_some(),
             metrics,
         )
         .await;
-        // The entry goes while the sidecar's socket still holds its port: once the socket
-        // closes, the port may serve a new connection, whose entry must not be touched.
+        // The entries go while the sidecar's socket still holds its port: once the socket
+        // closes, the port may serve a new connection, whose entries must not be touched. The
+        // bytes the kernel redirected count like the ones the sidecar moved.
+        let fast_path = upstream.fast.is_some();
+        let redirected = upstream.fast.map_or(0, restore::FastWire::finish);
+        metrics.to_client(redirected);
+        let result = result
+            .map(|mut t| {
+                t.to_client += redirected;
+                t
+            })
+            .map_err(|mut e| {
+                e.to_client += redirected;
+                e
+            });
         drop(upstream.entry);
         drop(app);
         drop(client);
@@ -152,17 +169,28 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
             Ok(t) => {
                 Span::current().record("trueip.bytes.to_app", t.to_app);
                 Span::current().record("trueip.bytes.to_client", t.to_client);
-                debug!(
-                to_app = t.to_app, to_client = t.to_client,
-                duration_ms = started.elapsed().as_millis() as u64, "connection closed"
-                );
+                if fast_path {
+                    debug!(
+                        to_app = t.to_app, to_client = t.to_client, fast_path_bytes = redirected,
+                        duration_ms = started.elapsed().as_millis() as u64, "connection closed"
+                    );
+                } else {
+                    debug!(
+                        to_app = t.to_app, to_client = t.to_client,
+                        duration_ms = started.elapsed().as_millis() as u64, "connection closed"
+                    );
+                }
             }
             Err(e) => {
                 failed("forward_error");
                 Span::current().record("trueip.bytes.to_app", e.to_app);
                 Span::current().record("trueip.bytes.to_client", e.to_client);
                 metrics.upstream_error();
-                warn!(error = %e, "connection broken");
+                if fast_path {
+                    warn!(error = %e, fast_path_bytes = redirected, "connection broken");
+                } else {
+                    warn!(error = %e, "connection broken");
+                }
             }
         }
     }

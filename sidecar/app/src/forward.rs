@@ -89,12 +89,19 @@ impl Pipe {
 /// the PROXY header) are written to the app before anything else; `rest` counts as payload.
 /// The sockets stay open until the caller drops them, so that it can release per-connection
 /// state (the eBPF entry) while the 4-tuple still belongs to this connection.
+///
+/// With `fast_path` the kernel sends the app's bytes to `client` itself (sk_msg), so that the
+/// app → client pump only sees what the app wrote before its socket was wired (nothing, when
+/// wired before connect) and the app's FIN: it copies, never splices, into `client` (a socket
+/// in a socket map), and the FIN it passes on follows every redirected byte, which the kernel
+/// queued on `client` inside the app's own `sendmsg()`.
 pub async fn forward(
     client: &TcpStream,
     app: &mut TcpStream,
     preamble: &[u8],
     rest: &[u8],
     pipe_size: Option<usize>,
+    fast_path: bool,
     metrics: &ListenerMetrics,
 ) -> Result<Transfer, ForwardError> {
     if !preamble.is_empty() || !rest.is_empty() {
@@ -111,8 +118,9 @@ pub async fn forward(
         metrics.to_app(rest.len() as u64);
     }
     let app = &*app;
-    let up = pump(client, app, pipe_size, |n| metrics.to_app(n));
-    let down = pump(app, client, pipe_size, |n| metrics.to_client(n));
+    let up = pump(client, app, Some(pipe_size), |n| metrics.to_app(n));
+    let down_pipe = if fast_path { None } else { Some(pipe_size) };
+    let down = pump(app, client, down_pipe, |n| metrics.to_client(n));
     tokio::pin!(up, down);
     let (mut to_app, mut to_client) = (None, None);
     while to_app.is_none() || to_client.is_none() {
@@ -157,11 +165,12 @@ enum PumpSide {
 ///
 /// Small messages (requests, responses, handshakes) are copied through a short-lived buffer:
 /// one recv and one send each, and no pipe. The first read that fills the buffer marks a bulk
-/// flow, which switches to splice(2) through a kernel pipe for the rest of the connection.
+/// flow, which switches to splice(2) through a kernel pipe (of `pipe_size`) for the rest of the
+/// connection; `pipe_size: None` copies throughout.
 async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
-    pipe_size: Option<usize>,
+    pipe_size: Option<Option<usize>>,
     mut count: impl FnMut(u64),
 ) -> Result<u64, (PumpSide, io::Error)> {
     let mut total = 0u64;
@@ -172,8 +181,8 @@ async fn pump(
                 let mut buf = vec![0; COPY_CHUNK];
                 let n = recv_some(src, &mut buf).await?;
                 send_all(dst, &buf[..n]).await?;
-                if n == COPY_CHUNK {
-                    pipe = Some(Pipe::new(pipe_size).map_err(|e| (PumpSide::Source, e))?);
+                if let (COPY_CHUNK, Some(size)) = (n, pipe_size) {
+                    pipe = Some(Pipe::new(size).map_err(|e| (PumpSide::Source, e))?);
                 }
                 n
             }

@@ -63,6 +63,44 @@ impl RestoreOutcome {
     }
 }
 
+/// What the kernel fast path did for a connection of an `ebpf` listener with `fast_path: sk-msg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FastPathOutcome {
+    /// Wired: the app's bytes to the load balancer are redirected by the kernel.
+    Wired,
+    /// The agent did not set the fast path up at start: the sidecar relays them.
+    Unavailable,
+    /// The fast-path maps were full: the sidecar relays them.
+    Full,
+    /// The load balancer had already half-closed (or closed) its connection when it was to be
+    /// wired (the kernel only takes established sockets): the sidecar relays them.
+    Skipped,
+    /// Wiring failed otherwise: the sidecar relays them.
+    Failed,
+}
+
+impl FastPathOutcome {
+    /// Every outcome, for exporting zeros too.
+    pub const ALL: [Self; 5] = [
+        Self::Wired,
+        Self::Unavailable,
+        Self::Full,
+        Self::Skipped,
+        Self::Failed,
+    ];
+
+    /// A stable label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Wired => "wired",
+            Self::Unavailable => "unavailable",
+            Self::Full => "full",
+            Self::Skipped => "skipped",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 type Labels = Vec<(&'static str, String)>;
 
 /// Buckets from 10 µs to about 5 s: a header glued to the first segment is decoded in
@@ -90,6 +128,7 @@ pub struct SidecarMetrics {
     udp: crate::udp::metrics::UdpFamilies,
     http_requests: Family<Labels, Counter>,
     http_headers_removed: Family<Labels, Counter>,
+    fast_path: Family<Labels, Counter>,
     registry: Registry,
 }
 
@@ -107,6 +146,7 @@ impl Default for SidecarMetrics {
             udp: crate::udp::metrics::UdpFamilies::default(),
             http_requests: Family::default(),
             http_headers_removed: Family::default(),
+            fast_path: Family::default(),
             registry: Registry::default(),
         };
         m.udp.register(&mut registry);
@@ -157,6 +197,11 @@ impl Default for SidecarMetrics {
             "mode http: client-supplied forwarding headers removed (anti-spoofing), by header",
             m.http_headers_removed.clone(),
         );
+        registry.register(
+            "fast_path_connections",
+            "Connections of fast-path listeners, by what the kernel fast path did",
+            m.fast_path.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -181,6 +226,8 @@ impl SidecarMetrics {
             to_client: counter(&self.bytes, &[("direction", "to_client")]),
             restore: RestoreOutcome::ALL.map(|o| counter(&self.restore, &[("outcome", o.label())])),
             header_duration: self.header_duration.get_or_create(&labels(&[])).clone(),
+            fast_path: FastPathOutcome::ALL
+                .map(|o| counter(&self.fast_path, &[("outcome", o.label())])),
             rejected: self.rejected.clone(),
             reasons: Mutex::default(),
             http_requests: self.http_requests.clone(),
@@ -214,6 +261,7 @@ pub struct ListenerMetrics {
     to_client: Counter,
     restore: [Counter; RestoreOutcome::ALL.len()],
     header_duration: Histogram,
+    fast_path: [Counter; 5],
     rejected: Family<Labels, Counter>,
     reasons: Mutex<BTreeSet<&'static str>>,
     http_requests: Family<Labels, Counter>,
@@ -245,6 +293,8 @@ pub struct Snapshot {
     pub http_requests: std::collections::BTreeMap<&'static str, u64>,
     /// `http` mode: client-supplied forwarding headers removed, by header name.
     pub http_headers_removed: std::collections::BTreeMap<String, u64>,
+    /// Connections of a fast-path listener by fast-path outcome.
+    pub fast_path: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Snapshot {
@@ -313,6 +363,11 @@ impl ListenerMetrics {
             .inc();
     }
 
+    /// Counts what the kernel fast path did for a connection.
+    pub(crate) fn fast_path(&self, outcome: FastPathOutcome) {
+        self.fast_path[outcome as usize].inc();
+    }
+
     pub(crate) fn upstream_error(&self) {
         self.upstream_errors.inc();
     }
@@ -375,6 +430,10 @@ impl ListenerMetrics {
                         self.http_headers_removed.get_or_create(&labels).get(),
                     )
                 })
+                .collect(),
+            fast_path: FastPathOutcome::ALL
+                .into_iter()
+                .map(|o| (o.label(), self.fast_path[o as usize].get()))
                 .collect(),
         }
     }

@@ -3,13 +3,18 @@
 //! `getpeername()` return the client. The sidecar only holds the map's file descriptor, handed
 //! over by the agent: it needs no CAP_BPF and can reach no other pod's entries.
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{net::SocketAddr, os::fd::AsFd as _, path::Path, sync::Arc};
 
-use tokio::net::TcpSocket;
-use trueip_agent_client::{ClientError, InsertError, LoopbackConn, PodMap, Restored};
+use tokio::net::{TcpSocket, TcpStream};
+use trueip_agent_client::{
+    ClientError, FastPath, InsertError, LoopbackConn, PodMap, Restored, WireError,
+};
 
 use super::{ConnectError, Endpoints, Upstream};
-use crate::{config::MapFullPolicy, metrics::RestoreOutcome};
+use crate::{
+    config::{FastPathMode, MapFullPolicy},
+    metrics::{FastPathOutcome, RestoreOutcome},
+};
 
 /// The pod's map could not be obtained from the agent.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +32,41 @@ pub struct EbpfError {
 pub struct Ebpf {
     map: Arc<PodMap>,
     on_full: MapFullPolicy,
+    /// The kernel fast path: `Some(Some(..))` when configured and set up by the agent,
+    /// `Some(None)` when configured but unavailable, `None` when off.
+    fast: Option<Option<Arc<FastPath>>>,
+}
+
+/// A connection wired into the kernel fast path; dropping it (or [`FastWire::finish`])
+/// unwires it. Finish or drop it before the loopback socket closes, like [`Entry`].
+#[derive(Debug)]
+pub struct FastWire {
+    fast: Arc<FastPath>,
+    conn: LoopbackConn,
+    done: bool,
+}
+
+impl FastWire {
+    /// Unwires the connection and returns the bytes the kernel sent to the load balancer.
+    pub fn finish(mut self) -> u64 {
+        self.done = true;
+        self.unwire()
+    }
+
+    fn unwire(&self) -> u64 {
+        self.fast.unwire(&self.conn).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, conn = ?self.conn, "could not unwire the fast path");
+            0
+        })
+    }
+}
+
+impl Drop for FastWire {
+    fn drop(&mut self) {
+        if !self.done {
+            self.unwire();
+        }
+    }
 }
 
 /// A live entry in the pod's map; dropping it removes the entry.
@@ -45,24 +85,58 @@ impl Drop for Entry {
 }
 
 impl Ebpf {
-    pub(super) fn open(socket: &Path, on_full: MapFullPolicy) -> Result<Self, EbpfError> {
+    pub(super) fn open(
+        socket: &Path,
+        on_full: MapFullPolicy,
+        fast_path: FastPathMode,
+        listener: &str,
+    ) -> Result<Self, EbpfError> {
         let map = PodMap::connect(socket).map_err(|source| EbpfError {
             socket: socket.display().to_string(),
             source,
         })?;
         tracing::info!(socket = %socket.display(), "obtained this pod's restore map from the agent");
+        let fast = match fast_path {
+            FastPathMode::Off => None,
+            FastPathMode::SkMsg => match FastPath::connect(socket) {
+                Ok(fast) => {
+                    tracing::info!(
+                        %listener, max_entries = fast.max_entries(),
+                        "kernel fast path on: the app's bytes go to the load balancer from its own socket (sk_msg)"
+                    );
+                    Some(Some(Arc::new(fast)))
+                }
+                Err(e) => {
+                    tracing::error!(
+                        %listener, error = %e,
+                        "kernel fast path unavailable; the sidecar relays the app's bytes to the load balancer"
+                    );
+                    Some(None)
+                }
+            },
+        };
         Ok(Self {
             map: Arc::new(map),
             on_full,
+            fast,
         })
     }
 
-    /// Binds the loopback socket first so that its port is known, records the entry, and only
-    /// then connects: the app can never accept the connection before its entry exists.
+    /// Whether connections without a client to restore still go through [`Ebpf::connect`]
+    /// (to be wired into the fast path).
+    pub(super) fn fast_path_configured(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// Binds the loopback socket first so that its port is known, records the entry (when
+    /// `endpoints` names a client) and wires the fast path to `lb` (when configured), and only
+    /// then connects: the app can never accept the connection before both are in place.
     pub(super) async fn connect(
         &self,
         upstream: SocketAddr,
-        endpoints: Endpoints,
+        endpoints: Option<Endpoints>,
+        plain_outcome: RestoreOutcome,
+        lb: &TcpStream,
     ) -> Result<Upstream, ConnectError> {
         let io_err = |source| ConnectError::Connect { upstream, source };
         let socket = match upstream {
@@ -79,11 +153,75 @@ impl Ebpf {
             app: upstream,
             sidecar: socket.local_addr().map_err(io_err)?,
         };
+        let (entry, outcome) = match endpoints {
+            Some(endpoints) => self.restore(conn, endpoints)?,
+            None => (None, plain_outcome),
+        };
+        let (fast, fast_outcome) = self.wire(conn, lb);
+        // On failure `entry` and `fast` drop here and remove what was inserted.
+        let stream = socket.connect(upstream).await.map_err(io_err)?;
+        Ok(Upstream {
+            stream,
+            preamble: Vec::new(),
+            outcome,
+            entry,
+            fast,
+            fast_outcome,
+        })
+    }
+
+    /// Wires `conn` to the LB-facing socket, if the fast path is configured.
+    fn wire(
+        &self,
+        conn: LoopbackConn,
+        lb: &TcpStream,
+    ) -> (Option<FastWire>, Option<FastPathOutcome>) {
+        let fast = match &self.fast {
+            None => return (None, None),
+            Some(None) => return (None, Some(FastPathOutcome::Unavailable)),
+            Some(Some(fast)) => fast,
+        };
+        match fast.wire(&conn, lb.as_fd()) {
+            Ok(()) => (
+                Some(FastWire {
+                    fast: Arc::clone(fast),
+                    conn,
+                    done: false,
+                }),
+                Some(FastPathOutcome::Wired),
+            ),
+            Err(WireError::Full) => {
+                tracing::warn!(
+                    ?conn,
+                    "the fast-path maps are full; the sidecar relays this connection"
+                );
+                (None, Some(FastPathOutcome::Full))
+            }
+            Err(WireError::NotEstablished) => {
+                tracing::debug!(
+                    ?conn,
+                    "the load balancer already closed its side; the sidecar relays this connection"
+                );
+                (None, Some(FastPathOutcome::Skipped))
+            }
+            Err(WireError::Other(e)) => {
+                tracing::warn!(?conn, error = %e, "could not wire the fast path; the sidecar relays this connection");
+                (None, Some(FastPathOutcome::Failed))
+            }
+        }
+    }
+
+    /// Records the entry restoring `endpoints` for `conn`.
+    fn restore(
+        &self,
+        conn: LoopbackConn,
+        endpoints: Endpoints,
+    ) -> Result<(Option<Entry>, RestoreOutcome), ConnectError> {
         let restored = Restored {
             client: endpoints.client,
             original_dst: Some(endpoints.destination),
         };
-        let (entry, outcome) = match self.map.insert(&conn, &restored) {
+        Ok(match self.map.insert(&conn, &restored) {
             Ok(()) => (
                 Some(Entry {
                     map: Arc::clone(&self.map),
@@ -105,14 +243,6 @@ impl Ebpf {
                 tracing::warn!(?conn, error = %e, "could not write the eBPF entry; delivering without restoration");
                 (None, RestoreOutcome::Failed)
             }
-        };
-        // On failure `entry` drops here and removes what was inserted.
-        let stream = socket.connect(upstream).await.map_err(io_err)?;
-        Ok(Upstream {
-            stream,
-            preamble: Vec::new(),
-            outcome,
-            entry,
         })
     }
 }

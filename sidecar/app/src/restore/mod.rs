@@ -11,7 +11,10 @@ use std::{net::SocketAddr, path::Path};
 use tokio::net::TcpStream;
 use trueip_proxy_header::{Command, Header};
 
-pub use self::{ebpf::EbpfError, http::TlsError};
+pub use self::{
+    ebpf::{EbpfError, FastWire},
+    http::TlsError,
+};
 use self::{ebpf::Ebpf, http::Http, proxy::Reemit, transparent::Transparent};
 use crate::{
     config::{ListenerConfig, Mode, canonical},
@@ -73,6 +76,11 @@ pub struct Upstream {
     pub outcome: RestoreOutcome,
     /// Removes the connection's eBPF entry when dropped; drop it before `stream`.
     pub entry: Option<ebpf::Entry>,
+    /// The connection's kernel fast path, when wired: the app's bytes to the load balancer
+    /// then bypass the sidecar. Finish it before dropping `stream`.
+    pub fast: Option<FastWire>,
+    /// What the fast path did, for listeners that have it configured.
+    pub fast_outcome: Option<crate::metrics::FastPathOutcome>,
 }
 
 /// Why the app could not be reached for a connection.
@@ -146,7 +154,12 @@ impl Restorer {
             Mode::None => Self::None,
             Mode::ProxyV1 | Mode::ProxyV2 => Self::Reemit(Box::new(Reemit::new(config))),
             Mode::Transparent => Self::Transparent(Transparent::new(config)),
-            Mode::Ebpf => match Ebpf::open(agent_socket, config.on_map_full) {
+            Mode::Ebpf => match Ebpf::open(
+                agent_socket,
+                config.on_map_full,
+                config.fast_path,
+                &config.name(),
+            ) {
                 Ok(ebpf) => Self::Ebpf(ebpf),
                 Err(e) => match config.fallback {
                     Some(mode) => {
@@ -180,12 +193,14 @@ impl Restorer {
         }
     }
 
-    /// Connects to the app at `upstream` for one connection.
+    /// Connects to the app at `upstream` for one connection from the load balancer's socket
+    /// `lb`.
     pub async fn connect(
         &self,
         upstream: SocketAddr,
         detection: &Detection,
         conn: ConnAddrs,
+        lb: &TcpStream,
     ) -> Result<Upstream, ConnectError> {
         let endpoints = Endpoints::of(detection, conn);
         let plain_outcome = match detection {
@@ -203,20 +218,32 @@ impl Restorer {
                 preamble: Vec::new(),
                 outcome: plain_outcome,
                 entry: None,
+                fast: None,
+                fast_outcome: None,
             }),
             Self::Reemit(reemit) => Ok(Upstream {
                 stream: connect(TcpStream::connect(upstream).await)?,
                 preamble: reemit.header(detection, endpoints),
                 outcome: plain_outcome,
                 entry: None,
+                fast: None,
+                fast_outcome: None,
             }),
-            Self::Ebpf(ebpf) if endpoints.from_header => ebpf.connect(upstream, endpoints).await,
+            Self::Ebpf(ebpf) if endpoints.from_header => {
+                ebpf.connect(upstream, Some(endpoints), plain_outcome, lb)
+                    .await
+            }
+            Self::Ebpf(ebpf) if ebpf.fast_path_configured() => {
+                ebpf.connect(upstream, None, plain_outcome, lb).await
+            }
             Self::Transparent(t) if endpoints.from_header => t.connect(upstream, endpoints).await,
             Self::Ebpf(_) | Self::Transparent(_) => Ok(Upstream {
                 stream: connect(TcpStream::connect(upstream).await)?,
                 preamble: Vec::new(),
                 outcome: plain_outcome,
                 entry: None,
+                fast: None,
+                fast_outcome: None,
             }),
         }
     }

@@ -81,6 +81,8 @@ impl Transparent {
                 preamble: Vec::new(),
                 outcome: restored,
                 entry: None,
+                fast: None,
+                fast_outcome: None,
             }),
             Err(AttemptError::Connect(source)) => Err(ConnectError::Connect { upstream, source }),
             Err(AttemptError::Bind(e) | AttemptError::PortInUse(e)) => {
@@ -104,6 +106,8 @@ async fn plain(upstream: SocketAddr, outcome: RestoreOutcome) -> Result<Upstream
         preamble: Vec::new(),
         outcome,
         entry: None,
+        fast: None,
+        fast_outcome: None,
     })
 }
 
