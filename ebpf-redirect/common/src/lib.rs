@@ -20,8 +20,8 @@ mod fast_path;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 mod udp;
-pub use udp::{UDP_RECV_FAMILY, UDP_SEND_FAMILY, UdpFlowEntries};
 pub use crate::fast_path::*;
+pub use udp::{UDP_RECV_FAMILY, UDP_SEND_FAMILY, UdpFlowEntries};
 
 /// Name of the outer map (hash of maps: netns cookie → the pod's [`ConnKey`] → [`RestoreValue`]
 /// map) in the eBPF object; the agent pins it under this name.

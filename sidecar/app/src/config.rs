@@ -18,8 +18,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 use trueip_proxy_header::kind;
 
-pub use crate::udp::{DatagramHeader, Protocol};
 pub use self::http::{ClientHeaders, HeaderSlot, HttpConfig, TlsConfig, TlvHeaders};
+pub use crate::udp::{DatagramHeader, Protocol};
 
 mod http;
 

@@ -11,11 +11,11 @@ use std::{net::SocketAddr, path::Path};
 use tokio::net::TcpStream;
 use trueip_proxy_header::{Command, Header};
 
+use self::{ebpf::Ebpf, http::Http, proxy::Reemit, transparent::Transparent};
 pub use self::{
     ebpf::{EbpfError, FastWire},
     http::TlsError,
 };
-use self::{ebpf::Ebpf, http::Http, proxy::Reemit, transparent::Transparent};
 use crate::{
     config::{ListenerConfig, Mode, canonical},
     detect::Detection,
