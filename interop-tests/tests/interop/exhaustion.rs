@@ -32,8 +32,8 @@ const RSS_SLACK_KIB: u64 = 24 * 1024;
 /// Two waves of 10 000 connections from the load balancer that never send a byte: all are
 /// accepted and held, none is closed before `--header-timeout` (5 s), all are closed by it
 /// (+5 s slack) and every client sees the close, the sidecar's descriptor count returns
-/// exactly to its baseline, and RSS after the second wave is within [`RSS_SLACK_KIB`] of RSS
-/// after the first (no per-connection leak; RSS itself stays above the baseline, see below).
+/// exactly to its baseline, and RSS after the second wave is within [`RSS_SLACK_KIB`] of the
+/// first wave's peak (no per-connection leak; RSS itself stays above the baseline, see below).
 pub(crate) fn ten_thousand_silent_connections_are_closed_at_the_header_timeout() -> Result<()> {
     require(&[Need::Sidecar])?;
     raise_fd_limit()?;
@@ -63,13 +63,16 @@ pub(crate) fn ten_thousand_silent_connections_are_closed_at_the_header_timeout()
         second.1.fds,
         second.1.rss_kib
     );
-    // The allocator keeps what 10 000 connections needed (RSS does not fall back to the
-    // baseline: measured ~+40 MiB); a leak would add to it with every wave.
+    // The allocator keeps what 10 000 connections needed: RSS does not fall back to the
+    // baseline, and how much of wave 1's peak it returns varies from run to run (measured: after
+    // wave 2 anywhere between wave 1's "after" and its peak, +44 MiB over the baseline at most
+    // over five waves). A leak of the wave's connections would add their whole size (wave 1's
+    // peak minus the baseline, ~44 MiB) on top of that, which the bound below refuses.
     ensure!(
-        second.1.rss_kib <= first.1.rss_kib + RSS_SLACK_KIB,
-        "RSS grew from {} KiB after wave 1 to {} KiB after wave 2 (+{RSS_SLACK_KIB} allowed)",
-        first.1.rss_kib,
-        second.1.rss_kib
+        second.1.rss_kib <= first.0.rss_kib + RSS_SLACK_KIB,
+        "RSS after wave 2 is {} KiB, over wave 1's peak of {} KiB (+{RSS_SLACK_KIB} allowed)",
+        second.1.rss_kib,
+        first.0.rss_kib
     );
     ensure!(
         first.1.rss_kib <= first.0.rss_kib + RSS_SLACK_KIB,
