@@ -718,8 +718,8 @@ mod defaults {
         0x7472
     }
 
-    /// Before the `main` table's rule (32766) and the kernel's default slot for new rules just
-    /// below it, so rules added by hand without a priority do not take precedence by accident.
+    /// Ahead of the `main` table's rule (32766) and of rules added without a priority (the
+    /// kernel numbers those down from 32765), so they cannot shadow it by accident.
     pub(super) fn transparent_priority() -> u32 {
         0x7472
     }
