@@ -12,6 +12,7 @@ pub mod loadgen;
 pub mod procfs;
 pub mod runner;
 pub mod stats;
+pub mod udp;
 pub mod wire;
 
 /// Raises this process's open-file limit to its hard limit (idle workloads hold thousands of

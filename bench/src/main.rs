@@ -64,8 +64,8 @@ struct Opt {
     #[arg(long, value_name = "KEY=VALUE")]
     sidecar_env: Vec<String>,
 
-    /// Only these workload groups, comma-separated (idle, bulk, rr, conn) [default: all].
-    #[arg(long, value_delimiter = ',', value_parser = ["idle", "bulk", "rr", "conn"])]
+    /// Only these workload groups, comma-separated (idle, bulk, rr, conn, udp) [default: all].
+    #[arg(long, value_delimiter = ',', value_parser = ["idle", "bulk", "rr", "conn", "udp"])]
     workloads: Option<Vec<String>>,
 
     /// Pin the load generator with `taskset -c CPUS`.
