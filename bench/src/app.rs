@@ -63,12 +63,16 @@ impl Counters {
 }
 
 /// Binds every address in `listen` (with a deep backlog) and serves them until the process is
-/// killed. Returns only on a bind or accept error.
+/// killed; each address also echoes UDP datagrams (the `udp` workload). Returns only on a bind
+/// or accept error.
 pub async fn serve(listen: &[SocketAddr]) -> io::Result<()> {
     let listeners = listen
         .iter()
         .map(|a| bind(*a))
         .collect::<io::Result<Vec<_>>>()?;
+    for &addr in listen {
+        tokio::spawn(crate::udp::echo(tokio::net::UdpSocket::bind(addr).await?));
+    }
     serve_listeners(listeners).await
 }
 

@@ -14,6 +14,7 @@ pub mod otlp_sink;
 pub mod procfs;
 pub mod runner;
 pub mod stats;
+pub mod udp;
 pub mod wire;
 
 /// Raises this process's open-file limit to its hard limit (idle workloads hold thousands of

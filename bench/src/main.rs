@@ -65,8 +65,8 @@ struct Opt {
     #[arg(long, value_name = "KEY=VALUE")]
     sidecar_env: Vec<String>,
 
-    /// Only these workload groups, comma-separated (idle, bulk, rr, conn, http) [default: all].
-    #[arg(long, value_delimiter = ',', value_parser = ["idle", "bulk", "rr", "conn", "http"])]
+    /// Only these workload groups, comma-separated (idle, bulk, rr, conn, http, udp) [default: all].
+    #[arg(long, value_delimiter = ',', value_parser = ["idle", "bulk", "rr", "conn", "http", "udp"])]
     workloads: Option<Vec<String>>,
 
     /// Pin the load generator with `taskset -c CPUS`.

@@ -99,3 +99,23 @@ async fn otlp_sink_acknowledges_and_counts_exports() {
     assert_eq!(counters.bytes.load(Ordering::Relaxed), 600);
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_round_trips_are_checked_and_counted() {
+    let socket = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    let server = tokio::spawn(trueip_bench::udp::echo(socket));
+    let target = Target {
+        addr,
+        header: HeaderKind::None,
+    };
+    let r = trueip_bench::udp::request_response(target, 4, 512, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!((r.flows, r.size, r.lost), (4, 512, 0), "{r:?}");
+    assert!(r.datagrams > 0 && r.dps > 0.0, "{r:?}");
+    assert!(r.p50_us > 0.0 && r.p50_us <= r.p99_us, "{r:?}");
+    server.abort();
+}

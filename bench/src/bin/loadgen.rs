@@ -85,6 +85,19 @@ enum Workload {
         #[arg(long)]
         secs: f64,
     },
+    /// Request/response over UDP: each flow (client socket) one datagram in flight, behind a
+    /// PROXY v2 UDP header with --header v2.
+    Udp {
+        /// Client flows.
+        #[arg(long, default_value_t = 16)]
+        flows: usize,
+        /// Datagram payload size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Duration in seconds.
+        #[arg(long)]
+        secs: f64,
+    },
     /// Opens idle connections, prints the result line, holds them until a line (or EOF) on
     /// stdin or --hold-secs, then closes them.
     Idle {
@@ -143,6 +156,11 @@ async fn run(opt: Opt) -> Result<()> {
             size,
             secs: s,
         } => print(&loadgen::short_connections(target, concurrency, size, secs(s)?).await?),
+        Workload::Udp {
+            flows,
+            size,
+            secs: s,
+        } => print(&trueip_bench::udp::request_response(target, flows, size, secs(s)?).await?),
         Workload::Idle { conns, hold_secs } => {
             let (streams, result) = loadgen::open_idle(target, conns).await?;
             print(&result)?;

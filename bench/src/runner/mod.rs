@@ -25,6 +25,7 @@ use trueip_interop_tests::{Cgroup, Launch, Need, Proc, Topology, agent::Agent, p
 use crate::{
     loadgen::{self, BulkResult, ConnResult, IdleResult, RrResult},
     procfs,
+    udp::UdpResult,
     wire::AppStats,
 };
 pub use variant::Variant;
@@ -75,7 +76,7 @@ pub struct Plan {
     pub sidecar_env: Vec<String>,
     /// Deviations from the plan the machine forced, for the method section.
     pub caveats: Vec<String>,
-    /// Workload groups to run: `idle`, `bulk`, `rr`, `conn`, `http` (all by default; fewer for
+    /// Workload groups to run: `idle`, `bulk`, `rr`, `conn`, `http`, `udp` (all by default; fewer for
     /// profiling one of them).
     pub workloads: Vec<String>,
 }
@@ -117,7 +118,7 @@ impl Plan {
             sidecar_args: Vec::new(),
             sidecar_env: Vec::new(),
             caveats: Vec::new(),
-            workloads: ["idle", "bulk", "rr", "conn", "http"]
+            workloads: ["idle", "bulk", "rr", "conn", "http", "udp"]
                 .map(str::to_owned)
                 .to_vec(),
         }
@@ -561,6 +562,11 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn loadgen(&self, variant: Variant) -> Command {
+        self.loadgen_to(variant, variant.target())
+    }
+
+    /// The load generator aimed at `target` with `variant`'s header.
+    fn loadgen_to(&self, variant: Variant, target: SocketAddr) -> Command {
         let mut cmd = self.topo.client.command("taskset");
         match &self.plan.pin.client {
             Some(cpus) => cmd.args(["-c", cpus]),
@@ -569,7 +575,7 @@ impl Ctx<'_> {
         };
         cmd.arg(&self.bins.loadgen)
             .arg("--target")
-            .arg(variant.target().to_string())
+            .arg(target.to_string())
             .arg("--header")
             .arg(match variant.header() {
                 loadgen::HeaderKind::None => "none",
@@ -580,7 +586,11 @@ impl Ctx<'_> {
 
     /// Runs one load generator workload and parses its result line.
     fn workload<T: DeserializeOwned>(&self, variant: Variant, args: &[String]) -> Result<T> {
-        let mut cmd = self.loadgen(variant);
+        self.workload_to(self.loadgen(variant), args)
+    }
+
+    /// Runs `cmd` (a load generator) with `args` and parses its result line.
+    fn workload_to<T: DeserializeOwned>(&self, mut cmd: Command, args: &[String]) -> Result<T> {
         cmd.args(args);
         let limit = Duration::from_secs_f64(self.plan.secs) * 2 + LOADGEN_SLACK;
         let out = process::output(&mut cmd, limit)?;
@@ -727,6 +737,22 @@ impl Ctx<'_> {
             }
             Some(Err(e)) => s.note(format!("conn: {e:#}")),
         }
+        match self.run_if("udp", || self.udp(variant, &secs)) {
+            None | Some(Ok(None)) => {}
+            Some(Ok(Some(r))) => {
+                s.push("udp_dps", r.dps);
+                s.push("udp_p50_us", r.p50_us);
+                s.push("udp_p99_us", r.p99_us);
+                if r.lost > 0 {
+                    s.note(format!(
+                        "udp: {} of {} datagrams lost (not in the latency figures)",
+                        r.lost,
+                        r.lost + r.datagrams
+                    ));
+                }
+            }
+            Some(Err(e)) => s.note(format!("udp: {e:#}")),
+        }
         self.http(variant, &hop, &http, s);
         if let Some(mut proc) = hop.proc {
             proc.ensure_running()?;
@@ -748,6 +774,29 @@ impl Ctx<'_> {
             }
             Some(Err(e)) => s.note(format!("http: {e:#}")),
         }
+    }
+
+    /// The `udp` workload against `variant`'s UDP listener (its own hop process), or `None`
+    /// when the variant has none.
+    fn udp(&self, variant: Variant, secs: &str) -> Result<Option<UdpResult>> {
+        let Some(target) = variant::udp_target(variant) else {
+            return Ok(None);
+        };
+        let hop = variant::start_udp(variant, self.topo, self.programs)?;
+        let args = strings(&[
+            "udp",
+            "--flows",
+            &self.plan.rr_conns.to_string(),
+            "--size",
+            &self.plan.msg_size.to_string(),
+            "--secs",
+            secs,
+        ]);
+        let result = self.workload_to(self.loadgen_to(variant, target), &args)?;
+        if let Some(mut proc) = hop.proc {
+            proc.ensure_running()?;
+        }
+        Ok(Some(result))
     }
 
     /// `f()` when `workload` is in the plan.

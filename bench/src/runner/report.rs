@@ -49,6 +49,13 @@ pub fn metrics(plan: &Plan) -> Vec<Metric> {
         ),
         Metric::new("http_p50_us", "HTTP p50, µs", false),
         Metric::new("http_p99_us", "HTTP p99, µs", false),
+        Metric::new(
+            "udp_dps",
+            &format!("UDP datagrams/s ({} flows)", plan.rr_conns),
+            true,
+        ),
+        Metric::new("udp_p50_us", "UDP p50, µs", false),
+        Metric::new("udp_p99_us", "UDP p99, µs", false),
         Metric::new("rss_idle_mib", "RSS idle, MiB", false),
         Metric::new("pss_idle_mib", "PSS idle, MiB", false),
     ];
@@ -98,6 +105,8 @@ fn summary_keys(plan: &Plan) -> Vec<String> {
         "rr_p99_us",
         "conn_cps",
         "http_rps",
+        "udp_dps",
+        "udp_p99_us",
         "rss_idle_mib",
         &format!("per_conn_{big}_kib"),
         "down1_cpu_per_gb",
@@ -466,8 +475,12 @@ fn method(out: &mut String, results: &Results) {
          half-closes after {secs} s and counts to EOF); request/response, {rr} keep-alive \
          connections, {size}-byte messages, one in flight per connection, latency in an \
          hdrhistogram per connection, merged; short connections, {cc} concurrent loops of connect \
-         + header + {size}-byte request + echo + close. Every byte count and echo is checked; a \
-         mismatch fails the workload and is listed under run notes.\n\
+         + header + {size}-byte request + echo + close; UDP (direct and trueip none only: the \
+         others have no PROXY-over-UDP listener), {rr} client flows, {size}-byte datagrams, one \
+         in flight per flow, each behind a PROXY v2 UDP header to a second sidecar process \
+         (`--protocol udp --mode none`, bare replies), straight to the app's UDP echo for direct; \
+         an echo missing after 1 s is counted lost and noted. Every byte count and echo is \
+         checked; a mismatch fails the workload and is listed under run notes.\n\
          * **Repetitions**: a warm-up pass per variant (1 × bulk each way and rr, {warm} s, not \
          recorded), then {reps} repetition(s); each repetition runs every variant once, starting \
          and stopping its hop, the order rotated by one each time.\n\

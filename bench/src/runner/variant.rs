@@ -265,6 +265,49 @@ impl Variant {
     }
 }
 
+/// The UDP listener of the `udp` workload: the app's own port (direct) or a second sidecar
+/// process with `--protocol udp` (trueip none); `None` for hops without PROXY-over-UDP support.
+#[must_use]
+pub fn udp_target(variant: Variant) -> Option<SocketAddr> {
+    match variant {
+        Variant::Direct => Some(SocketAddr::new(POD_IP, APP_PORT)),
+        Variant::TrueipNone => Some(SocketAddr::new(POD_IP, 8101)),
+        _ => None,
+    }
+}
+
+/// Starts `variant`'s UDP hop (see [`udp_target`]) and waits until it is bound.
+pub fn start_udp(variant: Variant, topo: &Topology, programs: &Programs) -> Result<Hop> {
+    let Some(target) = udp_target(variant) else {
+        bail!("{} has no UDP listener", variant.slug());
+    };
+    if variant == Variant::Direct {
+        return Ok(Hop { proc: None });
+    }
+    let sidecar = programs.sidecar.clone().map_err(anyhow::Error::msg)?;
+    let launch = pinned(
+        &format!("sidecar-udp-{}", variant.slug()),
+        &sidecar,
+        programs,
+    )
+    .args([
+        "--protocol".to_owned(),
+        "udp".to_owned(),
+        "--listen".to_owned(),
+        target.to_string(),
+        "--upstream".to_owned(),
+        variant.upstream().to_string(),
+        "--mode".to_owned(),
+        "none".to_owned(),
+        "--trusted".to_owned(),
+        TRUSTED.to_owned(),
+    ])
+    .env("NO_COLOR", "1");
+    let mut proc = launch.netns(&topo.pod).spawn(topo.dir())?;
+    trueip_interop_tests::udp::wait_bound(&topo.pod, &mut proc, target)?;
+    Ok(Hop { proc: Some(proc) })
+}
+
 /// Programs the hops are run with.
 #[derive(Debug, Clone)]
 pub struct Programs {

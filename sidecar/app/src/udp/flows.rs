@@ -13,7 +13,7 @@ use std::{
     },
 };
 
-/// When a flow last carried a datagram, in milliseconds of the listener's clock.
+/// When a flow last carried a datagram, in ticks of the listener's clock (microseconds).
 #[derive(Debug, Default)]
 pub struct Activity(AtomicU64);
 

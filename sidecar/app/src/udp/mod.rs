@@ -207,13 +207,14 @@ struct Shared {
     /// Zero of the flows' activity clock.
     epoch: Instant,
     /// Per reason: when a warning was last logged, and how many were held back since.
-    logged: Mutex<HashMap<&'static str, (Instant, u64)>>,
+    logged: Mutex<HashMap<&'static str, (Option<Instant>, u64)>>,
 }
 
 impl Shared {
-    /// Milliseconds since the listener started: the flows' activity clock.
+    /// Microseconds since the listener started: the flows' activity clock (fine enough that
+    /// "idle the longest" rarely ties between flows a few datagrams apart).
     fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
     /// Counts a dropped datagram and logs it, at most once a second per reason.
@@ -226,13 +227,16 @@ impl Shared {
     fn warn_limited(&self, reason: &'static str, peer: SocketAddr, detail: &str) {
         let now = Instant::now();
         let mut logged = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = logged.entry(reason).or_insert((now - LOG_EVERY, 0));
-        if now.duration_since(entry.0) < LOG_EVERY {
+        let entry = logged.entry(reason).or_insert((None, 0));
+        if entry
+            .0
+            .is_some_and(|last| now.duration_since(last) < LOG_EVERY)
+        {
             entry.1 += 1;
             return;
         }
         let held_back = std::mem::take(&mut entry.1);
-        entry.0 = now;
+        entry.0 = Some(now);
         drop(logged);
         warn!(listener = %self.name, %peer, reason, held_back, "datagram dropped: {detail}");
     }
@@ -334,7 +338,7 @@ impl UdpListener {
     pub async fn serve(self, mut shutdown: watch::Receiver<bool>) -> usize {
         let shared = &self.shared;
         let idle = shared.config.flow_idle_timeout;
-        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let idle_us = u64::try_from(idle.as_micros()).unwrap_or(u64::MAX);
         let mut sweep = tokio::time::interval(
             (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
         );
@@ -351,7 +355,7 @@ impl UdpListener {
                     Err(e) => shared.warn_limited("recv_error", shared.local, &e.to_string()),
                 },
                 _ = sweep.tick() => {
-                    let expired = flows.expire(shared.now(), idle_ms);
+                    let expired = flows.expire(shared.now(), idle_us);
                     if !expired.is_empty() {
                         debug!(listener = %shared.name, flows = expired.len(), "idle flows expired");
                         shared.metrics.closed(FlowClosed::Expired, expired.len());
