@@ -438,3 +438,32 @@ impl ListenerMetrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_families_are_exported_by_class_and_header() {
+        let registry = SidecarMetrics::default();
+        let web = registry.listener("web");
+        web.http_response(200);
+        web.http_response(204);
+        web.http_response(502);
+        web.http_response(99);
+        web.http_header_removed("x-forwarded-for");
+        let text = registry.encode();
+        for line in [
+            "trueip_http_requests_total{listener=\"web\",class=\"2xx\"} 2",
+            "trueip_http_requests_total{listener=\"web\",class=\"5xx\"} 1",
+            "trueip_http_headers_removed_total{listener=\"web\",header=\"x-forwarded-for\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        assert!(!text.contains("class=\"0xx\""), "{text}");
+        let s = web.snapshot();
+        assert_eq!(s.http_requests.get("2xx"), Some(&2));
+        assert_eq!(s.http_requests.get("1xx"), None, "never seen, not created");
+        assert_eq!(s.http_headers_removed.get("x-forwarded-for"), Some(&1));
+    }
+}
