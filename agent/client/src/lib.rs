@@ -563,6 +563,44 @@ mod tests {
     }
 
     #[test]
+    fn a_fast_path_answer_needs_both_map_fds() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = fake_agent(dir.path(), b"TRUEIP/1 OK fast-path max_entries=10\n", None);
+        let err = FastPath::connect(&dir.path().join("agent.sock")).unwrap_err();
+        assert_eq!(agent.join().unwrap(), Request::GetFastPath.encode());
+        assert!(
+            matches!(
+                err,
+                ClientError::MissingFd {
+                    count: 0,
+                    expected: 2,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // An older agent does not know the request.
+        let dir = tempfile::tempdir().unwrap();
+        let agent = fake_agent(
+            dir.path(),
+            b"TRUEIP/1 ERR bad-request GET-FAST-PATH\n",
+            None,
+        );
+        let err = FastPath::connect(&dir.path().join("agent.sock")).unwrap_err();
+        agent.join().unwrap();
+        assert!(
+            matches!(
+                err,
+                ClientError::Refused {
+                    code: ErrorCode::BadRequest,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn errors_stay_small_enough_to_embed() {
         // Callers wrap these in their own errors; clippy's result_large_err starts at 128 bytes.
         assert!(

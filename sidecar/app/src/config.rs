@@ -874,6 +874,21 @@ drain_timeout: 10s
     }
 
     #[test]
+    fn fast_path_is_off_unless_asked_for() {
+        let base = "listeners:\n  - listen: 0.0.0.0:1\n    upstream: 127.0.0.1:2\n    \
+                    mode: ebpf\n    trusted_sources: [10.0.0.0/8]\n";
+        let l = |extra: &str| {
+            Config::from_yaml(&format!("{base}{extra}")).map(|c| c.listeners[0].fast_path)
+        };
+        assert_eq!(l("").unwrap(), FastPathMode::Off);
+        assert_eq!(l("    fast_path: sk-msg\n").unwrap(), FastPathMode::SkMsg);
+        assert_eq!(l("    fast_path: sk_msg\n").unwrap(), FastPathMode::SkMsg);
+        assert_eq!(l("    fast_path: off\n").unwrap(), FastPathMode::Off);
+        let e = l("    fast_path: sockmap\n").unwrap_err().to_string();
+        assert!(e.contains("fast_path") && e.contains("sk-msg"), "{e}");
+    }
+
+    #[test]
     fn combinations_are_checked() {
         let base = "listeners:\n  - name: a\n    listen: 0.0.0.0:1\n    upstream: 127.0.0.1:2\n";
         let e = parse_err(base);
