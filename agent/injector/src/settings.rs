@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) const INJECT: &str = "trueip.io/inject";
 /// The ports the sidecar serves: `8080` or `8080:80,9090` (listen:upstream pairs).
 pub(crate) const PORTS: &str = "trueip.io/ports";
-/// The restore mode: `none`, `proxy-v1`, `proxy-v2`, `ebpf` or `transparent`.
+/// The restore mode: `none`, `proxy-v1`, `proxy-v2`, `ebpf`, `transparent` or `http`.
 pub(crate) const MODE: &str = "trueip.io/mode";
 /// The load balancers whose PROXY headers are honoured: comma-separated CIDRs or addresses.
 pub(crate) const TRUSTED_CIDRS: &str = "trueip.io/trusted-cidrs";
@@ -36,6 +36,9 @@ pub(crate) enum Mode {
     Ebpf,
     /// The sidecar connects to the app from the client's address; it gets CAP_NET_ADMIN.
     Transparent,
+    /// The sidecar speaks HTTP and tells the app the client in forwarding headers (the
+    /// sidecar's defaults: client copies stripped, `X-Forwarded-For`, `X-Real-IP`, `Forwarded`).
+    Http,
 }
 
 /// Whether a PROXY header is expected (the sidecar's `header`, same spelling).
@@ -120,6 +123,7 @@ impl fmt::Display for Mode {
             Self::ProxyV2 => "proxy-v2",
             Self::Ebpf => "ebpf",
             Self::Transparent => "transparent",
+            Self::Http => "http",
         })
     }
 }
@@ -324,6 +328,7 @@ mod tests {
             Mode::ProxyV2,
             Mode::Ebpf,
             Mode::Transparent,
+            Mode::Http,
         ] {
             assert_eq!(word::<Mode>(&mode.to_string()), Ok(mode));
         }
@@ -410,7 +415,7 @@ mod tests {
         assert_eq!(
             errors[2].to_string(),
             "annotation trueip.io/mode: \"tproxy\": unknown variant `tproxy`, \
-             expected one of `none`, `proxy-v1`, `proxy-v2`, `ebpf`, `transparent`"
+             expected one of `none`, `proxy-v1`, `proxy-v2`, `ebpf`, `transparent`, `http`"
         );
     }
 }

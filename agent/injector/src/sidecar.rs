@@ -344,6 +344,7 @@ mod tests {
             (Mode::ProxyV2, M::ProxyV2),
             (Mode::Ebpf, M::Ebpf),
             (Mode::Transparent, M::Transparent),
+            (Mode::Http, M::Http),
         ] {
             for (header, their_header) in [
                 (HeaderPolicy::Required, H::Required),
