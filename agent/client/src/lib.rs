@@ -53,6 +53,12 @@ const E2BIG: i32 = 7;
 const ENOSPC: i32 = 28;
 /// `bpf_map_delete_elem` of a missing key.
 const ENOENT: i32 = 2;
+/// `bpf_map_update_elem` with `BPF_NOEXIST` of a key already present.
+const EEXIST: i32 = 17;
+/// `bpf_map_update_elem` flag: create or replace.
+const BPF_ANY: u64 = 0;
+/// `bpf_map_update_elem` flag: create only.
+const BPF_NOEXIST: u64 = 1;
 
 /// This pod's restore map, obtained from the node agent.
 #[derive(Debug)]
@@ -99,6 +105,9 @@ pub enum InsertError {
     /// The pod map has no room left (its size is the agent's `--map-max-entries`).
     #[error("the pod's restore map is full")]
     Full,
+    /// [`PodMap::claim`] found an entry for the same loopback connection already there.
+    #[error("the pod's restore map already has an entry for this loopback connection")]
+    Taken,
     /// Anything else.
     #[error(transparent)]
     Other(ClientError),
@@ -221,14 +230,32 @@ impl PodMap {
     /// An entry left behind for the same connection (a crashed sidecar, a reused port) is
     /// overwritten, so the app never sees a previous connection's client.
     pub fn insert(&self, conn: &LoopbackConn, restored: &Restored) -> Result<(), InsertError> {
+        self.update(conn, restored, BPF_ANY)
+    }
+
+    /// Like [`insert`](Self::insert), but never overwrites: fails with [`InsertError::Taken`]
+    /// when the map already has an entry for `conn`. For a caller that picks its own loopback
+    /// ports and may bind one whose 4-tuple still belongs to a live connection: the kernel only
+    /// refuses that at connect(), after the entry is written, and overwriting it would take the
+    /// live connection's client away.
+    pub fn claim(&self, conn: &LoopbackConn, restored: &Restored) -> Result<(), InsertError> {
+        self.update(conn, restored, BPF_NOEXIST)
+    }
+
+    fn update(
+        &self,
+        conn: &LoopbackConn,
+        restored: &Restored,
+        flags: u64,
+    ) -> Result<(), InsertError> {
         let key = ConnKey::from_socket_addrs(conn.app, conn.sidecar);
         let value = RestoreValue::new(restored.client, restored.original_dst);
-        // BPF_ANY: create or replace.
-        match self.lock().insert(key, value, 0) {
+        match self.lock().insert(key, value, flags) {
             Ok(()) => Ok(()),
             Err(e) if errno(&e).is_some_and(|n| n == E2BIG || n == ENOSPC) => {
                 Err(InsertError::Full)
             }
+            Err(e) if errno(&e) == Some(EEXIST) => Err(InsertError::Taken),
             Err(source) => Err(InsertError::Other(ClientError::Map {
                 op: "inserting an entry",
                 source: Box::new(source),
@@ -256,7 +283,7 @@ impl PodMap {
     pub fn insert_udp_flow(&self, flow: &UdpFlow) -> Result<(), InsertError> {
         let entries = UdpFlowEntries::new(flow.app_port, flow.sidecar, flow.client);
         let mut map = self.lock();
-        let mut insert = |(key, value)| match map.insert(key, value, 0) {
+        let mut insert = |(key, value)| match map.insert(key, value, BPF_ANY) {
             Ok(()) => Ok(()),
             Err(e) if errno(&e).is_some_and(|n| n == E2BIG || n == ENOSPC) => {
                 Err(InsertError::Full)

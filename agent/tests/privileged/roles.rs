@@ -148,6 +148,7 @@ fn run_sidecar(args: &[String]) -> anyhow::Result<()> {
                     None => "none".to_owned(),
                     Some(Ok(())) => "restored".to_owned(),
                     Some(Err(InsertError::Full)) => "full".to_owned(),
+                    Some(Err(InsertError::Taken)) => "taken".to_owned(),
                     Some(Err(InsertError::Other(e))) => format!("error:{e}"),
                 };
                 sock.connect(&app.into())?;

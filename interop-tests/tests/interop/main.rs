@@ -42,13 +42,14 @@ macro_rules! tests {
 }
 
 /// Every test of this binary; a test function left out is dead code, which clippy refuses.
-const TESTS: [(&str, Test); 35] = tests![
+const TESTS: [(&str, Test); 36] = tests![
     curl::curl_haproxy_protocol_from_an_untrusted_source_is_rejected,
     curl::curl_haproxy_protocol_to_proxy_v1_mode_nginx_logs_curl,
     differential::haproxy_and_trueip_agree_on_every_header,
     ebpf::ebpf_mode_accept_and_getpeername_return_the_client,
     ebpf::ebpf_mode_keeps_restoring_across_an_agent_restart,
     ebpf::ebpf_mode_nginx_default_log_shows_the_client,
+    ebpf::ebpf_mode_survives_a_port_range_full_of_time_wait,
     ebpf::ebpf_mode_two_pods_never_see_each_others_clients,
     exhaustion::invalid_header_flood_does_not_stall_valid_connections,
     exhaustion::ten_thousand_silent_connections_are_closed_at_the_header_timeout,

@@ -3,18 +3,22 @@
 //! `getpeername()` return the client. The sidecar only holds the map's file descriptor, handed
 //! over by the agent: it needs no CAP_BPF and can reach no other pod's entries.
 
-use std::{net::SocketAddr, os::fd::AsFd as _, path::Path, sync::Arc};
+use std::{io, net::SocketAddr, os::fd::AsFd as _, path::Path, sync::Arc};
 
 use tokio::net::{TcpSocket, TcpStream};
 use trueip_agent_client::{
     ClientError, FastPath, InsertError, LoopbackConn, PodMap, Restored, WireError,
 };
 
-use super::{ConnectError, Endpoints, Upstream};
+use super::{ConnectError, Endpoints, Upstream, ports::PortCycle};
 use crate::{
     config::{FastPathMode, MapFullPolicy},
     metrics::{FastPathOutcome, RestoreOutcome},
 };
+
+/// How many loopback ports one connection tries before it is refused: each try costs a socket
+/// and a bind, and only a range nearly full of live connections needs more than a few.
+const PORT_ATTEMPTS: u32 = 64;
 
 /// The pod's map could not be obtained from the agent.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +135,10 @@ impl Ebpf {
     /// Binds the loopback socket first so that its port is known, records the entry (when
     /// `endpoints` names a client) and wires the fast path to `lb` (when configured), and only
     /// then connects: the app can never accept the connection before both are in place.
+    ///
+    /// The port comes from [`PortCycle`] (see there why not from the kernel). A port bound by a
+    /// listener, one whose 4-tuple is still live (connect() says EADDRNOTAVAIL) and one whose
+    /// entry is still in the map are all skipped for the next one.
     pub(super) async fn connect(
         &self,
         upstream: SocketAddr,
@@ -139,35 +147,52 @@ impl Ebpf {
         lb: &TcpStream,
     ) -> Result<Upstream, ConnectError> {
         let io_err = |source| ConnectError::Connect { upstream, source };
-        let socket = match upstream {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        }
-        .map_err(io_err)?;
-        // The upstream is on loopback (checked by the config): bind to the same address, so
-        // the connection stays inside the pod with the 4-tuple the entry's key names.
-        socket
-            .bind(SocketAddr::new(upstream.ip(), 0))
+        let ports = PortCycle::shared();
+        let attempts = ports.len().min(PORT_ATTEMPTS);
+        for _ in 0..attempts {
+            let socket = match upstream {
+                SocketAddr::V4(_) => TcpSocket::new_v4(),
+                SocketAddr::V6(_) => TcpSocket::new_v6(),
+            }
             .map_err(io_err)?;
-        let conn = LoopbackConn {
-            app: upstream,
-            sidecar: socket.local_addr().map_err(io_err)?,
-        };
-        let (entry, outcome) = match endpoints {
-            Some(endpoints) => self.restore(conn, endpoints)?,
-            None => (None, plain_outcome),
-        };
-        let (fast, fast_outcome) = self.wire(conn, lb);
-        // On failure `entry` and `fast` drop here and remove what was inserted.
-        let stream = socket.connect(upstream).await.map_err(io_err)?;
-        Ok(Upstream {
-            stream,
-            preamble: Vec::new(),
-            outcome,
-            entry,
-            fast,
-            fast_outcome,
-        })
+            socket.set_reuseaddr(true).map_err(io_err)?;
+            // The upstream is on loopback (checked by the config): bind to the same address, so
+            // the connection stays inside the pod with the 4-tuple the entry's key names.
+            let sidecar = SocketAddr::new(upstream.ip(), ports.next());
+            match socket.bind(sidecar) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(io_err(e)),
+            }
+            let conn = LoopbackConn {
+                app: upstream,
+                sidecar,
+            };
+            let (entry, outcome) = match endpoints {
+                Some(endpoints) => match self.restore(conn, endpoints)? {
+                    Some(restored) => restored,
+                    None => continue,
+                },
+                None => (None, plain_outcome),
+            };
+            let (fast, fast_outcome) = self.wire(conn, lb);
+            // On failure `entry` and `fast` drop here and remove what was inserted.
+            match socket.connect(upstream).await {
+                Ok(stream) => {
+                    return Ok(Upstream {
+                        stream,
+                        preamble: Vec::new(),
+                        outcome,
+                        entry,
+                        fast,
+                        fast_outcome,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        Err(ConnectError::NoLoopbackPort { upstream, attempts })
     }
 
     /// Wires `conn` to the LB-facing socket, if the fast path is configured.
@@ -211,17 +236,18 @@ impl Ebpf {
         }
     }
 
-    /// Records the entry restoring `endpoints` for `conn`.
+    /// Records the entry restoring `endpoints` for `conn`; `None` when the map still has an
+    /// entry for the same 4-tuple (a live connection's: try another port).
     fn restore(
         &self,
         conn: LoopbackConn,
         endpoints: Endpoints,
-    ) -> Result<(Option<Entry>, RestoreOutcome), ConnectError> {
+    ) -> Result<Option<(Option<Entry>, RestoreOutcome)>, ConnectError> {
         let restored = Restored {
             client: endpoints.client,
             original_dst: Some(endpoints.destination),
         };
-        Ok(match self.map.insert(&conn, &restored) {
+        Ok(Some(match self.map.claim(&conn, &restored) {
             Ok(()) => (
                 Some(Entry {
                     map: Arc::clone(&self.map),
@@ -229,6 +255,7 @@ impl Ebpf {
                 }),
                 RestoreOutcome::Restored,
             ),
+            Err(InsertError::Taken) => return Ok(None),
             Err(InsertError::Full) if self.on_full == MapFullPolicy::Refuse => {
                 return Err(ConnectError::MapFull);
             }
@@ -243,6 +270,6 @@ impl Ebpf {
                 tracing::warn!(?conn, error = %e, "could not write the eBPF entry; delivering without restoration");
                 (None, RestoreOutcome::Failed)
             }
-        })
+        }))
     }
 }

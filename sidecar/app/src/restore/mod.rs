@@ -3,6 +3,7 @@
 
 mod ebpf;
 mod http;
+mod ports;
 mod proxy;
 mod transparent;
 
@@ -95,6 +96,17 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
+    /// `ebpf`: every loopback port tried was taken by a listener or a live connection.
+    #[error(
+        "no free loopback port to connect to the app at {upstream} after {attempts} tries \
+         (the pod's ephemeral port range is full of live connections)"
+    )]
+    NoLoopbackPort {
+        /// The app's address.
+        upstream: SocketAddr,
+        /// How many ports were tried.
+        attempts: u32,
+    },
     /// The pod's map is full and the listener refuses unrestorable connections.
     #[error("the pod's restore map is full (on_map_full: refuse)")]
     MapFull,
@@ -114,6 +126,7 @@ impl ConnectError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Connect { .. } => "upstream_connect",
+            Self::NoLoopbackPort { .. } => "loopback_ports",
             Self::MapFull => "map_full",
             Self::PortInUse { .. } => "port_in_use",
         }
