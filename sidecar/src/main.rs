@@ -116,7 +116,7 @@ struct Opt {
     #[arg(long, value_name = "PRIORITY")]
     transparent_priority: Option<u32>,
 
-    /// Kernel pipe size for splice(2), in bytes [default: the kernel's].
+    /// Kernel pipe size for splice(2) of bulk flows, in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     pipe_size: Option<NonZeroUsize>,
 

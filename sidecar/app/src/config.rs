@@ -159,7 +159,8 @@ pub struct ListenerConfig {
     /// `ebpf`: the mode used when the agent cannot be reached at start-up. Unset: refuse to start.
     #[serde(default)]
     pub fallback: Option<Mode>,
-    /// Capacity of the kernel pipes used to splice bytes, in bytes. Unset: the kernel default.
+    /// Capacity of the kernel pipes used to splice bulk flows, in bytes. Unset: 1 MiB (the
+    /// kernel gives less once the user's pipe budget, `fs.pipe-user-pages-soft`, is spent).
     #[serde(default)]
     pub pipe_size: Option<NonZeroUsize>,
     /// Steering (needs the node agent): the app keeps listening on its own port (`upstream`'s

@@ -142,7 +142,10 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
             &mut app,
             &upstream.preamble,
             rest,
-            shared.config.pipe_size.map(usize::from),
+            shared
+                .config
+                .pipe_size
+                .map_or(crate::forward::DEFAULT_PIPE_SIZE, usize::from),
             upstream.fast.is_some(),
             metrics,
         )

@@ -5,6 +5,7 @@
 //! becomes a shutdown of the other side's write half).
 
 use std::{
+    cell::RefCell,
     io,
     os::fd::{AsFd, AsRawFd, OwnedFd},
 };
@@ -26,6 +27,10 @@ use crate::metrics::ListenerMetrics;
 const SPLICE_CHUNK: usize = 1 << 20;
 /// The copy buffer for small messages; a read that fills it switches the direction to splice.
 const COPY_CHUNK: usize = 16 * 1024;
+/// The pipe capacity asked for when the listener sets none: 1 MiB moves about 45 % more per
+/// CPU second than the kernel's 64 KiB on one bulk stream (bench/NOTES.md), and it is the most an
+/// unprivileged process may ask for (`fs.pipe-max-size`).
+pub const DEFAULT_PIPE_SIZE: usize = 1 << 20;
 
 /// Bytes moved by a finished connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -62,24 +67,54 @@ pub struct ForwardError {
     pub source: io::Error,
 }
 
+/// Empty pipes each worker thread keeps for the next bulk transfer. A direction holds a pipe
+/// only while bytes are in it, so a few per thread serve every connection; this bounds the
+/// pipes a busy sidecar owns (each one counts against the user's pipe budget,
+/// `fs.pipe-user-pages-soft`) and keeps pipe2(2), F_SETPIPE_SZ and close(2) off the per-message
+/// path.
+const POOLED_PIPES: usize = 4;
+
+thread_local! {
+    static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A pipe used as splice(2)'s kernel buffer.
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// The capacity asked for, which decides whether a pooled pipe fits a transfer.
+    size: usize,
 }
 
 impl Pipe {
-    fn new(size: Option<usize>) -> io::Result<Self> {
+    /// An empty pipe of `size` bytes: from this thread's pool, or a new one.
+    fn take(size: usize) -> io::Result<Self> {
+        let pooled = PIPES.with_borrow_mut(|pool| {
+            let i = pool.iter().position(|p| p.size == size)?;
+            Some(pool.swap_remove(i))
+        });
+        pooled.map_or_else(|| Self::new(size), Ok)
+    }
+
+    fn new(size: usize) -> io::Result<Self> {
         let (read, write) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-        if let Some(size) = size {
-            // A larger pipe moves more per system call; when the per-user pipe budget is spent
-            // (fs.pipe-user-pages-soft) the kernel refuses and the default size still works.
-            let size = i32::try_from(size).unwrap_or(i32::MAX);
-            if let Err(e) = fcntl(&write, FcntlArg::F_SETPIPE_SZ(size)) {
-                tracing::debug!(error = %e, size, "pipe size not raised");
-            }
+        // A larger pipe moves more per system call; when the per-user pipe budget is spent
+        // (fs.pipe-user-pages-soft) the kernel refuses and the default size still works.
+        let asked = i32::try_from(size).unwrap_or(i32::MAX);
+        if let Err(e) = fcntl(&write, FcntlArg::F_SETPIPE_SZ(asked)) {
+            tracing::debug!(error = %e, size, "pipe size not raised");
         }
-        Ok(Self { read, write })
+        Ok(Self { read, write, size })
+    }
+
+    /// Returns an empty pipe to this thread's pool, or closes it when the pool is full. A pipe
+    /// that may still hold bytes (a transfer that failed half-way) is dropped instead.
+    fn give_back(self) {
+        PIPES.with_borrow_mut(|pool| {
+            if pool.len() < POOLED_PIPES {
+                pool.push(self);
+            }
+        });
     }
 }
 
@@ -100,7 +135,7 @@ pub async fn forward(
     app: &mut TcpStream,
     preamble: &[u8],
     rest: &[u8],
-    pipe_size: Option<usize>,
+    pipe_size: usize,
     fast_path: bool,
     metrics: &ListenerMetrics,
 ) -> Result<Transfer, ForwardError> {
@@ -119,7 +154,7 @@ pub async fn forward(
     }
     let app = &*app;
     let up = pump(client, app, Some(pipe_size), |n| metrics.to_app(n));
-    let down_pipe = if fast_path { None } else { Some(pipe_size) };
+    let down_pipe = (!fast_path).then_some(pipe_size);
     let down = pump(app, client, down_pipe, |n| metrics.to_client(n));
     tokio::pin!(up, down);
     let (mut to_app, mut to_client) = (None, None);
@@ -165,28 +200,26 @@ enum PumpSide {
 ///
 /// Small messages (requests, responses, handshakes) are copied through a short-lived buffer:
 /// one recv and one send each, and no pipe. The first read that fills the buffer marks a bulk
-/// flow, which switches to splice(2) through a kernel pipe (of `pipe_size`) for the rest of the
-/// connection; `pipe_size: None` copies throughout.
+/// flow, which switches to splice(2) through a kernel pipe of `pipe_size` bytes for the rest of
+/// the connection; `pipe_size: None` copies throughout.
 async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
-    pipe_size: Option<Option<usize>>,
+    pipe_size: Option<usize>,
     mut count: impl FnMut(u64),
 ) -> Result<u64, (PumpSide, io::Error)> {
     let mut total = 0u64;
-    let mut pipe: Option<Pipe> = None;
+    let mut bulk = false;
     loop {
-        let moved = match &pipe {
-            None => {
+        let moved = match pipe_size {
+            Some(size) if bulk => splice_some(src, dst, size).await?,
+            _ => {
                 let mut buf = vec![0; COPY_CHUNK];
                 let n = recv_some(src, &mut buf).await?;
                 send_all(dst, &buf[..n]).await?;
-                if let (COPY_CHUNK, Some(size)) = (n, pipe_size) {
-                    pipe = Some(Pipe::new(size).map_err(|e| (PumpSide::Source, e))?);
-                }
+                bulk = n == COPY_CHUNK;
                 n
             }
-            Some(pipe) => splice_some(src, dst, pipe).await?,
         };
         if moved == 0 {
             SockRef::from(dst)
@@ -249,16 +282,18 @@ async fn send_all(dst: &TcpStream, mut bytes: &[u8]) -> Result<(), (PumpSide, io
     Ok(())
 }
 
-/// Splices what `src` has into `pipe` and all of it out to `dst`; 0 at EOF. The pipe is empty
-/// again when this returns, so no byte is ever left behind in it.
+/// Splices what `src` has into a pipe and all of it out to `dst`; 0 at EOF. The pipe is taken
+/// from the thread's pool only once `src` is readable and goes back empty, so no byte is ever
+/// left behind in it and an idle connection holds none.
 async fn splice_some(
     src: &TcpStream,
     dst: &TcpStream,
-    pipe: &Pipe,
+    pipe_size: usize,
 ) -> Result<usize, (PumpSide, io::Error)> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-    let filled = loop {
+    let (pipe, filled) = loop {
         src.readable().await.map_err(|e| (PumpSide::Source, e))?;
+        let pipe = Pipe::take(pipe_size).map_err(|e| (PumpSide::Source, e))?;
         match src.try_io(Interest::READABLE, || {
             splice(
                 src.as_fd(),
@@ -270,9 +305,18 @@ async fn splice_some(
             )
             .map_err(io::Error::from)
         }) {
-            Ok(n) => break n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err((PumpSide::Source, e)),
+            Ok(0) => {
+                pipe.give_back();
+                return Ok(0);
+            }
+            Ok(n) => break (pipe, n),
+            Err(e) => {
+                // A failed splice moved nothing: the pipe is still empty.
+                pipe.give_back();
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    return Err((PumpSide::Source, e));
+                }
+            }
         }
     };
     let mut left = filled;
@@ -288,6 +332,7 @@ async fn splice_some(
             Err(e) => return Err((PumpSide::Destination, e)),
         }
     }
+    pipe.give_back();
     Ok(filled)
 }
 
