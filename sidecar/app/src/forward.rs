@@ -76,6 +76,8 @@ const POOLED_PIPES: usize = 4;
 
 thread_local! {
     static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    /// The worker thread's buffer for small messages (see [`copy_some`]).
+    static COPY_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; COPY_CHUNK].into_boxed_slice());
 }
 
 /// A pipe used as splice(2)'s kernel buffer.
@@ -198,7 +200,7 @@ enum PumpSide {
 /// Moves bytes from `src` to `dst` until `src` reaches EOF, then shuts down `dst`'s write half.
 /// Returns the number of bytes moved.
 ///
-/// Small messages (requests, responses, handshakes) are copied through a short-lived buffer:
+/// Small messages (requests, responses, handshakes) are copied through the worker thread's buffer:
 /// one recv and one send each, and no pipe. The first read that fills the buffer marks a bulk
 /// flow, which switches to splice(2) through a kernel pipe of `pipe_size` bytes for the rest of
 /// the connection; `pipe_size: None` copies throughout.
@@ -214,9 +216,7 @@ async fn pump(
         let moved = match pipe_size {
             Some(size) if bulk => splice_some(src, dst, size).await?,
             _ => {
-                let mut buf = vec![0; COPY_CHUNK];
-                let n = recv_some(src, &mut buf).await?;
-                send_all(dst, &buf[..n]).await?;
+                let n = copy_some(src, dst).await?;
                 bulk = n == COPY_CHUNK;
                 n
             }
@@ -237,33 +237,53 @@ async fn pump(
     }
 }
 
-/// Reads what `src` has (at least one byte, or 0 at EOF) into `buf`.
+/// Copies what `src` has (at least one byte, or 0 at EOF) to `dst`; returns how much.
+///
+/// The bytes go through the worker thread's buffer and straight on to `dst`: only the part
+/// `dst` does not take at once is kept in a buffer of this connection's own while it waits for
+/// room. So a small message costs no allocation, and an idle connection holds no buffer.
+async fn copy_some(src: &TcpStream, dst: &TcpStream) -> Result<usize, (PumpSide, io::Error)> {
+    loop {
+        src.readable().await.map_err(|e| (PumpSide::Source, e))?;
+        let copied = COPY_BUF.with_borrow_mut(|buf| {
+            let Some(n) = try_recv(src, buf)? else {
+                return Ok(None);
+            };
+            let sent = match dst.try_write(&buf[..n]) {
+                Ok(sent) => sent,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err((PumpSide::Destination, e)),
+            };
+            Ok(Some((n, buf[sent..n].to_vec())))
+        })?;
+        if let Some((n, left)) = copied {
+            send_all(dst, &left).await?;
+            return Ok(n);
+        }
+    }
+}
+
+/// One non-blocking read of `src` into `buf`: the byte count (0 at EOF), or `None` when there
+/// was nothing to read after all (tokio has then cleared the readiness).
 ///
 /// A read shorter than `buf` has emptied the socket's receive queue (TCP copies until the queue
 /// or the buffer is exhausted), so its readiness is cleared inside the same `try_io`: that saves
 /// the second, empty recv that would otherwise only return EAGAIN. Clearing inside `try_io` is
 /// race-free: tokio only clears the readiness it observed before the call, and bytes arriving
 /// meanwhile set it again.
-async fn recv_some(src: &TcpStream, buf: &mut [u8]) -> Result<usize, (PumpSide, io::Error)> {
-    loop {
-        src.readable().await.map_err(|e| (PumpSide::Source, e))?;
-        let mut drained = None;
-        match src.try_io(Interest::READABLE, || {
-            let n = recv(src.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)?;
-            if n > 0 && n < buf.len() {
-                drained = Some(n);
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
-        }) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if let Some(n) = drained {
-                    return Ok(n);
-                }
-            }
-            Err(e) => return Err((PumpSide::Source, e)),
+fn try_recv(src: &TcpStream, buf: &mut [u8]) -> Result<Option<usize>, (PumpSide, io::Error)> {
+    let mut drained = None;
+    match src.try_io(Interest::READABLE, || {
+        let n = recv(src.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)?;
+        if n > 0 && n < buf.len() {
+            drained = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
         }
+        Ok(n)
+    }) {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(drained),
+        Err(e) => Err((PumpSide::Source, e)),
     }
 }
 
