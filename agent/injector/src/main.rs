@@ -137,10 +137,8 @@ fn run(opt: &Opt) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let cert = Arc::new(
-        ReloadingCert::load(&opt.tls_cert, &opt.tls_key)
-            .context("cannot load the serving certificate")?,
-    );
+    let cert = ReloadingCert::load(&opt.tls_cert, &opt.tls_key)
+        .context("cannot load the serving certificate")?;
     let tls = cert.server_config().context("cannot configure TLS")?;
     tracing::info!(
         image = %config.sidecar.image,
@@ -159,7 +157,8 @@ fn run(opt: &Opt) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", opt.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         let metrics = Arc::new(Metrics::default());
-        tokio::spawn(Arc::clone(&cert).watch(opt.cert_reload_interval, Arc::clone(&metrics)));
+        let (reload_metrics, interval) = (Arc::clone(&metrics), opt.cert_reload_interval);
+        tokio::spawn(async move { tls::watch(&cert, interval, reload_metrics).await });
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         tracing::info!(%addr, path = server::MUTATE_PATH, "listening");
