@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::watch};
 use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 
 use crate::{
@@ -14,8 +14,15 @@ use crate::{
 };
 
 /// Serves one accepted connection; never fails: everything that goes wrong is logged and
-/// counted, and the connection is closed.
-pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// counted, and the connection is closed. `shutdown` turns true when the sidecar stops: a relayed
+/// stream runs on until either side closes it (or the drain deadline), while an HTTP connection
+/// is closed as soon as its requests in flight are answered.
+pub(crate) async fn serve(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
     let listener = shared.name.as_str();
     // One span per connection with OpenTelemetry semantic-convention attributes; the ones only
     // known later are recorded as the connection progresses.
@@ -92,7 +99,9 @@ pub(crate) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
             };
             metrics.restore(outcome);
             record_connection(&detection, endpoints, outcome);
-            http.serve(client, detection, endpoints, Arc::clone(metrics))
+            // Boxed: an HTTP connection's state is 8 KiB, which would otherwise be the size of
+            // every connection's task, idle relayed streams included.
+            Box::pin(http.serve(client, detection, endpoints, Arc::clone(metrics), shutdown))
                 .await;
             return;
         }

@@ -196,8 +196,9 @@ impl Listener {
                 warn!(listener = %self.shared.name, error = %e, "TCP_NODELAY not set");
             }
             let shared = Arc::clone(&self.shared);
+            let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                connection::serve(stream, peer, shared).await;
+                connection::serve(stream, peer, shared, shutdown).await;
                 drop(permit);
             });
         }
@@ -219,7 +220,7 @@ impl Listener {
 }
 
 /// Completes once shutdown is requested (or the sender is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 

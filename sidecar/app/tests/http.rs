@@ -342,6 +342,35 @@ async fn pipelined_requests_keep_their_connections_client() {
 }
 
 #[tokio::test]
+async fn shutdown_closes_an_idle_keep_alive_connection_without_waiting_for_the_deadline() {
+    let app = EchoApp::start().await;
+    let mut sidecar = http_sidecar(&app, |_| {}).await;
+    let mut c = TcpStream::connect(sidecar.addr).await.unwrap();
+    c.write_all(
+        &[
+            support::v2_header(Tlvs::default(), false).as_slice(),
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    let first = read_until(&mut c, "body-bytes").await;
+    assert!(first.starts_with("HTTP/1.1 200 OK"), "{first}");
+    // The connection is now idle and kept alive. A relayed stream would be waited for until
+    // the drain deadline (5 s here); an HTTP connection between requests is closed at once.
+    let cut = sidecar.shutdown().await;
+    assert_eq!(cut, 0, "the idle connection was cut at the drain deadline");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).await.unwrap();
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("HTTP/1.1 "),
+        "no second response: {}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+#[tokio::test]
 async fn curl_keep_alive_and_http2_prior_knowledge() {
     let app = EchoApp::start().await;
     let sidecar = http_sidecar(&app, |_| {}).await;

@@ -18,6 +18,7 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
+    sync::watch,
 };
 use tokio_rustls::TlsAcceptor;
 use tracing::{Span, debug, warn};
@@ -72,14 +73,16 @@ impl Http {
     }
 
     /// Serves one downstream connection whose PROXY header has been read: TLS (if configured),
-    /// then HTTP until the client or the app closes. Everything that goes wrong is logged and
-    /// counted on the connection's span and metrics.
+    /// then HTTP until the client or the app closes, or until `shutdown` turns true and the
+    /// requests in flight are answered. Everything that goes wrong is logged and counted on the
+    /// connection's span and metrics.
     pub(crate) async fn serve(
         &self,
         client: TcpStream,
         detection: Detection,
         endpoints: Endpoints,
         metrics: Arc<ListenerMetrics>,
+        shutdown: watch::Receiver<bool>,
     ) {
         let (header, rest) = match detection {
             Detection::Header { header, rest, .. } => (Some(header), rest),
@@ -93,7 +96,7 @@ impl Http {
                 false,
                 &self.config,
             );
-            return self.serve_http(io, facts, metrics).await;
+            return self.serve_http(io, facts, metrics, shutdown).await;
         };
         let stream = match tokio::time::timeout(REQUEST_HEAD_TIMEOUT, acceptor.accept(io)).await {
             Ok(Ok(stream)) => stream,
@@ -109,16 +112,21 @@ impl Http {
             span.record("tls.protocol.version", tls::version_label(version));
         }
         let facts = ClientFacts::new(endpoints.client.ip(), header.as_deref(), true, &self.config);
-        self.serve_http(Prefixed::new(Vec::new(), stream), facts, metrics)
+        // Boxed: the TLS stream makes this state 6 KiB, which cleartext connections need not carry.
+        Box::pin(self.serve_http(Prefixed::new(Vec::new(), stream), facts, metrics, shutdown))
             .await;
     }
 
-    /// Checks that the stream starts like HTTP, then serves it with hyper.
+    /// Checks that the stream starts like HTTP, then serves it with hyper. On shutdown hyper
+    /// closes the connection gracefully: an idle HTTP/1.1 keep-alive connection at once, one
+    /// with a request in flight after its response (with `Connection: close` when the headers
+    /// are still to be sent), and HTTP/2 with a GOAWAY that lets open streams finish.
     async fn serve_http<S>(
         &self,
         mut io: Prefixed<S>,
         facts: ClientFacts,
         metrics: Arc<ListenerMetrics>,
+        mut shutdown: watch::Receiver<bool>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -170,9 +178,16 @@ impl Http {
             .timer(TokioTimer::new())
             .header_read_timeout(REQUEST_HEAD_TIMEOUT);
         builder.http2().timer(TokioTimer::new());
-        let result = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .await;
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            () = crate::listen::stopped(&mut shutdown) => {
+                debug!("shutting down: closing the HTTP connection once its requests are answered");
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
         ctx.tunnels_closed().await;
         let requests = ctx.requests.load(std::sync::atomic::Ordering::Relaxed);
         Span::current().record("trueip.http.requests", requests);
