@@ -226,7 +226,7 @@ impl AgentMetrics {
         }
         scraped.register(
             "steered_connections",
-            "Connections to steered ports from outside the pod: handed to the sidecar (steered), or, its listener gone, let through to the app (fell_through) or refused (refused)",
+            "Connections to steered ports from outside the pod: handed to the sidecar (steered), or, its listener gone, let through to the app (fell_through) or refused (refused). Counted per socket lookup: a retransmitted SYN, or a segment arriving after its connection's socket closed, counts again",
             steered,
         );
 
