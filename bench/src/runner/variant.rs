@@ -223,7 +223,7 @@ impl Variant {
                 "the load generator connects straight to the app on 192.0.2.10:9000, no header"
             }
             Self::TrueipNone => {
-                "`trueip-sidecar --mode none --trusted 203.0.113.0/24` (defaults otherwise: tokio multi-thread, splice(2) with the kernel's default pipe size); metrics are counted but not served, no traces"
+                "`trueip-sidecar --mode none --trusted 203.0.113.0/24` (defaults otherwise: tokio multi-thread, copies small messages, splices bulk flows through 1 MiB pipes); metrics are counted but not served, no traces"
             }
             Self::TrueipMetrics => {
                 "as `trueip none`, plus `--metrics-listen 127.0.0.1:9902` (the Prometheus endpoint is served; counters are updated in every variant)"
@@ -373,7 +373,9 @@ pub fn start(
                 "--mode".into(),
                 match variant {
                     Variant::TrueipProxyV1 => "proxy-v1",
-                    Variant::TrueipEbpf => "ebpf",
+                    Variant::TrueipEbpf
+                    | Variant::TrueipEbpfSteering
+                    | Variant::TrueipEbpfSkMsg => "ebpf",
                     Variant::TrueipTransparent => "transparent",
                     Variant::TrueipHttp => "http",
                     _ => "none",
