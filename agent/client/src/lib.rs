@@ -17,26 +17,22 @@
 
 mod fast_path;
 pub mod protocol;
+mod trust;
+pub mod wire;
 
 use std::{
-    io::{self, IoSliceMut},
+    io,
     net::SocketAddr,
-    os::fd::{AsRawFd as _, BorrowedFd, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{Mutex, PoisonError},
     time::Duration,
 };
 
 use aya::maps::{HashMap, Map, MapData, MapError};
-use nix::{
-    cmsg_space,
-    sys::{
-        socket::{
-            AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
-            UnixAddr, connect, recvmsg, sendmsg, setsockopt, socket, sockopt,
-        },
-        time::TimeVal,
-    },
+use nix::sys::{
+    socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, setsockopt, socket, sockopt},
+    time::TimeVal,
 };
 use trueip_redirect_common::{ConnKey, RestoreValue, UdpFlowEntries};
 
@@ -154,6 +150,15 @@ pub enum ClientError {
         /// How many the answer needs.
         expected: usize,
     },
+    /// The socket at the agent's path could have been made by someone other than root (or this
+    /// process's own user): talking to it could hand the sidecar an impostor's map.
+    #[error("refusing the agent socket at {}: {why}", socket.display())]
+    Untrusted {
+        /// The agent's socket path.
+        socket: PathBuf,
+        /// What makes it untrustworthy.
+        why: String,
+    },
     /// The agent refused to hand out a map.
     #[error("the trueip agent refused ({code}): {message}")]
     Refused {
@@ -263,6 +268,28 @@ impl PodMap {
         }
     }
 
+    /// Removes every entry of the pod's map and returns how many there were. A sidecar calls
+    /// this once at startup, before it listens: a predecessor that was killed (its entries'
+    /// destructors never ran) may have left entries behind, and one of them would otherwise show
+    /// a previous client to a new loopback connection that happens to reuse its 4-tuple.
+    pub fn clear(&self) -> Result<usize, ClientError> {
+        let mut map = self.lock();
+        let keys: Vec<ConnKey> = map.keys().filter_map(Result::ok).collect();
+        for key in &keys {
+            match map.remove(key) {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(ENOENT) => {}
+                Err(source) => {
+                    return Err(ClientError::Map {
+                        op: "clearing stale entries",
+                        source: Box::new(source),
+                    });
+                }
+            }
+        }
+        Ok(keys.len())
+    }
+
     /// Forgets the connection (call when it closes). Forgetting an unknown connection is not an
     /// error.
     pub fn remove(&self, conn: &LoopbackConn) -> Result<(), ClientError> {
@@ -348,8 +375,8 @@ pub fn steer(socket: &Path, port: u16, listener: BorrowedFd<'_>) -> Result<(), C
     }
 }
 
-/// Sends `request` (with `fd` attached by SCM_RIGHTS, if given) and returns the answer and the
-/// descriptors that came with it.
+/// Checks that the socket is the agent's (see [`trust`]), sends `request` (with `fd` attached)
+/// and returns the answer and the descriptors that came with it.
 fn exchange(
     socket: &Path,
     request: Request,
@@ -363,6 +390,7 @@ fn exchange(
         socket: socket.to_owned(),
         source: source.into(),
     };
+    trust::check(socket)?;
     let conn = socket_fd().map_err(connect_err)?;
     let addr = UnixAddr::new(socket).map_err(connect_err)?;
     connect(conn.as_raw_fd(), &addr).map_err(connect_err)?;
@@ -370,60 +398,34 @@ fn exchange(
     setsockopt(&conn, sockopt::ReceiveTimeout, &timeout).map_err(|e| io_err(e.into()))?;
     setsockopt(&conn, sockopt::SendTimeout, &timeout).map_err(|e| io_err(e.into()))?;
 
-    let raw = fd.map(|f| [f.as_raw_fd()]);
-    let cmsgs: Vec<ControlMessage<'_>> = raw
-        .as_ref()
-        .map(|r| ControlMessage::ScmRights(r))
-        .into_iter()
-        .collect();
-    sendmsg::<()>(
-        conn.as_raw_fd(),
-        &[io::IoSlice::new(&request.encode())],
-        &cmsgs,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map_err(|e| io_err(e.into()))?;
+    let attached: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+    // An agent that refuses this caller on sight (not a pod, too many requests) answers and
+    // closes before the request is sent: the send then fails, and the answer is there to read.
+    let sent = wire::send(conn.as_fd(), &request.encode(), &attached, false);
 
     let mut buf = [0u8; protocol::MAX_MESSAGE_LEN];
-    let mut cmsg = cmsg_space!([std::os::fd::RawFd; 4]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| io_err(e.into()))?;
-    let len = msg.bytes;
-    let truncated = msg
-        .flags
-        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for c in msg.cmsgs().map_err(|e| io_err(e.into()))? {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            for raw in raw {
-                // SAFETY: the kernel just installed `raw` in this process for this message
-                // (SCM_RIGHTS); nothing else owns it, so wrapping it closes it exactly once.
-                fds.push(unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) });
-            }
-        }
-    }
+    let received = match wire::receive(conn.as_fd(), &mut buf, false) {
+        Ok(received) => received,
+        Err(e) => return Err(io_err(sent.err().unwrap_or(e))),
+    };
+    let len = received.len;
     if len == 0 {
-        return Err(io_err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the agent closed the connection without answering",
-        )));
+        return Err(io_err(sent.err().unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the agent closed the connection without answering",
+            )
+        })));
     }
     let protocol_err = |source| ClientError::Protocol {
         socket: socket.to_owned(),
         source,
     };
-    if truncated {
+    if received.truncated {
         return Err(protocol_err(ProtocolError::Malformed { len }));
     }
     let response = Response::decode(&buf[..len]).map_err(protocol_err)?;
-    Ok((response, fds))
+    Ok((response, received.fds))
 }
 
 /// An answer that does not fit the request.
@@ -460,11 +462,11 @@ fn errno(e: &MapError) -> Option<i32> {
 mod tests {
     use std::{
         fs::File,
-        os::fd::{AsFd as _, FromRawFd as _},
+        os::fd::{AsFd, FromRawFd as _},
         thread::JoinHandle,
     };
 
-    use nix::sys::socket::{Backlog, accept, bind, listen, recv};
+    use nix::sys::socket::{Backlog, MsgFlags, accept, bind, listen, recv};
 
     use super::*;
 
@@ -479,26 +481,45 @@ mod tests {
             let conn = unsafe { OwnedFd::from_raw_fd(accept(listener.as_raw_fd()).unwrap()) };
             let mut request = [0u8; 64];
             let len = recv(conn.as_raw_fd(), &mut request, MsgFlags::empty()).unwrap();
-            let raw = fd.as_ref().map(|f| [f.as_raw_fd()]);
-            let cmsgs: Vec<ControlMessage<'_>> = raw
-                .as_ref()
-                .map(|r| ControlMessage::ScmRights(r))
-                .into_iter()
-                .collect();
-            sendmsg::<()>(
-                conn.as_raw_fd(),
-                &[io::IoSlice::new(reply)],
-                &cmsgs,
-                MsgFlags::empty(),
-                None,
-            )
-            .unwrap();
+            let attached: Vec<BorrowedFd<'_>> = fd.iter().map(AsFd::as_fd).collect();
+            wire::send(conn.as_fd(), reply, &attached, false).unwrap();
             request[..len].to_vec()
         })
     }
 
     fn connect_to(dir: &Path) -> Result<PodMap, ClientError> {
         PodMap::connect(&dir.join("agent.sock"))
+    }
+
+    #[test]
+    fn a_socket_someone_else_could_have_made_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        // Writable by others: anyone could have put the socket there.
+        let dir = tempfile::tempdir().unwrap();
+        let _agent = fake_agent(dir.path(), b"TRUEIP/1 OK max_entries=10\n", None);
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = connect_to(dir.path()).unwrap_err();
+        assert!(matches!(err, ClientError::Untrusted { .. }), "{err:?}");
+        assert!(err.to_string().contains("writable by others"), "{err}");
+        // Not a socket.
+        let dir = tempfile::tempdir().unwrap();
+        File::create(dir.path().join("agent.sock")).unwrap();
+        let err = connect_to(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        // Owned by another user (needs root to hand it over).
+        if nix::unistd::geteuid().is_root() {
+            let dir = tempfile::tempdir().unwrap();
+            let _agent = fake_agent(dir.path(), b"TRUEIP/1 OK max_entries=10\n", None);
+            let nobody = Some(nix::unistd::Uid::from_raw(65534));
+            nix::unistd::chown(&dir.path().join("agent.sock"), nobody, None).unwrap();
+            let err = connect_to(dir.path()).unwrap_err();
+            assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+            nix::unistd::chown(dir.path(), nobody, None).unwrap();
+            let err = connect_to(dir.path()).unwrap_err();
+            assert!(err.to_string().contains("directory"), "{err}");
+        } else {
+            eprintln!("SKIPPED (part): not root, cannot give a socket to another user");
+        }
     }
 
     #[test]

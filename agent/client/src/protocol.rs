@@ -106,6 +106,12 @@ pub enum ErrorCode {
     Kernel,
     /// Anything else inside the agent.
     Internal,
+    /// The caller is not a pod the agent serves: it lives in the node's network namespace (an
+    /// unprivileged process on the node, a `hostNetwork` pod), or outside a Kubernetes pod
+    /// cgroup, or its identity could not be pinned.
+    Denied,
+    /// The caller asks too often, or holds too many connections open: try again later.
+    Busy,
 }
 
 /// A message that does not follow the protocol.
@@ -238,13 +244,15 @@ fn versioned_line(bytes: &[u8]) -> Result<&str, ProtocolError> {
 // === impl ErrorCode ===
 
 impl ErrorCode {
-    const ALL: [(Self, &'static str); 6] = [
+    const ALL: [(Self, &'static str); 8] = [
         (Self::Version, "version"),
         (Self::BadRequest, "bad-request"),
         (Self::Identify, "identify"),
         (Self::Conflict, "conflict"),
         (Self::Kernel, "kernel"),
         (Self::Internal, "internal"),
+        (Self::Denied, "denied"),
+        (Self::Busy, "busy"),
     ];
 }
 
