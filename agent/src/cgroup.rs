@@ -60,6 +60,16 @@ pub(crate) enum CgroupError {
         /// The mode that was applied.
         mode: PodCgroupMode,
     },
+    /// `auto` mode and the caller is not in a Kubernetes pod's cgroup (below `kubepods*` at the
+    /// top of the hierarchy, where only the kubelet can create cgroups).
+    #[error(
+        "the caller's cgroup {cgroup:?} is not a Kubernetes pod's (kubepods…/<pod>/<container>): \
+         --pod-cgroup auto serves pods only"
+    )]
+    NotAPod {
+        /// The caller's cgroup.
+        cgroup: String,
+    },
     /// The pod cgroup's directory could not be opened (it went away, or the root is wrong).
     #[error("opening cgroup {path}")]
     Open {
@@ -134,7 +144,18 @@ pub(crate) fn pod_cgroup_of(cgroup: &str, mode: PodCgroupMode) -> Result<String,
     let parent = match mode {
         PodCgroupMode::Own => false,
         PodCgroupMode::Parent => true,
-        PodCgroupMode::Auto => trimmed.split('/').any(|c| c.starts_with("kubepods")),
+        // The top component: a `kubepods` found deeper can be a cgroup an unprivileged user
+        // made in a subtree systemd delegated to it (user@<uid>.service).
+        PodCgroupMode::Auto => {
+            let top = trimmed.split('/').nth(1).unwrap_or("");
+            // A container's cgroup sits at least two levels below kubepods: …/<pod>/<container>.
+            if !top.starts_with("kubepods") || trimmed.split('/').count() < 4 {
+                return Err(CgroupError::NotAPod {
+                    cgroup: cgroup.to_owned(),
+                });
+            }
+            true
+        }
     };
     let pod = if parent {
         trimmed.rsplit_once('/').map_or("", |(p, _)| p)
@@ -246,11 +267,27 @@ mod tests {
     }
 
     #[test]
+    fn auto_serves_kubernetes_pods_only() {
+        for not_a_pod in [
+            "/trueip/pod-a",
+            "/user.slice/user-1000.slice/user@1000.service/kubepods/pod1/c",
+            "/system.slice/kubelet.service",
+            "/kubepods",
+            "/kubepods.slice/kubepods-besteffort.slice",
+            "/",
+        ] {
+            assert!(
+                matches!(
+                    pod_cgroup_of(not_a_pod, PodCgroupMode::Auto),
+                    Err(CgroupError::NotAPod { .. })
+                ),
+                "{not_a_pod}"
+            );
+        }
+    }
+
+    #[test]
     fn other_paths_attach_at_the_caller_unless_told() {
-        assert_eq!(
-            pod_cgroup_of("/trueip/pod-a", PodCgroupMode::Auto).unwrap(),
-            "/trueip/pod-a"
-        );
         assert_eq!(
             pod_cgroup_of("/trueip/pod-a/", PodCgroupMode::Own).unwrap(),
             "/trueip/pod-a"

@@ -24,10 +24,16 @@ pub(crate) struct Opt {
     )]
     pub(crate) socket: PathBuf,
 
-    /// Permissions of the socket, octal. Anyone may ask: the agent identifies the caller's pod
-    /// from the kernel (SO_PEERCRED) and only ever hands out that pod's map.
-    #[arg(long, env = "TRUEIP_SOCKET_MODE", default_value = "666", value_parser = parse_mode)]
+    /// Permissions of the socket, octal. The agent identifies every caller's pod from the kernel
+    /// (SO_PEERCRED, a pidfd) and refuses callers that are not pods; the permissions keep
+    /// everyone else from even asking: root and --socket-group (the sidecars' group) only.
+    #[arg(long, env = "TRUEIP_SOCKET_MODE", default_value = "660", value_parser = parse_mode)]
     pub(crate) socket_mode: u32,
+
+    /// Group (numeric gid) that owns the socket: the injected sidecars' group (the chart's
+    /// `sidecar.runAsGroup`). Default: root's group, so only root may connect.
+    #[arg(long, env = "TRUEIP_SOCKET_GROUP")]
+    pub(crate) socket_group: Option<u32>,
 
     /// Address of the `/healthz` and `/readyz` HTTP endpoints.
     #[arg(long, env = "TRUEIP_HEALTH_LISTEN", default_value = "127.0.0.1:9901")]
@@ -39,8 +45,10 @@ pub(crate) struct Opt {
 
     /// Which cgroup the programs are attached to for a calling sidecar: `own` = the caller's
     /// cgroup, `parent` = its parent (in Kubernetes each container has its own cgroup below the
-    /// pod's), `auto` = `parent` when the caller's cgroup path has a `kubepods*` component,
-    /// otherwise `own`. The root cgroup is always refused (that would be node-wide).
+    /// pod's), `auto` = `parent` for a caller in a Kubernetes pod's cgroup
+    /// (`/kubepods…/<pod>/<container>`), and every other caller is refused. `own` and `parent`
+    /// serve any cgroup (tests, the demo). The root cgroup is always refused (that would be
+    /// node-wide), and so is a caller in the node's network namespace, whatever the mode.
     #[arg(long, env = "TRUEIP_POD_CGROUP", value_enum, default_value_t = PodCgroupMode::Auto)]
     pub(crate) pod_cgroup: PodCgroupMode,
 
@@ -88,7 +96,8 @@ pub(crate) struct Opt {
 /// Where a caller's pod cgroup is, relative to the caller's own cgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum PodCgroupMode {
-    /// `parent` for Kubernetes-looking paths (`kubepods*`), `own` otherwise.
+    /// `parent` for Kubernetes pod cgroups (`/kubepods…/<pod>/<container>`); anything else is
+    /// refused.
     Auto,
     /// The caller's own cgroup.
     Own,
@@ -139,7 +148,8 @@ mod tests {
         let opt = Opt::try_parse_from(["trueip-agent"]).unwrap();
         assert_eq!(opt.bpffs_dir, PathBuf::from("/sys/fs/bpf/trueip"));
         assert_eq!(opt.socket, PathBuf::from("/run/trueip/agent.sock"));
-        assert_eq!(opt.socket_mode, 0o666);
+        assert_eq!(opt.socket_mode, 0o660);
+        assert_eq!(opt.socket_group, None);
         assert_eq!(opt.health_listen, "127.0.0.1:9901".parse().unwrap());
         assert_eq!(opt.pod_cgroup, PodCgroupMode::Auto);
         assert_eq!(opt.map_max_entries, POD_MAP_DEFAULT_ENTRIES);

@@ -4,7 +4,10 @@
 use std::{
     fs::File,
     io,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
     path::Path,
 };
 
@@ -18,6 +21,81 @@ use crate::{
     cgroup::{self, CgroupError, PodCgroup},
     config::PodCgroupMode,
 };
+
+/// A network namespace as the filesystem names it (`/proc/<pid>/ns/net`: device and inode),
+/// cheap to read for every connection, before the caller is identified in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct NetnsId {
+    dev: u64,
+    ino: u64,
+}
+
+impl NetnsId {
+    fn of_metadata(meta: &std::fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+
+    /// A made-up namespace, for tests of what is keyed by namespace.
+    #[cfg(test)]
+    pub(crate) const fn for_tests(ino: u64) -> Self {
+        Self { dev: 0, ino }
+    }
+
+    /// The namespace of `/proc/<pid>/ns/net`.
+    fn of_pid(pid: i32) -> io::Result<Self> {
+        std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| Self::of_metadata(&m))
+    }
+}
+
+/// The node's network namespaces: the agent's own (it runs with `hostNetwork`) and PID 1's
+/// (with `hostPID`, the node's init). A caller in either is not a pod — an unprivileged process
+/// on the node or a `hostNetwork` pod — and steering or restoring there would act on the node.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeNamespaces(Vec<NetnsId>);
+
+impl NodeNamespaces {
+    /// Reads the agent's and PID 1's network namespaces; the agent's own must be readable.
+    pub(crate) fn detect() -> io::Result<Self> {
+        let own = NetnsId::of_metadata(&std::fs::metadata("/proc/self/ns/net")?);
+        let mut ids = vec![own];
+        // Without hostPID, /proc/1 is the agent's own container init: its namespace is the
+        // agent's too, so nothing is lost when it differs or cannot be read.
+        if let Ok(init) = NetnsId::of_pid(1)
+            && init != own
+        {
+            ids.push(init);
+        }
+        Ok(Self(ids))
+    }
+
+    fn contains(&self, id: NetnsId) -> bool {
+        self.0.contains(&id)
+    }
+}
+
+/// The process at the other end of a connection, as the kernel named it when it connected, and
+/// pinned: the pidfd refers to that very process, so a pid that is reused afterwards is noticed
+/// ([`Peer::is_gone`]) rather than taken for the caller.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    /// Its process id in the agent's PID namespace.
+    pub(crate) pid: i32,
+    /// Its user id (for logs).
+    pub(crate) uid: u32,
+    /// Its network namespace when the connection was accepted: the key of per-caller limits.
+    pub(crate) netns: NetnsId,
+    pidfd: OwnedFd,
+}
+
+impl Peer {
+    /// Whether the process has exited (its pid may name another process by now).
+    pub(crate) fn is_gone(&self) -> bool {
+        has_exited(&self.pidfd)
+    }
+}
 
 /// The pod a caller belongs to.
 #[derive(Debug)]
@@ -34,7 +112,7 @@ pub(crate) struct Caller {
     pub(crate) netns_file: File,
 }
 
-/// Why the caller could not be identified.
+/// Why the caller could not be identified, or is not one the agent serves.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum IdentifyError {
     /// The socket gave no usable credentials.
@@ -42,6 +120,10 @@ pub(crate) enum IdentifyError {
         "no peer credentials on the socket (is the caller in another PID namespace? run the agent with hostPID)"
     )]
     NoPid,
+    /// The kernel gave no pidfd for the caller (SO_PEERPIDFD needs Linux 6.5): without one, a
+    /// pid reused between the request and its answer could hand one pod's map to another.
+    #[error("the kernel cannot pin the caller's identity (SO_PEERPIDFD, Linux 6.5 or later)")]
+    NoPidfd(#[source] nix::Error),
     /// A socket option failed.
     #[error("reading {what} of the caller")]
     Sockopt {
@@ -50,6 +132,23 @@ pub(crate) enum IdentifyError {
         /// Why.
         #[source]
         source: nix::Error,
+    },
+    /// The caller lives in the node's network namespace.
+    #[error(
+        "pid {pid} (uid {uid}) is in the node's network namespace: the agent serves pods in \
+         their own network namespace only (not processes on the node, not hostNetwork pods)"
+    )]
+    NodeNetns {
+        /// The caller.
+        pid: i32,
+        /// Its user.
+        uid: u32,
+    },
+    /// The caller moved to another network namespace after it connected.
+    #[error("pid {pid} changed its network namespace after it connected")]
+    NetnsChanged {
+        /// The caller.
+        pid: i32,
     },
     /// The caller's cgroup.
     #[error(transparent)]
@@ -71,12 +170,23 @@ pub(crate) enum IdentifyError {
     },
 }
 
-/// Identifies the process at the other end of `conn`.
-pub(crate) fn caller(
-    conn: BorrowedFd<'_>,
-    cgroup_root: &Path,
-    mode: PodCgroupMode,
-) -> Result<Caller, IdentifyError> {
+impl IdentifyError {
+    /// Whether this says "not a caller the agent serves" rather than "could not find out".
+    pub(crate) const fn is_denial(&self) -> bool {
+        matches!(
+            self,
+            Self::NoPidfd(_)
+                | Self::NodeNetns { .. }
+                | Self::NetnsChanged { .. }
+                | Self::Gone { .. }
+                | Self::Cgroup(CgroupError::NotAPod { .. })
+        )
+    }
+}
+
+/// Names and pins the process at the other end of a just-accepted `conn`, and refuses it when
+/// it is in the node's network namespace. Cheap: credentials, a pidfd and one `stat`.
+pub(crate) fn peer(conn: BorrowedFd<'_>, node: &NodeNamespaces) -> Result<Peer, IdentifyError> {
     let creds =
         getsockopt(&conn, sockopt::PeerCredentials).map_err(|source| IdentifyError::Sockopt {
             what: "SO_PEERCRED",
@@ -86,22 +196,51 @@ pub(crate) fn caller(
     if pid <= 0 {
         return Err(IdentifyError::NoPid);
     }
-    // A pidfd pins the identity of the caller: if the process is still alive once everything
-    // has been read from /proc/<pid>, the pid was not reused in the meantime. Kernels before 6.5
-    // lack SO_PEERPIDFD; the caller is then blocked waiting for the answer, which makes reuse of
-    // its pid practically impossible anyway.
-    let pidfd = getsockopt(&conn, sockopt::PeerPidfd).ok();
+    let pidfd = getsockopt(&conn, sockopt::PeerPidfd).map_err(IdentifyError::NoPidfd)?;
+    let netns = NetnsId::of_pid(pid).map_err(|source| IdentifyError::Netns { pid, source })?;
+    let peer = Peer {
+        pid,
+        uid: creds.uid(),
+        netns,
+        pidfd,
+    };
+    if peer.is_gone() {
+        return Err(IdentifyError::Gone { pid });
+    }
+    if node.contains(netns) {
+        return Err(IdentifyError::NodeNetns { pid, uid: peer.uid });
+    }
+    Ok(peer)
+}
 
+/// Identifies the pod of `peer`: its pod cgroup and network namespace, read from /proc and
+/// trusted only if the pinned process is still alive afterwards (so the pid was not reused)
+/// and still in the namespace it connected from.
+pub(crate) fn caller(
+    peer: &Peer,
+    cgroup_root: &Path,
+    mode: PodCgroupMode,
+) -> Result<Caller, IdentifyError> {
+    let pid = peer.pid;
+    if peer.is_gone() {
+        return Err(IdentifyError::Gone { pid });
+    }
     let cgroup = cgroup::of_pid(pid)?;
     let pod = cgroup::open(cgroup_root, &cgroup::pod_cgroup_of(&cgroup, mode)?)?;
     let ns = File::open(format!("/proc/{pid}/ns/net"))
         .map_err(|source| IdentifyError::Netns { pid, source })?;
+    let opened = ns
+        .metadata()
+        .map_err(|source| IdentifyError::Netns { pid, source })?;
+    if NetnsId::of_metadata(&opened) != peer.netns {
+        return Err(IdentifyError::NetnsChanged { pid });
+    }
     let netns = ns
         .try_clone()
         .and_then(|dup| netns_cookie(dup.into()))
         .map_err(|source| IdentifyError::Netns { pid, source })?;
 
-    if pidfd.as_ref().is_some_and(has_exited) {
+    if peer.is_gone() {
         return Err(IdentifyError::Gone { pid });
     }
     Ok(Caller {

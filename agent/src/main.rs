@@ -121,8 +121,13 @@ async fn serve(opt: &Opt, cgroup_root: std::path::PathBuf) -> anyhow::Result<()>
     let registry = Arc::new(Mutex::new(registry));
     metrics.observe(Arc::clone(&registry));
 
-    let listener = server::bind_socket(&opt.socket, opt.socket_mode)?;
+    let node = identify::NodeNamespaces::detect()
+        .context("reading the node's network namespace (/proc/self/ns/net)")?;
+    let reaper = server::Reaper::start().context("starting the descriptor-closing thread")?;
+    let listener = server::bind_socket(&opt.socket, opt.socket_mode, opt.socket_group)?;
     let server = Server {
+        node,
+        reaper,
         registry: Arc::clone(&registry),
         cgroup_root,
         pod_cgroup: opt.pod_cgroup,

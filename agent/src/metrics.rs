@@ -53,6 +53,38 @@ impl RequestKind {
     }
 }
 
+/// A connection to the agent socket dropped before its request was served, as the `reason`
+/// label shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The caller is in the node's network namespace (a process on the node, a hostNetwork pod).
+    NodeNetns,
+    /// The caller's identity could not be pinned (no pidfd, or it exited).
+    Unpinned,
+    /// The caller could not be named at all (no credentials, /proc unreadable).
+    Unidentified,
+    /// The caller asked more often than its rate allows.
+    RateLimited,
+    /// The caller, or all callers together, hold as many open connections as allowed.
+    TooManyConnections,
+    /// No request arrived before the deadline.
+    Timeout,
+}
+
+impl Refusal {
+    /// The `reason` label.
+    pub(crate) const fn label(self) -> &'static str {
+        match self {
+            Self::NodeNetns => "node-netns",
+            Self::Unpinned => "unpinned",
+            Self::Unidentified => "unidentified",
+            Self::RateLimited => "rate-limited",
+            Self::TooManyConnections => "too-many-connections",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
 /// One pod's map, read at scrape time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PodMapUse {
@@ -84,6 +116,8 @@ pub(crate) struct Observed {
 #[derive(Debug)]
 pub(crate) struct AgentMetrics {
     requests: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
+    stray_fds: Counter,
     sweeps: Counter,
     pods_swept: Counter,
     registry: MetricRegistry,
@@ -105,6 +139,18 @@ impl Default for AgentMetrics {
             "Requests on the agent socket, by request and result (ok or the protocol's error code)",
             requests.clone(),
         );
+        let refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "refused_connections",
+            "Connections to the agent socket dropped before a request was served, by reason",
+            refused.clone(),
+        );
+        let stray_fds = Counter::default();
+        registry.register(
+            "stray_descriptors",
+            "File descriptors callers attached where the request takes none (closed unread)",
+            stray_fds.clone(),
+        );
         registry.register(
             "sweeps",
             "Sweeps for pods whose cgroup is gone",
@@ -117,6 +163,8 @@ impl Default for AgentMetrics {
         );
         Self {
             requests,
+            refused,
+            stray_fds,
             sweeps,
             pods_swept,
             registry,
@@ -139,6 +187,18 @@ impl AgentMetrics {
         self.requests
             .get_or_create(&request_labels(kind, &result))
             .inc();
+    }
+
+    /// Counts a connection dropped before its request was served.
+    pub(crate) fn refused(&self, why: Refusal) {
+        self.refused
+            .get_or_create(&vec![("reason", why.label().to_owned())])
+            .inc();
+    }
+
+    /// Counts descriptors a caller attached where its request takes none.
+    pub(crate) fn stray_fds(&self, n: usize) {
+        self.stray_fds.inc_by(n as u64);
     }
 
     /// Counts a sweep that removed `pods` pods.

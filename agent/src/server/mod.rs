@@ -1,95 +1,56 @@
 //! The Unix socket sidecars ask for their pod's map, or for steering to their listener (protocol:
 //! `trueip_agent_client::protocol`).
 //!
-//! Requests are rare (one per sidecar start) and quick, so one thread answers them in turn; a
-//! caller that sends nothing is dropped after [`REQUEST_TIMEOUT`].
+//! The socket is reachable from the node, so every caller is hostile until it is shown to be a
+//! pod. One thread serves every connection without blocking on any of them:
+//!
+//! * **accept**: the caller is named and pinned by the kernel (SO_PEERCRED, a pidfd) and refused
+//!   at once when it lives in the node's network namespace, has exceeded its rate or holds too
+//!   many connections ([`limits`]);
+//! * **wait**: its connection waits, polled with everyone else's, until its one request arrives
+//!   or [`REQUEST_DEADLINE`] passes — an idle or slow caller delays nobody;
+//! * **serve**: the request is answered, descriptors travel only where the request takes one
+//!   (STEER), and every descriptor a caller sent is closed off this thread ([`reaper`]).
+
+mod limits;
+mod reaper;
+mod socket;
 
 use std::{
-    fs,
-    io::{self, IoSlice, IoSliceMut},
-    os::{
-        fd::{AsFd as _, AsRawFd, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
-        unix::fs::{FileTypeExt as _, PermissionsExt as _},
-    },
-    path::{Path, PathBuf},
+    io,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nix::{
-    cmsg_space,
-    sys::{
-        socket::{
-            AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
-            SockType, UnixAddr, accept4, bind, connect, listen, recvmsg, sendmsg, setsockopt,
-            socket, sockopt,
-        },
-        time::TimeVal,
-    },
+    fcntl::{FcntlArg, OFlag, fcntl},
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::socket::{SockFlag, accept4},
 };
-use trueip_agent_client::protocol::{self, ErrorCode, ProtocolError, Request, Response};
+use trueip_agent_client::{
+    protocol::{self, ErrorCode, ProtocolError, Request, Response},
+    wire,
+};
 
+use self::limits::{Exceeded, Limits, LogLimiter};
+pub(crate) use self::{reaper::Reaper, socket::bind_socket};
 use crate::{
     config::{PodCgroupMode, WhenGone},
     fast_path::FastPathError,
-    identify::{self, Caller, IdentifyError},
-    metrics::{AgentMetrics, RequestKind},
+    identify::{self, Caller, IdentifyError, NodeNamespaces, Peer},
+    metrics::{AgentMetrics, Refusal, RequestKind},
     pods::{Registry, ServeError, error_chain},
     programs::ProgramsError,
     steer::SteerError,
 };
 
-/// How long a connected caller has to send its request, and the agent to send the answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a caller has, from connecting, to send its request. A sidecar sends it at once.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
 
-/// Why the socket could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ServerError {
-    /// Another process already answers on the socket path.
-    #[error("another agent is already listening on {0}")]
-    InUse(PathBuf),
-    /// A step of setting up the socket failed.
-    #[error("{op} {path}")]
-    Setup {
-        /// What was attempted.
-        op: &'static str,
-        /// The socket path.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// Creates the listening socket at `path` with permissions `mode`, replacing a stale socket file
-/// left by a previous agent.
-pub(crate) fn bind_socket(path: &Path, mode: u32) -> Result<OwnedFd, ServerError> {
-    let setup = |op| {
-        move |source: io::Error| ServerError::Setup {
-            op,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(setup("creating the directory of"))?;
-    }
-    let addr = UnixAddr::new(path).map_err(|e| setup("naming")(e.into()))?;
-    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        let probe = seqpacket().map_err(setup("probing"))?;
-        if connect(probe.as_raw_fd(), &addr).is_ok() {
-            return Err(ServerError::InUse(path.to_owned()));
-        }
-        fs::remove_file(path).map_err(setup("removing the stale socket"))?;
-    }
-    let listener = seqpacket().map_err(setup("creating"))?;
-    bind(listener.as_raw_fd(), &addr).map_err(|e| setup("binding")(e.into()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(setup("setting permissions of"))?;
-    listen(&listener, Backlog::new(128).unwrap_or(Backlog::MAXCONN))
-        .map_err(|e| setup("listening on")(e.into()))?;
-    Ok(listener)
-}
+/// Connections accepted in one go before the waiting ones are looked at again.
+const ACCEPT_BATCH: usize = 64;
 
 /// What answering a request needs.
 #[derive(Debug, Clone)]
@@ -104,88 +65,283 @@ pub(crate) struct Server {
     pub(crate) steer_when_gone: WhenGone,
     /// Where requests and their results are counted.
     pub(crate) metrics: Arc<AgentMetrics>,
+    /// The node's network namespaces, whose processes are refused.
+    pub(crate) node: NodeNamespaces,
+    /// Where callers' descriptors are closed.
+    pub(crate) reaper: Reaper,
+}
+
+/// A connection whose request is awaited.
+#[derive(Debug)]
+struct Waiting {
+    conn: OwnedFd,
+    peer: Peer,
+    deadline: Instant,
+}
+
+/// The serving loop's state.
+#[derive(Debug)]
+struct Loop {
+    waiting: Vec<Waiting>,
+    limits: Limits,
+    log: LogLimiter,
 }
 
 impl Server {
     /// Answers requests on `listener` until the process exits.
     pub(crate) fn run(&self, listener: &OwnedFd) {
+        if let Err(e) = fcntl(listener, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)) {
+            tracing::error!(error = %e, "cannot make the agent socket non-blocking");
+            return;
+        }
+        let mut state = Loop {
+            waiting: Vec::new(),
+            limits: Limits::default(),
+            log: LogLimiter::new(Instant::now()),
+        };
         loop {
-            match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
-                Ok(raw) => {
-                    // SAFETY: accept4 just returned this new descriptor; nothing else owns it.
-                    let conn = unsafe { OwnedFd::from_raw_fd(raw) };
-                    self.handle(&conn);
+            let (listener_ready, ready) = match Self::wait(listener, &state.waiting) {
+                Ok(ready) => ready,
+                Err(e) => {
+                    tracing::error!(error = %e, "polling the agent socket failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
                 }
-                Err(nix::Error::EINTR | nix::Error::ECONNABORTED) => {}
+            };
+            let now = Instant::now();
+            // From the back, so that swap_remove only moves entries already looked at.
+            for i in (0..state.waiting.len()).rev() {
+                if ready[i] {
+                    let waiting = state.waiting.swap_remove(i);
+                    if let Some(again) = self.serve(waiting) {
+                        state.waiting.push(again);
+                    }
+                } else if state.waiting[i].deadline <= now {
+                    let late = state.waiting.swap_remove(i);
+                    self.metrics.refused(Refusal::Timeout);
+                    if let Some(suppressed) = state.log.allow(now) {
+                        tracing::warn!(
+                            pid = late.peer.pid,
+                            uid = late.peer.uid,
+                            suppressed,
+                            "dropped a connection to the agent socket that sent no request within {REQUEST_DEADLINE:?}"
+                        );
+                    }
+                }
+            }
+            if listener_ready {
+                self.accept(listener, &mut state);
+            }
+        }
+    }
+
+    /// Waits until the listener or a waiting connection is readable, or the first deadline;
+    /// says which are.
+    fn wait(listener: &OwnedFd, waiting: &[Waiting]) -> nix::Result<(bool, Vec<bool>)> {
+        let now = Instant::now();
+        let timeout = waiting
+            .iter()
+            .map(|w| w.deadline.saturating_duration_since(now))
+            .min()
+            .map_or(PollTimeout::NONE, |left| {
+                // Rounded up, so that a deadline is never polled for in a busy loop.
+                let ms = left.as_millis().saturating_add(1);
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            });
+        let mut fds = Vec::with_capacity(waiting.len() + 1);
+        fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+        fds.extend(
+            waiting
+                .iter()
+                .map(|w| PollFd::new(w.conn.as_fd(), PollFlags::POLLIN)),
+        );
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+        let readable = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+        Ok((readable(&fds[0]), fds[1..].iter().map(readable).collect()))
+    }
+
+    /// Accepts what is waiting on the listener: each caller is named and pinned, then refused
+    /// or left to send its request.
+    fn accept(&self, listener: &OwnedFd, state: &mut Loop) {
+        for _ in 0..ACCEPT_BATCH {
+            let conn = match accept4(
+                listener.as_raw_fd(),
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            ) {
+                // SAFETY: accept4 just returned this new descriptor; nothing else owns it.
+                Ok(raw) => unsafe { OwnedFd::from_raw_fd(raw) },
+                Err(nix::Error::EAGAIN) => return,
+                Err(nix::Error::EINTR | nix::Error::ECONNABORTED) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "accepting on the agent socket failed");
-                    std::thread::sleep(Duration::from_millis(100));
+                    return;
+                }
+            };
+            let now = Instant::now();
+            let peer = match identify::peer(conn.as_fd(), &self.node) {
+                Ok(peer) => peer,
+                Err(e) => {
+                    let (why, code) = match e {
+                        IdentifyError::NodeNetns { .. } => (Refusal::NodeNetns, ErrorCode::Denied),
+                        _ if e.is_denial() => (Refusal::Unpinned, ErrorCode::Denied),
+                        _ => (Refusal::Unidentified, ErrorCode::Identify),
+                    };
+                    self.refuse(&conn, why, code, &e, &mut state.log);
+                    continue;
+                }
+            };
+            let held = state
+                .waiting
+                .iter()
+                .filter(|w| w.peer.netns == peer.netns)
+                .count();
+            match state
+                .limits
+                .admit(peer.netns, held, state.waiting.len(), now)
+            {
+                Ok(()) => state.waiting.push(Waiting {
+                    conn,
+                    peer,
+                    deadline: now + REQUEST_DEADLINE,
+                }),
+                Err(exceeded) => {
+                    let (why, message) = match exceeded {
+                        Exceeded::Rate => (
+                            Refusal::RateLimited,
+                            "too many requests from this pod: try again later",
+                        ),
+                        Exceeded::Connections => (
+                            Refusal::TooManyConnections,
+                            "too many open connections to the agent: try again later",
+                        ),
+                    };
+                    let e = io::Error::other(format!("pid {}: {message}", peer.pid));
+                    self.refuse(&conn, why, ErrorCode::Busy, &e, &mut state.log);
                 }
             }
         }
     }
 
-    /// Answers one connection.
-    fn handle(&self, conn: &OwnedFd) {
-        let timeout = TimeVal::new(REQUEST_TIMEOUT.as_secs().cast_signed(), 0);
-        let timeouts = setsockopt(conn, sockopt::ReceiveTimeout, &timeout)
-            .and_then(|()| setsockopt(conn, sockopt::SendTimeout, &timeout));
-        if let Err(e) = timeouts {
-            tracing::warn!(error = %e, "could not set timeouts on a sidecar connection");
-            return;
+    /// Counts, logs (within the log limit) and answers a refused connection.
+    fn refuse(
+        &self,
+        conn: &OwnedFd,
+        why: Refusal,
+        code: ErrorCode,
+        e: &dyn std::error::Error,
+        log: &mut LogLimiter,
+    ) {
+        self.metrics.refused(why);
+        if let Some(suppressed) = log.allow(Instant::now()) {
+            tracing::warn!(
+                error = %error_chain(e),
+                reason = why.label(),
+                suppressed,
+                "refused a connection to the agent socket"
+            );
         }
+        drop(reply_error(conn.as_fd(), code, e));
+        // Read what the caller already sent: closing a socket with unread data makes the
+        // caller's next read fail with ECONNRESET, and it would never see why it was refused.
         let mut buf = [0u8; protocol::MAX_MESSAGE_LEN];
-        let (len, mut fds) = match receive(conn.as_fd(), &mut buf) {
-            Ok((0, _)) => return,
+        if let Ok(unread) = wire::receive(conn.as_fd(), &mut buf, true) {
+            self.reaper.close(unread.fds);
+        }
+    }
+
+    /// Reads and answers the request of a readable connection; gives the connection back when
+    /// it turns out to have nothing to read yet.
+    fn serve(&self, waiting: Waiting) -> Option<Waiting> {
+        let mut buf = [0u8; protocol::MAX_MESSAGE_LEN];
+        let received = match wire::receive(waiting.conn.as_fd(), &mut buf, true) {
             Ok(received) => received,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(waiting),
             Err(e) => {
-                tracing::warn!(error = %e, "no request from a sidecar connection");
-                return;
+                tracing::debug!(error = %e, pid = waiting.peer.pid, "no request from a caller");
+                return None;
             }
         };
-        let request = if len > buf.len() {
-            Err(ProtocolError::Malformed { len })
+        if received.len == 0 && received.fds.is_empty() {
+            return None;
+        }
+        let request = if received.truncated {
+            Err(ProtocolError::Malformed { len: received.len })
         } else {
-            Request::decode(&buf[..len])
+            Request::decode(&buf[..received.len])
         };
-        let result = match request {
-            Ok(Request::GetMap) => self.get_map(conn.as_fd()),
-            Ok(Request::GetUdpMap) => self.get_udp_map(conn.as_fd()),
-            Ok(Request::GetFastPath) => self.get_fast_path(conn.as_fd()),
-            Ok(Request::Steer { port }) => match (fds.pop(), fds.is_empty()) {
-                (Some(listener), true) => self.steer(conn.as_fd(), port, listener.as_fd()),
-                _ => {
-                    let e = ProtocolError::Unexpected(format!(
-                        "STEER needs exactly one listening socket attached, got {}",
-                        fds.len() + 1
-                    ));
-                    tracing::warn!(error = %e, "bad request on the agent socket");
-                    self.metrics
-                        .request(RequestKind::Steer, Err(ErrorCode::BadRequest));
-                    reply_error(conn.as_fd(), ErrorCode::BadRequest, &e)
-                }
-            },
+        let fds = received.fds;
+        let result = self.handle(waiting.conn.as_fd(), &waiting.peer, request, &fds);
+        if let Err(e) = result {
+            tracing::warn!(error = %e, pid = waiting.peer.pid, "could not answer a sidecar");
+        }
+        self.reaper.close(fds);
+        None
+    }
+
+    /// Answers one request; `fds` are the descriptors it came with (left for the caller to
+    /// close, whatever was used of them).
+    fn handle(
+        &self,
+        conn: BorrowedFd<'_>,
+        peer: &Peer,
+        request: Result<Request, ProtocolError>,
+        fds: &[OwnedFd],
+    ) -> io::Result<()> {
+        let request = match request {
+            Ok(request) => request,
             Err(e) => {
                 let code = match e {
                     ProtocolError::Version { .. } => ErrorCode::Version,
                     _ => ErrorCode::BadRequest,
                 };
-                tracing::warn!(error = %e, "bad request on the agent socket");
+                tracing::warn!(error = %e, pid = peer.pid, "bad request on the agent socket");
                 self.metrics.request(RequestKind::Invalid, Err(code));
-                reply_error(conn.as_fd(), code, &e)
+                return reply_error(conn, code, &e);
             }
         };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not answer a sidecar");
+        let (kind, wanted) = match request {
+            Request::GetMap | Request::GetUdpMap => (RequestKind::GetMap, 0),
+            Request::GetFastPath => (RequestKind::FastPath, 0),
+            Request::Steer { .. } => (RequestKind::Steer, 1),
+        };
+        if fds.len() != wanted {
+            if wanted == 0 {
+                self.metrics.stray_fds(fds.len());
+            }
+            let e = ProtocolError::Unexpected(format!(
+                "this request takes {wanted} file descriptor(s), got {}",
+                fds.len()
+            ));
+            tracing::warn!(error = %e, pid = peer.pid, uid = peer.uid, "bad request on the agent socket");
+            self.metrics.request(kind, Err(ErrorCode::BadRequest));
+            return reply_error(conn, ErrorCode::BadRequest, &e);
+        }
+        match request {
+            Request::GetMap => self.get_map(conn, peer),
+            Request::GetUdpMap => self.get_udp_map(conn, peer),
+            Request::GetFastPath => self.get_fast_path(conn, peer),
+            Request::Steer { port } => self.steer(conn, peer, port, fds[0].as_fd()),
         }
     }
 
     /// Identifies the caller of a `kind` request, or counts and answers why not (`Err` then
     /// holds how sending that went).
-    fn identify(&self, conn: BorrowedFd<'_>, kind: RequestKind) -> Result<Caller, io::Result<()>> {
-        identify::caller(conn, &self.cgroup_root, self.pod_cgroup).map_err(|e| {
-            tracing::warn!(error = %error_chain(&e), "could not identify a caller");
+    fn identify(
+        &self,
+        conn: BorrowedFd<'_>,
+        peer: &Peer,
+        kind: RequestKind,
+    ) -> Result<Caller, io::Result<()>> {
+        identify::caller(peer, &self.cgroup_root, self.pod_cgroup).map_err(|e| {
+            tracing::warn!(
+                error = %error_chain(&e), pid = peer.pid, uid = peer.uid,
+                "refused a caller that is not a pod the agent serves"
+            );
             let code = match e {
+                _ if e.is_denial() => ErrorCode::Denied,
                 IdentifyError::Netns { .. } | IdentifyError::Sockopt { .. } => ErrorCode::Internal,
                 _ => ErrorCode::Identify,
             };
@@ -195,8 +351,14 @@ impl Server {
     }
 
     /// Identifies the caller and steers its pod's connections to `port` to `listener`.
-    fn steer(&self, conn: BorrowedFd<'_>, port: u16, listener: BorrowedFd<'_>) -> io::Result<()> {
-        let caller = match self.identify(conn, RequestKind::Steer) {
+    fn steer(
+        &self,
+        conn: BorrowedFd<'_>,
+        peer: &Peer,
+        port: u16,
+        listener: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        let caller = match self.identify(conn, peer, RequestKind::Steer) {
             Ok(caller) => caller,
             Err(answered) => return answered,
         };
@@ -236,14 +398,14 @@ impl Server {
 
     /// `GET-MAP udp`: as [`get_map`](Self::get_map) when this agent attaches the UDP hooks; a
     /// refusal otherwise, so that the sidecar does not write entries no hook reads.
-    fn get_udp_map(&self, conn: BorrowedFd<'_>) -> io::Result<()> {
+    fn get_udp_map(&self, conn: BorrowedFd<'_>, peer: &Peer) -> io::Result<()> {
         let serves_udp = self
             .registry
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .serves_udp();
         if serves_udp {
-            return self.get_map(conn);
+            return self.get_map(conn, peer);
         }
         let e = io::Error::other("this agent does not attach the UDP hooks (start it with --udp)");
         tracing::warn!(error = %e, "refused a UDP map request");
@@ -254,8 +416,8 @@ impl Server {
 
     /// Identifies the caller and sends it its pod's fast-path maps (socket map, then peers
     /// map), or why not.
-    fn get_fast_path(&self, conn: BorrowedFd<'_>) -> io::Result<()> {
-        let caller = match self.identify(conn, RequestKind::FastPath) {
+    fn get_fast_path(&self, conn: BorrowedFd<'_>, peer: &Peer) -> io::Result<()> {
+        let caller = match self.identify(conn, peer, RequestKind::FastPath) {
             Ok(caller) => caller,
             Err(answered) => return answered,
         };
@@ -299,8 +461,8 @@ impl Server {
     }
 
     /// Identifies the caller and sends it its pod's map, or why not.
-    fn get_map(&self, conn: BorrowedFd<'_>) -> io::Result<()> {
-        let caller = match self.identify(conn, RequestKind::GetMap) {
+    fn get_map(&self, conn: BorrowedFd<'_>, peer: &Peer) -> io::Result<()> {
+        let caller = match self.identify(conn, peer, RequestKind::GetMap) {
             Ok(caller) => caller,
             Err(answered) => return answered,
         };
@@ -362,54 +524,13 @@ fn error_code(e: &ServeError) -> ErrorCode {
     }
 }
 
-/// Receives one message into `buf`, and the descriptors attached to it (SCM_RIGHTS). The length
-/// is the message's full length (MSG_TRUNC), which may exceed `buf`.
-fn receive(conn: BorrowedFd<'_>, buf: &mut [u8]) -> nix::Result<(usize, Vec<OwnedFd>)> {
-    let mut cmsg = cmsg_space!([RawFd; 2]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_TRUNC | MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let mut fds = Vec::new();
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            for raw in raw {
-                // SAFETY: the kernel just installed `raw` in this process for this message
-                // (SCM_RIGHTS); nothing else owns it, so wrapping it closes it exactly once.
-                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
-            }
-        }
-    }
-    Ok((msg.bytes, fds))
-}
-
 /// Sends an error answer carrying `e` and its sources.
 fn reply_error(conn: BorrowedFd<'_>, code: ErrorCode, e: &dyn std::error::Error) -> io::Result<()> {
     let message = error_chain(e);
     send(conn, &Response::Error { code, message }.encode(), &[])
 }
 
-/// Sends one message, with `fds` attached (SCM_RIGHTS), in order.
+/// Sends one answer, with `fds` attached, without waiting on a caller that does not read.
 fn send(conn: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    let iov = [IoSlice::new(bytes)];
-    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let cmsgs: Vec<ControlMessage<'_>> = if raw.is_empty() {
-        Vec::new()
-    } else {
-        vec![ControlMessage::ScmRights(&raw)]
-    };
-    sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
-    Ok(())
-}
-
-fn seqpacket() -> io::Result<OwnedFd> {
-    Ok(socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?)
+    wire::send(conn, bytes, fds, true)
 }

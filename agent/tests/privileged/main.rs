@@ -7,10 +7,12 @@
 //! the other by itself (they share cgroup and bpffs state), so no `--test-threads` is needed.
 //! Arguments that do not start with `-` filter tests by name; `--list` lists them.
 
+mod attacker;
+mod hostile;
 mod roles;
 mod support;
 
-use std::{net::SocketAddr, process::ExitCode, time::Instant};
+use std::{net::SocketAddr, process::ExitCode, rc::Rc, time::Instant};
 
 use anyhow::{Context as _, bail, ensure};
 
@@ -75,6 +77,26 @@ const TESTS: &[(&str, Test)] = &[
         steering_refuses_another_namespaces_socket,
     ),
     ("startup_errors_are_clear", startup_errors_are_clear),
+    (
+        "node_processes_and_host_network_pods_are_refused",
+        hostile::node_processes_and_host_network_pods_are_refused,
+    ),
+    (
+        "stray_descriptors_are_closed_and_refused",
+        hostile::stray_descriptors_are_closed_and_refused,
+    ),
+    (
+        "idle_and_flooding_callers_delay_no_pod",
+        hostile::idle_and_flooding_callers_delay_no_pod,
+    ),
+    (
+        "blocking_descriptors_do_not_wedge_the_agent",
+        hostile::blocking_descriptors_do_not_wedge_the_agent,
+    ),
+    (
+        "a_caller_that_is_gone_is_refused",
+        hostile::a_caller_that_is_gone_is_refused,
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -83,6 +105,7 @@ fn main() -> ExitCode {
         Some(roles::APP) => return roles::app(&args[2..]),
         Some(roles::SIDECAR) => return roles::sidecar(&args[2..]),
         Some(roles::STEER) => return roles::steer(&args[2..]),
+        Some(attacker::ATTACK) => return attacker::attack(&args[2..]),
         _ => {}
     }
     let exact = args.iter().any(|a| a == "--exact");
@@ -151,11 +174,12 @@ fn need(env: &Result<Env, String>) -> anyhow::Result<&Env> {
     env.as_ref().map_err(|why| Skip(why.clone()).into())
 }
 
-/// A pod: its cgroups and, optionally, its own network namespace.
+/// A pod: its cgroups and its network namespace (its own, or shared with another test pod).
+/// The agent serves no caller in the node's namespace, so every pod has one.
 struct Pod {
     // Dropped after the processes that use them (callers declare processes later).
     cgroup: PodCgroup,
-    netns: Option<Netns>,
+    netns: Rc<Netns>,
 }
 
 /// An app process and the address it listens on.
@@ -165,11 +189,18 @@ struct App {
 }
 
 impl Pod {
-    fn new(env: &Env, own_netns: bool) -> anyhow::Result<Self> {
-        let netns = own_netns.then(Netns::create).transpose()?;
+    fn new(env: &Env) -> anyhow::Result<Self> {
         Ok(Self {
             cgroup: PodCgroup::create(env)?,
-            netns,
+            netns: Rc::new(Netns::create()?),
+        })
+    }
+
+    /// A pod in `other`'s network namespace (as two hostNetwork pods would share the node's).
+    fn beside(env: &Env, other: &Self) -> anyhow::Result<Self> {
+        Ok(Self {
+            cgroup: PodCgroup::create(env)?,
+            netns: Rc::clone(&other.netns),
         })
     }
 
@@ -177,7 +208,7 @@ impl Pod {
     fn app(&self, listen: &str) -> anyhow::Result<App> {
         let place = Placement {
             cgroup: Some(&self.cgroup.app()),
-            netns: self.netns.as_ref(),
+            netns: Some(&self.netns),
             uid: None,
         };
         let mut proc = Proc::spawn(roles::APP, &[listen], &place)?;
@@ -193,7 +224,7 @@ impl Pod {
     fn sidecar(&self, agent: &Agent, uid: Option<u32>) -> anyhow::Result<(Proc, String)> {
         let place = Placement {
             cgroup: Some(&self.cgroup.sidecar()),
-            netns: self.netns.as_ref(),
+            netns: Some(&self.netns),
             uid,
         };
         let socket = agent.socket.to_str().context("socket path")?;
@@ -212,7 +243,7 @@ impl Pod {
     ) -> anyhow::Result<(Proc, String)> {
         let place = Placement {
             cgroup: Some(&self.cgroup.sidecar()),
-            netns: self.netns.as_ref(),
+            netns: Some(&self.netns),
             uid: None,
         };
         let socket = agent.socket.to_str().context("socket path")?;
@@ -323,7 +354,7 @@ fn expect_seen(seen: &Seen, peer: &str, local: &str) -> anyhow::Result<()> {
 fn v4_client_on_a_v4_listener(env: &Result<Env, String>) -> anyhow::Result<()> {
     let env = need(env)?;
     let agent = Agent::start(&[])?;
-    let pod = Pod::new(env, false)?;
+    let pod = Pod::new(env)?;
     let app = pod.app("127.0.0.1:0")?;
     let mut sidecar = pod.ready_sidecar(&agent)?;
 
@@ -348,7 +379,7 @@ fn v4_client_on_a_v4_listener(env: &Result<Env, String>) -> anyhow::Result<()> {
 fn v6_client_on_a_v6_listener(env: &Result<Env, String>) -> anyhow::Result<()> {
     let env = need(env)?;
     let agent = Agent::start(&[])?;
-    let pod = Pod::new(env, false)?;
+    let pod = Pod::new(env)?;
     let app = pod.app("[::1]:0")?;
     let mut sidecar = pod.ready_sidecar(&agent)?;
 
@@ -371,7 +402,7 @@ fn v6_client_on_a_v6_listener(env: &Result<Env, String>) -> anyhow::Result<()> {
 fn v4_client_on_a_dual_stack_listener(env: &Result<Env, String>) -> anyhow::Result<()> {
     let env = need(env)?;
     let agent = Agent::start(&[])?;
-    let pod = Pod::new(env, false)?;
+    let pod = Pod::new(env)?;
     let app = pod.app("[::]:0")?;
     let mut sidecar = pod.ready_sidecar(&agent)?;
     let to = via(app.addr, "127.0.0.1");
@@ -395,7 +426,7 @@ fn v4_client_on_a_dual_stack_listener(env: &Result<Env, String>) -> anyhow::Resu
 fn v6_client_cannot_be_shown_to_a_v4_socket(env: &Result<Env, String>) -> anyhow::Result<()> {
     let env = need(env)?;
     let agent = Agent::start(&[])?;
-    let pod = Pod::new(env, false)?;
+    let pod = Pod::new(env)?;
     let app = pod.app("127.0.0.1:0")?;
     let mut sidecar = pod.ready_sidecar(&agent)?;
     // An AF_INET socket cannot hold an IPv6 address: the app sees the real peer, nothing bogus.
@@ -408,7 +439,7 @@ fn v6_client_cannot_be_shown_to_a_v4_socket(env: &Result<Env, String>) -> anyhow
 fn getsockname_shows_the_original_destination(env: &Result<Env, String>) -> anyhow::Result<()> {
     let env = need(env)?;
     let agent = Agent::start(&["--getsockname"])?;
-    let pod = Pod::new(env, false)?;
+    let pod = Pod::new(env)?;
     let v4 = pod.app("127.0.0.1:0")?;
     let dual = pod.app("[::]:0")?;
     let mut sidecar = pod.ready_sidecar(&agent)?;
@@ -444,7 +475,7 @@ fn getsockname_shows_the_original_destination(env: &Result<Env, String>) -> anyh
 fn removed_entry_shows_the_real_peer_again(env: &Result<Env, String>) -> anyhow::Result<()> {
     let env = need(env)?;
     let agent = Agent::start(&[])?;
-    let pod = Pod::new(env, false)?;
+    let pod = Pod::new(env)?;
     let app = pod.app("127.0.0.1:0")?;
     let mut sidecar = pod.ready_sidecar(&agent)?;
     let (sidecar_addr, _, seen) = open(&mut sidecar, "1", app.addr, "203.0.113.7:1", "-", None)?;
@@ -463,7 +494,7 @@ fn removed_entry_shows_the_real_peer_again(env: &Result<Env, String>) -> anyhow:
 fn agent_sigkill_and_restart_keep_restoring(env: &Result<Env, String>) -> anyhow::Result<()> {
     let env = need(env)?;
     let mut agent = Agent::start(&[])?;
-    let pod = Pod::new(env, false)?;
+    let pod = Pod::new(env)?;
     let app = pod.app("127.0.0.1:0")?;
     let mut sidecar = pod.ready_sidecar(&agent)?;
     let local = app.addr.to_string();
@@ -508,8 +539,8 @@ fn agent_sigkill_and_restart_keep_restoring(env: &Result<Env, String>) -> anyhow
 fn two_pods_never_see_each_other(env: &Result<Env, String>) -> anyhow::Result<()> {
     let env = need(env)?;
     let agent = Agent::start(&[])?;
-    let a = Pod::new(env, true)?;
-    let b = Pod::new(env, true)?;
+    let a = Pod::new(env)?;
+    let b = Pod::new(env)?;
     // Same app address in both pods, and the sidecars bind the same ports: identical 4-tuples
     // in two namespaces.
     let app_a = a.app("127.0.0.1:8080")?;
@@ -564,8 +595,8 @@ fn two_pods_never_see_each_other(env: &Result<Env, String>) -> anyhow::Result<()
 fn shared_netns_is_refused_to_a_second_pod(env: &Result<Env, String>) -> anyhow::Result<()> {
     let env = need(env)?;
     let agent = Agent::start(&[])?;
-    let a = Pod::new(env, false)?;
-    let b = Pod::new(env, false)?;
+    let a = Pod::new(env)?;
+    let b = Pod::beside(env, &a)?;
     let _first = a.ready_sidecar(&agent)?;
     // Pod b shares the network namespace (like host-network pods): handing it a map would let
     // pod a's hooks read pod b's entries, or the other way round.
@@ -580,7 +611,7 @@ fn shared_netns_is_refused_to_a_second_pod(env: &Result<Env, String>) -> anyhow:
 fn full_map_is_reported_as_full(env: &Result<Env, String>) -> anyhow::Result<()> {
     let env = need(env)?;
     let agent = Agent::start(&["--map-max-entries", "2"])?;
-    let pod = Pod::new(env, false)?;
+    let pod = Pod::new(env)?;
     let app = pod.app("127.0.0.1:0")?;
     let (mut sidecar, first) = pod.sidecar(&agent, None)?;
     ensure!(first == "ready 2", "sidecar: {first}");
@@ -602,8 +633,9 @@ fn full_map_is_reported_as_full(env: &Result<Env, String>) -> anyhow::Result<()>
 
 fn unprivileged_sidecar_uses_its_map(env: &Result<Env, String>) -> anyhow::Result<()> {
     let env = need(env)?;
-    let agent = Agent::start(&[])?;
-    let pod = Pod::new(env, false)?;
+    // The socket is root's and the sidecars' group's (0660): nobody's group here.
+    let agent = Agent::start(&["--socket-group", "65534"])?;
+    let pod = Pod::new(env)?;
     let app = pod.app("127.0.0.1:0")?;
     // nobody: no CAP_BPF, no capabilities at all; only the fd the agent passed.
     let (mut sidecar, first) = pod.sidecar(&agent, Some(65534))?;
@@ -622,7 +654,7 @@ fn unprivileged_sidecar_uses_its_map(env: &Result<Env, String>) -> anyhow::Resul
 fn gone_pods_are_swept(env: &Result<Env, String>) -> anyhow::Result<()> {
     let env = need(env)?;
     let agent = Agent::start(&["--sweep-interval", "1s"])?;
-    let pod = Pod::new(env, false)?;
+    let pod = Pod::new(env)?;
     let pins = {
         let sidecar = pod.ready_sidecar(&agent)?;
         let pods_dir = agent.bpffs_dir.join("pods");
@@ -650,7 +682,7 @@ fn metrics_show_pods_entries_and_requests(env: &Result<Env, String>) -> anyhow::
     ensure!(before.value("trueip_agent_ready", &[])? == 1.0);
     ensure!(before.value("trueip_agent_pods_served", &[])? == 0.0);
 
-    let pod = Pod::new(env, false)?;
+    let pod = Pod::new(env)?;
     let app = pod.app("127.0.0.1:0")?;
     let mut sidecar = pod.ready_sidecar(&agent)?;
     for (id, client) in [("1", "203.0.113.1:1"), ("2", "203.0.113.2:2")] {
@@ -725,8 +757,8 @@ fn steering_hands_outside_connections_to_the_sidecar(
 ) -> anyhow::Result<()> {
     let env = need(env)?;
     let mut agent = Agent::start(&["--sweep-interval", "1s"])?;
-    let pod = Pod::new(env, true)?;
-    let veth = Veth::create(pod.netns.as_ref().context("netns")?)?;
+    let pod = Pod::new(env)?;
+    let veth = Veth::create(&pod.netns)?;
     let app = pod.app("0.0.0.0:0")?;
     let port = app.addr.port();
     let outside = SocketAddr::new(veth.pod_ip, port);
@@ -859,8 +891,8 @@ fn steered(m: &Metrics, outcome: &str) -> anyhow::Result<f64> {
 fn steering_fails_closed_when_configured(env: &Result<Env, String>) -> anyhow::Result<()> {
     let env = need(env)?;
     let agent = Agent::start(&["--steer-when-gone", "closed"])?;
-    let pod = Pod::new(env, true)?;
-    let veth = Veth::create(pod.netns.as_ref().context("netns")?)?;
+    let pod = Pod::new(env)?;
+    let veth = Veth::create(&pod.netns)?;
     let app = pod.app("0.0.0.0:0")?;
     let outside = SocketAddr::new(veth.pod_ip, app.addr.port());
     let (mut sidecar, first) = pod.steer(&agent, app.addr.port(), None)?;
@@ -891,7 +923,7 @@ fn steering_fails_closed_when_configured(env: &Result<Env, String>) -> anyhow::R
 fn steering_refuses_another_namespaces_socket(env: &Result<Env, String>) -> anyhow::Result<()> {
     let env = need(env)?;
     let agent = Agent::start(&[])?;
-    let pod = Pod::new(env, false)?;
+    let pod = Pod::new(env)?;
     let other = Netns::create()?;
     let (_sidecar, first) = pod.steer(&agent, 8080, Some(&other))?;
     ensure!(

@@ -213,6 +213,16 @@ impl Agent {
         })
     }
 
+    /// How many descriptors the agent process has open.
+    pub(crate) fn open_fds(&self) -> anyhow::Result<usize> {
+        let pid = self
+            .child
+            .as_ref()
+            .context("the agent is not running")?
+            .id();
+        Ok(fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+    }
+
     /// What the agent logged so far.
     pub(crate) fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
@@ -268,8 +278,9 @@ pub(crate) fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
 
 // === Cgroups and network namespaces ===
 
-/// A pod-like cgroup `<root>/trueip-test-…/kubepods-pod/` with `app` and `sidecar` children, as
-/// Kubernetes lays out a pod (the agent's default `auto` rule attaches to `kubepods-pod`).
+/// A pod-like cgroup `<root>/kubepods-trueip-test-…/pod/` with `app` and `sidecar` children, as
+/// Kubernetes lays out a pod: the agent's default `auto` rule serves callers below a top-level
+/// `kubepods*` cgroup and attaches to the pod's (`pod`).
 #[derive(Debug)]
 pub(crate) struct PodCgroup {
     top: PathBuf,
@@ -280,8 +291,8 @@ pub(crate) struct PodCgroup {
 impl PodCgroup {
     /// Creates the cgroups.
     pub(crate) fn create(env: &Env) -> anyhow::Result<Self> {
-        let top = env.cgroup_root.join(unique("trueip-test-"));
-        let pod = top.join("kubepods-pod");
+        let top = env.cgroup_root.join(unique("kubepods-trueip-test-"));
+        let pod = top.join("pod");
         for dir in [pod.join("app"), pod.join("sidecar")] {
             fs::create_dir_all(&dir)
                 .with_context(|| format!("creating cgroup {}", dir.display()))?;
