@@ -88,6 +88,22 @@ impl Drop for Entry {
     }
 }
 
+/// Removes what a killed predecessor left in the pod's map (see [`PodMap::clear`]). Runs while
+/// the sidecar starts, before any listener accepts, so no entry of this sidecar is lost.
+pub(crate) fn clear_stale(map: &PodMap) {
+    match map.clear() {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            entries = n,
+            "removed entries a previous sidecar of this pod left in its map (it was killed)"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            "could not remove a previous sidecar's entries: an app may see a stale client"
+        ),
+    }
+}
+
 impl Ebpf {
     pub(super) fn open(
         socket: &Path,
@@ -100,6 +116,7 @@ impl Ebpf {
             source,
         })?;
         tracing::info!(socket = %socket.display(), "obtained this pod's restore map from the agent");
+        clear_stale(&map);
         let fast = match fast_path {
             FastPathMode::Off => None,
             FastPathMode::SkMsg => match FastPath::connect(socket) {

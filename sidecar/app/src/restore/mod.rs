@@ -1,7 +1,7 @@
 //! Restore modes: how the app learns the client address once the header is read. Each mode
 //! opens the connection to the app and says what must be written to it first.
 
-mod ebpf;
+pub(crate) mod ebpf;
 mod http;
 mod ports;
 mod proxy;

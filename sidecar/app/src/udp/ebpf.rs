@@ -51,6 +51,7 @@ impl UdpEbpf {
             source,
         })?;
         tracing::info!(socket = %socket.display(), "obtained this pod's restore map (UDP hooks) from the agent");
+        crate::restore::ebpf::clear_stale(&map);
         Ok(Self {
             map: Arc::new(map),
             on_full,
