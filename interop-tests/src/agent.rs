@@ -115,6 +115,34 @@ impl Agent {
         Ok(totals)
     }
 
+    /// Entries in every pod's restore map (TCP connections and UDP flows the sidecars recorded
+    /// and have not removed).
+    pub fn restore_entries(&self) -> Result<usize> {
+        use aya::maps::{HashMap, Map, MapData};
+        use trueip_redirect_common::{ConnKey, RestoreValue};
+        let mut total = 0;
+        let pods = self.pins.join("pods");
+        for pod in
+            std::fs::read_dir(&pods).with_context(|| format!("reading {}", pods.display()))?
+        {
+            for pin in std::fs::read_dir(pod?.path())? {
+                let pin = pin?.path();
+                if !pin
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("netns-"))
+                {
+                    continue;
+                }
+                let data = MapData::from_pin(&pin)
+                    .with_context(|| format!("opening {}", pin.display()))?;
+                let map: HashMap<MapData, ConnKey, RestoreValue> =
+                    Map::from_map_data(data)?.try_into()?;
+                total += map.keys().filter(Result::is_ok).count();
+            }
+        }
+        Ok(total)
+    }
+
     /// The agent's output so far.
     pub fn log_tail(&self) -> String {
         self.proc.as_ref().map(Proc::log_tail).unwrap_or_default()

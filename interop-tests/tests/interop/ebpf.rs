@@ -144,6 +144,52 @@ pub(crate) fn ebpf_mode_nginx_default_log_shows_the_client() -> Result<()> {
     Ok(())
 }
 
+/// A sidecar killed (SIGKILL, OOM) with a connection open leaves that connection's entry in the
+/// pod's map; the sidecar that replaces it removes such entries before it listens, so a new
+/// loopback connection that reuses the 4-tuple can never show the app a previous client.
+pub(crate) fn ebpf_mode_a_restarted_sidecar_clears_what_a_killed_one_left() -> Result<()> {
+    require(&NEEDS)?;
+    let topo = Topology::new()?;
+    let cgroup = Cgroup::create()?;
+    let mut app = EchoApp::start(&topo, &topo.pod, &app_addrs(), Some(&cgroup))?;
+    let agent = Agent::start(&topo)?;
+    let pod = Pod::first(&topo, &cgroup);
+    let (mut sidecars, routes) = pod.ebpf_path(&topo, &agent, APP_PORT, LB_PORT)?;
+    let _lb = haproxy::start(&topo, &routes)?;
+
+    let open = Conn::open(&topo.client, lb_addr(Family::V4))?;
+    app.wait_accepted(1, TIMEOUT)?;
+    ensure!(
+        agent.restore_entries()? == 1,
+        "one open restored connection"
+    );
+    for sidecar in &mut sidecars {
+        sidecar.kill();
+    }
+    drop(open);
+    ensure!(
+        agent.restore_entries()? == 1,
+        "a killed sidecar's entry stays behind (nothing ran its clean-up)"
+    );
+
+    let (replacements, _) = pod.ebpf_path(&topo, &agent, APP_PORT, LB_PORT)?;
+    ensure!(
+        agent.restore_entries()? == 0,
+        "the new sidecar left its predecessor's entry in the map\nsidecar:\n{}",
+        replacements[0].log_tail()
+    );
+    ensure!(
+        replacements[0]
+            .log()
+            .contains("removed entries a previous sidecar of this pod left"),
+        "the new sidecar did not say what it removed:\n{}",
+        replacements[0].log_tail()
+    );
+    let reply = exchange(&topo.client, lb_addr(Family::V4), b"after the restart")?;
+    ensure!(reply.bytes == b"after the restart");
+    Ok(())
+}
+
 /// The agent is killed and restarted while a connection is open: that connection keeps its
 /// restored address to the end, and a new one is restored too.
 pub(crate) fn ebpf_mode_keeps_restoring_across_an_agent_restart() -> Result<()> {

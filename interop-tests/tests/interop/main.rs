@@ -42,10 +42,11 @@ macro_rules! tests {
 }
 
 /// Every test of this binary; a test function left out is dead code, which clippy refuses.
-const TESTS: [(&str, Test); 36] = tests![
+const TESTS: [(&str, Test); 37] = tests![
     curl::curl_haproxy_protocol_from_an_untrusted_source_is_rejected,
     curl::curl_haproxy_protocol_to_proxy_v1_mode_nginx_logs_curl,
     differential::haproxy_and_trueip_agree_on_every_header,
+    ebpf::ebpf_mode_a_restarted_sidecar_clears_what_a_killed_one_left,
     ebpf::ebpf_mode_accept_and_getpeername_return_the_client,
     ebpf::ebpf_mode_keeps_restoring_across_an_agent_restart,
     ebpf::ebpf_mode_nginx_default_log_shows_the_client,
