@@ -5,7 +5,7 @@
 
 use std::{
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::{Component, Path, PathBuf},
 };
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
@@ -20,7 +20,14 @@ pub(crate) struct Config {
     pub(crate) sidecar: SidecarTemplate,
     /// Settings for pods without the matching annotation.
     pub(crate) defaults: Defaults,
+    /// The modes a pod may ask for (chart value [`ALLOWED_MODES_VALUE`]); the others are refused
+    /// at admission, so that an annotation alone never gives a container root and CAP_NET_ADMIN
+    /// (`transparent`) unless the operator allowed it.
+    pub(crate) allowed_modes: Vec<Mode>,
 }
+
+/// The chart value behind `allowedModes`, which refusals name so the user knows whom to ask.
+pub(crate) const ALLOWED_MODES_VALUE: &str = "injector.allowedModes";
 
 /// The file's layout.
 #[derive(Debug, Deserialize)]
@@ -29,6 +36,9 @@ struct ConfigFile {
     sidecar: SidecarTemplate,
     #[serde(default)]
     defaults: DefaultsFile,
+    /// The modes pods may use; default: all but `transparent`.
+    #[serde(default = "defaults::allowed_modes")]
+    allowed_modes: Vec<Mode>,
 }
 
 /// The `defaults` section, in the annotations' syntax.
@@ -154,9 +164,22 @@ mod defaults {
         path::PathBuf,
     };
 
+    use crate::settings::Mode;
+
     /// distroless' `nonroot` user and group.
     pub(super) fn run_as() -> i64 {
         65532
+    }
+
+    /// Every mode but `transparent`, the one that gives the sidecar root and CAP_NET_ADMIN.
+    pub(super) fn allowed_modes() -> Vec<Mode> {
+        vec![
+            Mode::None,
+            Mode::ProxyV1,
+            Mode::ProxyV2,
+            Mode::Ebpf,
+            Mode::Http,
+        ]
     }
 
     pub(super) fn agent_socket() -> PathBuf {
@@ -205,13 +228,19 @@ impl Config {
             return Err(invalid("sidecar.image", "is empty".into()));
         }
         let socket_dir = sidecar.agent_socket.parent();
-        if !sidecar.agent_socket.is_absolute() || socket_dir.is_none_or(|dir| dir == Path::new("/"))
+        // `..` is refused too: the webhook compares pods' host paths with this directory.
+        if !sidecar.agent_socket.is_absolute()
+            || socket_dir.is_none_or(|dir| dir == Path::new("/"))
+            || sidecar
+                .agent_socket
+                .components()
+                .any(|c| c == Component::ParentDir)
         {
             return Err(invalid(
                 "sidecar.agentSocket",
                 format!(
-                    "{} must be an absolute path in a directory of its own (that directory is \
-                     mounted into pods)",
+                    "{} must be an absolute path without `..`, in a directory of its own (that \
+                     directory is mounted into pods)",
                     sidecar.agent_socket.display()
                 ),
             ));
@@ -224,7 +253,31 @@ impl Config {
                 ),
             ));
         }
+        let mut allowed_modes: Vec<Mode> = Vec::new();
+        for mode in file.allowed_modes {
+            if !allowed_modes.contains(&mode) {
+                allowed_modes.push(mode);
+            }
+        }
+        if allowed_modes.is_empty() {
+            return Err(invalid(
+                "allowedModes",
+                format!("is empty: no pod could be injected (chart value {ALLOWED_MODES_VALUE})"),
+            ));
+        }
         let defaults = &file.defaults;
+        if !allowed_modes.contains(&defaults.mode) {
+            return Err(invalid(
+                "defaults.mode",
+                format!(
+                    "{} is not in allowedModes ({}; chart value {ALLOWED_MODES_VALUE}): every pod \
+                     without a {} annotation would be refused",
+                    defaults.mode,
+                    settings::list_modes(&allowed_modes),
+                    settings::MODE,
+                ),
+            ));
+        }
         let ports =
             settings::parse_ports(&defaults.ports).map_err(|p| invalid("defaults.ports", p))?;
         let trusted = settings::parse_cidrs(&defaults.trusted_cidrs.join(","))
@@ -237,6 +290,7 @@ impl Config {
                 trusted,
             },
             sidecar,
+            allowed_modes,
         })
     }
 
@@ -301,6 +355,7 @@ defaults:
   mode: proxy-v2
   header: optional
   trustedCIDRs: [10.0.0.0/8, 192.0.2.1]
+allowedModes: [none, proxy-v1, proxy-v2, ebpf, http]
 "#;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -330,6 +385,29 @@ defaults:
         );
         assert_eq!(c.defaults.mode, Mode::ProxyV2);
         assert_eq!(c.defaults.trusted.len(), 2);
+        assert!(!c.allowed_modes.contains(&Mode::Transparent));
+    }
+
+    #[test]
+    fn transparent_is_allowed_only_when_listed() {
+        let c = parse("sidecar: {image: x}").unwrap();
+        assert_eq!(
+            c.allowed_modes,
+            [
+                Mode::None,
+                Mode::ProxyV1,
+                Mode::ProxyV2,
+                Mode::Ebpf,
+                Mode::Http
+            ]
+        );
+        let c = parse("sidecar: {image: x}\nallowedModes: [ebpf, transparent, ebpf]").unwrap();
+        assert_eq!(c.allowed_modes, [Mode::Ebpf, Mode::Transparent]);
+        let c = parse(
+            "sidecar: {image: x}\ndefaults: {mode: transparent}\nallowedModes: [transparent]",
+        )
+        .unwrap();
+        assert_eq!(c.defaults.mode, Mode::Transparent);
     }
 
     #[test]
@@ -377,6 +455,28 @@ defaults:
             (
                 "sidecar: {image: x, colour: blue}",
                 "unknown field `colour`",
+            ),
+            (
+                "sidecar: {image: x, agentSocket: /run/trueip/../agent.sock}",
+                "sidecar.agentSocket: /run/trueip/../agent.sock must be an absolute path without \
+                 `..`",
+            ),
+            (
+                "sidecar: {image: x}\ndefaults: {mode: transparent}",
+                "defaults.mode: transparent is not in allowedModes (none, proxy-v1, proxy-v2, \
+                 ebpf, http; chart value injector.allowedModes)",
+            ),
+            (
+                "sidecar: {image: x}\nallowedModes: [proxy-v1]",
+                "defaults.mode: ebpf is not in allowedModes (proxy-v1;",
+            ),
+            (
+                "sidecar: {image: x}\nallowedModes: []",
+                "allowedModes: is empty",
+            ),
+            (
+                "sidecar: {image: x}\nallowedModes: [tproxy]",
+                "unknown variant `tproxy`",
             ),
         ];
         for (text, expected) in cases {

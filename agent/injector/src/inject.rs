@@ -11,7 +11,8 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
 use crate::{
-    config::Config,
+    config::{ALLOWED_MODES_VALUE, Config},
+    exposure::{self, Containers},
     settings::{self, Mode, PodSettings, Resolution},
     sidecar::{self, BuildError},
 };
@@ -36,6 +37,9 @@ pub(crate) enum Skip {
     OptedOut,
     /// Neither a `trueip.io/ports` annotation nor default ports.
     NoPorts,
+    /// Debug containers joining a running pod (`kubectl debug`), none of which mounts the
+    /// agent's socket: nothing is injected into a running pod.
+    DebugContainers,
 }
 
 // === impl Skip ===
@@ -47,6 +51,7 @@ impl Skip {
             Self::AlreadyInjected => "already_injected",
             Self::OptedOut => "opted_out",
             Self::NoPorts => "no_ports",
+            Self::DebugContainers => "debug_containers",
         }
     }
 
@@ -59,13 +64,18 @@ impl Skip {
                  and the chart sets no default ports",
                 settings::PORTS
             )),
-            Self::AlreadyInjected | Self::OptedOut => None,
+            Self::AlreadyInjected | Self::OptedOut | Self::DebugContainers => None,
         }
     }
 }
 
-/// Decides what to do with `pod` under `config`.
+/// Decides what to do with `pod`, being created, under `config`.
 pub(crate) fn decide(pod: &Pod, config: &Config) -> Decision {
+    // First, and for every pod the webhook sees, injected or not: a pod that would give one of
+    // its own containers the agent's socket is the attack, whatever its annotations say.
+    if let Err(exposed) = exposure::check(pod, config, Containers::All) {
+        return Decision::Refuse(format!("trueip: {exposed}"));
+    }
     let spec = pod.spec.as_ref();
     let injected = spec.is_some_and(|spec| {
         spec.init_containers
@@ -92,6 +102,22 @@ pub(crate) fn decide(pod: &Pod, config: &Config) -> Decision {
             return Decision::Refuse(format!("trueip: {}", list.join("; ")));
         }
     };
+    if !config.allowed_modes.contains(&settings.mode) {
+        return Decision::Refuse(format!(
+            "trueip: annotation {}: the {} mode is not allowed in this cluster{}: the chart value \
+             {ALLOWED_MODES_VALUE} allows {}; use one of those, or ask the cluster operator to \
+             add {} to {ALLOWED_MODES_VALUE}",
+            settings::MODE,
+            settings.mode,
+            if settings.mode == Mode::Transparent {
+                " (it runs the sidecar as root with CAP_NET_ADMIN)"
+            } else {
+                ""
+            },
+            settings::list_modes(&config.allowed_modes),
+            settings.mode,
+        ));
+    }
     if matches!(settings.mode, Mode::Ebpf | Mode::Transparent)
         && spec.and_then(|s| s.host_network) == Some(true)
     {
@@ -131,6 +157,15 @@ pub(crate) fn decide(pod: &Pod, config: &Config) -> Decision {
             Decision::Refuse(format!("trueip: {e}"))
         }
         Err(e @ BuildError::Write(_)) => Decision::Refuse(format!("trueip: internal error: {e}")),
+    }
+}
+
+/// Decides on debug containers being added to a running pod (`pods/ephemeralcontainers`): they
+/// may not mount the agent's socket, which an `ebpf` pod has as a volume.
+pub(crate) fn decide_debug(pod: &Pod, config: &Config) -> Decision {
+    match exposure::check(pod, config, Containers::Ephemeral) {
+        Ok(()) => Decision::Unchanged(Skip::DebugContainers),
+        Err(exposed) => Decision::Refuse(format!("trueip: {exposed}")),
     }
 }
 
@@ -195,6 +230,12 @@ mod tests {
 
     fn config() -> Config {
         Config::from_yaml(FULL, Path::new("config.yaml")).unwrap()
+    }
+
+    /// The chart's configuration with `injector.allowedModes` extended to `transparent`.
+    fn allowing_transparent() -> Config {
+        let text = FULL.replace("ebpf, http]", "ebpf, transparent, http]");
+        Config::from_yaml(&text, Path::new("config.yaml")).unwrap()
     }
 
     fn pod(value: Value) -> Pod {
@@ -326,7 +367,7 @@ mod tests {
         };
         assert!(message.contains("hostNetwork"), "{message}");
         host["metadata"]["annotations"] = json!({"trueip.io/mode": "transparent"});
-        let Decision::Refuse(message) = decide(&pod(host.clone()), &config()) else {
+        let Decision::Refuse(message) = decide(&pod(host.clone()), &allowing_transparent()) else {
             panic!()
         };
         assert!(
@@ -349,5 +390,151 @@ mod tests {
             panic!()
         };
         assert!(message.contains("trueip.io/trusted-cidrs"), "{message}");
+    }
+
+    // === what a tenant tries in an opted-in namespace, and what it gets ===
+
+    fn refusal(value: &Value, config: &Config) -> String {
+        match decide(&pod(value.clone()), config) {
+            Decision::Refuse(message) => message,
+            other => panic!("admitted: {other:?}"),
+        }
+    }
+
+    /// A pod with `annotations` whose app container mounts the node's `path`.
+    fn grabbing(path: &str, annotations: &Value) -> Value {
+        json!({
+            "metadata": {"name": "web", "annotations": annotations},
+            "spec": {
+                "containers": [{"name": "app", "image": "nginx",
+                                "volumeMounts": [{"name": "node", "mountPath": "/node"}]}],
+                "volumes": [{"name": "node", "hostPath": {"path": path}}],
+            },
+        })
+    }
+
+    #[test]
+    fn the_app_never_gets_the_agent_socket_injected_or_not() {
+        let ebpf = json!({"trueip.io/ports": "8080:80", "trueip.io/mode": "ebpf"});
+        for annotations in [
+            ebpf.clone(),
+            json!({"trueip.io/ports": "8080:80", "trueip.io/mode": "none"}),
+            json!({"trueip.io/inject": "disabled"}),
+            json!({"trueip.io/ports": "not a port"}),
+            json!({}),
+        ] {
+            for path in ["/run/trueip", "/run", "/", "/run/trueip/"] {
+                let message = refusal(&grabbing(path, &annotations), &config());
+                assert!(
+                    message.starts_with(&format!(
+                        "trueip: container \"app\" mounts volume \"node\" (hostPath {path}"
+                    )),
+                    "{annotations} {path}: {message}"
+                );
+            }
+        }
+        // By trueip's own volume name, left for the webhook to fill in.
+        let mut by_name = grabbing("/srv", &ebpf);
+        by_name["spec"]["containers"][0]["volumeMounts"] =
+            json!([{"name": sidecar::SOCKET_VOLUME, "mountPath": "/run/trueip"}]);
+        let message = refusal(&by_name, &config());
+        assert!(
+            message.contains("container \"app\" mounts volume \"trueip-agent-socket\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_legitimate_ebpf_pod_is_injected_and_admitted_again() {
+        let value = json!({
+            "metadata": {"name": "web",
+                         "annotations": {"trueip.io/ports": "8080:80", "trueip.io/mode": "ebpf"}},
+            "spec": {
+                "containers": [{"name": "app", "image": "nginx",
+                                "volumeMounts": [{"name": "logs", "mountPath": "/var/log/nginx"}]}],
+                "volumes": [{"name": "logs", "hostPath": {"path": "/var/log/pods-nginx"}}],
+            },
+        });
+        let Decision::Inject(patch) = decide(&pod(value.clone()), &config()) else {
+            panic!("not injected")
+        };
+        let mut injected = value.clone();
+        json_patch::patch(&mut injected, &patch).unwrap();
+        assert_eq!(
+            injected["spec"]["volumes"][2]["hostPath"]["path"],
+            "/run/trueip"
+        );
+        assert!(matches!(
+            decide(&pod(injected.clone()), &config()),
+            Decision::Unchanged(Skip::AlreadyInjected)
+        ));
+
+        // A copy of the injected pod that also hands the app the socket is refused...
+        let mut copied = injected.clone();
+        copied["spec"]["containers"][0]["volumeMounts"] =
+            json!([{"name": sidecar::SOCKET_VOLUME, "mountPath": "/sock"}]);
+        let message = refusal(&copied, &config());
+        assert!(
+            message.contains("container \"app\" mounts volume"),
+            "{message}"
+        );
+        // ... and so is a "sidecar" that is something else.
+        let mut spoofed = injected;
+        spoofed["spec"]["initContainers"][0]["image"] = json!("attacker/shell:1");
+        let message = refusal(&spoofed, &config());
+        assert!(
+            message.contains(
+                "is not the sidecar this webhook injects: its image is \"attacker/shell:1\""
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn transparent_takes_the_operator_not_an_annotation() {
+        let value = json!({
+            "metadata": {"name": "web",
+                         "annotations": {"trueip.io/ports": "8080:80",
+                                         "trueip.io/mode": "transparent"}},
+            "spec": {"containers": [{"name": "app", "image": "nginx"}]},
+        });
+        let message = refusal(&value, &config());
+        assert_eq!(
+            message,
+            "trueip: annotation trueip.io/mode: the transparent mode is not allowed in this \
+             cluster (it runs the sidecar as root with CAP_NET_ADMIN): the chart value \
+             injector.allowedModes allows none, proxy-v1, proxy-v2, ebpf, http; use one of \
+             those, or ask the cluster operator to add transparent to injector.allowedModes"
+        );
+
+        let allowing = allowing_transparent();
+        let Decision::Inject(patch) = decide(&pod(value.clone()), &allowing) else {
+            panic!("not injected")
+        };
+        let mut injected = value;
+        json_patch::patch(&mut injected, &patch).unwrap();
+        let sc = &injected["spec"]["initContainers"][0]["securityContext"];
+        assert_eq!(sc["runAsUser"], 0);
+        assert_eq!(sc["capabilities"]["add"], json!(["NET_ADMIN"]));
+
+        // Any mode the operator left out, not only transparent.
+        let only_proxy = FULL.replace(
+            "allowedModes: [none, proxy-v1, proxy-v2, ebpf, http]",
+            "allowedModes: [proxy-v2]",
+        );
+        let only_proxy = Config::from_yaml(&only_proxy, Path::new("config.yaml")).unwrap();
+        let ebpf = json!({
+            "metadata": {"name": "web",
+                         "annotations": {"trueip.io/ports": "8080:80", "trueip.io/mode": "ebpf"}},
+            "spec": {"containers": [{"name": "app", "image": "nginx"}]},
+        });
+        let message = refusal(&ebpf, &only_proxy);
+        assert!(
+            message.starts_with(
+                "trueip: annotation trueip.io/mode: the ebpf mode is not allowed in this cluster: \
+                 the chart value injector.allowedModes allows proxy-v2;"
+            ),
+            "{message}"
+        );
     }
 }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod exposure;
 mod inject;
 mod metrics;
 mod review;
@@ -131,6 +132,7 @@ fn run(opt: &Opt) -> anyhow::Result<()> {
             config = %opt.config.display(),
             image = %config.sidecar.image,
             default_mode = %config.defaults.mode,
+            allowed_modes = %settings::list_modes(&config.allowed_modes),
             default_ports = config.defaults.ports.len(),
             default_trusted_cidrs = config.defaults.trusted.len(),
             "configuration is valid"
@@ -143,6 +145,7 @@ fn run(opt: &Opt) -> anyhow::Result<()> {
     tracing::info!(
         image = %config.sidecar.image,
         default_mode = %config.defaults.mode,
+        allowed_modes = %settings::list_modes(&config.allowed_modes),
         default_ports = config.defaults.ports.len(),
         "configuration loaded"
     );

@@ -24,7 +24,8 @@ pub(crate) enum Outcome {
     Unchanged(Skip),
     /// The pod was refused (bad annotations).
     Refused,
-    /// Not a pod being created (the webhook's rules should not send those).
+    /// Neither a pod being created nor debug containers being added (the webhook's rules should
+    /// not send those).
     Ignored,
     /// The pod could not be read; admitted unchanged, with a warning.
     Unreadable,
@@ -71,11 +72,12 @@ impl Outcome {
     }
 
     /// Every label, so that counters exist (at zero) before the first admission.
-    pub(crate) const ALL: [Self; 7] = [
+    pub(crate) const ALL: [Self; 8] = [
         Self::Injected,
         Self::Unchanged(Skip::AlreadyInjected),
         Self::Unchanged(Skip::OptedOut),
         Self::Unchanged(Skip::NoPorts),
+        Self::Unchanged(Skip::DebugContainers),
         Self::Refused,
         Self::Ignored,
         Self::Unreadable,
@@ -90,35 +92,36 @@ pub(crate) fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewErr
         review.try_into().map_err(|_| ReviewError::NoRequest)?;
     let mut response = AdmissionResponse::from(&request);
     let namespace = request.namespace.as_deref().unwrap_or_default();
-    let is_pod_create = request.kind.group.is_empty()
-        && request.kind.kind == "Pod"
-        && request.sub_resource.is_none()
-        && request.operation == Operation::Create;
-    let object = request.object.as_ref().filter(|_| is_pod_create);
-    let pod = object.map(|o| serde_json::to_value(o).and_then(serde_json::from_value::<Pod>));
-    let outcome = match pod {
-        None => {
-            tracing::warn!(
-                kind = %request.kind.kind, operation = ?request.operation, namespace,
-                "not a pod being created; check the webhook's rules"
-            );
-            Outcome::Ignored
-        }
-        Some(Err(e)) => {
+    let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+    // `kubectl debug` adds ephemeral containers to a running pod through a subresource whose
+    // object is the whole pod.
+    let decide: Option<fn(&Pod, &Config) -> Decision> =
+        match (request.sub_resource.as_deref(), &request.operation) {
+            (None, Operation::Create) if is_pod => Some(inject::decide),
+            (Some("ephemeralcontainers"), Operation::Update) if is_pod => {
+                Some(inject::decide_debug)
+            }
+            _ => None,
+        };
+    let pod = decide
+        .and(request.object.as_ref())
+        .map(|o| serde_json::to_value(o).and_then(serde_json::from_value::<Pod>));
+    let outcome = match (decide, pod) {
+        (Some(_), Some(Err(e))) => {
             tracing::error!(namespace, error = %e, "could not read the pod; admitted unchanged");
             response.warnings = Some(vec![format!(
                 "trueip: sidecar not injected: the webhook could not read the pod ({e})"
             )]);
             Outcome::Unreadable
         }
-        Some(Ok(pod)) => {
+        (Some(decide), Some(Ok(pod))) => {
             let name = pod
                 .metadata
                 .name
                 .clone()
                 .or_else(|| pod.metadata.generate_name.clone())
                 .unwrap_or_default();
-            match inject::decide(&pod, config) {
+            match decide(&pod, config) {
                 Decision::Inject(patch) => {
                     tracing::info!(namespace, pod = %name, "injected the sidecar");
                     response = response.with_patch(patch).map_err(ReviewError::Patch)?;
@@ -136,6 +139,13 @@ pub(crate) fn review(body: &[u8], config: &Config) -> Result<Reviewed, ReviewErr
                 }
             }
         }
+        _ => {
+            tracing::warn!(
+                kind = %request.kind.kind, operation = ?request.operation, namespace,
+                "neither a pod being created nor debug containers; check the webhook's rules"
+            );
+            Outcome::Ignored
+        }
     };
     let body = serde_json::to_vec(&response.into_review()).map_err(ReviewError::Response)?;
     Ok(Reviewed { body, outcome })
@@ -151,6 +161,10 @@ mod tests {
     use crate::config::tests::FULL;
 
     fn request(object: &Value, operation: &str) -> Vec<u8> {
+        request_for(object, operation, None)
+    }
+
+    fn request_for(object: &Value, operation: &str, sub_resource: Option<&str>) -> Vec<u8> {
         serde_json::to_vec(&json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
@@ -160,6 +174,7 @@ mod tests {
                 "resource": {"group": "", "version": "v1", "resource": "pods"},
                 "namespace": "shop",
                 "operation": operation,
+                "subResource": sub_resource,
                 "userInfo": {"username": "admin"},
                 "object": object,
                 "dryRun": false,
@@ -237,6 +252,38 @@ mod tests {
         assert_eq!(response["allowed"], true);
         assert!(response.get("patch").is_none());
         assert!(response.get("warnings").is_none());
+    }
+
+    #[test]
+    fn debug_containers_may_not_mount_the_agent_socket() {
+        let mut running = pod(&json!({"trueip.io/ports": "8080"}));
+        running["spec"]["volumes"] = json!([{"name": "trueip-agent-socket",
+                                             "hostPath": {"path": "/run/trueip"}}]);
+        running["spec"]["ephemeralContainers"] = json!([{"name": "debugger", "image": "busybox"}]);
+        let debug = request_for(&running, "UPDATE", Some("ephemeralcontainers"));
+        let (response, outcome) = answer(&debug);
+        assert_eq!(outcome, Outcome::Unchanged(Skip::DebugContainers));
+        assert_eq!(response["allowed"], true);
+        assert!(response.get("patch").is_none());
+
+        running["spec"]["ephemeralContainers"][0]["volumeMounts"] =
+            json!([{"name": "trueip-agent-socket", "mountPath": "/s"}]);
+        let debug = request_for(&running, "UPDATE", Some("ephemeralcontainers"));
+        let (response, outcome) = answer(&debug);
+        assert_eq!(outcome, Outcome::Refused);
+        assert_eq!(response["allowed"], false);
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(
+                "trueip: container \"debugger\" mounts volume \"trueip-agent-socket\""
+            ),
+            "{message}"
+        );
+
+        // Other subresources are not the webhook's business.
+        let (response, outcome) = answer(&request_for(&running, "UPDATE", Some("status")));
+        assert_eq!(outcome, Outcome::Ignored);
+        assert_eq!(response["allowed"], true);
     }
 
     #[test]

@@ -237,6 +237,12 @@ pub(crate) fn parse_cidrs(text: &str) -> Result<Vec<IpNet>, String> {
         .collect()
 }
 
+/// Modes as a user reads them in a message: `none, proxy-v1, ebpf`.
+pub(crate) fn list_modes(modes: &[Mode]) -> String {
+    let names: Vec<String> = modes.iter().map(ToString::to_string).collect();
+    names.join(", ")
+}
+
 /// Parses one keyword the way the sidecar's YAML spells it; the error lists the accepted words.
 pub(crate) fn word<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, String> {
     T::deserialize(serde_json::Value::String(text.trim().to_owned())).map_err(|e| e.to_string())

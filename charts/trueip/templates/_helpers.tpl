@@ -49,6 +49,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "trueip.injector.name" -}}
 {{- printf "%s-injector" (include "trueip.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+{{/* The agent socket's group: agent.socketGroup, or the sidecars' own group. */}}
+{{- define "trueip.agent.socketGroup" -}}
+{{- if eq (toString .Values.agent.socketGroup) "" }}
+{{- int64 .Values.sidecar.runAsGroup }}
+{{- else }}
+{{- int64 .Values.agent.socketGroup }}
+{{- end }}
+{{- end }}
 {{- define "trueip.injector.tlsSecretName" -}}
 {{- default (printf "%s-tls" (include "trueip.injector.name" .)) .Values.injector.tls.secretName }}
 {{- end }}
@@ -75,6 +83,7 @@ defaults:
   mode: {{ .Values.sidecar.mode | quote }}
   header: {{ .Values.sidecar.header | quote }}
   trustedCIDRs: {{ toJson .Values.sidecar.trustedCIDRs }}
+allowedModes: {{ toJson .Values.injector.allowedModes }}
 {{- end }}
 
 {{/* Fails rendering on values the chart cannot work with. */}}
@@ -91,8 +100,20 @@ defaults:
 {{- if or (lt (int .Values.injector.timeoutSeconds) 1) (gt (int .Values.injector.timeoutSeconds) 30) }}
 {{- fail "injector.timeoutSeconds must be between 1 and 30" }}
 {{- end }}
-{{- if not (has .Values.sidecar.mode (list "ebpf" "proxy-v1" "proxy-v2" "none")) }}
-{{- fail (printf "sidecar.mode must be ebpf, proxy-v1, proxy-v2 or none, not %q" .Values.sidecar.mode) }}
+{{- $modes := list "none" "proxy-v1" "proxy-v2" "ebpf" "transparent" "http" }}
+{{- range .Values.injector.allowedModes }}
+{{- if not (has . $modes) }}
+{{- fail (printf "injector.allowedModes: %q is not a mode (none, proxy-v1, proxy-v2, ebpf, transparent, http)" .) }}
+{{- end }}
+{{- end }}
+{{- if not (has .Values.sidecar.mode .Values.injector.allowedModes) }}
+{{- fail (printf "sidecar.mode %q is not in injector.allowedModes %v: every pod without a trueip.io/mode annotation would be refused" .Values.sidecar.mode .Values.injector.allowedModes) }}
+{{- end }}
+{{- if not (regexMatch "^0?[0-7][2367][0-7]$" (toString .Values.agent.socketMode)) }}
+{{- fail (printf "agent.socketMode must be an octal mode like \"660\" (quoted) whose group digit allows writing (2, 3, 6 or 7: the sidecars connect through the socket's group), not %q" (toString .Values.agent.socketMode)) }}
+{{- end }}
+{{- if and (ne (toString .Values.agent.socketGroup) "") (ne (include "trueip.agent.socketGroup" .) (toString (int64 .Values.sidecar.runAsGroup))) }}
+{{- fail (printf "agent.socketGroup (%v) must be sidecar.runAsGroup (%v), or empty: the injected sidecars connect to the agent's socket with that group" .Values.agent.socketGroup .Values.sidecar.runAsGroup) }}
 {{- end }}
 {{- if not (has .Values.sidecar.header (list "required" "optional" "off")) }}
 {{- fail (printf "sidecar.header must be required, optional or off, not %q" .Values.sidecar.header) }}

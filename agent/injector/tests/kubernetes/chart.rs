@@ -66,6 +66,16 @@ fn variants() -> anyhow::Result<Vec<(Vec<PathBuf>, Vec<&'static str>)>> {
                 "--set=metrics.podMonitor.sidecarNamespaces={shop,web}",
             ],
         ),
+        (
+            vec![],
+            vec![
+                "--set=injector.allowedModes={ebpf,transparent}",
+                "--set=sidecar.mode=transparent",
+                "--set-string=agent.socketMode=0770",
+                "--set=agent.socketGroup=1000",
+                "--set=sidecar.runAsGroup=1000",
+            ],
+        ),
     ]);
     Ok(all)
 }
@@ -272,6 +282,9 @@ pub(crate) fn default_render_wires_the_pieces_together() -> anyhow::Result<()> {
         env("TRUEIP_BPFFS_DIR").as_deref(),
         Some("/sys/fs/bpf/trueip")
     );
+    // Only root and the sidecars' group may connect to the agent.
+    assert_eq!(env("TRUEIP_SOCKET_MODE").as_deref(), Some("660"));
+    assert_eq!(env("TRUEIP_SOCKET_GROUP").as_deref(), Some("65532"));
     assert_eq!(agent["spec"]["updateStrategy"]["type"], "RollingUpdate");
 
     // The injected sidecars find the agent's socket where the agent puts it.
@@ -280,6 +293,53 @@ pub(crate) fn default_render_wires_the_pieces_together() -> anyhow::Result<()> {
         config.contains("agentSocket: \"/run/trueip/agent.sock\""),
         "{config}"
     );
+    // ... with the group the socket belongs to, and no `transparent` unless allowed.
+    assert!(config.contains("runAsGroup: 65532"), "{config}");
+    assert!(
+        config.contains(r#"allowedModes: ["none","proxy-v1","proxy-v2","ebpf","http"]"#),
+        "{config}"
+    );
+    Ok(())
+}
+
+/// The agent DaemonSet's value of `name`, in a render with `flags`.
+fn agent_env(tools: &Tools, flags: &[&str], name: &str) -> anyhow::Result<Option<String>> {
+    let docs = documents(&tools.render(&[], flags)?)?;
+    let agent = find(&docs, "DaemonSet", Some("trueip-agent"))?;
+    Ok(agent["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str())
+        .map(str::to_owned))
+}
+
+pub(crate) fn the_agent_socket_belongs_to_the_sidecars_group() -> anyhow::Result<()> {
+    let tools = Tools::require()?;
+    // The socket's group follows the sidecars' group unless set (to the same value).
+    for flags in [
+        vec!["--set=sidecar.runAsGroup=1000"],
+        vec![
+            "--set=sidecar.runAsGroup=1000",
+            "--set=agent.socketGroup=1000",
+        ],
+    ] {
+        let group = agent_env(&tools, &flags, "TRUEIP_SOCKET_GROUP")?;
+        assert_eq!(group.as_deref(), Some("1000"), "{flags:?}");
+    }
+    let mode = agent_env(
+        &tools,
+        &["--set-string=agent.socketMode=0770"],
+        "TRUEIP_SOCKET_MODE",
+    )?;
+    assert_eq!(mode.as_deref(), Some("0770"));
+    let mode = agent_env(
+        &tools,
+        &["--set=agent.socketMode=666"],
+        "TRUEIP_SOCKET_MODE",
+    )?;
+    assert_eq!(mode.as_deref(), Some("666"));
     Ok(())
 }
 
@@ -424,7 +484,30 @@ pub(crate) fn bad_values_are_refused_at_render() -> anyhow::Result<()> {
         ),
         ("--set=injector.tls.source=secret", "injector.tls.caBundle"),
         ("--set=injector.tls.source=vault", "injector.tls.source"),
-        ("--set=sidecar.mode=transparent", "sidecar.mode"),
+        (
+            "--set=sidecar.mode=transparent",
+            "sidecar.mode \"transparent\" is not in injector.allowedModes",
+        ),
+        (
+            "--set=injector.allowedModes={ebpf,tproxy}",
+            "injector.allowedModes: \"tproxy\" is not a mode",
+        ),
+        (
+            "--set=injector.allowedModes={proxy-v2}",
+            "sidecar.mode \"ebpf\" is not in injector.allowedModes [proxy-v2]",
+        ),
+        (
+            "--set=agent.socketMode=640",
+            "agent.socketMode must be an octal mode",
+        ),
+        (
+            "--set=agent.socketMode=rw",
+            "agent.socketMode must be an octal mode",
+        ),
+        (
+            "--set=agent.socketGroup=1000",
+            "agent.socketGroup (1000) must be sidecar.runAsGroup (65532)",
+        ),
         ("--set=sidecar.header=maybe", "sidecar.header"),
         (
             "--set=injector.timeoutSeconds=60",

@@ -226,8 +226,9 @@ fn selector_matches(selector: &Value, labels: &Map<String, Value>) -> anyhow::Re
     Ok(true)
 }
 
-/// Whether one of `rules` covers a namespaced core/v1 `pods` request with `operation`.
-fn rules_match(rules: &Value, operation: &str) -> bool {
+/// Whether one of `rules` covers a namespaced core/v1 request with `operation` on `resource`
+/// (`pods`, or a subresource such as `pods/ephemeralcontainers`).
+fn rules_match(rules: &Value, operation: &str, resource: &str) -> bool {
     let has = |list: &Value, want: &str| {
         list.as_array()
             .into_iter()
@@ -238,17 +239,19 @@ fn rules_match(rules: &Value, operation: &str) -> bool {
         has(&rule["operations"], operation)
             && has(&rule["apiGroups"], "")
             && has(&rule["apiVersions"], "v1")
-            && has(&rule["resources"], "pods")
+            && has(&rule["resources"], resource)
             && (rule["scope"].is_null() || rule["scope"] == "*" || rule["scope"] == "Namespaced")
     })
 }
 
-/// Whether the apiserver would call `webhook` for `operation` on `pod` in `namespace`.
+/// Whether the apiserver would call `webhook` for `operation` on `resource` of `pod` in
+/// `namespace`.
 fn apiserver_calls(
     webhook: &Value,
     namespace: &Value,
     pod: &Value,
     operation: &str,
+    resource: &str,
 ) -> anyhow::Result<bool> {
     let empty = Map::new();
     let labels = |o: &Value| {
@@ -257,7 +260,7 @@ fn apiserver_calls(
             .cloned()
             .unwrap_or_else(|| empty.clone())
     };
-    Ok(rules_match(&webhook["rules"], operation)
+    Ok(rules_match(&webhook["rules"], operation, resource)
         && selector_matches(&webhook["namespaceSelector"], &labels(namespace))?
         && selector_matches(&webhook["objectSelector"], &labels(pod))?)
 }
@@ -280,8 +283,25 @@ fn pod(name: &str, annotations: &Value) -> Value {
     })
 }
 
-/// What the apiserver sends for a pod being created.
-fn admission_review(uid: &str, object: &Value) -> Value {
+/// The call the apiserver makes: a pod being created, or (`ephemeralcontainers`) debug
+/// containers being added to a running pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Create,
+    Debug,
+}
+
+/// What the apiserver sends for `object`.
+fn admission_review(uid: &str, object: &Value, call: Call) -> Value {
+    let (operation, sub_resource, options, old) = match call {
+        Call::Create => ("CREATE", Value::Null, "CreateOptions", Value::Null),
+        Call::Debug => (
+            "UPDATE",
+            json!("ephemeralcontainers"),
+            "UpdateOptions",
+            object.clone(),
+        ),
+    };
     json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -289,26 +309,39 @@ fn admission_review(uid: &str, object: &Value) -> Value {
             "uid": uid,
             "kind": {"group": "", "version": "v1", "kind": "Pod"},
             "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "subResource": sub_resource,
             "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
             "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestSubResource": sub_resource,
             "name": object["metadata"]["name"],
             "namespace": "shop",
-            "operation": "CREATE",
+            "operation": operation,
             "userInfo": {"username": "kubernetes-admin", "groups": ["system:masters"]},
             "object": object,
-            "oldObject": null,
+            "oldObject": old,
             "dryRun": false,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": options},
         }
     })
 }
 
-/// The apiserver's side of one call: sends `object`, reads the response, applies the patch.
-struct Apiserver<'a> {
-    webhook: &'a Webhook,
-    ca_pem: &'a [u8],
+/// The chart installed with `flags`, as far as a pod's creation is concerned: the webhook binary
+/// running with the rendered configuration and a throw-away certificate for the Service's name,
+/// and the MutatingWebhookConfiguration rendered with that CA as the `caBundle` (steps 1 and 2).
+struct Installed {
+    webhook: Webhook,
+    /// The one webhook of the rendered MutatingWebhookConfiguration.
+    configured: Value,
+    /// The injector's configuration file, as rendered.
+    config: String,
+    /// The rendered objects.
+    docs: Vec<Value>,
+    ca_bundle: Vec<u8>,
+    /// The Service's DNS name, which the certificate is for.
     host: String,
+    /// The request path, with the timeout the apiserver adds.
     path: String,
+    _certificates: TempDir,
 }
 
 /// What came back for one pod.
@@ -322,15 +355,87 @@ struct Answer {
     patched: bool,
 }
 
-impl Apiserver<'_> {
+impl Installed {
+    fn new(tools: &Tools, flags: &[&str]) -> anyhow::Result<Self> {
+        // 1. The chart as installed, with its generated certificate.
+        let docs = documents(&tools.render(&[], flags)?)?;
+        let generated = find(&docs, "MutatingWebhookConfiguration", None)?["webhooks"][0].clone();
+        let config = injector_config(&docs)?;
+        let service = &generated["clientConfig"]["service"];
+        let host = format!(
+            "{}.{}.svc",
+            service["name"].as_str().context("service name")?,
+            service["namespace"].as_str().context("service namespace")?
+        );
+        ensure!(service["namespace"] == NAMESPACE, "{service}");
+
+        // 2. The webhook with a throw-away certificate for the Service's name, and the chart
+        //    rendered again with that CA.
+        let pki = TestPki::new(&host)?;
+        let dir = tempfile::tempdir()?;
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        pki.install(&cert, &key)?;
+        let webhook = Webhook::start(&config, &cert, &key)?;
+        let ca_b64 = base64::engine::general_purpose::STANDARD.encode(&pki.ca_pem);
+        let ca_flag = format!("--set=injector.tls.caBundle={ca_b64}");
+        let mut with_ca = flags.to_vec();
+        with_ca.extend([
+            "--set=injector.tls.source=secret",
+            "--set=injector.tls.secretName=trueip-injector-tls",
+            &ca_flag,
+        ]);
+        let docs = documents(&tools.render(&[], &with_ca)?)?;
+        let configured = find(&docs, "MutatingWebhookConfiguration", None)?["webhooks"][0].clone();
+        let ca_bundle = base64::engine::general_purpose::STANDARD.decode(
+            configured["clientConfig"]["caBundle"]
+                .as_str()
+                .context("caBundle")?,
+        )?;
+        ensure!(ca_bundle == pki.ca_pem.as_bytes());
+        let strip = |mut w: Value| {
+            if let Some(c) = w["clientConfig"].as_object_mut() {
+                c.remove("caBundle");
+            }
+            w
+        };
+        ensure!(
+            strip(configured.clone()) == strip(generated),
+            "only the caBundle differs between the certificate sources"
+        );
+        ensure!(injector_config(&docs)? == config);
+        let path = format!(
+            "{}?timeout={}s",
+            configured["clientConfig"]["service"]["path"]
+                .as_str()
+                .context("path")?,
+            configured["timeoutSeconds"]
+        );
+        Ok(Self {
+            webhook,
+            configured,
+            config,
+            docs,
+            ca_bundle,
+            host,
+            path,
+            _certificates: dir,
+        })
+    }
+
+    /// 4. and 5.: the apiserver's side of one pod creation.
     fn admit(&self, object: &Value) -> anyhow::Result<Answer> {
+        self.call(object, Call::Create)
+    }
+
+    /// Sends `object`, reads the response, applies the patch.
+    fn call(&self, object: &Value, call: Call) -> anyhow::Result<Answer> {
         let uid = format!("uid-{}", object["metadata"]["name"].as_str().unwrap_or("x"));
         let (status, body) = self.webhook.request(
-            self.ca_pem,
+            &self.ca_bundle,
             &self.host,
             Method::POST,
             &self.path,
-            serde_json::to_vec(&admission_review(&uid, object))?,
+            serde_json::to_vec(&admission_review(&uid, object, call))?,
         )?;
         ensure!(
             status == StatusCode::OK,
@@ -358,6 +463,12 @@ impl Apiserver<'_> {
             patched,
         })
     }
+
+    /// A GET over the same TLS.
+    fn get(&self, path: &str) -> anyhow::Result<(StatusCode, Vec<u8>)> {
+        self.webhook
+            .request(&self.ca_bundle, &self.host, Method::GET, path, vec![])
+    }
 }
 
 /// The sidecar in a mutated pod.
@@ -381,99 +492,68 @@ fn volume<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
 pub(crate) fn apiserver_calls_the_webhook_and_applies_its_patch() -> anyhow::Result<()> {
     let tools = Tools::require()?;
 
-    // 1. The chart as installed, with its generated certificate.
-    let docs = documents(&tools.render(&[], &[])?)?;
-    let generated = find(&docs, "MutatingWebhookConfiguration", None)?["webhooks"][0].clone();
-    let config = injector_config(&docs)?;
-    let service = &generated["clientConfig"]["service"];
-    let host = format!(
-        "{}.{}.svc",
-        service["name"].as_str().context("service name")?,
-        service["namespace"].as_str().context("service namespace")?
-    );
-    assert_eq!(service["namespace"], NAMESPACE);
-
-    // 2. The webhook with a throw-away certificate for the Service's name, and the chart
-    //    rendered again with that CA.
-    let pki = TestPki::new(&host)?;
-    let dir = tempfile::tempdir()?;
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    pki.install(&cert, &key)?;
-    let webhook = Webhook::start(&config, &cert, &key)?;
-    let ca_b64 = base64::engine::general_purpose::STANDARD.encode(&pki.ca_pem);
-    let docs = documents(&tools.render(
-        &[],
-        &[
-            "--set=injector.tls.source=secret",
-            "--set=injector.tls.secretName=trueip-injector-tls",
-            &format!("--set=injector.tls.caBundle={ca_b64}"),
-        ],
-    )?)?;
-    let configured = find(&docs, "MutatingWebhookConfiguration", None)?["webhooks"][0].clone();
-    let ca_bundle = base64::engine::general_purpose::STANDARD.decode(
-        configured["clientConfig"]["caBundle"]
-            .as_str()
-            .context("caBundle")?,
-    )?;
-    assert_eq!(ca_bundle, pki.ca_pem.as_bytes());
-    let strip = |mut w: Value| {
-        if let Some(c) = w["clientConfig"].as_object_mut() {
-            c.remove("caBundle");
-        }
-        w
-    };
-    assert_eq!(
-        strip(configured.clone()),
-        strip(generated),
-        "only the caBundle differs between the certificate sources"
-    );
-    assert_eq!(injector_config(&docs)?, config);
+    // 1. and 2.
+    let installed = Installed::new(&tools, &[])?;
+    let configured = &installed.configured;
 
     // 3. Which requests the apiserver sends.
     let shop = namespace("shop", true);
     let plain = pod("web-0", &json!({"trueip.io/ports": "8080:80"}));
-    assert!(apiserver_calls(&configured, &shop, &plain, "CREATE")?);
-    assert!(!apiserver_calls(&configured, &shop, &plain, "UPDATE")?);
+    assert!(apiserver_calls(
+        configured, &shop, &plain, "CREATE", "pods"
+    )?);
     assert!(!apiserver_calls(
-        &configured,
+        configured, &shop, &plain, "UPDATE", "pods"
+    )?);
+    assert!(!apiserver_calls(
+        configured,
         &namespace("other", false),
         &plain,
-        "CREATE"
+        "CREATE",
+        "pods"
     )?);
     assert!(!apiserver_calls(
-        &configured,
+        configured,
         &namespace("kube-system", true),
         &plain,
-        "CREATE"
+        "CREATE",
+        "pods"
     )?);
     assert!(!apiserver_calls(
-        &configured,
+        configured,
         &namespace(NAMESPACE, true),
         &plain,
-        "CREATE"
+        "CREATE",
+        "pods"
     )?);
+    // Opted out by label: sent all the same (the webhook still checks what it mounts).
     let mut labelled_out = plain.clone();
     labelled_out["metadata"]["labels"] = json!({"trueip.io/inject": "disabled"});
-    assert!(!apiserver_calls(
-        &configured,
+    assert!(apiserver_calls(
+        configured,
         &shop,
         &labelled_out,
-        "CREATE"
+        "CREATE",
+        "pods"
+    )?);
+    // Debug containers joining a running pod are sent; other updates are not.
+    assert!(apiserver_calls(
+        configured,
+        &shop,
+        &plain,
+        "UPDATE",
+        "pods/ephemeralcontainers"
+    )?);
+    assert!(!apiserver_calls(
+        configured,
+        &shop,
+        &plain,
+        "UPDATE",
+        "pods/status"
     )?);
 
     // 4. and 5. The calls.
-    let apiserver = Apiserver {
-        webhook: &webhook,
-        ca_pem: &ca_bundle,
-        host: host.clone(),
-        path: format!(
-            "{}?timeout={}s",
-            configured["clientConfig"]["service"]["path"]
-                .as_str()
-                .context("path")?,
-            configured["timeoutSeconds"]
-        ),
-    };
+    let apiserver = &installed;
 
     // A pod without init containers or volumes, on the chart's default mode (ebpf).
     let web = pod(
@@ -593,12 +673,15 @@ pub(crate) fn apiserver_calls_the_webhook_and_applies_its_patch() -> anyhow::Res
         "listeners, then metrics"
     );
 
-    // Opted out by annotation: sent (the objectSelector only sees labels), left alone.
+    // Opted out, by label or annotation: left alone.
+    let answer = apiserver.admit(&labelled_out)?;
+    assert!(answer.allowed && !answer.patched, "{answer:?}");
+    assert_eq!(answer.pod, labelled_out);
     let out = pod(
         "legacy-0",
         &json!({"trueip.io/inject": "disabled", "trueip.io/ports": "8080"}),
     );
-    assert!(apiserver_calls(&configured, &shop, &out, "CREATE")?);
+    assert!(apiserver_calls(configured, &shop, &out, "CREATE", "pods")?);
     let answer = apiserver.admit(&out)?;
     assert!(answer.allowed && !answer.patched, "{answer:?}");
     assert_eq!(answer.pod, out);
@@ -646,12 +729,12 @@ pub(crate) fn apiserver_calls_the_webhook_and_applies_its_patch() -> anyhow::Res
     );
 
     // Probes and metrics, over the same TLS.
-    let (status, body) = webhook.request(&ca_bundle, &host, Method::GET, "/healthz", vec![])?;
+    let (status, body) = installed.get("/healthz")?;
     assert_eq!(
         (status, body.as_slice()),
         (StatusCode::OK, b"ok\n".as_slice())
     );
-    let (status, body) = webhook.request(&ca_bundle, &host, Method::GET, "/metrics", vec![])?;
+    let (status, body) = installed.get("/metrics")?;
     assert_eq!(status, StatusCode::OK);
     let metrics = String::from_utf8(body)?;
     assert!(
@@ -662,8 +745,13 @@ pub(crate) fn apiserver_calls_the_webhook_and_applies_its_patch() -> anyhow::Res
         metrics.contains("trueip_injector_admissions_total{outcome=\"refused\"} 2\n"),
         "{metrics}"
     );
-    let (status, _) =
-        webhook.request(&ca_bundle, &host, Method::POST, "/mutate", b"{}".to_vec())?;
+    let (status, _) = installed.webhook.request(
+        &installed.ca_bundle,
+        &installed.host,
+        Method::POST,
+        "/mutate",
+        b"{}".to_vec(),
+    )?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     Ok(())
 }
@@ -739,6 +827,250 @@ pub(crate) fn tls_trusts_only_the_ca_bundle_and_follows_certificate_renewal() ->
     assert!(
         !metrics.contains("trueip_injector_cert_reload_errors_total 0\n"),
         "{metrics}"
+    );
+    Ok(())
+}
+
+/// A pod with `annotations` whose app container mounts the node's `path`.
+fn grabbing(name: &str, path: &str, annotations: &Value) -> Value {
+    let mut attacker = pod(name, annotations);
+    attacker["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "node", "mountPath": "/node"}]);
+    attacker["spec"]["volumes"] = json!([{"name": "node", "hostPath": {"path": path}}]);
+    attacker
+}
+
+/// What every socket refusal ends with.
+const ONLY_THE_SIDECAR: &str = "only the trueip sidecar this webhook injects may mount the node \
+                                agent's socket directory /run/trueip";
+
+pub(crate) fn tenants_get_no_privilege_by_annotation_or_volume() -> anyhow::Result<()> {
+    let tools = Tools::require()?;
+    let installed = Installed::new(&tools, &[])?;
+    let shop = namespace("shop", true);
+    let ebpf = json!({"trueip.io/ports": "8080:80", "trueip.io/trusted-cidrs": "10.0.0.0/8"});
+
+    // The app container mounts the agent's socket directory, however spelled: refused, naming
+    // the container, the volume and the path.
+    for (i, path) in [
+        "/run/trueip",
+        "/run/trueip/",
+        "/run",
+        "/",
+        "/var/run/trueip",
+        "/run/trueip/agent.sock",
+        "/srv/../run/trueip",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let attacker = grabbing(&format!("grab-{i}"), path, &ebpf);
+        ensure!(apiserver_calls(
+            &installed.configured,
+            &shop,
+            &attacker,
+            "CREATE",
+            "pods"
+        )?);
+        let answer = installed.admit(&attacker)?;
+        ensure!(!answer.allowed && !answer.patched, "{path}: {answer:?}");
+        let expected = if path.contains("..") {
+            format!("(hostPath {path:?}, which the webhook cannot check")
+        } else {
+            format!("(hostPath {path}, ")
+        };
+        ensure!(
+            answer.message.starts_with(&format!(
+                "trueip: container \"app\" mounts volume \"node\" {expected}"
+            )),
+            "{path}: {}",
+            answer.message
+        );
+        ensure!(
+            answer.message.contains(ONLY_THE_SIDECAR),
+            "{path}: {}",
+            answer.message
+        );
+    }
+
+    // By trueip's own volume name, left for the webhook's volume to fill in: refused.
+    let mut by_name = pod("by-name-0", &ebpf);
+    by_name["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "trueip-agent-socket", "mountPath": "/run/trueip"}]);
+    let answer = installed.admit(&by_name)?;
+    ensure!(!answer.allowed, "{answer:?}");
+    ensure!(
+        answer
+            .message
+            .starts_with("trueip: container \"app\" mounts volume \"trueip-agent-socket\""),
+        "{}",
+        answer.message
+    );
+
+    // Not being injected changes nothing: opted out by label or annotation, or without ports.
+    let mut by_label = grabbing("label-0", "/run", &json!({}));
+    by_label["metadata"]["labels"] = json!({"trueip.io/inject": "disabled"});
+    for attacker in [
+        by_label,
+        grabbing(
+            "annotation-0",
+            "/run",
+            &json!({"trueip.io/inject": "disabled"}),
+        ),
+        grabbing("portless-0", "/run", &json!({})),
+        grabbing(
+            "none-0",
+            "/run",
+            &json!({"trueip.io/ports": "8080", "trueip.io/mode": "none",
+                                            "trueip.io/trusted-cidrs": "10.0.0.0/8"}),
+        ),
+    ] {
+        ensure!(apiserver_calls(
+            &installed.configured,
+            &shop,
+            &attacker,
+            "CREATE",
+            "pods"
+        )?);
+        let answer = installed.admit(&attacker)?;
+        ensure!(
+            !answer.allowed && answer.message.contains(ONLY_THE_SIDECAR),
+            "{}: {answer:?}",
+            attacker["metadata"]["name"]
+        );
+    }
+
+    // Declared but mounted by nobody: refused, saying why.
+    let mut declared = grabbing("declared-0", "/run/trueip", &ebpf);
+    declared["spec"]["containers"][0]
+        .as_object_mut()
+        .context("container")?
+        .remove("volumeMounts");
+    let answer = installed.admit(&declared)?;
+    ensure!(!answer.allowed, "{answer:?}");
+    ensure!(
+        answer.message.starts_with(
+            "trueip: the pod declares volume \"node\" (hostPath /run/trueip, the agent's socket \
+             directory), which is refused even unmounted"
+        ),
+        "{}",
+        answer.message
+    );
+
+    // The legitimate ebpf pod is injected; its sidecar runs with the socket's group.
+    let web = pod("web-0", &ebpf);
+    let answer = installed.admit(&web)?;
+    ensure!(answer.allowed && answer.patched, "{answer:?}");
+    let mutated = answer.pod;
+    let agent = find(&installed.docs, "DaemonSet", Some("trueip-agent"))?;
+    let agent_env = |name: &str| {
+        agent["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .map(str::to_owned)
+    };
+    let group = sidecar(&mutated)?["securityContext"]["runAsGroup"].to_string();
+    ensure!(
+        agent_env("TRUEIP_SOCKET_GROUP") == Some(group.clone()),
+        "the agent's socket group {:?} is not the sidecar's group {group}",
+        agent_env("TRUEIP_SOCKET_GROUP")
+    );
+    ensure!(agent_env("TRUEIP_SOCKET_MODE").as_deref() == Some("660"));
+    // ... and admitted again unchanged (a copied spec), its sidecar keeping the socket.
+    let again = installed.admit(&mutated)?;
+    ensure!(again.allowed && !again.patched, "{again:?}");
+    // ... unless the copy hands the socket to the app too.
+    let mut copied = mutated.clone();
+    copied["metadata"]["name"] = json!("web-copy-0");
+    copied["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "trueip-agent-socket", "mountPath": "/s", "readOnly": true}]);
+    let answer = installed.admit(&copied)?;
+    ensure!(
+        !answer.allowed && answer.message.contains("container \"app\" mounts volume"),
+        "{answer:?}"
+    );
+
+    // Debug containers joining the running pod: admitted without the socket, refused with it.
+    ensure!(apiserver_calls(
+        &installed.configured,
+        &shop,
+        &mutated,
+        "UPDATE",
+        "pods/ephemeralcontainers"
+    )?);
+    let mut debugged = mutated;
+    debugged["spec"]["ephemeralContainers"] =
+        json!([{"name": "debugger-1", "image": "busybox:1.36", "stdin": true, "tty": true}]);
+    let answer = installed.call(&debugged, Call::Debug)?;
+    ensure!(answer.allowed && !answer.patched, "{answer:?}");
+    debugged["spec"]["ephemeralContainers"][0]["volumeMounts"] =
+        json!([{"name": "trueip-agent-socket", "mountPath": "/s"}]);
+    let answer = installed.call(&debugged, Call::Debug)?;
+    ensure!(!answer.allowed && !answer.patched, "{answer:?}");
+    ensure!(
+        answer
+            .message
+            .starts_with("trueip: container \"debugger-1\" mounts volume \"trueip-agent-socket\""),
+        "{}",
+        answer.message
+    );
+
+    // Root and CAP_NET_ADMIN by annotation: refused, naming the setting that allows it.
+    let transparent = pod(
+        "transparent-0",
+        &json!({"trueip.io/ports": "8080:80", "trueip.io/mode": "transparent",
+                "trueip.io/trusted-cidrs": "10.0.0.0/8"}),
+    );
+    let answer = installed.admit(&transparent)?;
+    ensure!(!answer.allowed && !answer.patched, "{answer:?}");
+    ensure!(
+        answer.message.starts_with(
+            "trueip: annotation trueip.io/mode: the transparent mode is not allowed in this \
+             cluster (it runs the sidecar as root with CAP_NET_ADMIN): the chart value \
+             injector.allowedModes allows none, proxy-v1, proxy-v2, ebpf, http"
+        ),
+        "{}",
+        answer.message
+    );
+    Ok(())
+}
+
+pub(crate) fn transparent_is_injected_once_the_operator_allows_it() -> anyhow::Result<()> {
+    let tools = Tools::require()?;
+    let installed = Installed::new(
+        &tools,
+        &["--set=injector.allowedModes={none,proxy-v1,proxy-v2,ebpf,transparent,http}"],
+    )?;
+    ensure!(
+        installed.config.contains(
+            r#"allowedModes: ["none","proxy-v1","proxy-v2","ebpf","transparent","http"]"#
+        ),
+        "{}",
+        installed.config
+    );
+    let transparent = pod(
+        "transparent-0",
+        &json!({"trueip.io/ports": "8080:80", "trueip.io/mode": "transparent",
+                "trueip.io/trusted-cidrs": "10.0.0.0/8"}),
+    );
+    let answer = installed.admit(&transparent)?;
+    ensure!(answer.allowed && answer.patched, "{answer:?}");
+    tools.validate(
+        &serde_json::to_string(&answer.pod)?,
+        "mutated transparent pod",
+    )?;
+    let sc = &sidecar(&answer.pod)?["securityContext"];
+    ensure!(sc["runAsUser"] == 0 && sc["runAsNonRoot"] == false, "{sc}");
+    ensure!(
+        sc["capabilities"] == json!({"add": ["NET_ADMIN"], "drop": ["ALL"]}),
+        "{sc}"
+    );
+    ensure!(
+        volume(&answer.pod, "trueip-agent-socket").is_none(),
+        "transparent needs no agent socket"
     );
     Ok(())
 }
