@@ -148,8 +148,12 @@ pub(crate) fn pod_cgroup_of(cgroup: &str, mode: PodCgroupMode) -> Result<String,
         // made in a subtree systemd delegated to it (user@<uid>.service).
         PodCgroupMode::Auto => {
             let top = trimmed.split('/').nth(1).unwrap_or("");
-            // A container's cgroup sits at least two levels below kubepods: …/<pod>/<container>.
-            if !top.starts_with("kubepods") || trimmed.split('/').count() < 4 {
+            // A container's cgroup sits at least two levels below kubepods, and its parent is
+            // the pod's: `pod<uid>` (cgroupfs driver) or `kubepods-…-pod<uid>.slice` (systemd).
+            let parent = trimmed.rsplit('/').nth(1).unwrap_or("");
+            let pod_like = parent.starts_with("pod")
+                || (parent.starts_with("kubepods-") && parent.contains("-pod"));
+            if !top.starts_with("kubepods") || trimmed.split('/').count() < 4 || !pod_like {
                 return Err(CgroupError::NotAPod {
                     cgroup: cgroup.to_owned(),
                 });
@@ -274,6 +278,7 @@ mod tests {
             "/system.slice/kubelet.service",
             "/kubepods",
             "/kubepods.slice/kubepods-besteffort.slice",
+            "/kubepods/besteffort/pod1",
             "/",
         ] {
             assert!(

@@ -38,12 +38,6 @@ impl NetnsId {
         }
     }
 
-    /// A made-up namespace, for tests of what is keyed by namespace.
-    #[cfg(test)]
-    pub(crate) const fn for_tests(ino: u64) -> Self {
-        Self { dev: 0, ino }
-    }
-
     /// The namespace of `/proc/<pid>/ns/net`.
     fn of_pid(pid: i32) -> io::Result<Self> {
         std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| Self::of_metadata(&m))
@@ -85,8 +79,12 @@ pub(crate) struct Peer {
     pub(crate) pid: i32,
     /// Its user id (for logs).
     pub(crate) uid: u32,
-    /// Its network namespace when the connection was accepted: the key of per-caller limits.
+    /// Its network namespace when the connection was accepted.
     pub(crate) netns: NetnsId,
+    /// Its pod cgroup (relative to the cgroup2 root) when the connection was accepted: the key
+    /// of per-caller limits. Not the network namespace: an unprivileged user may create as many
+    /// of those as it likes (`unshare -Urn`), but not cgroups below `kubepods`.
+    pub(crate) pod: String,
     pidfd: OwnedFd,
 }
 
@@ -185,8 +183,13 @@ impl IdentifyError {
 }
 
 /// Names and pins the process at the other end of a just-accepted `conn`, and refuses it when
-/// it is in the node's network namespace. Cheap: credentials, a pidfd and one `stat`.
-pub(crate) fn peer(conn: BorrowedFd<'_>, node: &NodeNamespaces) -> Result<Peer, IdentifyError> {
+/// it is in the node's network namespace or (by `mode`) not in a pod cgroup. Cheap:
+/// credentials, a pidfd, one `stat` and one small /proc read.
+pub(crate) fn peer(
+    conn: BorrowedFd<'_>,
+    node: &NodeNamespaces,
+    mode: PodCgroupMode,
+) -> Result<Peer, IdentifyError> {
     let creds =
         getsockopt(&conn, sockopt::PeerCredentials).map_err(|source| IdentifyError::Sockopt {
             what: "SO_PEERCRED",
@@ -197,11 +200,29 @@ pub(crate) fn peer(conn: BorrowedFd<'_>, node: &NodeNamespaces) -> Result<Peer, 
         return Err(IdentifyError::NoPid);
     }
     let pidfd = getsockopt(&conn, sockopt::PeerPidfd).map_err(IdentifyError::NoPidfd)?;
-    let netns = NetnsId::of_pid(pid).map_err(|source| IdentifyError::Netns { pid, source })?;
+    // A caller that is gone has no namespace or cgroup left to read: say that, not the symptom.
+    let gone_or = |e: IdentifyError| {
+        if has_exited(&pidfd) {
+            IdentifyError::Gone { pid }
+        } else {
+            e
+        }
+    };
+    let netns =
+        NetnsId::of_pid(pid).map_err(|source| gone_or(IdentifyError::Netns { pid, source }))?;
+    let cgroup = cgroup::of_pid(pid).map_err(|e| gone_or(e.into()))?;
+    let pod = cgroup::pod_cgroup_of(&cgroup, mode);
+    if node.contains(netns) {
+        return Err(IdentifyError::NodeNetns {
+            pid,
+            uid: creds.uid(),
+        });
+    }
     let peer = Peer {
         pid,
         uid: creds.uid(),
         netns,
+        pod: pod?,
         pidfd,
     };
     if peer.is_gone() {

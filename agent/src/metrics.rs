@@ -59,6 +59,8 @@ impl RequestKind {
 pub(crate) enum Refusal {
     /// The caller is in the node's network namespace (a process on the node, a hostNetwork pod).
     NodeNetns,
+    /// The caller is not in a pod cgroup (`--pod-cgroup auto`) or resolves to the root cgroup.
+    NotAPod,
     /// The caller's identity could not be pinned (no pidfd, or it exited).
     Unpinned,
     /// The caller could not be named at all (no credentials, /proc unreadable).
@@ -76,6 +78,7 @@ impl Refusal {
     pub(crate) const fn label(self) -> &'static str {
         match self {
             Self::NodeNetns => "node-netns",
+            Self::NotAPod => "not-a-pod",
             Self::Unpinned => "unpinned",
             Self::Unidentified => "unidentified",
             Self::RateLimited => "rate-limited",

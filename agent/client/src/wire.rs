@@ -78,7 +78,9 @@ fn installed_fds(msg: &libc::msghdr) -> Vec<OwnedFd> {
         let header = unsafe { &*cmsg };
         if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
             // SAFETY: CMSG_LEN(0) is a constant computation.
-            let data_len = header.cmsg_len - unsafe { libc::CMSG_LEN(0) } as usize;
+            let data_len = header
+                .cmsg_len
+                .saturating_sub(unsafe { libc::CMSG_LEN(0) } as usize);
             // SAFETY: the block's data starts at CMSG_DATA and holds `data_len` bytes of ints.
             let data = unsafe { libc::CMSG_DATA(cmsg) };
             for i in 0..data_len / size_of::<RawFd>() {

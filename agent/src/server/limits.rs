@@ -1,16 +1,14 @@
 //! How much one caller may ask of the agent: a token bucket of requests per caller, and caps on
 //! the connections it (and everyone together) may hold open while their request is awaited.
 //!
-//! A caller is its network namespace: every process of a pod shares one, so a pod cannot
-//! multiply its allowance by forking, and callers in the node's namespace are refused before
-//! they get this far.
+//! A caller is its pod cgroup: every process of a pod shares it, so a pod cannot multiply its
+//! allowance by forking or by creating network namespaces, and only the kubelet (root) can
+//! create more pod cgroups. Callers in the node's namespace are refused before they get here.
 
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
-
-use crate::identify::NetnsId;
 
 /// Requests a caller may make at once: a sidecar asks a handful of times at start (its map, its
 /// UDP map, the fast path, one steering request per listener).
@@ -43,7 +41,7 @@ struct Bucket {
 /// Every caller's allowance.
 #[derive(Debug, Default)]
 pub(crate) struct Limits {
-    buckets: HashMap<NetnsId, Bucket>,
+    buckets: HashMap<String, Bucket>,
 }
 
 impl Limits {
@@ -51,7 +49,7 @@ impl Limits {
     /// ones, or says which limit it would exceed. An admitted connection costs a token.
     pub(crate) fn admit(
         &mut self,
-        caller: NetnsId,
+        caller: &str,
         held: usize,
         total: usize,
         now: Instant,
@@ -62,10 +60,18 @@ impl Limits {
         if self.buckets.len() >= REMEMBERED {
             self.buckets.retain(|_, b| refilled(*b, now) < BURST);
         }
-        let bucket = self.buckets.entry(caller).or_insert(Bucket {
-            tokens: BURST,
-            at: now,
-        });
+        if !self.buckets.contains_key(caller) {
+            self.buckets.insert(
+                caller.to_owned(),
+                Bucket {
+                    tokens: BURST,
+                    at: now,
+                },
+            );
+        }
+        let Some(bucket) = self.buckets.get_mut(caller) else {
+            return Err(Exceeded::Rate);
+        };
         let tokens = refilled(*bucket, now);
         if tokens < 1.0 {
             return Err(Exceeded::Rate);
@@ -125,8 +131,8 @@ impl LogLimiter {
 mod tests {
     use super::*;
 
-    fn caller(n: u64) -> NetnsId {
-        NetnsId::for_tests(n)
+    fn caller(n: u64) -> String {
+        format!("/kubepods/pod{n}")
     }
 
     #[test]
@@ -134,17 +140,17 @@ mod tests {
         let mut limits = Limits::default();
         let t0 = Instant::now();
         for _ in 0..32 {
-            assert_eq!(limits.admit(caller(1), 0, 0, t0), Ok(()));
+            assert_eq!(limits.admit(&caller(1), 0, 0, t0), Ok(()));
         }
-        assert_eq!(limits.admit(caller(1), 0, 0, t0), Err(Exceeded::Rate));
+        assert_eq!(limits.admit(&caller(1), 0, 0, t0), Err(Exceeded::Rate));
         // Another caller is not affected.
-        assert_eq!(limits.admit(caller(2), 0, 0, t0), Ok(()));
+        assert_eq!(limits.admit(&caller(2), 0, 0, t0), Ok(()));
         // A second later, eight more.
         let t1 = t0 + Duration::from_secs(1);
         for _ in 0..8 {
-            assert_eq!(limits.admit(caller(1), 0, 0, t1), Ok(()));
+            assert_eq!(limits.admit(&caller(1), 0, 0, t1), Ok(()));
         }
-        assert_eq!(limits.admit(caller(1), 0, 0, t1), Err(Exceeded::Rate));
+        assert_eq!(limits.admit(&caller(1), 0, 0, t1), Err(Exceeded::Rate));
     }
 
     #[test]
@@ -152,15 +158,15 @@ mod tests {
         let mut limits = Limits::default();
         let now = Instant::now();
         assert_eq!(
-            limits.admit(caller(1), PER_CALLER, 0, now),
+            limits.admit(&caller(1), PER_CALLER, 0, now),
             Err(Exceeded::Connections)
         );
         assert_eq!(
-            limits.admit(caller(1), 0, TOTAL, now),
+            limits.admit(&caller(1), 0, TOTAL, now),
             Err(Exceeded::Connections)
         );
         assert_eq!(
-            limits.admit(caller(1), PER_CALLER - 1, TOTAL - 1, now),
+            limits.admit(&caller(1), PER_CALLER - 1, TOTAL - 1, now),
             Ok(())
         );
     }
@@ -170,10 +176,10 @@ mod tests {
         let mut limits = Limits::default();
         let t0 = Instant::now();
         for n in 0..REMEMBERED as u64 {
-            limits.admit(caller(n), 0, 0, t0).unwrap();
+            limits.admit(&caller(n), 0, 0, t0).unwrap();
         }
         let later = t0 + Duration::from_secs(10);
-        limits.admit(caller(u64::MAX), 0, 0, later).unwrap();
+        limits.admit(&caller(u64::MAX), 0, 0, later).unwrap();
         assert_eq!(limits.buckets.len(), 1);
     }
 

@@ -37,6 +37,7 @@ use trueip_agent_client::{
 use self::limits::{Exceeded, Limits, LogLimiter};
 pub(crate) use self::{reaper::Reaper, socket::bind_socket};
 use crate::{
+    cgroup::CgroupError,
     config::{PodCgroupMode, WhenGone},
     fast_path::FastPathError,
     identify::{self, Caller, IdentifyError, NodeNamespaces, Peer},
@@ -119,10 +120,12 @@ impl Server {
                 } else if state.waiting[i].deadline <= now {
                     let late = state.waiting.swap_remove(i);
                     self.metrics.refused(Refusal::Timeout);
+                    let Waiting { conn, peer, .. } = late;
+                    self.reaper.close(vec![conn]);
                     if let Some(suppressed) = state.log.allow(now) {
                         tracing::warn!(
-                            pid = late.peer.pid,
-                            uid = late.peer.uid,
+                            pid = peer.pid,
+                            uid = peer.uid,
                             suppressed,
                             "dropped a connection to the agent socket that sent no request within {REQUEST_DEADLINE:?}"
                         );
@@ -176,31 +179,38 @@ impl Server {
                 Err(nix::Error::EAGAIN) => return,
                 Err(nix::Error::EINTR | nix::Error::ECONNABORTED) => continue,
                 Err(e) => {
-                    tracing::error!(error = %e, "accepting on the agent socket failed");
+                    // EMFILE/ENFILE leave the listener readable: back off rather than spin.
+                    if let Some(suppressed) = state.log.allow(Instant::now()) {
+                        tracing::error!(error = %e, suppressed, "accepting on the agent socket failed");
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
                     return;
                 }
             };
             let now = Instant::now();
-            let peer = match identify::peer(conn.as_fd(), &self.node) {
+            let peer = match identify::peer(conn.as_fd(), &self.node, self.pod_cgroup) {
                 Ok(peer) => peer,
                 Err(e) => {
                     let (why, code) = match e {
                         IdentifyError::NodeNetns { .. } => (Refusal::NodeNetns, ErrorCode::Denied),
+                        IdentifyError::Cgroup(
+                            CgroupError::NotAPod { .. } | CgroupError::Root { .. },
+                        ) => (Refusal::NotAPod, ErrorCode::Denied),
                         _ if e.is_denial() => (Refusal::Unpinned, ErrorCode::Denied),
                         _ => (Refusal::Unidentified, ErrorCode::Identify),
                     };
-                    self.refuse(&conn, why, code, &e, &mut state.log);
+                    self.refuse(conn, why, code, &e, &mut state.log);
                     continue;
                 }
             };
             let held = state
                 .waiting
                 .iter()
-                .filter(|w| w.peer.netns == peer.netns)
+                .filter(|w| w.peer.pod == peer.pod)
                 .count();
             match state
                 .limits
-                .admit(peer.netns, held, state.waiting.len(), now)
+                .admit(&peer.pod, held, state.waiting.len(), now)
             {
                 Ok(()) => state.waiting.push(Waiting {
                     conn,
@@ -219,7 +229,7 @@ impl Server {
                         ),
                     };
                     let e = io::Error::other(format!("pid {}: {message}", peer.pid));
-                    self.refuse(&conn, why, ErrorCode::Busy, &e, &mut state.log);
+                    self.refuse(conn, why, ErrorCode::Busy, &e, &mut state.log);
                 }
             }
         }
@@ -228,7 +238,7 @@ impl Server {
     /// Counts, logs (within the log limit) and answers a refused connection.
     fn refuse(
         &self,
-        conn: &OwnedFd,
+        conn: OwnedFd,
         why: Refusal,
         code: ErrorCode,
         e: &dyn std::error::Error,
@@ -250,6 +260,8 @@ impl Server {
         if let Ok(unread) = wire::receive(conn.as_fd(), &mut buf, true) {
             self.reaper.close(unread.fds);
         }
+        // Messages still queued on it may carry descriptors whose close blocks.
+        self.reaper.close(vec![conn]);
     }
 
     /// Reads and answers the request of a readable connection; gives the connection back when
@@ -261,23 +273,24 @@ impl Server {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(waiting),
             Err(e) => {
                 tracing::debug!(error = %e, pid = waiting.peer.pid, "no request from a caller");
+                self.reaper.close(vec![waiting.conn]);
                 return None;
             }
         };
-        if received.len == 0 && received.fds.is_empty() {
-            return None;
+        if received.len > 0 || !received.fds.is_empty() {
+            let request = if received.truncated {
+                Err(ProtocolError::Malformed { len: received.len })
+            } else {
+                Request::decode(&buf[..received.len])
+            };
+            let result = self.handle(waiting.conn.as_fd(), &waiting.peer, request, &received.fds);
+            if let Err(e) = result {
+                tracing::warn!(error = %e, pid = waiting.peer.pid, "could not answer a sidecar");
+            }
         }
-        let request = if received.truncated {
-            Err(ProtocolError::Malformed { len: received.len })
-        } else {
-            Request::decode(&buf[..received.len])
-        };
-        let fds = received.fds;
-        let result = self.handle(waiting.conn.as_fd(), &waiting.peer, request, &fds);
-        if let Err(e) = result {
-            tracing::warn!(error = %e, pid = waiting.peer.pid, "could not answer a sidecar");
-        }
-        self.reaper.close(fds);
+        self.reaper.close(received.fds);
+        // Closed off this thread too: more messages, with descriptors, may be queued on it.
+        self.reaper.close(vec![waiting.conn]);
         None
     }
 

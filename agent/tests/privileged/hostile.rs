@@ -26,6 +26,17 @@ fn attacker(agent: &Agent, place: &Placement<'_>) -> anyhow::Result<Proc> {
     Ok(proc)
 }
 
+/// An attacker inside `pod`: its network namespace and one of its container cgroups.
+fn pod_attacker(agent: &Agent, pod: &Pod) -> anyhow::Result<Proc> {
+    let cgroup = pod.cgroup.sidecar();
+    let place = Placement {
+        cgroup: Some(&cgroup),
+        netns: Some(&pod.netns),
+        uid: None,
+    };
+    attacker(agent, &place)
+}
+
 /// Starts a legitimate sidecar in `pod` and returns how long it took to get its map.
 fn time_to_ready(pod: &Pod, agent: &Agent) -> anyhow::Result<(Proc, Duration)> {
     let started = Instant::now();
@@ -124,12 +135,7 @@ pub(crate) fn stray_descriptors_are_closed_and_refused(
     let env = need(env)?;
     let agent = Agent::start(&[])?;
     let pod = Pod::new(env)?;
-    let place = Placement {
-        cgroup: Some(&pod.cgroup.sidecar()),
-        netns: Some(&pod.netns),
-        uid: None,
-    };
-    let mut hostile = attacker(&agent, &place)?;
+    let mut hostile = pod_attacker(&agent, &pod)?;
     // Warm up (the pod's first request creates its map), then count.
     let first = hostile.cmd("get-map 0")?;
     ensure!(
@@ -173,14 +179,7 @@ pub(crate) fn idle_and_flooding_callers_delay_no_pod(
         },
     )?;
     let hostile = Pod::new(env)?;
-    let mut in_pod = attacker(
-        &agent,
-        &Placement {
-            cgroup: Some(&hostile.cgroup.sidecar()),
-            netns: Some(&hostile.netns),
-            uid: None,
-        },
-    )?;
+    let mut in_pod = pod_attacker(&agent, &hostile)?;
     let held = on_node.cmd("idle 100")?;
     ensure!(held == "holding 100 failed=0", "{held}");
     let held = in_pod.cmd("idle 100")?;
@@ -229,14 +228,7 @@ pub(crate) fn blocking_descriptors_do_not_wedge_the_agent(
     let env = need(env)?;
     let agent = Agent::start(&[])?;
     let hostile = Pod::new(env)?;
-    let mut in_pod = attacker(
-        &agent,
-        &Placement {
-            cgroup: Some(&hostile.cgroup.sidecar()),
-            netns: Some(&hostile.netns),
-            uid: None,
-        },
-    )?;
+    let mut in_pod = pod_attacker(&agent, &hostile)?;
     let answer = in_pod.cmd("linger")?;
     ensure!(
         answer.starts_with("answer TRUEIP/1 ERR bad-request"),
@@ -256,14 +248,7 @@ pub(crate) fn a_caller_that_is_gone_is_refused(env: &Result<Env, String>) -> any
     let env = need(env)?;
     let agent = Agent::start(&[])?;
     let pod = Pod::new(env)?;
-    let mut in_pod = attacker(
-        &agent,
-        &Placement {
-            cgroup: Some(&pod.cgroup.sidecar()),
-            netns: Some(&pod.netns),
-            uid: None,
-        },
-    )?;
+    let mut in_pod = pod_attacker(&agent, &pod)?;
     // The process that connected exited before the request: its pid could name anyone now.
     let answer = in_pod.cmd("orphan")?;
     expect_denied(&answer, "exited")?;
