@@ -52,10 +52,16 @@ impl DatagramError {
 /// Decodes the v2 header at the start of one whole datagram: the header and its length, the
 /// payload being `datagram[len..]`.
 ///
-/// `DGRAM` (`UDP4`/`UDP6`) headers are accepted, and so are `UNSPEC` transports and every `LOCAL`
-/// header (health checks: the addresses are ignored anyway); a `PROXY` header with a `STREAM`
-/// transport is [`DatagramError::StreamFamily`]. CRC32c and [`Limits::max_v2_len`] are checked
-/// exactly as for a connection.
+/// `DGRAM` (`UDP4`/`UDP6`) headers are accepted, and so are `UNSPEC` transports (whose addresses
+/// the spec says to ignore: they decode without any, so [`Header::client`] is `None` and the
+/// datagram's own source applies) and every `LOCAL` header (health checks: the addresses are
+/// ignored anyway, and TLVs that do not parse are discarded with them); a `PROXY` header with a
+/// `STREAM` transport is [`DatagramError::StreamFamily`]. CRC32c and [`Limits::max_v2_len`] are
+/// checked exactly as for a connection (a `PROXY` header with a bad CRC32c is refused).
+///
+/// This is the one caller for which [`Header::client`] is right as is: on a UDP socket the
+/// client of a `Datagram` header is the one to restore. A TCP receiver uses
+/// [`Header::stream_client`].
 ///
 /// ```
 /// use trueip_proxy_header::{Addresses, Command, Header, Limits, Tlvs, Transport, Version, decode_datagram};
@@ -172,6 +178,41 @@ mod tests {
         );
         let (decoded, _) =
             decode_datagram(&local.to_v2(false).unwrap(), &Limits::default()).unwrap();
+        assert_eq!(decoded.client(), None);
+    }
+
+    #[test]
+    fn local_with_unparsable_tlvs_is_accepted() {
+        let mut datagram = V2_SIGNATURE.to_vec();
+        datagram.extend([0x20, 0x12, 0x00, 12 + 2]);
+        datagram.extend([203, 0, 113, 7, 198, 51, 100, 1, 0x14, 0xe9, 0x00, 0x35]);
+        datagram.extend([crate::kind::NOOP, 0x00]);
+        datagram.extend(b"query");
+        let (decoded, len) = decode_datagram(&datagram, &Limits::default()).unwrap();
+        assert_eq!(len, 30);
+        assert_eq!(&datagram[len..], b"query");
+        assert_eq!(decoded.command, Command::Local);
+        assert_eq!(decoded.client(), None);
+        assert!(decoded.tlvs.is_empty());
+        datagram[12] = 0x21;
+        assert_eq!(
+            decode_datagram(&datagram, &Limits::default())
+                .unwrap_err()
+                .reason(),
+            "v2_tlv_overrun"
+        );
+    }
+
+    #[test]
+    fn unspec_transport_names_no_client() {
+        let mut datagram = V2_SIGNATURE.to_vec();
+        datagram.extend([0x21, 0x10, 0x00, 12]);
+        datagram.extend([203, 0, 113, 7, 198, 51, 100, 1, 0x14, 0xe9, 0x00, 0x35]);
+        datagram.extend(b"query");
+        let (decoded, len) = decode_datagram(&datagram, &Limits::default()).unwrap();
+        assert_eq!(len, 28);
+        assert_eq!(decoded.transport, Transport::Unspec);
+        assert_eq!(decoded.addresses, Addresses::Unspec);
         assert_eq!(decoded.client(), None);
     }
 

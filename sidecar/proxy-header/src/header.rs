@@ -18,7 +18,8 @@ pub enum Version {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     /// The connection was opened by the proxy itself (a health check): use the connection's
-    /// real endpoints, ignore any address in the header. v2 only.
+    /// real endpoints, ignore any address in the header. v2 only. Always accepted, as the
+    /// spec requires: a block that does not parse (addresses or TLVs) is discarded, not refused.
     Local,
     /// The connection is relayed for a client: the header carries the client's addresses.
     /// Every v1 header is `Proxy`.
@@ -27,21 +28,30 @@ pub enum Command {
 
 /// The transport of the proxied connection (v2 byte 13, low nibble). v1 has only TCP:
 /// `TCP4`/`TCP6` decode as `Stream`, `UNKNOWN` as `Unspec`.
+///
+/// Only a `Stream` header describes a TCP client: [`Header::stream_client`] and the
+/// `TCP4`/`TCP6` lines of [`Header::to_v1`] require it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// Unknown or unsupported (`UNSPEC`).
+    /// Unknown or unsupported (`UNSPEC`). The spec says the receiver must then ignore the
+    /// addresses, so a decoded v2 header with this transport never carries IP addresses
+    /// (byte 13 `0x10`/`0x20` decodes as [`Addresses::Unspec`]).
     Unspec,
     /// `SOCK_STREAM`: TCP.
     Stream,
-    /// `SOCK_DGRAM`: UDP.
+    /// `SOCK_DGRAM`: UDP. [`Header::client`] returns its source (for
+    /// [`decode_datagram`](crate::decode_datagram)); [`Header::stream_client`] and
+    /// [`Header::to_v1`] do not treat it as a TCP client.
     Datagram,
 }
 
 /// The endpoints carried by a header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Addresses {
-    /// No usable address: v2 `AF_UNSPEC`, v1 `UNKNOWN`, and every v2 `LOCAL` header
-    /// (whose address block is skipped, as the spec requires).
+    /// No usable address: v2 `AF_UNSPEC`, v1 `UNKNOWN`, every v2 `LOCAL` header (whose address
+    /// block is skipped, as the spec requires), and every v2 `PROXY` header with family
+    /// `INET`/`INET6` but transport `UNSPEC` (byte 13 `0x10`/`0x20`: the spec says to ignore
+    /// its addresses; the block is skipped and the TLVs after it are read).
     Unspec,
     /// An IPv4 or IPv6 source and destination, both of the same family on decode.
     Inet {
@@ -69,36 +79,72 @@ pub struct Header {
     pub command: Command,
     /// TCP, UDP or unspecified.
     pub transport: Transport,
-    /// The endpoints; always [`Addresses::Unspec`] for `Local`.
+    /// The endpoints; on decode always [`Addresses::Unspec`] for `Local` and for a v2
+    /// `INET`/`INET6` header whose transport is `Unspec`.
     pub addresses: Addresses,
-    /// The v2 TLVs in wire order, CRC32c included; always empty for v1.
+    /// The v2 TLVs in wire order, CRC32c included; always empty for v1, and for a `Local`
+    /// header whose TLVs do not parse (accepted, its block discarded, as the spec requires).
     pub tlvs: Tlvs,
 }
 
 impl Header {
-    /// The client address to restore: the source, when the header is a `Proxy` command with
-    /// IP addresses. `None` means "use the connection's own peer address" (LOCAL, UNKNOWN,
-    /// UNSPEC, UNIX).
+    /// The client address the header names: the source, when the header is a `Proxy` command
+    /// with IP addresses, **whatever its transport**, TCP or UDP. `None` means "use the
+    /// connection's own peer address" (LOCAL, v1 UNKNOWN, family UNSPEC or UNIX, and v2
+    /// INET/INET6 with an UNSPEC transport, which decodes without addresses).
+    ///
+    /// This is the datagram receiver's accessor ([`decode_datagram`](crate::decode_datagram)
+    /// accepts `Datagram` headers and wants their client). A receiver on a TCP listener must
+    /// use [`stream_client`](Self::stream_client) instead, which never takes a client described
+    /// as UDP for a TCP one.
     #[must_use]
     pub fn client(&self) -> Option<SocketAddr> {
         self.inet().map(|(source, _)| source)
     }
 
+    /// The client address for a receiver on a TCP listener: [`client`](Self::client), but only
+    /// when the header describes a TCP connection ([`Transport::Stream`]). A `Datagram` (UDP)
+    /// header, or one built by hand with IP addresses and an `Unspec` transport, gives `None`:
+    /// use the connection's own peer address, as for LOCAL. [`to_v1`](Self::to_v1) writes
+    /// `TCP4`/`TCP6` exactly when this is `Some`.
+    ///
+    /// ```
+    /// use trueip_proxy_header::{decode, Limits, V2_SIGNATURE};
+    ///
+    /// // 203.0.113.7:5353 -> 198.51.100.1:53 over UDP.
+    /// let mut wire = V2_SIGNATURE.to_vec();
+    /// wire.extend([0x21, 0x12, 0x00, 0x0c]); // PROXY, UDP over IPv4, 12 bytes
+    /// wire.extend([203, 0, 113, 7, 198, 51, 100, 1, 0x14, 0xe9, 0x00, 0x35]);
+    /// let (header, _) = decode(&wire, &Limits::default())?.expect("complete");
+    /// assert_eq!(header.client(), Some("203.0.113.7:5353".parse()?));
+    /// assert_eq!(header.stream_client(), None); // not a TCP client
+    /// assert_eq!(header.to_v1(), b"PROXY UNKNOWN\r\n");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn stream_client(&self) -> Option<SocketAddr> {
+        self.stream_inet().map(|(source, _)| source)
+    }
+
     /// The address the client originally connected to, under the same conditions as
-    /// [`client`](Self::client); shown to the app by the optional getsockname rewrite.
+    /// [`client`](Self::client) (so, like it, whatever the transport: check
+    /// [`stream_client`](Self::stream_client) first on a TCP listener); shown to the app by the
+    /// optional getsockname rewrite.
     #[must_use]
     pub fn original_destination(&self) -> Option<SocketAddr> {
         self.inet().map(|(_, destination)| destination)
     }
 
     /// Encodes this header as a v1 line, for apps that parse v1 themselves: `PROXY TCP4 ...`
-    /// or `PROXY TCP6 ...` when [`client`](Self::client) is `Some` (v1 has no UDP, so a
-    /// `Datagram` header is written as TCP), `PROXY UNKNOWN\r\n` otherwise. An IPv4/IPv6 mix
+    /// or `PROXY TCP6 ...` when [`stream_client`](Self::stream_client) is `Some`, i.e. a
+    /// `Proxy` header with IP addresses and a [`Transport::Stream`] transport;
+    /// `PROXY UNKNOWN\r\n` otherwise. v1 can only say TCP, so a `Datagram` (UDP) header, or
+    /// one with an `Unspec` transport, is written as `UNKNOWN`, never as TCP. An IPv4/IPv6 mix
     /// (only possible in a header built by hand) is written as TCP6 with the IPv4 side
     /// IPv4-mapped. The result is at most [`V1_MAX_LEN`](crate::V1_MAX_LEN) bytes.
     #[must_use]
     pub fn to_v1(&self) -> Vec<u8> {
-        v1::encode(self.inet())
+        v1::encode(self.stream_inet())
     }
 
     /// Encodes this header as v2, for apps that parse v2 themselves. Writes [`tlvs`](Self::tlvs)
@@ -133,6 +179,11 @@ impl Header {
     /// ```
     pub fn to_v2(&self, with_crc32c: bool) -> Result<Vec<u8>, EncodeError> {
         v2::encode(self, with_crc32c)
+    }
+
+    /// The source and destination when this header names a relayed IP client over TCP.
+    fn stream_inet(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.inet().filter(|_| self.transport == Transport::Stream)
     }
 
     /// The source and destination when this header names a relayed IP client.
@@ -190,8 +241,13 @@ mod tests {
             proxy.original_destination(),
             Some("192.0.2.2:80".parse().unwrap())
         );
+        assert_eq!(
+            proxy.stream_client(),
+            Some("192.0.2.1:1000".parse().unwrap())
+        );
         let local = inet(Command::Local, "192.0.2.1:1000", "192.0.2.2:80");
         assert_eq!(local.client(), None);
+        assert_eq!(local.stream_client(), None);
         assert_eq!(local.original_destination(), None);
         let unix = Header {
             addresses: Addresses::Unix {
@@ -201,6 +257,45 @@ mod tests {
             ..proxy
         };
         assert_eq!(unix.client(), None);
+        assert_eq!(unix.stream_client(), None);
+    }
+
+    /// v1 can only say TCP, and a TCP listener must not take a UDP client: only `Stream`
+    /// headers give a `stream_client` and a `TCP4`/`TCP6` line; `client` ignores the transport.
+    #[test]
+    fn stream_client_and_v1_tcp_only_for_stream_transport() {
+        for (source, destination, tcp) in [
+            (
+                "192.0.2.1:1000",
+                "192.0.2.2:80",
+                &b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 80\r\n"[..],
+            ),
+            (
+                "[2001:db8::1]:1000",
+                "[2001:db8::2]:80",
+                &b"PROXY TCP6 2001:db8::1 2001:db8::2 1000 80\r\n"[..],
+            ),
+        ] {
+            let client: SocketAddr = source.parse().unwrap();
+            for transport in [Transport::Stream, Transport::Datagram, Transport::Unspec] {
+                let header = Header {
+                    transport,
+                    ..inet(Command::Proxy, source, destination)
+                };
+                assert_eq!(header.client(), Some(client), "{transport:?}");
+                assert_eq!(
+                    header.original_destination(),
+                    Some(destination.parse().unwrap())
+                );
+                if transport == Transport::Stream {
+                    assert_eq!(header.stream_client(), Some(client));
+                    assert_eq!(header.to_v1(), tcp);
+                } else {
+                    assert_eq!(header.stream_client(), None, "{transport:?}");
+                    assert_eq!(header.to_v1(), b"PROXY UNKNOWN\r\n", "{transport:?}");
+                }
+            }
+        }
     }
 
     #[test]

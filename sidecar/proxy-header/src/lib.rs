@@ -13,10 +13,34 @@
 //! // Split across two reads: the first half is not enough, and says so.
 //! assert!(decode(&wire[..20], &Limits::default())?.is_none());
 //! let (header, consumed) = decode(wire, &Limits::default())?.expect("complete");
-//! assert_eq!(header.client(), Some("203.0.113.7:51234".parse()?));
+//! // On a TCP listener: the client only if the header describes TCP (v1 always does).
+//! assert_eq!(header.stream_client(), Some("203.0.113.7:51234".parse()?));
 //! assert_eq!(&wire[consumed..], b"GET / HTTP/1.1\r\n");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # What a header tells the receiver
+//!
+//! The spec leaves the receiver little choice in three cases, and this crate follows it:
+//!
+//! * **LOCAL is always accepted.** A v2 `LOCAL` header (a load balancer's own connection, such
+//!   as a health check) must be accepted and its protocol block discarded, so, within
+//!   [`Limits::max_v2_len`] and with a valid family/transport byte, it decodes with
+//!   [`Command::Local`] and [`Addresses::Unspec`], whatever its family. Its TLVs are kept when
+//!   they parse; when they do not (a TLV running past the end, a bad CRC32c, malformed SSL
+//!   sub-TLVs, a block too short for its family) they are discarded with the block and the
+//!   header is still accepted, the whole declared length consumed. A `PROXY` header with the
+//!   same faults is refused with its [`reason`](DecodeError::reason).
+//! * **An UNSPEC transport carries no client.** v2 family `INET`/`INET6` with transport
+//!   `UNSPEC` (byte 13 `0x10`/`0x20`) decodes with [`Addresses::Unspec`], as family `UNSPEC`
+//!   does: the receiver must ignore the addresses and use the real connection endpoints. The
+//!   address block is still skipped, so the TLVs after it are read and checked.
+//! * **Only `Stream` is TCP.** [`Header::client`] names the source of any `PROXY` header with
+//!   IP addresses, UDP (`Datagram`) included: that is what [`decode_datagram`] callers want.
+//!   A receiver on a TCP listener uses [`Header::stream_client`], which is `None` unless the
+//!   header describes a TCP connection, so a UDP-described client is never taken for a TCP
+//!   one. Likewise [`Header::to_v1`] writes `TCP4`/`TCP6` only for a `Stream` header (v1 can
+//!   only say TCP) and `PROXY UNKNOWN` for anything else.
 //!
 //! # Guarantees
 //!
@@ -26,7 +50,10 @@
 //!   field as soon as its text cannot be completed into a valid literal, a v1 line with no CR
 //!   in its first 106 bytes (so no CRLF can end within [`V1_MAX_LEN`]) at byte 106.
 //! * **Prefix consistency.** Once a prefix yields a header or an error, every longer buffer
-//!   yields the same header or an error with the same reason.
+//!   yields the same header or an error with the same reason. (A v2 header's TLVs are judged
+//!   only once its whole declared length has arrived, and only those bytes are read, so
+//!   accepting a LOCAL whose TLVs do not parse decides no earlier, and no differently on
+//!   longer buffers, than refusing it did.)
 //! * **Payload untouched.** `buf[consumed..]` is never read beyond what the header declares.
 //! * **Bounded allocation.** Nothing is allocated for a v2 header before its declared length
 //!   has been checked against [`Limits::max_v2_len`].
@@ -44,11 +71,13 @@
 //! | v2 length cap | none: it waits for any declared length, up to 64 KiB | [`Limits::max_v2_len`], checked right after 16 bytes |
 //! | v2 TLV walk | `ppp::v2::TypeLengthValues`, lazy: errors only surface if the caller iterates; values come out as `Cow`s that cannot be lent from a buffer | own walk, eager: a TLV running past the end is an error; the TLV bytes are kept in one buffer and read in place (one allocation per header instead of one per TLV, see `v2::tlv`) |
 //! | TLVs of AF_UNSPEC headers | `Header::tlvs()` counts the whole UNSPEC payload as address bytes, so LOCAL/UNSPEC TLVs are invisible | TLVs start right after the family's address block (0 bytes for UNSPEC) |
+//! | INET/INET6 over an UNSPEC transport (`0x10`, `0x20`) | addresses parsed as for TCP | [`Addresses::Unspec`] (the spec: ignore them); block skipped, TLVs read |
+//! | LOCAL whose block does not parse | too short for its family: `InvalidAddresses`; TLVs: lazy, so the caller's choice | accepted without addresses or TLVs, the declared length consumed |
 //! | CRC32c TLV | not checked | verified over the whole header with the field zeroed; computed on encode |
 //! | SSL sub-TLVs, AWS/Azure/GCP TLVs | type numbers only (no AWS/Azure/GCP) | SSL sub-TLVs must tile; typed accessors on [`Tlvs`] |
 //! | "need more bytes" across versions | per version (`PartialResult`); `HeaderResult::parse` guesses v2-then-v1 | [`detect`] by signature, [`decode`] returns `Ok(None)` |
 //! | v1 decode | `ppp::v1::Header::try_from` | **replaced** (see [`v1`]): not incremental, accepts `+80` as a port, requires UTF-8 in the ignored tail of `UNKNOWN` |
-//! | v1 encode | `ppp::v1::Addresses` `Display` | used as is |
+//! | v1 encode | `ppp::v1::Addresses` `Display` | used as is, for `Stream` headers only: anything else (UDP, UNSPEC) is `PROXY UNKNOWN` |
 //! | v2 encode | `ppp::v2::Builder` | used as is; the CRC32c TLV is patched in after `build` |
 //!
 //! Measured cost of each part is in the crate's `README.md` (criterion, `benches/decode.rs`).

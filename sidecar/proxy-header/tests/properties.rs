@@ -1,5 +1,7 @@
 //! Property tests: valid headers decode identically however the bytes are split, payload is
-//! left alone, prefixes never produce a wrong answer, and arbitrary bytes never panic.
+//! left alone, prefixes never produce a wrong answer, arbitrary bytes never panic, LOCAL is
+//! accepted whatever its block holds, and v1 (and `stream_client`) only ever say TCP for a
+//! `Stream` header.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -138,11 +140,14 @@ fn v1_header() -> impl Strategy<Value = Header> {
     })
 }
 
-/// What decoding `header.to_v2(..)` must give: LOCAL drops the addresses, and a fresh
-/// CRC32c TLV (whose value decode verified) comes last.
+/// What decoding `header.to_v2(..)` must give: LOCAL drops the addresses, so does an UNSPEC
+/// transport with IP addresses (the spec: ignore them), and a fresh CRC32c TLV (whose value
+/// decode verified) comes last.
 fn expected_v2(header: &Header, crc32c: Option<u32>) -> Header {
     let mut expected = header.clone();
-    if expected.command == Command::Local {
+    let unspec_inet = expected.transport == Transport::Unspec
+        && matches!(expected.addresses, Addresses::Inet { .. });
+    if expected.command == Command::Local || unspec_inet {
         expected.addresses = Addresses::Unspec;
     }
     if let Some(checksum) = crc32c {
@@ -197,6 +202,20 @@ fn prefixes_are_consistent(wire: &[u8]) -> Result<(), TestCaseError> {
         }
     }
     Ok(())
+}
+
+/// Any valid v2 family/transport byte (byte 13).
+fn family_transport() -> impl Strategy<Value = u8> {
+    (0_u8..=3, 0_u8..=2).prop_map(|(family, transport)| family << 4 | transport)
+}
+
+/// The transport a LOCAL header with byte 13 `family_transport` decodes with.
+fn transport_of(family_transport: u8) -> Transport {
+    match family_transport & 0x0f {
+        1 => Transport::Stream,
+        2 => Transport::Datagram,
+        _ => Transport::Unspec,
+    }
 }
 
 proptest! {
@@ -255,6 +274,87 @@ proptest! {
             let wire = mutate([&encoded[..], &payload[..]].concat(), &flips);
             prefixes_are_consistent(&wire)?;
         }
+    }
+
+    /// The spec: a LOCAL connection must be accepted and its protocol block discarded. Any
+    /// block (too short for its family, TLVs that do not parse, anything) is skipped whole;
+    /// the decision waits for the declared length and never changes after it.
+    #[test]
+    fn local_is_accepted_whatever_its_block(
+        family in family_transport(),
+        block in bytes(300),
+        payload in bytes(16),
+    ) {
+        let len = u16::try_from(block.len()).expect("small").to_be_bytes();
+        let header = [&V2_SIGNATURE[..], &[0x20, family, len[0], len[1]], &block[..]].concat();
+        let wire = [&header[..], &payload[..]].concat();
+        let (decoded, consumed) = decode(&wire, &Limits::default())
+            .expect("LOCAL is accepted")
+            .expect("complete");
+        prop_assert_eq!(consumed, header.len());
+        prop_assert_eq!(decoded.command, Command::Local);
+        prop_assert_eq!(decoded.transport, transport_of(family));
+        prop_assert_eq!(&decoded.addresses, &Addresses::Unspec);
+        prop_assert_eq!(decoded.client(), None);
+        for end in 0..header.len() {
+            prop_assert_eq!(decode(&wire[..end], &Limits::default()), Ok(None));
+        }
+        prefixes_are_consistent(&wire)?;
+    }
+
+    /// A LOCAL header damaged after its fixed part (addresses, TLVs, CRC32c) is still accepted,
+    /// whole: with the TLVs that still parse, or with none.
+    #[test]
+    fn damaged_local_is_still_accepted(
+        header in v2_header(),
+        with_crc32c in any::<bool>(),
+        flips in vec((any::<usize>(), 1_u8..), 1..4),
+    ) {
+        let local = Header { command: Command::Local, ..header };
+        let encoded = local.to_v2(with_crc32c).expect("fits");
+        let mut wire = encoded.clone();
+        if let Some(span) = wire.len().checked_sub(16).filter(|&span| span > 0) {
+            for &(at, xor) in &flips {
+                wire[16 + at % span] ^= xor;
+            }
+        }
+        let (decoded, consumed) = decode(&wire, &Limits::default())
+            .expect("LOCAL is accepted")
+            .expect("complete");
+        prop_assert_eq!(consumed, encoded.len());
+        prop_assert_eq!(decoded.command, Command::Local);
+        prop_assert_eq!(decoded.transport, local.transport);
+        prop_assert_eq!(&decoded.addresses, &Addresses::Unspec);
+        prefixes_are_consistent(&wire)?;
+    }
+
+    /// v1 has only TCP and a TCP listener must never take a UDP client: `to_v1` and
+    /// `stream_client` name a client exactly for `Stream` headers; `client` for any transport.
+    #[test]
+    fn only_stream_headers_name_a_tcp_client(header in v2_header()) {
+        let client = match (header.command, &header.addresses) {
+            (Command::Proxy, Addresses::Inet { source, .. }) => Some(*source),
+            _ => None,
+        };
+        prop_assert_eq!(header.client(), client);
+        let tcp_client = client.filter(|_| header.transport == Transport::Stream);
+        prop_assert_eq!(header.stream_client(), tcp_client);
+        let v1 = header.to_v1();
+        let (from_v1, consumed) = decode(&v1, &Limits::default())
+            .expect("our v1 decodes")
+            .expect("complete");
+        prop_assert_eq!(consumed, v1.len());
+        prop_assert_eq!(from_v1.client(), tcp_client);
+        prop_assert_eq!(from_v1.stream_client(), tcp_client);
+        if tcp_client.is_none() {
+            prop_assert_eq!(&v1[..], &b"PROXY UNKNOWN\r\n"[..]);
+        }
+        // Decoded from v2, the same holds (an UNSPEC transport loses its addresses).
+        let (decoded, _) = decode(&header.to_v2(false).expect("fits"), &Limits::default())
+            .expect("our v2 decodes")
+            .expect("complete");
+        prop_assert_eq!(decoded.stream_client(), tcp_client);
+        prop_assert_eq!(decoded.to_v1(), v1);
     }
 
     #[test]

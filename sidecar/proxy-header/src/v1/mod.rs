@@ -1,6 +1,8 @@
 //! Version 1: the text line `PROXY TCP4 <src> <dst> <sport> <dport>\r\n`.
 //!
-//! Decoding is this crate's own; encoding uses `ppp::v1::Addresses`.
+//! Decoding is this crate's own; encoding uses `ppp::v1::Addresses`, and writes `TCP4`/`TCP6`
+//! only for a header whose transport is `Stream` (`UNKNOWN` for UDP or unspecified ones, see
+//! [`Header::to_v1`](crate::Header::to_v1)).
 //!
 //! # Why the v1 decoder does not use ppp
 //!
@@ -108,7 +110,8 @@ pub(crate) fn decode(buf: &[u8]) -> Result<Option<(Header, usize)>, Error> {
     Ok(line.end(line.pos - 1)?.map(|consumed| (header, consumed)))
 }
 
-/// Encodes `PROXY TCP4|TCP6 ...` for an IP client, `PROXY UNKNOWN` otherwise.
+/// Encodes `PROXY TCP4|TCP6 ...` for a TCP client, `PROXY UNKNOWN` otherwise. The caller
+/// passes addresses only for a `Stream` header: v1 has no word for anything but TCP.
 pub(crate) fn encode(inet: Option<(SocketAddr, SocketAddr)>) -> Vec<u8> {
     let addresses = match inet {
         Some((source, destination)) => ppp::v1::Addresses::from(same_family(source, destination)),

@@ -15,6 +15,18 @@
 //! `Header::tlvs()` treats the whole payload of an AF_UNSPEC header as "address bytes", which
 //! would hide the TLVs of LOCAL health checks. TLV storage, CRC32c and SSL sub-TLV validation
 //! are this crate's (see [`Tlvs`](crate::Tlvs)). Encoding uses `ppp::v2::Builder`.
+//!
+//! Two spec rules shape what a decoded header holds:
+//!
+//! * **LOCAL discards the block.** A `LOCAL` header (byte 12 = `0x20`) is always accepted once
+//!   its declared length has arrived (and fits [`Limits::max_v2_len`]): its addresses are
+//!   dropped ([`Addresses::Unspec`]); its TLVs are kept when they parse, and dropped with the
+//!   rest of the block when they do not (an overrun, a bad CRC32c, malformed SSL sub-TLVs, an
+//!   address block too short for its family). A `PROXY` header with the same faults is refused.
+//! * **An UNSPEC transport voids the addresses.** `PROXY` with family INET/INET6 but transport
+//!   UNSPEC (byte 13 = `0x10`, `0x20`) decodes with [`Addresses::Unspec`]: the receiver must
+//!   ignore the addresses and use the real connection endpoints, as for family UNSPEC. The
+//!   12- or 36-byte block is still skipped, and the TLVs after it read.
 
 mod error;
 pub(crate) mod tlv;
@@ -94,15 +106,33 @@ pub(crate) fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Header, usiz
     };
     let bytes = parsed.as_bytes();
     let tlvs_at = FIXED_LEN + parsed.address_family().byte_length().unwrap_or(0);
-    let tlvs = tlv::parse(bytes, tlvs_at)?;
-    let (command, addresses) = match parsed.command {
-        wire::Command::Local => (Command::Local, Addresses::Unspec),
-        wire::Command::Proxy => (Command::Proxy, addresses(&parsed.addresses)),
+    let tlvs = match tlv::parse(bytes, tlvs_at) {
+        Ok(tlvs) => tlvs,
+        // LOCAL again: TLVs that do not parse are part of the block the receiver discards.
+        // Decided on the whole declared length only, so every longer buffer decides the same.
+        Err(_) if parsed.command == wire::Command::Local => {
+            return Ok(Some((
+                local_without_block(buf[FAMILY_TRANSPORT]),
+                bytes.len(),
+            )));
+        }
+        Err(error) => return Err(error.into()),
     };
     let transport = match parsed.protocol {
         wire::Protocol::Unspecified => Transport::Unspec,
         wire::Protocol::Stream => Transport::Stream,
         wire::Protocol::Datagram => Transport::Datagram,
+    };
+    let (command, addresses) = match (parsed.command, &parsed.addresses) {
+        (wire::Command::Local, _) => (Command::Local, Addresses::Unspec),
+        // INET/INET6 over an UNSPEC transport: the spec says to ignore the address information
+        // and use the real connection endpoints. The block was still skipped (`tlvs_at`).
+        (wire::Command::Proxy, wire::Addresses::IPv4(_) | wire::Addresses::IPv6(_))
+            if transport == Transport::Unspec =>
+        {
+            (Command::Proxy, Addresses::Unspec)
+        }
+        (wire::Command::Proxy, other) => (Command::Proxy, addresses(other)),
     };
     let header = Header {
         version: Version::V2,
@@ -114,7 +144,9 @@ pub(crate) fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Header, usiz
     Ok(Some((header, bytes.len())))
 }
 
-/// A LOCAL header whose block is discarded unread: no addresses, no TLVs.
+/// A LOCAL header whose block is discarded unread: no addresses, no TLVs. Used when the block
+/// is too short for its family or its TLVs do not parse: the spec says a LOCAL connection must
+/// be accepted and its protocol block discarded, so neither is an error.
 fn local_without_block(family_transport: u8) -> Header {
     Header {
         version: Version::V2,

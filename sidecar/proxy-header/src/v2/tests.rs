@@ -364,6 +364,109 @@ fn datagram_ipv6() {
     assert_eq!(ok(&wire).0, header);
 }
 
+/// Byte 13 `0x10`: INET over an UNSPEC transport. The spec says the receiver must ignore the
+/// addresses (use the real endpoints), as for family UNSPEC; the 12-byte block is skipped.
+#[test]
+fn inet_with_unspec_transport_ignores_addresses() {
+    let mut wire = v2(&hex("21 10 000c cb007107 c6336401 c822 01bb"));
+    wire.extend(b"GET / HTTP/1.1\r\n");
+    let (header, consumed) = ok(&wire);
+    assert_eq!(consumed, 28);
+    assert_eq!(&wire[consumed..], b"GET / HTTP/1.1\r\n");
+    assert_eq!(header.command, Command::Proxy);
+    assert_eq!(header.transport, Transport::Unspec);
+    assert_eq!(header.addresses, Addresses::Unspec);
+    assert_eq!(header.client(), None);
+    assert_eq!(header.stream_client(), None);
+    assert_eq!(header.original_destination(), None);
+    assert!(header.tlvs.is_empty());
+    assert_eq!(header.to_v1(), b"PROXY UNKNOWN\r\n");
+    for end in 0..consumed {
+        assert_eq!(
+            decode_any(&wire[..end], &Limits::default()),
+            Ok(None),
+            "prefix of {end} bytes"
+        );
+    }
+}
+
+/// Byte 13 `0x20`: INET6 over an UNSPEC transport. Addresses ignored, but the 36-byte block
+/// is still skipped, so the TLVs after it (CRC32c included) are read and checked.
+#[test]
+fn inet6_with_unspec_transport_still_reads_tlvs() {
+    let wire = v2(&hex("21 20 0037 \
+         20010db8 00000000 00000000 00000007 20010db8 00000000 00000000 00000001 c822 01bb \
+         02000b 6578616d706c652e636f6d 010002 6832"));
+    let (header, consumed) = ok(&wire);
+    assert_eq!(consumed, 16 + 36 + 14 + 5);
+    assert_eq!(consumed, wire.len());
+    assert_eq!(header.command, Command::Proxy);
+    assert_eq!(header.transport, Transport::Unspec);
+    assert_eq!(header.addresses, Addresses::Unspec);
+    assert_eq!(header.client(), None);
+    assert_eq!(header.tlvs.authority(), Some("example.com"));
+    assert_eq!(header.tlvs.alpn(), Some(&b"h2"[..]));
+    assert_eq!(header.to_v1(), b"PROXY UNKNOWN\r\n");
+
+    // Built by hand with addresses and an UNSPEC transport: written as 0x20, with a CRC32c.
+    let mut built = inet_header("[2001:db8::7]:51234", "[2001:db8::1]:443", every_tlv());
+    built.transport = Transport::Unspec;
+    let wire = built.to_v2(true).unwrap();
+    assert_eq!(wire[13], 0x20);
+    let (header, consumed) = ok(&wire);
+    assert_eq!(consumed, wire.len());
+    assert_eq!(header.addresses, Addresses::Unspec);
+    assert_eq!(header.client(), None);
+    assert!(header.tlvs.crc32c().is_some());
+    assert_eq!(header.tlvs.len(), every_tlv().len() + 1);
+    // And the checksum still guards the whole header, addresses included.
+    let mut corrupted = wire.clone();
+    corrupted[20] ^= 1;
+    assert_eq!(err(&corrupted).reason(), "crc32c_mismatch");
+}
+
+/// v1 can only say TCP: UDP headers (`0x12`, `0x22`) are `UNKNOWN` in v1 and name no client
+/// for a TCP listener, though `client()` (the datagram decoder's) still gives their source.
+#[test]
+fn datagram_is_unknown_in_v1_and_no_stream_client() {
+    let v4 = "cb007107 c6336401 c822 01bb";
+    let v6 = "20010db8 00000000 00000000 00000007 20010db8 00000000 00000000 00000001 c822 01bb";
+    for (family, block, client, tcp) in [
+        ("12 000c", v4, "203.0.113.7:51234", None),
+        ("22 0024", v6, "[2001:db8::7]:51234", None),
+        (
+            "11 000c",
+            v4,
+            "203.0.113.7:51234",
+            Some(&b"PROXY TCP4 203.0.113.7 198.51.100.1 51234 443\r\n"[..]),
+        ),
+        (
+            "21 0024",
+            v6,
+            "[2001:db8::7]:51234",
+            Some(&b"PROXY TCP6 2001:db8::7 2001:db8::1 51234 443\r\n"[..]),
+        ),
+    ] {
+        let wire = v2(&hex(&format!("21 {family} {block}")));
+        let (header, consumed) = ok(&wire);
+        assert_eq!(consumed, wire.len());
+        assert_eq!(header.client(), Some(addr(client)), "{family}");
+        match tcp {
+            Some(line) => {
+                assert_eq!(header.transport, Transport::Stream);
+                assert_eq!(header.stream_client(), Some(addr(client)));
+                assert_eq!(header.to_v1(), line);
+                assert_eq!(ok(line).0.client(), Some(addr(client)));
+            }
+            None => {
+                assert_eq!(header.transport, Transport::Datagram);
+                assert_eq!(header.stream_client(), None, "{family}");
+                assert_eq!(header.to_v1(), b"PROXY UNKNOWN\r\n", "{family}");
+            }
+        }
+    }
+}
+
 // === round trips ===
 
 #[test]
@@ -562,6 +665,170 @@ fn local_with_a_block_too_short_for_its_family_is_skipped() {
     assert!(decoded.tlvs.is_empty());
 }
 
+/// The spec: a LOCAL connection must be accepted and its protocol block discarded. 100 bytes
+/// that do not parse as TLVs (the first one claims 65 535 bytes) are skipped, not refused.
+#[test]
+fn local_with_opaque_block_is_accepted() {
+    let mut block = vec![kind::AUTHORITY, 0xff, 0xff];
+    block.resize(100, 0xab);
+    let mut wire = [v2(&hex("20 00 0064")), block].concat();
+    wire.extend(b"GET / HTTP/1.1\r\n");
+    for end in 0..116 {
+        assert_eq!(
+            decode_any(&wire[..end], &Limits::default()),
+            Ok(None),
+            "prefix of {end} bytes"
+        );
+    }
+    let (header, consumed) = ok(&wire);
+    assert_eq!(consumed, 116);
+    assert_eq!(&wire[consumed..], b"GET / HTTP/1.1\r\n");
+    assert_eq!(
+        header,
+        Header {
+            version: Version::V2,
+            command: Command::Local,
+            transport: Transport::Unspec,
+            addresses: Addresses::Unspec,
+            tlvs: Tlvs::default(),
+        }
+    );
+    assert_eq!(header.client(), None);
+    assert_eq!(header.to_v1(), b"PROXY UNKNOWN\r\n");
+
+    // The same block behind PROXY is refused.
+    wire[12] = 0x21;
+    assert_eq!(
+        err(&wire),
+        DecodeError::V2(Error::TlvOverrun { offset: 16 })
+    );
+}
+
+/// A LOCAL header whose CRC32c does not match is accepted without its TLVs (the checksum
+/// guards a block the receiver discards anyway); a PROXY one is refused.
+#[test]
+fn local_with_wrong_crc32c_is_accepted_without_tlvs() {
+    let mut tlvs = Tlvs::default();
+    tlvs.push(kind::AUTHORITY, b"host".to_vec());
+    for command in [Command::Local, Command::Proxy] {
+        let sent = Header {
+            command,
+            ..inet_header("192.0.2.1:1000", "192.0.2.2:80", tlvs.clone())
+        }
+        .to_v2(true)
+        .unwrap();
+        let (intact, _) = ok(&sent);
+        assert_eq!(intact.tlvs.authority(), Some("host"), "{command:?}");
+        assert!(intact.tlvs.crc32c().is_some());
+
+        let mut wire = sent.clone();
+        *wire.last_mut().unwrap() ^= 0x01;
+        wire.extend(b"payload");
+        if command == Command::Proxy {
+            assert_eq!(err(&wire).reason(), "crc32c_mismatch");
+            continue;
+        }
+        let (header, consumed) = ok(&wire);
+        assert_eq!(consumed, sent.len());
+        assert_eq!(&wire[consumed..], b"payload");
+        assert_eq!(header.command, Command::Local);
+        assert_eq!(header.transport, Transport::Stream);
+        assert_eq!(header.addresses, Addresses::Unspec);
+        assert!(header.tlvs.is_empty());
+        assert_eq!(header.tlvs.crc32c(), None);
+    }
+}
+
+/// Every way `tlv::parse` rejects a TLV area: refused behind PROXY with its reason, accepted
+/// behind LOCAL with no addresses and no TLVs, the whole declared length consumed.
+#[test]
+fn local_discards_tlv_areas_that_do_not_parse() {
+    let ssl_sub_overrun = [
+        kind::SSL,
+        0x00,
+        0x08,
+        1,
+        0,
+        0,
+        0,
+        0,
+        kind::SSL_CN,
+        0x00,
+        0x05,
+    ];
+    let two_crc32c = [
+        [kind::CRC32C, 0x00, 0x04, 0, 0, 0, 0],
+        [kind::CRC32C, 0x00, 0x04, 0, 0, 0, 0],
+    ]
+    .concat();
+    let cases: [(u8, usize, &[u8], &str); 8] = [
+        (0x00, 0, &[kind::NOOP, 0x00], "v2_tlv_overrun"),
+        (
+            0x11,
+            12,
+            &[kind::ALPN, 0x00, 0x09, b'h', b'2', b'x'],
+            "v2_tlv_overrun",
+        ),
+        (
+            0x22,
+            36,
+            &[kind::NOOP, 0x00, 0x00, kind::ALPN],
+            "v2_tlv_overrun",
+        ),
+        (
+            0x00,
+            0,
+            &[kind::SSL, 0x00, 0x04, 1, 0, 0, 0],
+            "v2_bad_ssl_tlv",
+        ),
+        (0x10, 12, &ssl_sub_overrun, "v2_bad_ssl_tlv"),
+        (
+            0x00,
+            0,
+            &[kind::CRC32C, 0x00, 0x03, 1, 2, 3],
+            "v2_bad_crc32c_tlv",
+        ),
+        (0x21, 36, &two_crc32c, "v2_bad_crc32c_tlv"),
+        (
+            0x31,
+            216,
+            &[kind::CRC32C, 0x00, 0x04, 0xde, 0xad, 0xbe, 0xef],
+            "crc32c_mismatch",
+        ),
+    ];
+    for (family, block, tlvs, reason) in cases {
+        let len = u16::try_from(block + tlvs.len()).unwrap().to_be_bytes();
+        let mut body = vec![0x21, family, len[0], len[1]];
+        body.extend(vec![0x5a; block]);
+        body.extend(tlvs);
+        let mut wire = v2(&body);
+        let header_len = wire.len();
+        wire.extend(b"payload");
+        assert_eq!(err(&wire).reason(), reason, "PROXY {family:#04x}");
+
+        wire[12] = 0x20;
+        let (header, consumed) = ok(&wire);
+        assert_eq!(consumed, header_len, "LOCAL {family:#04x}");
+        assert_eq!(&wire[consumed..], b"payload");
+        assert_eq!(header.command, Command::Local);
+        assert_eq!(header.addresses, Addresses::Unspec);
+        assert!(header.tlvs.is_empty(), "LOCAL {family:#04x}");
+        let transport = match family & 0x0f {
+            0x1 => Transport::Stream,
+            0x2 => Transport::Datagram,
+            _ => Transport::Unspec,
+        };
+        assert_eq!(header.transport, transport);
+        for end in 0..header_len {
+            assert_eq!(
+                decode_any(&wire[..end], &Limits::default()),
+                Ok(None),
+                "LOCAL {family:#04x}, prefix of {end} bytes"
+            );
+        }
+    }
+}
+
 #[test]
 fn tlv_overrun() {
     // Fewer than 3 bytes left after the addresses.
@@ -638,12 +905,21 @@ fn crc32c_mismatch() {
     let wire = inet_header("192.0.2.1:1", "192.0.2.2:2", every_tlv())
         .to_v2(true)
         .unwrap();
-    for at in [12, 16, 20, 31, wire.len() - 8, wire.len() - 1] {
+    for at in [13, 16, 20, 31, wire.len() - 8, wire.len() - 1] {
         let mut corrupted = wire.clone();
         corrupted[at] ^= 0x01;
         let error = err(&corrupted);
         assert_eq!(error.reason(), "crc32c_mismatch", "flipped byte {at}");
     }
+    // Byte 12 flipped to 0x20 turns the header into LOCAL, which the spec says to accept with
+    // its block discarded: the checksum guards nothing the receiver uses, and no client is named.
+    let mut local = wire.clone();
+    local[12] ^= 0x01;
+    let (header, consumed) = ok(&local);
+    assert_eq!(consumed, wire.len());
+    assert_eq!(header.command, Command::Local);
+    assert_eq!(header.client(), None);
+    assert!(header.tlvs.is_empty());
 }
 
 #[test]
