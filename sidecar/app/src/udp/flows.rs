@@ -2,37 +2,60 @@
 //! time. Pure bookkeeping (no sockets, an explicit clock), so its rules are tested directly.
 //!
 //! Activity is kept in an atomic beside each entry ([`Activity`]) because the task relaying the
-//! app's replies marks the flow active too, without touching the table.
+//! app's replies marks the flow active too, without touching the table. The table keeps its
+//! flows in least-recently-used order ([`lru`]), so a new flow at `max_flows` evicts in O(1)
+//! instead of scanning every flow for the one idle the longest.
 
 use std::{
-    collections::HashMap,
     hash::Hash,
     sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
-/// When a flow last carried a datagram, in ticks of the listener's clock (microseconds).
-#[derive(Debug, Default)]
-pub struct Activity(AtomicU64);
+use lru::LruCache;
 
-impl Activity {
-    /// Marks the flow active at `now`.
+/// Flows the app replied on since the table last looked, oldest reply first.
+type Replied<K> = Arc<Mutex<Vec<K>>>;
+
+/// When a flow last carried a datagram, in ticks of the listener's clock (microseconds), and
+/// the way a reply, relayed by another task, moves the flow to the recent end of its table.
+#[derive(Debug)]
+pub struct Activity<K> {
+    last: AtomicU64,
+    /// Whether the flow waits in `replied` already (so each flow is queued at most once).
+    queued: AtomicBool,
+    key: K,
+    replied: Replied<K>,
+}
+
+impl<K: Clone> Activity<K> {
+    /// Marks the flow active at `now` (a reply: the table moves it on its next operation).
     pub fn touch(&self, now: u64) {
-        self.0.fetch_max(now, Ordering::Relaxed);
+        self.last.fetch_max(now, Ordering::Relaxed);
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.replied
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(self.key.clone());
+        }
     }
 
     /// The last time the flow was active.
     pub fn last(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.last.load(Ordering::Relaxed)
     }
 }
 
-/// A table of at most `capacity` flows.
+/// A table of at most `capacity` flows, in least-recently-used order: a datagram from the load
+/// balancer moves its flow to the recent end at once, a reply on the table's next operation
+/// (before that operation, so the order stays exact), and a new flow at `capacity` evicts the
+/// flow at the old end, in O(1).
 #[derive(Debug)]
-pub struct FlowTable<K, V> {
-    flows: HashMap<K, (Arc<Activity>, V)>,
+pub struct FlowTable<K: Eq + Hash, V> {
+    flows: LruCache<K, (Arc<Activity<K>>, V)>,
+    replied: Replied<K>,
     capacity: usize,
 }
 
@@ -40,53 +63,69 @@ impl<K: Eq + Hash + Clone, V> FlowTable<K, V> {
     /// An empty table holding at most `capacity` flows (at least one).
     pub fn new(capacity: usize) -> Self {
         Self {
-            flows: HashMap::new(),
+            flows: LruCache::unbounded(),
+            replied: Arc::default(),
             capacity: capacity.max(1),
         }
     }
 
-    /// The flow of `key`, marked active at `now`.
+    /// Moves the flows replied on since the last operation to the recent end, in reply order.
+    fn take_replies(&mut self) {
+        let replied =
+            std::mem::take(&mut *self.replied.lock().unwrap_or_else(PoisonError::into_inner));
+        for key in replied {
+            if let Some((activity, _)) = self.flows.get(&key) {
+                activity.queued.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    /// The flow of `key`, marked active at `now` (and moved to the recent end).
     pub fn get(&mut self, key: &K, now: u64) -> Option<&mut V> {
+        self.take_replies();
         let (activity, value) = self.flows.get_mut(key)?;
-        activity.touch(now);
+        activity.last.fetch_max(now, Ordering::Relaxed);
         Some(value)
     }
 
     /// Whether `key` has a flow (without marking it active).
     pub fn contains(&self, key: &K) -> bool {
-        self.flows.contains_key(key)
+        self.flows.contains(key)
     }
 
     /// Makes room for one more flow: if the table is full, removes and returns the flow idle the
-    /// longest (the least recently active; the oldest key among equals is not guaranteed).
+    /// longest (the least recently used).
     pub fn make_room(&mut self) -> Option<(K, V)> {
+        self.take_replies();
         if self.flows.len() < self.capacity {
             return None;
         }
-        let oldest = self
-            .flows
-            .iter()
-            .min_by_key(|(_, (activity, _))| activity.last())
-            .map(|(key, _)| key.clone())?;
-        self.flows.remove(&oldest).map(|(_, value)| (oldest, value))
+        self.flows.pop_lru().map(|(key, (_, value))| (key, value))
     }
 
     /// Adds a flow active at `now`, first evicting (and returning) the flow idle the longest if
     /// the table is full. Returns the new flow's activity, for its reply task.
-    pub fn insert(&mut self, key: K, value: V, now: u64) -> (Arc<Activity>, Option<(K, V)>) {
-        let evicted = if self.flows.contains_key(&key) {
+    pub fn insert(&mut self, key: K, value: V, now: u64) -> (Arc<Activity<K>>, Option<(K, V)>) {
+        let evicted = if self.flows.contains(&key) {
+            self.take_replies();
             None
         } else {
             self.make_room()
         };
-        let activity = Arc::new(Activity::default());
-        activity.touch(now);
-        self.flows.insert(key, (Arc::clone(&activity), value));
+        let activity = Arc::new(Activity {
+            last: AtomicU64::new(now),
+            queued: AtomicBool::new(false),
+            key: key.clone(),
+            replied: Arc::clone(&self.replied),
+        });
+        self.flows.push(key, (Arc::clone(&activity), value));
         (activity, evicted)
     }
 
-    /// Removes and returns the flows idle for `idle` or longer at `now`.
+    /// Removes and returns the flows idle for `idle` or longer at `now` (a periodic sweep, not
+    /// one per datagram).
     pub fn expire(&mut self, now: u64, idle: u64) -> Vec<(K, V)> {
+        self.take_replies();
         let expired: Vec<K> = self
             .flows
             .iter()
@@ -95,7 +134,7 @@ impl<K: Eq + Hash + Clone, V> FlowTable<K, V> {
             .collect();
         expired
             .into_iter()
-            .filter_map(|key| self.flows.remove(&key).map(|(_, value)| (key, value)))
+            .filter_map(|key| self.flows.pop(&key).map(|(_, value)| (key, value)))
             .collect()
     }
 
@@ -186,7 +225,7 @@ mod tests {
         fn matches_a_model(capacity in 1usize..6, idle in 1u64..300, ops in prop::collection::vec(op(), 1..200)) {
             let mut table = FlowTable::new(capacity);
             let mut model: std::collections::BTreeMap<u8, u64> = Default::default();
-            let mut activities: std::collections::BTreeMap<u8, Arc<Activity>> = Default::default();
+            let mut activities: std::collections::BTreeMap<u8, Arc<Activity<u8>>> = Default::default();
             let mut now = 0u64;
             for op in ops {
                 match op {

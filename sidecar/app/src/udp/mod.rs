@@ -515,7 +515,7 @@ async fn relay_replies(
     listener: Arc<UdpSocket>,
     flow: Arc<UdpSocket>,
     lb: Arc<Mutex<SocketAddr>>,
-    activity: Arc<Activity>,
+    activity: Arc<Activity<SocketAddr>>,
     prefix: Vec<u8>,
 ) {
     let at = prefix.len();
