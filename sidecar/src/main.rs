@@ -63,6 +63,11 @@ struct Opt {
     #[arg(long, value_name = "POLICY", value_parser = yaml::<HeaderPolicy>)]
     header: Option<HeaderPolicy>,
 
+    /// Accept headers naming a loopback client (127.0.0.0/8, ::1); without it they are refused,
+    /// like unspecified, multicast and broadcast clients.
+    #[arg(long)]
+    allow_loopback_clients: bool,
+
     /// What a header from an untrusted source gets: reject or passthrough [default: reject].
     #[arg(long, value_name = "POLICY", value_parser = yaml::<UntrustedPolicy>)]
     untrusted: Option<UntrustedPolicy>,
@@ -212,6 +217,7 @@ impl Opt {
         let mut l = ListenerConfig::new(listen, upstream);
         l.trusted_sources.clone_from(&self.trusted);
         l.crc32c = self.crc32c;
+        l.allow_loopback_clients = self.allow_loopback_clients;
         l.fallback = self.fallback;
         l.pipe_size = self.pipe_size;
         l.steer = self.steer;
@@ -348,7 +354,38 @@ fn run(opt: &Opt, config: &Config, runtime: &tokio::runtime::Runtime) -> Result<
         for l in &config.listeners {
             tracing::info!(
                 listener = %l.name(), listen = %l.listen, upstream = %l.upstream,
-                protocol = ?l.protocol, mode = ?l.mode, header = ?l.header, "listener ok"
+                protocol = ?l.protocol, mode = ?l.mode, header = ?l.header,
+                allow_loopback_clients = l.allow_loopback_clients, "listener ok"
+            );
+            if l.mode == Mode::Http {
+                let h = &l.http;
+                let limits = &h.limits;
+                tracing::info!(
+                    listener = %l.name(),
+                    client_headers = ?h.client_headers,
+                    strip_headers = ?h.strip_headers,
+                    allow_connect = h.allow_connect,
+                    max_request_head = limits.max_request_head,
+                    max_headers = limits.max_headers,
+                    header_read_timeout = %humantime::format_duration(limits.header_read_timeout),
+                    keep_alive_timeout = %humantime::format_duration(limits.keep_alive_timeout),
+                    h2_max_concurrent_streams = limits.h2_max_concurrent_streams,
+                    h2_stream_window = limits.h2_stream_window,
+                    h2_connection_window = limits.h2_connection_window,
+                    h2_max_pending_resets = limits.h2_max_pending_resets,
+                    h2_max_local_resets = limits.h2_max_local_resets,
+                    max_app_connections = limits.max_app_connections,
+                    max_requests_in_flight = limits.max_requests_in_flight,
+                    "http limits"
+                );
+            }
+        }
+        if let Some(addr) = config.metrics_listen {
+            tracing::info!(
+                listen = %addr,
+                header_timeout = %humantime::format_duration(config.admin.header_timeout),
+                max_connections = config.admin.max_connections,
+                "admin endpoint ok"
             );
         }
         tracing::info!(listeners = config.listeners.len(), "configuration is valid");

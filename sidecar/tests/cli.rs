@@ -24,6 +24,7 @@ fn help_documents_every_flag() {
         "--trusted",
         "--header",
         "--untrusted",
+        "--allow-loopback-clients",
         "--header-timeout",
         "--detect-timeout",
         "--max-header-len",
@@ -79,6 +80,43 @@ fn check_config_accepts_a_good_file() {
     );
     assert!(ok, "{log}");
     assert!(log.contains("configuration is valid"), "{log}");
+}
+
+#[test]
+fn check_config_shows_the_http_limits_and_names_a_bad_one() {
+    let base = "listeners:\n  - listen: 127.0.0.1:0\n    upstream: 127.0.0.1:80\n    \
+                trusted_sources: [10.0.0.0/8]\n    mode: http\n";
+    let (ok, log) = check(&format!(
+        "{base}    http:\n      allow_connect: true\n      strip_headers: [X-User]\n      \
+         limits: {{max_request_head: 16384, keep_alive_timeout: 5s}}\n\
+         metrics_listen: 127.0.0.1:0\nadmin: {{header_timeout: 2s, max_connections: 4}}\n"
+    ));
+    assert!(ok, "{log}");
+    for shown in [
+        "max_request_head=16384",
+        "keep_alive_timeout=5s",
+        "header_read_timeout=10s",
+        "h2_max_concurrent_streams=100",
+        "max_requests_in_flight=1024",
+        "allow_connect=true",
+        "x-user",
+        "admin endpoint ok",
+    ] {
+        assert!(log.contains(shown), "{shown} not in {log}");
+    }
+    let (ok, log) = check(&format!(
+        "{base}    http:\n      limits: {{max_request_head: 100}}\n"
+    ));
+    assert!(!ok);
+    assert!(
+        log.contains("http.limits.max_request_head") && log.contains("outside 8192"),
+        "{log}"
+    );
+    let (ok, log) = check(&format!(
+        "{base}    http:\n      limits: {{max_head: 100}}\n"
+    ));
+    assert!(!ok);
+    assert!(log.contains("unknown field `max_head`"), "{log}");
 }
 
 #[test]

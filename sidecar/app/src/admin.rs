@@ -1,5 +1,8 @@
 //! The sidecar's admin endpoint: `/metrics` for Prometheus, `/healthz` and `/readyz` for the
-//! kubelet. Plain HTTP/1.1 on its own address, never on a load-balancer listener.
+//! kubelet. Plain HTTP/1.1 on its own address, never on a load-balancer listener. Anything that
+//! reaches the pod reaches it, so it is bounded (`admin`): a request head must arrive within
+//! `header_timeout` (idle keep-alive connections are closed after it too), heads are small,
+//! and beyond `max_connections` new connections are closed at accept.
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -8,16 +11,23 @@ use hyper::{
     Method, Request, Response, StatusCode, body::Bytes, header::CONTENT_TYPE, server::conn::http1,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::Semaphore};
 
-use crate::metrics::SidecarMetrics;
+use crate::{config::AdminConfig, metrics::SidecarMetrics};
 
 /// What Prometheus is told the body is (prometheus-client writes OpenMetrics text).
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// hyper's smallest read buffer: a scrape or probe request is a few hundred bytes.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
 /// Serves the admin endpoint on `listener` until the task is dropped.
-pub(crate) async fn serve(listener: std::net::TcpListener, metrics: Arc<SidecarMetrics>) {
+pub(crate) async fn serve(
+    listener: std::net::TcpListener,
+    metrics: Arc<SidecarMetrics>,
+    config: AdminConfig,
+) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -25,6 +35,12 @@ pub(crate) async fn serve(listener: std::net::TcpListener, metrics: Arc<SidecarM
             return;
         }
     };
+    let slots = Arc::new(Semaphore::new(config.max_connections.get()));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -34,15 +50,27 @@ pub(crate) async fn serve(listener: std::net::TcpListener, metrics: Arc<SidecarM
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!(%peer, max = config.max_connections, "admin endpoint: connection refused (max_connections)");
+            metrics.admin_refused("max_connections");
+            drop(stream);
+            continue;
+        };
         let metrics = Arc::clone(&metrics);
+        let builder = builder.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| respond(req, Arc::clone(&metrics)));
-            if let Err(e) = http1::Builder::new()
+            let served = Arc::clone(&metrics);
+            let service = service_fn(move |req| respond(req, Arc::clone(&served)));
+            if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
+                if e.is_timeout() {
+                    metrics.admin_refused("header_timeout");
+                }
                 tracing::debug!(%peer, error = %e, "admin endpoint: connection ended");
             }
+            drop(slot);
         });
     }
 }

@@ -18,10 +18,14 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 use trueip_proxy_header::kind;
 
-pub use self::http::{ClientHeaders, HeaderSlot, HttpConfig, TlsConfig, TlvHeaders};
+pub use self::{
+    http::{ClientHeaders, HeaderSlot, HttpConfig, PROXY_HEADERS, TlsConfig, TlvHeaders},
+    limits::{AdminConfig, HttpLimits},
+};
 pub use crate::udp::{DatagramHeader, Protocol};
 
 mod http;
+mod limits;
 
 /// The largest v2 header the protocol can express: 16 fixed bytes and a 16-bit length.
 const MAX_V2_WIRE_LEN: usize = 16 + u16::MAX as usize;
@@ -46,6 +50,9 @@ pub struct Config {
     /// Where to serve `/metrics` (Prometheus), `/healthz` and `/readyz`. Unset: not served.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Bounds of the `metrics_listen` endpoint: header timeout and connection cap.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Where traces go when the `OTEL_EXPORTER_OTLP_*` variables do not say. Unset (and no
     /// variable): no traces.
     #[serde(default)]
@@ -129,6 +136,11 @@ pub struct ListenerConfig {
     /// What a header from a source outside `trusted_sources` gets.
     #[serde(default)]
     pub untrusted: UntrustedPolicy,
+    /// Accept PROXY headers that name a loopback client (127.0.0.0/8, ::1). Off: refused like
+    /// unspecified, multicast and broadcast clients, because no load balancer relays a client
+    /// from its own loopback, and an app that trusts loopback callers would trust the header.
+    #[serde(default)]
+    pub allow_loopback_clients: bool,
     /// A connection that has not completed its header by then is closed (slowloris).
     #[serde(default = "defaults::header_timeout", deserialize_with = "duration")]
     pub header_timeout: Duration,
@@ -400,6 +412,7 @@ impl Config {
             drain_timeout: defaults::drain_timeout(),
             agent_socket: defaults::agent_socket(),
             metrics_listen: None,
+            admin: AdminConfig::default(),
             otlp: None,
             transparent: TransparentConfig::default(),
         }
@@ -486,6 +499,7 @@ impl ListenerConfig {
             header: HeaderPolicy::default(),
             trusted_sources: Vec::new(),
             untrusted: UntrustedPolicy::default(),
+            allow_loopback_clients: false,
             header_timeout: defaults::header_timeout(),
             detect_timeout: defaults::detect_timeout(),
             max_header_len: defaults::max_header_len(),
@@ -596,6 +610,9 @@ impl ListenerConfig {
         }
         if self.http.tls.is_some() && self.mode != Mode::Http {
             return Err(invalid("http.tls", "applies to `mode: http` only".into()));
+        }
+        if let Some((key, problem)) = self.http.limits.problem() {
+            return Err(invalid(key, problem));
         }
         crate::udp::validate(self).map_err(|(key, problem)| invalid(key, problem))
     }

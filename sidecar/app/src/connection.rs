@@ -7,6 +7,7 @@ use tokio::{net::TcpStream, sync::watch};
 use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 
 use crate::{
+    config::canonical,
     detect::{self, Detection},
     listen::Shared,
     metrics::RestoreOutcome,
@@ -34,7 +35,7 @@ pub(crate) async fn serve(
         otel.status_description = Empty,
         %listener,
         %peer,
-        network.peer.address = %peer.ip(),
+        network.peer.address = %canonical(peer.ip()),
         network.peer.port = peer.port(),
         network.transport = "tcp",
         client.address = Empty,
@@ -224,9 +225,16 @@ fn record_connection(
     outcome: RestoreOutcome,
 ) {
     let span = Span::current();
-    span.record("client.address", endpoints.client.ip().to_string());
+    // Canonical, as in the HTTP headers: an IPv4-mapped `::ffff:a.b.c.d` is `a.b.c.d`.
+    span.record(
+        "client.address",
+        canonical(endpoints.client.ip()).to_string(),
+    );
     span.record("client.port", endpoints.client.port());
-    span.record("server.address", endpoints.destination.ip().to_string());
+    span.record(
+        "server.address",
+        canonical(endpoints.destination.ip()).to_string(),
+    );
     span.record("server.port", endpoints.destination.port());
     span.record("trueip.restore.outcome", outcome.label());
     let Detection::Header { header, .. } = detection else {

@@ -11,9 +11,14 @@ use tokio::{
     net::TcpStream,
     time::{Instant, timeout_at},
 };
-use trueip_proxy_header::{self as header, DecodeError, Detect, Header, Limits};
+use trueip_proxy_header::{
+    self as header, Command, DecodeError, Detect, Header, Limits, Transport,
+};
 
-use crate::config::{HeaderPolicy, ListenerConfig, UntrustedPolicy};
+use crate::{
+    client::{self, ImplausibleClient},
+    config::{HeaderPolicy, ListenerConfig, UntrustedPolicy},
+};
 
 /// How much is read from the socket at a time while looking for the header.
 const READ_CHUNK: usize = 2048;
@@ -67,6 +72,13 @@ pub enum Rejection {
     /// The header is malformed.
     #[error("invalid PROXY header: {0}")]
     Invalid(#[from] DecodeError),
+    /// The header names a client no load balancer relays (unspecified, multicast, broadcast,
+    /// loopback unless allowed).
+    #[error("PROXY header refused: {0}")]
+    Client(#[from] ImplausibleClient),
+    /// The header describes this TCP connection as UDP: its addresses are not a TCP client's.
+    #[error("PROXY header refused: it describes a UDP flow, and this is a TCP connection")]
+    TransportMismatch,
     /// The header did not complete within `header_timeout` (slowloris).
     #[error("header not complete after {}", humantime::format_duration(*.0))]
     Timeout(Duration),
@@ -91,6 +103,8 @@ impl Rejection {
             Self::MissingHeader => "missing_header",
             Self::Untrusted => "untrusted_source",
             Self::Invalid(e) => e.reason(),
+            Self::Client(e) => e.reason(),
+            Self::TransportMismatch => "transport_mismatch",
             Self::Timeout(_) => "header_timeout",
             Self::Truncated(_) => "truncated",
             Self::Oversized(_) => "header_too_long",
@@ -139,6 +153,7 @@ pub async fn detect(
                     };
                 }
                 if let Some((header, len)) = header::decode(&buf, &limits)? {
+                    judge(&header, config)?;
                     let rest = buf.split_off(len);
                     return Ok(Detection::Header {
                         header: Box::new(header),
@@ -179,4 +194,16 @@ pub async fn detect(
             Ok(Err(e)) => return Err(Rejection::Io(e)),
         }
     }
+}
+
+/// Refuses a decoded header whose client this TCP listener must not take: one described as UDP,
+/// or an address no load balancer relays.
+fn judge(header: &Header, config: &ListenerConfig) -> Result<(), Rejection> {
+    if header.command == Command::Proxy && header.transport == Transport::Datagram {
+        return Err(Rejection::TransportMismatch);
+    }
+    if let Some(client) = header.client() {
+        client::check(client.ip(), config.allow_loopback_clients)?;
+    }
+    Ok(())
 }

@@ -2,12 +2,14 @@
 //! the PROXY header, and hands the plain stream to the app on loopback while the app learns the
 //! real client address by the listener's restore mode.
 //!
-//! The modules follow the data path: [`listen`] → [`detect`] → [`restore`] → [`forward`], with
-//! the per-connection glue in `connection` and the [`config`] that drives them.
+//! The modules follow the data path: [`listen`] → [`detect`] (which judges the header's
+//! [`client`]) → [`restore`] → [`forward`], with the per-connection glue in `connection` and the
+//! [`config`] that drives them.
 
 #![forbid(unsafe_code)]
 
 mod admin;
+pub mod client;
 pub mod config;
 mod connection;
 pub mod detect;
@@ -37,6 +39,7 @@ pub struct Sidecar {
     drain: std::time::Duration,
     registry: Arc<SidecarMetrics>,
     admin: Option<std::net::TcpListener>,
+    admin_config: config::AdminConfig,
     /// The `transparent` mode's rules and routes; removed when the sidecar is dropped, after
     /// the last connection.
     routing: Option<routing::PolicyRouting>,
@@ -82,6 +85,7 @@ impl Sidecar {
             drain: config.drain_timeout,
             registry,
             admin,
+            admin_config: config.admin.clone(),
             routing,
         })
     }
@@ -142,9 +146,13 @@ impl Sidecar {
     /// Serves until `shutdown` completes, then stops accepting and drains open connections up
     /// to the configured deadline. Returns the number of connections cut at the deadline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> usize {
-        let admin = self
-            .admin
-            .map(|socket| tokio::spawn(admin::serve(socket, Arc::clone(&self.registry))));
+        let admin = self.admin.map(|socket| {
+            tokio::spawn(admin::serve(
+                socket,
+                Arc::clone(&self.registry),
+                self.admin_config,
+            ))
+        });
         let (stop, stopped) = watch::channel(false);
         let mut tasks: Vec<_> = self
             .listeners

@@ -128,7 +128,9 @@ pub struct SidecarMetrics {
     udp: crate::udp::metrics::UdpFamilies,
     http_requests: Family<Labels, Counter>,
     http_headers_removed: Family<Labels, Counter>,
+    http_limits: Family<Labels, Counter>,
     fast_path: Family<Labels, Counter>,
+    admin_refused: Family<Labels, Counter>,
     registry: Registry,
 }
 
@@ -146,7 +148,9 @@ impl Default for SidecarMetrics {
             udp: crate::udp::metrics::UdpFamilies::default(),
             http_requests: Family::default(),
             http_headers_removed: Family::default(),
+            http_limits: Family::default(),
             fast_path: Family::default(),
+            admin_refused: Family::default(),
             registry: Registry::default(),
         };
         m.udp.register(&mut registry);
@@ -198,9 +202,19 @@ impl Default for SidecarMetrics {
             m.http_headers_removed.clone(),
         );
         registry.register(
+            "http_limits",
+            "mode http: requests refused and connections closed by a limit or policy, by limit",
+            m.http_limits.clone(),
+        );
+        registry.register(
             "fast_path_connections",
             "Connections of fast-path listeners, by what the kernel fast path did",
             m.fast_path.clone(),
+        );
+        registry.register(
+            "admin_connections_refused",
+            "Connections to /metrics, /healthz and /readyz closed by a limit, by reason",
+            m.admin_refused.clone(),
         );
         Self { registry, ..m }
     }
@@ -233,12 +247,22 @@ impl SidecarMetrics {
             http_requests: self.http_requests.clone(),
             http_headers_removed: self.http_headers_removed.clone(),
             removed_headers: Mutex::default(),
+            http_limits: self.http_limits.clone(),
+            limits_hit: Mutex::default(),
         }
     }
 
     /// The handles of one UDP listener.
     pub fn udp_listener(&self, name: &str) -> crate::udp::UdpMetrics {
         self.udp.listener(name)
+    }
+
+    /// Counts a connection to the admin endpoint closed because of `reason`
+    /// (`max_connections`, `header_timeout`).
+    pub(crate) fn admin_refused(&self, reason: &'static str) {
+        self.admin_refused
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
     }
 
     /// The OpenMetrics text exposition of every series.
@@ -267,6 +291,8 @@ pub struct ListenerMetrics {
     http_requests: Family<Labels, Counter>,
     http_headers_removed: Family<Labels, Counter>,
     removed_headers: Mutex<BTreeSet<String>>,
+    http_limits: Family<Labels, Counter>,
+    limits_hit: Mutex<BTreeSet<&'static str>>,
 }
 
 /// The status classes of `http_requests`, indexed by the status code's first digit minus one.
@@ -293,6 +319,8 @@ pub struct Snapshot {
     pub http_requests: std::collections::BTreeMap<&'static str, u64>,
     /// `http` mode: client-supplied forwarding headers removed, by header name.
     pub http_headers_removed: std::collections::BTreeMap<String, u64>,
+    /// `http` mode: requests refused and connections closed by a limit, by limit.
+    pub http_limits: std::collections::BTreeMap<&'static str, u64>,
     /// Connections of a fast-path listener by fast-path outcome.
     pub fast_path: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -363,6 +391,21 @@ impl ListenerMetrics {
             .inc();
     }
 
+    /// Counts a request refused or a connection closed in `http` mode because of `limit`
+    /// (`request_head_too_large`, `header_read_timeout`, `connect_refused`, ...).
+    pub(crate) fn http_limit(&self, limit: &'static str) {
+        self.limits_hit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(limit);
+        self.http_limits
+            .get_or_create(&vec![
+                ("listener", self.name.clone()),
+                ("limit", limit.to_owned()),
+            ])
+            .inc();
+    }
+
     /// Counts what the kernel fast path did for a connection.
     pub(crate) fn fast_path(&self, outcome: FastPathOutcome) {
         self.fast_path[outcome as usize].inc();
@@ -429,6 +472,16 @@ impl ListenerMetrics {
                         header.clone(),
                         self.http_headers_removed.get_or_create(&labels).get(),
                     )
+                })
+                .collect(),
+            http_limits: self
+                .limits_hit
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|&limit| {
+                    let labels = vec![("listener", self.name.clone()), ("limit", limit.to_owned())];
+                    (limit, self.http_limits.get_or_create(&labels).get())
                 })
                 .collect(),
             fast_path: FastPathOutcome::ALL

@@ -24,7 +24,7 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::TokioIo;
-use support::{Harness, proxy_header};
+use support::{Harness, proxy_header, read_until};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -166,24 +166,6 @@ async fn exchange(addr: SocketAddr, header: &[u8], request: &[u8], until: &str) 
     let mut c = TcpStream::connect(addr).await.unwrap();
     c.write_all(&[header, request].concat()).await.unwrap();
     read_until(&mut c, until).await
-}
-
-async fn read_until(c: &mut TcpStream, until: &str) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !String::from_utf8_lossy(&got).contains(until) {
-        match tokio::time::timeout_at(deadline, c.read(&mut buf)).await {
-            Ok(Ok(0)) => break,
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Ok(Err(e)) => panic!("read failed: {e}"),
-            Err(_) => panic!(
-                "no {until:?} within 10 s; got {:?}",
-                String::from_utf8_lossy(&got)
-            ),
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
 }
 
 fn v2(source: &str, tlvs: Tlvs) -> Vec<u8> {
@@ -373,7 +355,8 @@ async fn shutdown_closes_an_idle_keep_alive_connection_without_waiting_for_the_d
 #[tokio::test]
 async fn curl_keep_alive_and_http2_prior_knowledge() {
     let app = EchoApp::start().await;
-    let sidecar = http_sidecar(&app, |_| {}).await;
+    // curl's header names its own address, on loopback.
+    let sidecar = http_sidecar(&app, |l| l.allow_loopback_clients = true).await;
     let url = format!("http://{}/", sidecar.addr);
     // Three requests on one connection (curl reuses it), one PROXY header at its start.
     let (out, _) = curl(&[
@@ -414,7 +397,7 @@ async fn curl_keep_alive_and_http2_prior_knowledge() {
 #[tokio::test]
 async fn websocket_upgrade_and_connect_become_tunnels() {
     let app = EchoApp::start().await;
-    let sidecar = http_sidecar(&app, |_| {}).await;
+    let sidecar = http_sidecar(&app, |l| l.http.allow_connect = true).await;
     let mut c = TcpStream::connect(sidecar.addr).await.unwrap();
     let handshake = b"GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\
                       Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -581,6 +564,8 @@ async fn tls_termination_with_alpn_and_certificate_reload() {
     std::fs::write(dir.path().join("ca.pem"), &ca.ca_pem).unwrap();
     let app = EchoApp::start().await;
     let sidecar = http_sidecar(&app, |l| {
+        // curl's header names its own address, on loopback.
+        l.allow_loopback_clients = true;
         l.http.tls = Some(TlsConfig {
             cert: dir.path().join("tls.crt"),
             key: dir.path().join("tls.key"),
@@ -653,6 +638,8 @@ async fn tls_listener_refuses_cleartext_with_a_log_line() {
     TestCa::new().leaf(dir.path(), "only");
     let app = EchoApp::start().await;
     let sidecar = http_sidecar(&app, |l| {
+        // curl's header names its own address, on loopback.
+        l.allow_loopback_clients = true;
         l.http.tls = Some(TlsConfig {
             cert: dir.path().join("tls.crt"),
             key: dir.path().join("tls.key"),

@@ -102,3 +102,35 @@ async fn metrics_endpoint_counts_what_clients_did() {
     );
     assert!(get(admin, "/healthz").await.starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn the_admin_endpoint_bounds_idle_and_excess_connections() {
+    let app = App::start(Behaviour::Sink).await;
+    let mut listener = ListenerConfig::new("127.0.0.1:0".parse().unwrap(), app.addr());
+    listener.trusted_sources = vec!["127.0.0.0/8".parse().unwrap()];
+    let mut config = Config::single(listener);
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.admin.header_timeout = Duration::from_millis(300);
+    config.admin.max_connections = 2.try_into().unwrap();
+    let sidecar = Sidecar::bind(&config).unwrap();
+    let admin = sidecar.metrics_addr().unwrap();
+    tokio::spawn(sidecar.run(std::future::pending()));
+
+    // Two connections that never send a request hold both slots; a third is closed at once.
+    let mut idle = [util::connect(admin).await, util::connect(admin).await];
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut third = util::connect(admin).await;
+    assert!(util::closed_without_data(&mut third, Duration::from_secs(5)).await);
+    // The idle ones are closed once the header timeout passes, and the slots are free again.
+    for c in &mut idle {
+        assert!(util::closed_without_data(c, Duration::from_secs(5)).await);
+    }
+    let response = get(admin, "/metrics").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    for line in [
+        "trueip_admin_connections_refused_total{reason=\"max_connections\"} 1",
+        "trueip_admin_connections_refused_total{reason=\"header_timeout\"} 2",
+    ] {
+        assert!(response.contains(line), "{line} not in {response}");
+    }
+}

@@ -1,10 +1,29 @@
 //! The `http` mode's settings: which forwarding headers the sidecar writes, what happens to the
-//! copies a client sent, which PROXY TLVs become request headers, and optional TLS termination.
+//! copies a client sent, which PROXY TLVs become request headers, optional TLS termination, and
+//! the limits ([`HttpLimits`]) that keep hostile clients from exhausting the sidecar.
 
 use std::{fmt, path::PathBuf, time::Duration};
 
 use hyper::header::HeaderName;
 use serde::{Deserialize, Deserializer, de};
+
+use super::limits::HttpLimits;
+
+/// Request headers an app (or a framework's "trusted proxy" setting) may read as written by a
+/// proxy, besides the three the sidecar writes: a client's copies are always removed with
+/// `client_headers: strip`, so none can pass for the sidecar's. `X-Forwarded-Proto` is then
+/// written by the sidecar itself.
+pub const PROXY_HEADERS: [&str; 9] = [
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+];
 
 /// `mode: http`: the sidecar speaks HTTP to both sides and tells the app the client in headers.
 #[derive(Debug, Clone, Deserialize)]
@@ -20,10 +39,22 @@ pub struct HttpConfig {
     pub x_real_ip: HeaderSlot,
     /// The RFC 7239 header (`Forwarded: for=...;proto=...;host=...`); `false`: none.
     pub forwarded: HeaderSlot,
+    /// The header that says whether the client spoke TLS (`X-Forwarded-Proto: https`, from the
+    /// sidecar's own TLS or the PROXY header's SSL TLV); `false`: none.
+    pub x_forwarded_proto: HeaderSlot,
     /// PROXY v2 TLVs passed on as request headers, each under the name given; unset: not passed.
     pub tlv_headers: TlvHeaders,
     /// Terminate TLS here (the load balancer passes TLS through). Unset: cleartext HTTP.
     pub tls: Option<TlsConfig>,
+    /// More request headers to remove from every request, on top of [`PROXY_HEADERS`] (which
+    /// `client_headers: strip` removes, whatever this says): a header this app trusts.
+    #[serde(deserialize_with = "header_names")]
+    pub strip_headers: Vec<HeaderName>,
+    /// Pass `CONNECT` requests to the app (which may then open a tunnel past the sidecar's
+    /// header rewrite). Off: `CONNECT` gets `405`.
+    pub allow_connect: bool,
+    /// Bounds on request heads, timeouts, HTTP/2 and the app's connections.
+    pub limits: HttpLimits,
 }
 
 impl Default for HttpConfig {
@@ -33,23 +64,39 @@ impl Default for HttpConfig {
             x_forwarded_for: HeaderSlot::named("x-forwarded-for"),
             x_real_ip: HeaderSlot::named("x-real-ip"),
             forwarded: HeaderSlot::named("forwarded"),
+            x_forwarded_proto: HeaderSlot::named("x-forwarded-proto"),
             tlv_headers: TlvHeaders::default(),
             tls: None,
+            strip_headers: Vec::new(),
+            allow_connect: false,
+            limits: HttpLimits::default(),
         }
     }
+}
+
+/// Reads a list of header names, naming the one that is not valid.
+fn header_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HeaderName>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .into_iter()
+        .map(|name| {
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| de::Error::custom(format!("`{name}` is not a valid header name")))
+        })
+        .collect()
 }
 
 /// What the sidecar does with forwarding headers the request already carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientHeaders {
-    /// Remove them: anyone can write `X-Forwarded-For`, so only the sidecar's value reaches
-    /// the app.
+    /// Remove them, and the rest of the family ([`PROXY_HEADERS`]): anyone can write
+    /// `X-Forwarded-For`, so only the sidecar's value reaches the app.
     #[default]
     Strip,
     /// Keep `X-Forwarded-For` and `Forwarded` and append the client, when the connection came
     /// with a PROXY header from a trusted source (a chain of proxies the operator trusts);
-    /// otherwise strip them. `X-Real-IP` and TLV headers are always replaced.
+    /// otherwise strip them. `X-Real-IP` and TLV headers are always replaced; the rest of the
+    /// family ([`PROXY_HEADERS`]) is kept behind a trusted header (the chain wrote it).
     Append,
 }
 

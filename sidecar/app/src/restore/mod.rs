@@ -49,7 +49,7 @@ impl Endpoints {
     pub fn of(detection: &Detection, conn: ConnAddrs) -> Self {
         if let Detection::Header { header, .. } = detection
             && let (Some(client), Some(destination)) =
-                (header.client(), header.original_destination())
+                (header.stream_client(), header.original_destination())
         {
             return Self {
                 client,

@@ -102,6 +102,10 @@ pub fn classify(
     }
     let (header, len) = decode_datagram(datagram, limits)
         .map_err(|e| Dropped::new(e.reason(), format!("invalid PROXY header: {e}")))?;
+    if let Some(client) = header.client() {
+        crate::client::check(client.ip(), config.allow_loopback_clients)
+            .map_err(|e| Dropped::new(e.reason(), format!("PROXY header refused: {e}")))?;
+    }
     let endpoints = match (header.client(), header.original_destination()) {
         (Some(client), Some(destination)) => Some(Endpoints {
             client: unmapped(client),
@@ -268,6 +272,9 @@ mod tests {
             (tcp, LB, "stream_in_datagram"),
             (v1, LB, "v1_in_datagram"),
             (b"\x00\x01plain dns".to_vec(), LB, "missing_header"),
+            (datagram("127.0.0.1:5353", b"q"), LB, "client_loopback"),
+            (datagram("224.0.0.251:5353", b"q"), LB, "client_multicast"),
+            (datagram("0.0.0.0:5353", b"q"), LB, "client_unspecified"),
         ] {
             let dropped = judge(&c, &datagram, source).unwrap_err();
             assert_eq!(dropped.reason, reason, "{dropped:?}");

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::oneshot, task::JoinHandle};
+use tokio::{io::AsyncReadExt, net::TcpStream, sync::oneshot, task::JoinHandle};
 use trueip_proxy_header::{Addresses, Command, Header, Tlvs, Transport, Version};
 use trueip_sidecar_app::{
     Config, ListenerMetrics, Sidecar, config::ListenerConfig, metrics::Snapshot,
@@ -150,4 +150,23 @@ pub fn proxy_header(version: Version, tlvs: Tlvs) -> Header {
         },
         tlvs,
     }
+}
+
+/// Reads until `until` appears or the peer closes; panics after 10 s without either.
+pub async fn read_until(c: &mut TcpStream, until: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&got).contains(until) {
+        match tokio::time::timeout_at(deadline, c.read(&mut buf)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => panic!("read failed: {e}"),
+            Err(_) => panic!(
+                "no {until:?} within 10 s; got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
 }

@@ -1,14 +1,17 @@
 //! The request headers the app learns the client from: `X-Forwarded-For`, `X-Real-IP`,
-//! `Forwarded` (RFC 7239) and the TLV headers, written by the sidecar and never trusted from
-//! the client unless the listener says `client_headers: append` and the connection's PROXY
-//! header came from a trusted load balancer.
+//! `Forwarded` (RFC 7239), `X-Forwarded-Proto` and the TLV headers, written by the sidecar and
+//! never trusted from the client unless the listener says `client_headers: append` and the
+//! connection's PROXY header came from a trusted load balancer. The rest of the family a
+//! framework may read as "from the proxy" ([`PROXY_HEADERS`]: `X-Forwarded-Host`,
+//! `True-Client-IP`, ...) is removed from the client's request, so none can pass for the
+//! sidecar's. Addresses are written canonical: an IPv4-mapped IPv6 address is the IPv4 client.
 
 use std::net::IpAddr;
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use trueip_proxy_header::{Header, Ssl};
 
-use crate::config::{ClientHeaders, HttpConfig};
+use crate::config::{ClientHeaders, HttpConfig, PROXY_HEADERS, canonical};
 
 /// What every request of one downstream connection is told about its client: the client is a
 /// property of the connection, so this is computed once, after the PROXY header.
@@ -21,15 +24,17 @@ pub(crate) struct ClientFacts {
     /// `https` when the client spoke TLS (to the sidecar or, per the SSL TLV, to the load
     /// balancer), `http` otherwise.
     proto: &'static str,
-    /// Whether client-supplied forwarding headers are appended to rather than removed.
+    /// Whether client-supplied forwarding headers are appended to (and the rest of the family
+    /// kept) rather than removed.
     append: bool,
     /// TLV values, already turned into headers.
     tlvs: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ClientFacts {
-    /// The facts of a connection from `client`. `trusted_header` is the PROXY header when one
-    /// came from a trusted source; `tls` says whether the sidecar terminated TLS.
+    /// The facts of a connection from `client` (canonical: `::ffff:a.b.c.d` is `a.b.c.d`).
+    /// `trusted_header` is the PROXY header when one came from a trusted source; `tls` says
+    /// whether the sidecar terminated TLS.
     pub(crate) fn new(
         client: IpAddr,
         trusted_header: Option<&Header>,
@@ -39,6 +44,7 @@ impl ClientFacts {
         let ssl_client = trusted_header
             .and_then(|h| h.tlvs.ssl())
             .is_some_and(|ssl| ssl.client & Ssl::CLIENT_SSL != 0);
+        let client = canonical(client);
         Self {
             addr: HeaderValue::from_str(&client.to_string()).expect("an address is ASCII"),
             forwarded_for: forwarded_node(client),
@@ -66,8 +72,20 @@ pub(crate) fn rewrite(
             removed.push(name.clone());
         }
     };
-    for name in config.tlv_headers.names() {
+    for name in config.tlv_headers.names().chain(&config.strip_headers) {
         strip(headers, name);
+    }
+    if !facts.append {
+        for name in PROXY_HEADERS {
+            strip(headers, &HeaderName::from_static(name));
+        }
+    }
+    if let Some(name) = &config.x_forwarded_proto.0 {
+        // Behind a trusted chain (`append`) the chain's own value says what the client spoke.
+        if !(facts.append && headers.contains_key(name)) {
+            strip(headers, name);
+            headers.insert(name.clone(), HeaderValue::from_static(facts.proto));
+        }
     }
     if let Some(name) = &config.x_real_ip.0 {
         strip(headers, name);
@@ -123,7 +141,7 @@ fn set_list(
 /// RFC 7239 section 6: an IPv4 node is a token; an IPv6 node is bracketed, and then quoted
 /// because `[`, `]` and `:` are not token characters.
 fn forwarded_node(ip: IpAddr) -> String {
-    match crate::config::canonical(ip) {
+    match canonical(ip) {
         IpAddr::V4(v4) => format!("for={v4}"),
         IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
     }
@@ -151,6 +169,15 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// Whether the SSL TLV says the client presented a certificate (on this connection or its TLS
+/// session) and the load balancer verified it (`verify` is 0 only then): a CN from an unverified
+/// or absent certificate is whatever the client wrote into it.
+fn verified_certificate(ssl: &Ssl) -> bool {
+    ssl.client & Ssl::CLIENT_SSL != 0
+        && ssl.client & (Ssl::CLIENT_CERT_CONN | Ssl::CLIENT_CERT_SESS) != 0
+        && ssl.verify == 0
+}
+
 /// The configured TLV headers that the header carries, with values that are valid header text.
 fn tlv_headers(header: &Header, config: &HttpConfig) -> Vec<(HeaderName, HeaderValue)> {
     let t = &config.tlv_headers;
@@ -172,7 +199,10 @@ fn tlv_headers(header: &Header, config: &HttpConfig) -> Vec<(HeaderName, HeaderV
             &t.gcp_psc_connection_id.0,
             tlvs.gcp_psc_connection_id().map(|v| v.to_string()),
         ),
-        (&t.ssl_cn.0, ssl.and_then(|s| s.cn)),
+        (
+            &t.ssl_cn.0,
+            ssl.filter(verified_certificate).and_then(|s| s.cn),
+        ),
     ];
     values
         .into_iter()

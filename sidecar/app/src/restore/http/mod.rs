@@ -3,13 +3,20 @@
 //! loopback, with the client the PROXY header named in `X-Forwarded-For`, `X-Real-IP` and
 //! `Forwarded`. The client is a property of the downstream connection: every request on it —
 //! keep-alive, pipelined or multiplexed — carries the same client.
+//!
+//! What a connection may cost is bounded by the listener's `http.limits` ([`HttpLimits`]):
+//! request heads (`431` beyond), the time to send one, idle time, HTTP/2 streams, windows and
+//! resets, and, over all connections, requests in flight and connections to the app (`503`).
 
 mod headers;
 mod io;
 mod proxy;
 mod tls;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -18,7 +25,8 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
-    sync::watch,
+    sync::{Semaphore, watch},
+    time::Instant,
 };
 use tokio_rustls::TlsAcceptor;
 use tracing::{Span, debug, warn};
@@ -31,20 +39,20 @@ use self::{
 };
 use super::Endpoints;
 use crate::{
-    config::{HttpConfig, ListenerConfig},
+    config::{HttpConfig, HttpLimits, ListenerConfig},
     detect::Detection,
     metrics::ListenerMetrics,
 };
-
-/// How long a client gets for the TLS handshake and for the first bytes of each request head
-/// (slowloris bound on every request of a keep-alive connection).
-const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A listener's `http` mode, ready to serve connections.
 pub struct Http {
     config: Arc<HttpConfig>,
     upstream: SocketAddr,
     tls: Option<TlsAcceptor>,
+    /// `max_requests_in_flight`, shared by the listener's connections.
+    request_slots: Arc<Semaphore>,
+    /// `max_app_connections`, shared by the listener's connections.
+    app_slots: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Http {
@@ -65,10 +73,13 @@ impl Http {
             .as_ref()
             .map(|t| tls::acceptor(t, &config.name()))
             .transpose()?;
+        let limits = &config.http.limits;
         Ok(Self {
             config: Arc::new(config.http.clone()),
             upstream: config.upstream,
             tls,
+            request_slots: Arc::new(Semaphore::new(limits.max_requests_in_flight.get())),
+            app_slots: Arc::new(Semaphore::new(limits.max_app_connections.get())),
         })
     }
 
@@ -98,7 +109,8 @@ impl Http {
             );
             return self.serve_http(io, facts, metrics, shutdown).await;
         };
-        let stream = match tokio::time::timeout(REQUEST_HEAD_TIMEOUT, acceptor.accept(io)).await {
+        let handshake = self.config.limits.header_read_timeout;
+        let stream = match tokio::time::timeout(handshake, acceptor.accept(io)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return reject(&metrics, "tls_handshake", &e),
             Err(_) => return reject(&metrics, "tls_handshake_timeout", &"no handshake in time"),
@@ -130,13 +142,15 @@ impl Http {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        match io.sniff(REQUEST_HEAD_TIMEOUT).await {
+        let limits = &self.config.limits;
+        match io.sniff(limits.header_read_timeout).await {
             Ok(FirstBytes::Http) => {}
             Ok(FirstBytes::Closed) => {
                 debug!("connection closed before a request");
                 return;
             }
             Ok(FirstBytes::Timeout) => {
+                metrics.http_limit("header_read_timeout");
                 return reject(&metrics, "request_timeout", &"no request in time");
             }
             Ok(first @ (FirstBytes::NotHttp | FirstBytes::Tls)) => {
@@ -162,22 +176,24 @@ impl Http {
         let ctx = Arc::new(ConnCtx {
             config: Arc::clone(&self.config),
             facts,
-            pool: Arc::new(AppPool::new(self.upstream)),
+            pool: Arc::new(AppPool::new(
+                self.upstream,
+                Arc::clone(&self.app_slots),
+                limits.max_app_connections.get(),
+            )),
             metrics: Arc::clone(&metrics),
             conn_span: Span::current(),
             requests: std::sync::atomic::AtomicU64::new(0),
-            tunnels: std::sync::Mutex::default(),
+            request_slots: Arc::clone(&self.request_slots),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            tunnels: Mutex::default(),
         });
         let service = {
             let ctx = Arc::clone(&ctx);
             hyper::service::service_fn(move |req| proxy::handle(req, Arc::clone(&ctx)))
         };
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(REQUEST_HEAD_TIMEOUT);
-        builder.http2().timer(TokioTimer::new());
+        let builder = builder(limits);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let result = tokio::select! {
@@ -187,14 +203,43 @@ impl Http {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
+            () = idle(&ctx, limits.keep_alive_timeout) => {
+                debug!(limit = "keep_alive_timeout", "closing the idle HTTP connection");
+                metrics.http_limit("keep_alive_timeout");
+                conn.as_mut().graceful_shutdown();
+                // HTTP/2 waits for the client to acknowledge a PING between its two GOAWAYs;
+                // a client that never does gets no more than a head's time.
+                tokio::time::timeout(limits.header_read_timeout, conn)
+                    .await
+                    .unwrap_or_else(|_| {
+                        debug!("the client did not complete the graceful close; closing");
+                        Ok(())
+                    })
+            }
         };
         ctx.tunnels_closed().await;
         let requests = ctx.requests.load(std::sync::atomic::Ordering::Relaxed);
         Span::current().record("trueip.http.requests", requests);
         if let Err(e) = result {
-            let parse = e
-                .downcast_ref::<hyper::Error>()
-                .is_some_and(|e| e.is_parse() || e.is_parse_too_large());
+            let hyper_error = e.downcast_ref::<hyper::Error>();
+            if hyper_error.is_some_and(hyper::Error::is_parse_too_large) {
+                // hyper answered 431 (request head or header count beyond the limits).
+                metrics.http_response(431);
+                metrics.http_limit("request_head_too_large");
+                return reject(&metrics, "request_head_too_large", &e);
+            }
+            if hyper_error.is_some_and(hyper::Error::is_timeout) {
+                metrics.http_limit("header_read_timeout");
+                if requests == 0 {
+                    return reject(&metrics, "request_timeout", &e);
+                }
+                debug!(
+                    requests,
+                    "no further request head in time; connection closed"
+                );
+                return;
+            }
+            let parse = hyper_error.is_some_and(hyper::Error::is_parse);
             if parse && requests == 0 {
                 // hyper answered 400 (or 431/414) itself.
                 metrics.http_response(400);
@@ -205,6 +250,41 @@ impl Http {
             } else {
                 debug!(error = %e, requests, "HTTP connection ended");
             }
+        }
+    }
+}
+
+/// hyper's server settings for `limits`.
+fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper answers 431 once a head does not fit its read buffer.
+        .max_buf_size(limits.max_request_head)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .initial_stream_window_size(limits.h2_stream_window)
+        .initial_connection_window_size(limits.h2_connection_window)
+        .max_send_buf_size(limits.h2_stream_window as usize)
+        .max_header_list_size(u32::try_from(limits.max_request_head).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(limits.h2_max_pending_resets)
+        .max_local_error_reset_streams(limits.h2_max_local_resets);
+    builder
+}
+
+/// Completes once the connection has had no request in flight for `timeout`.
+async fn idle(ctx: &ConnCtx, timeout: std::time::Duration) {
+    loop {
+        match ctx.idle_since() {
+            Some(since) if since.elapsed() >= timeout => return,
+            Some(since) => tokio::time::sleep_until(since + timeout).await,
+            // Busy: look again when a request could have ended and the timer started.
+            None => tokio::time::sleep(timeout).await,
         }
     }
 }

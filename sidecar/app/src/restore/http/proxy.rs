@@ -1,19 +1,24 @@
 //! One request: rewrite its forwarding headers, send it to the app over a pooled HTTP/1.1
-//! connection, stream the answer back; upgrades (WebSocket, CONNECT) become a raw tunnel.
+//! connection, stream the answer back. An upgrade (WebSocket) becomes a raw tunnel only when the
+//! app answers `101` with a protocol the client asked for; `CONNECT` is refused (`405`) unless
+//! the listener allows it: past a tunnel no request is rewritten, so only the operator may open
+//! one. Requests in flight and connections to the app are capped per listener (`503` beyond).
 
 use std::{
     convert::Infallible,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
 };
 
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::{
     Method, Request, Response, StatusCode, Uri, Version,
-    body::{Bytes, Incoming},
+    body::{Bytes, Frame, Incoming, SizeHint},
     client::conn::http1::SendRequest,
     header::{self, HeaderMap, HeaderName, HeaderValue},
     upgrade::OnUpgrade,
@@ -24,7 +29,12 @@ use opentelemetry::{
     trace::TraceContextExt as _,
 };
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use tokio::{net::TcpStream, task::JoinHandle};
+use tokio::{
+    net::TcpStream,
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinHandle,
+    time::Instant,
+};
 use tracing::{Instrument as _, Span, debug, field::Empty, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -59,11 +69,26 @@ pub(super) struct ConnCtx {
     pub(super) conn_span: Span,
     /// Requests handled so far.
     pub(super) requests: AtomicU64,
+    /// The listener's budget of requests in flight, shared by all its connections.
+    pub(super) request_slots: Arc<Semaphore>,
+    /// Requests of this connection whose response is not complete yet.
+    pub(super) in_flight: AtomicUsize,
+    /// When the connection last had no request in flight (for `keep_alive_timeout`).
+    pub(super) idle_since: Mutex<Instant>,
     /// Upgraded connections still open: the downstream connection lasts until they close.
     pub(super) tunnels: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl ConnCtx {
+    /// Since when the connection has had no request in flight; `None` while one is.
+    pub(super) fn idle_since(&self) -> Option<Instant> {
+        let since = *self
+            .idle_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (self.in_flight.load(Ordering::Acquire) == 0).then_some(since)
+    }
+
     /// Waits for every tunnel the connection's upgrades opened.
     pub(super) async fn tunnels_closed(&self) {
         loop {
@@ -80,14 +105,37 @@ impl ConnCtx {
     }
 }
 
-/// Serves one request; never fails: an unreachable app is a 502.
+/// Serves one request; never fails: an unreachable app is a 502, a listener at its limit of
+/// requests in flight a 503.
 pub(super) async fn handle(
     req: Request<Incoming>,
     ctx: Arc<ConnCtx>,
 ) -> Result<Response<Body>, Infallible> {
     ctx.requests.fetch_add(1, Ordering::Relaxed);
     let span = request_span(&req, &ctx);
-    let response = forward(req, &ctx).instrument(span.clone()).await;
+    let response = match Arc::clone(&ctx.request_slots).try_acquire_owned() {
+        Ok(slot) => {
+            let in_flight = InFlight::start(Arc::clone(&ctx), slot);
+            forward(req, &ctx)
+                .instrument(span.clone())
+                .await
+                .map(|body| {
+                    InFlightBody {
+                        body,
+                        _in_flight: in_flight,
+                    }
+                    .boxed_unsync()
+                })
+        }
+        Err(_) => span.in_scope(|| {
+            refuse(
+                &ctx,
+                "max_requests_in_flight",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "trueip: too many requests in flight; try again\n",
+            )
+        }),
+    };
     let status = response.status();
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
@@ -95,6 +143,71 @@ pub(super) async fn handle(
     }
     ctx.metrics.http_response(status.as_u16());
     Ok(response)
+}
+
+/// The sidecar's own answer to a request a limit or policy stops, logged and counted by `limit`.
+fn refuse(
+    ctx: &ConnCtx,
+    limit: &'static str,
+    status: StatusCode,
+    body: &'static str,
+) -> Response<Body> {
+    warn!(limit, status = status.as_u16(), "request refused");
+    ctx.metrics.http_limit(limit);
+    text(status, body)
+}
+
+/// One request of a connection, from its head until its response body is sent: holds a slot
+/// of the listener's `max_requests_in_flight` and keeps the connection from counting as idle.
+struct InFlight {
+    ctx: Arc<ConnCtx>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl InFlight {
+    fn start(ctx: Arc<ConnCtx>, slot: OwnedSemaphorePermit) -> Self {
+        ctx.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self { ctx, _slot: slot }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut since = self
+            .ctx
+            .idle_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.ctx.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *since = Instant::now();
+        }
+    }
+}
+
+/// A response body that ends its request's [`InFlight`] when it is done or dropped.
+struct InFlightBody {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for InFlightBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The request's span: a child of the caller's trace when the request carries a valid
@@ -124,7 +237,27 @@ fn request_span(req: &Request<Incoming>, ctx: &ConnCtx) -> Span {
 /// Sends `req` to the app with the client in its headers and returns the app's answer.
 async fn forward(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
     let connect = req.method() == Method::CONNECT;
-    let upgrade = connect || wants_upgrade(req.headers());
+    if connect && !ctx.config.allow_connect {
+        let mut response = refuse(
+            ctx,
+            "connect_refused",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "trueip: CONNECT is not allowed on this listener\n",
+        );
+        // What follows a refused CONNECT on HTTP/1.1 may be tunnel bytes: never a request.
+        if req.version() < Version::HTTP_2 {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return response;
+    }
+    let asked: Vec<String> = if connect {
+        Vec::new()
+    } else {
+        upgrade_tokens(req.headers())
+    };
+    let upgrade = connect || !asked.is_empty();
     let downstream: Option<OnUpgrade> = upgrade.then(|| hyper::upgrade::on(&mut req));
     let host = req
         .uri()
@@ -165,6 +298,14 @@ async fn forward(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
 
     let mut response = match ctx.pool.send(req).await {
         Ok(r) => r,
+        Err(SendError::Busy { .. }) => {
+            return refuse(
+                ctx,
+                "max_app_connections",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "trueip: too many connections to the app; try again\n",
+            );
+        }
         Err(e) => {
             warn!(error = %e, "request not delivered to the app");
             ctx.metrics.upstream_error();
@@ -172,6 +313,21 @@ async fn forward(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
         }
     };
     let status = response.status();
+    if status == StatusCode::SWITCHING_PROTOCOLS && !switches_to(response.headers(), &asked) {
+        // A 101 the client did not ask for would turn the rest of its bytes into a tunnel that
+        // no request rewrite sees: the app's answer is not passed on.
+        warn!(
+            limit = "upgrade_mismatch", asked = ?asked,
+            offered = ?response.headers().get(header::UPGRADE),
+            "the app switched protocols to one the client did not ask for; answered 502"
+        );
+        ctx.metrics.http_limit("upgrade_mismatch");
+        ctx.metrics.upstream_error();
+        return text(
+            StatusCode::BAD_GATEWAY,
+            "trueip: the app switched to a protocol the request did not ask for\n",
+        );
+    }
     let switched = status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success());
     if let Some(downstream) = downstream.filter(|_| switched) {
         let app = hyper::upgrade::on(&mut response);
@@ -209,20 +365,37 @@ async fn tunnel(client: OnUpgrade, app: OnUpgrade, metrics: Arc<ListenerMetrics>
     }
 }
 
-/// An HTTP/1.1 `Upgrade` request (WebSocket and the like): `Connection: upgrade` + `Upgrade`.
-fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+/// The protocols an HTTP/1.1 `Upgrade` request (WebSocket and the like: `Connection: upgrade`
+/// + `Upgrade`) asks for, lower-cased; empty when it is no upgrade request.
+fn upgrade_tokens(headers: &HeaderMap) -> Vec<String> {
+    if !connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade")) {
+        return Vec::new();
+    }
+    list_tokens(headers, &header::UPGRADE)
+        .map(str::to_ascii_lowercase)
+        .collect()
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// Whether a `101` response names only protocols the request asked for (RFC 9110 section 7.8:
+/// the server switches to one of those, and says which in `Upgrade`).
+fn switches_to(response: &HeaderMap, asked: &[String]) -> bool {
+    let mut offered = list_tokens(response, &header::UPGRADE).peekable();
+    offered.peek().is_some() && offered.all(|t| asked.iter().any(|a| a.eq_ignore_ascii_case(t)))
+}
+
+/// The comma-separated tokens of every `name` field.
+fn list_tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
     headers
-        .get_all(header::CONNECTION)
+        .get_all(name)
         .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| !t.is_empty())
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    list_tokens(headers, &header::CONNECTION)
 }
 
 /// Removes the hop-by-hop headers and those `Connection` names; an upgrade keeps `Upgrade`
@@ -279,6 +452,12 @@ pub(super) enum SendError {
     /// The app's connection failed before or while the request was sent.
     #[error("the app's connection failed: {0}")]
     Http(#[source] hyper::Error),
+    /// The listener has `max` connections to the app open already.
+    #[error("the listener has its {max} connections to the app open already")]
+    Busy {
+        /// The listener's `max_app_connections`.
+        max: usize,
+    },
 }
 
 /// HTTP/1.1 connections to the app, reused by the requests of one downstream connection.
@@ -286,15 +465,21 @@ pub(super) enum SendError {
 pub(super) struct AppPool {
     upstream: SocketAddr,
     idle: Mutex<Vec<SendRequest<Incoming>>>,
+    /// The listener's budget of connections to the app, shared by all its pools.
+    slots: Arc<Semaphore>,
+    /// The size of that budget, for the error.
+    max: usize,
 }
 
 // === impl AppPool ===
 
 impl AppPool {
-    pub(super) fn new(upstream: SocketAddr) -> Self {
+    pub(super) fn new(upstream: SocketAddr, slots: Arc<Semaphore>, max: usize) -> Self {
         Self {
             upstream,
             idle: Mutex::new(Vec::new()),
+            slots,
+            max,
         }
     }
 
@@ -349,7 +534,11 @@ impl AppPool {
         });
     }
 
+    /// Opens a connection to the app, holding one of the listener's slots while it is open.
     async fn connect(&self) -> Result<SendRequest<Incoming>, SendError> {
+        let slot = Arc::clone(&self.slots)
+            .try_acquire_owned()
+            .map_err(|_| SendError::Busy { max: self.max })?;
         let stream =
             TcpStream::connect(self.upstream)
                 .await
@@ -368,6 +557,7 @@ impl AppPool {
             if let Err(e) = conn.with_upgrades().await {
                 debug!(error = %e, "app connection failed");
             }
+            drop(slot);
         });
         Ok(sender)
     }
@@ -432,10 +622,28 @@ mod tests {
             "sec-websocket-key",
             HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
         );
-        assert!(wants_upgrade(&h));
+        assert_eq!(upgrade_tokens(&h), ["websocket"]);
         remove_hop_by_hop(&mut h, true);
         assert_eq!(h[header::CONNECTION], "upgrade");
         assert_eq!(h[header::UPGRADE], "websocket");
         assert!(h.contains_key("sec-websocket-key"));
+    }
+
+    #[test]
+    fn a_101_must_name_a_protocol_the_client_asked_for() {
+        let asked = vec!["websocket".to_owned(), "h2c".to_owned()];
+        let mut r = HeaderMap::new();
+        assert!(!switches_to(&r, &asked), "a 101 without Upgrade");
+        r.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert!(switches_to(&r, &asked));
+        r.insert(header::UPGRADE, HeaderValue::from_static("websocket, raw"));
+        assert!(!switches_to(&r, &asked));
+        assert!(!switches_to(&r, &[]), "no upgrade was asked for");
+        let mut q = HeaderMap::new();
+        q.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(
+            upgrade_tokens(&q).is_empty(),
+            "Upgrade without Connection: upgrade is no upgrade request"
+        );
     }
 }
