@@ -139,6 +139,14 @@ fn cases() -> Result<Vec<Case>> {
             bytes: v2(0x21, 0x00, &[]),
             expect: Expect::TheyAreStricter,
         },
+        Case {
+            name: "v2 PROXY INET with an UNSPEC transport (0x10): the spec says to ignore the \
+                   addresses, so we accept and use the connection's own (as for UNSPEC); \
+                   HAProxy 2.6 closes it",
+            bytes: v2(0x21, 0x10, &tcp4_body()),
+            expect: Expect::TheyAreStricter,
+        },
+        same("v2 PROXY UDP4 on TCP (0x12)", v2(0x21, 0x12, &tcp4_body())),
         same("v2 TLVs", encoded(with_tlvs, false)?),
         same("v2 CRC32c good", good_crc),
         same("v2 CRC32c bad", bad_crc),
@@ -201,7 +209,14 @@ pub(crate) fn haproxy_and_trueip_agree_on_every_header() -> Result<()> {
             &[&case.bytes[..], b"GET /d HTTP/1.0\r\n\r\n"].concat(),
             &Limits::default(),
         ) {
-            Ok(Some((header, _))) => Some(header.client().unwrap_or(conn)),
+            // A TCP listener refuses a connection its header describes as UDP
+            // (`transport_mismatch`).
+            Ok(Some((header, _)))
+                if header.command == Command::Proxy && header.transport == Transport::Datagram =>
+            {
+                None
+            }
+            Ok(Some((header, _))) => Some(header.stream_client().unwrap_or(conn)),
             Ok(None) | Err(_) => None,
         };
         table.push_str(&format!(
