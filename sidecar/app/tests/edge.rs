@@ -161,10 +161,13 @@ fn lb_header() -> Vec<u8> {
 
 /// Connects and sends the load balancer's header and `bytes`.
 async fn send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    send_with(addr, &lb_header(), bytes).await
+}
+
+/// Connects and sends `header` (a PROXY header) and `bytes` in one write.
+async fn send_with(addr: SocketAddr, header: &[u8], bytes: &[u8]) -> TcpStream {
     let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(&[lb_header().as_slice(), bytes].concat())
-        .await
-        .unwrap();
+    c.write_all(&[header, bytes].concat()).await.unwrap();
     c
 }
 
@@ -245,16 +248,12 @@ async fn the_whole_family_of_proxy_headers_is_the_sidecars() {
     // The SSL TLV says the client spoke TLS to the load balancer: https.
     let mut tlvs = Tlvs::default();
     tlvs.push(kind::SSL, ssl(Ssl::CLIENT_SSL, 0, None));
-    let mut c = TcpStream::connect(sidecar.addr).await.unwrap();
-    c.write_all(
-        &[
-            header(CLIENT, Transport::Stream, tlvs).as_slice(),
-            b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: http\r\nConnection: close\r\n\r\n",
-        ]
-        .concat(),
+    let mut c = send_with(
+        sidecar.addr,
+        &header(CLIENT, Transport::Stream, tlvs),
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: http\r\nConnection: close\r\n\r\n",
     )
-    .await
-    .unwrap();
+    .await;
     until_closed(&mut c).await;
     assert_eq!(app.seen()[1].all("x-forwarded-proto"), ["https"]);
 }
@@ -293,16 +292,12 @@ async fn a_certificate_cn_reaches_the_app_only_when_the_certificate_was_verified
     ] {
         let mut tlvs = Tlvs::default();
         tlvs.push(kind::SSL, ssl(client, verify, Some("alice")));
-        let mut c = TcpStream::connect(sidecar.addr).await.unwrap();
-        c.write_all(
-            &[
-                header(CLIENT, Transport::Stream, tlvs).as_slice(),
-                b"GET / HTTP/1.1\r\nHost: a\r\nX-Client-Cert-Cn: admin\r\nConnection: close\r\n\r\n",
-            ]
-            .concat(),
+        let mut c = send_with(
+            sidecar.addr,
+            &header(CLIENT, Transport::Stream, tlvs),
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Client-Cert-Cn: admin\r\nConnection: close\r\n\r\n",
         )
-        .await
-        .unwrap();
+        .await;
         until_closed(&mut c).await;
         let seen = app.seen();
         let last = seen.last().unwrap();
@@ -621,16 +616,12 @@ async fn clients_no_load_balancer_relays_are_refused() {
         ("[::1]:1", "client_loopback"),
         ("[::ffff:127.0.0.1]:1", "client_loopback"),
     ] {
-        let mut c = TcpStream::connect(sidecar.addr).await.unwrap();
-        c.write_all(
-            &[
-                header(source, Transport::Stream, Tlvs::default()).as_slice(),
-                b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
-            ]
-            .concat(),
+        let mut c = send_with(
+            sidecar.addr,
+            &header(source, Transport::Stream, Tlvs::default()),
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(until_closed(&mut c).await, "", "{source}");
         sidecar
             .logs
@@ -647,16 +638,12 @@ async fn clients_no_load_balancer_relays_are_refused() {
 async fn a_listener_may_allow_loopback_clients() {
     let app = CatchAll::start().await;
     let sidecar = edge(&app, |l| l.allow_loopback_clients = true).await;
-    let mut c = TcpStream::connect(sidecar.addr).await.unwrap();
-    c.write_all(
-        &[
-            header("127.0.0.1:1", Transport::Stream, Tlvs::default()).as_slice(),
-            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        ]
-        .concat(),
+    let mut c = send_with(
+        sidecar.addr,
+        &header("127.0.0.1:1", Transport::Stream, Tlvs::default()),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(until_closed(&mut c).await.starts_with("HTTP/1.1 200"));
     assert_eq!(app.seen()[0].all("x-forwarded-for"), ["127.0.0.1"]);
 }
@@ -665,21 +652,16 @@ async fn a_listener_may_allow_loopback_clients() {
 async fn headers_name_an_ipv4_mapped_client_as_ipv4() {
     let app = CatchAll::start().await;
     let sidecar = edge(&app, |_| {}).await;
-    let mut c = TcpStream::connect(sidecar.addr).await.unwrap();
-    c.write_all(
-        &[
-            header(
-                "[::ffff:203.0.113.7]:4242",
-                Transport::Stream,
-                Tlvs::default(),
-            )
-            .as_slice(),
-            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        ]
-        .concat(),
+    let mut c = send_with(
+        sidecar.addr,
+        &header(
+            "[::ffff:203.0.113.7]:4242",
+            Transport::Stream,
+            Tlvs::default(),
+        ),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     )
-    .await
-    .unwrap();
+    .await;
     until_closed(&mut c).await;
     let seen = app.seen();
     assert_eq!(seen[0].all("x-forwarded-for"), [CLIENT_IP]);
@@ -694,16 +676,12 @@ async fn headers_name_an_ipv4_mapped_client_as_ipv4() {
 async fn a_udp_header_on_a_tcp_listener_is_refused_and_an_unspec_transport_ignored() {
     let app = CatchAll::start().await;
     let sidecar = edge(&app, |_| {}).await;
-    let mut c = TcpStream::connect(sidecar.addr).await.unwrap();
-    c.write_all(
-        &[
-            header(CLIENT, Transport::Datagram, Tlvs::default()).as_slice(),
-            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
-        ]
-        .concat(),
+    let mut c = send_with(
+        sidecar.addr,
+        &header(CLIENT, Transport::Datagram, Tlvs::default()),
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(until_closed(&mut c).await, "");
     sidecar
         .logs
@@ -711,16 +689,12 @@ async fn a_udp_header_on_a_tcp_listener_is_refused_and_an_unspec_transport_ignor
         .await;
 
     // INET with an UNSPEC transport (0x10): the addresses are ignored, the real peer is used.
-    let mut c = TcpStream::connect(sidecar.addr).await.unwrap();
-    c.write_all(
-        &[
-            header(CLIENT, Transport::Unspec, Tlvs::default()).as_slice(),
-            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        ]
-        .concat(),
+    let mut c = send_with(
+        sidecar.addr,
+        &header(CLIENT, Transport::Unspec, Tlvs::default()),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     )
-    .await
-    .unwrap();
+    .await;
     assert!(until_closed(&mut c).await.starts_with("HTTP/1.1 200"));
     assert_eq!(app.seen()[0].all("x-forwarded-for"), ["127.0.0.1"]);
 }
