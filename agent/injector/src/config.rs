@@ -5,11 +5,14 @@
 
 use std::{
     net::IpAddr,
+    num::NonZeroUsize,
     path::{Component, Path, PathBuf},
+    time::Duration,
 };
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use serde_norway::Mapping;
 
 use crate::settings::{self, Defaults, HeaderPolicy, Mode};
 
@@ -100,6 +103,66 @@ pub(crate) struct SidecarTemplate {
     /// The sidecar's `RUST_LOG`.
     #[serde(default = "defaults::log_level")]
     pub(crate) log_level: String,
+    /// Every listener's `allow_loopback_clients`: honour PROXY headers that name a loopback
+    /// client. Only a load balancer on the node itself relays such clients.
+    #[serde(default)]
+    pub(crate) allow_loopback_clients: bool,
+    /// The `http` section of every listener in `http` mode, in the sidecar's own keys
+    /// (`client_headers`, `limits.max_request_head`, ...). Passed through as it is; the
+    /// sidecar's parser checks it when the file is read ([`Config::from_yaml`] does it once
+    /// with a sample listener). `tls` is refused: the injector mounts no certificate.
+    #[serde(default, deserialize_with = "mapping_or_null")]
+    pub(crate) http: Mapping,
+    /// Bounds of the sidecar's `/metrics`, `/healthz`, `/readyz` endpoint (when served).
+    #[serde(default)]
+    pub(crate) admin: AdminTemplate,
+}
+
+/// The sidecar's `admin` section: bounds of its metrics endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub(crate) struct AdminTemplate {
+    /// How long a scraper or probe has to send its request head (`5s`).
+    #[serde(deserialize_with = "duration")]
+    pub(crate) header_timeout: Duration,
+    /// Connections served at once.
+    pub(crate) max_connections: NonZeroUsize,
+}
+
+impl Default for AdminTemplate {
+    /// The sidecar's own defaults.
+    fn default() -> Self {
+        let admin = trueip_sidecar_app::config::AdminConfig::default();
+        Self {
+            header_timeout: admin.header_timeout,
+            max_connections: admin.max_connections,
+        }
+    }
+}
+
+/// A mapping; `null` (a chart value set to `null`) is an empty one.
+fn mapping_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Mapping, D::Error> {
+    Option::<Mapping>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// `5s`, `250ms`, `1m 30s`, as the sidecar spells durations. A visitor, so that an error
+/// carries the key and the line.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration such as 5s or 250ms")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            humantime::parse_duration(v).map_err(|e| {
+                E::custom(format!(
+                    "`{v}` is not a duration ({e}); write e.g. 5s or 250ms"
+                ))
+            })
+        }
+    }
+    d.deserialize_str(Visitor)
 }
 
 /// A container's `imagePullPolicy`.
@@ -151,8 +214,8 @@ pub(crate) enum ConfigError {
     Invalid {
         /// The file.
         path: PathBuf,
-        /// The key at fault.
-        key: &'static str,
+        /// The key at fault (`sidecar.http.limits.max_request_head`).
+        key: String,
         /// What is wrong.
         problem: String,
     },
@@ -218,9 +281,9 @@ impl Config {
                 path: path.to_owned(),
                 source,
             })?;
-        let invalid = |key, problem: String| ConfigError::Invalid {
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
             path: path.to_owned(),
-            key,
+            key: key.to_owned(),
             problem,
         };
         let sidecar = file.sidecar;
@@ -253,6 +316,22 @@ impl Config {
                 ),
             ));
         }
+        if sidecar.http.contains_key("tls") {
+            return Err(invalid(
+                "sidecar.http.tls",
+                "cannot be set here: the injector mounts no certificate into pods".into(),
+            ));
+        }
+        if sidecar.admin.header_timeout.is_zero() {
+            return Err(invalid(
+                "sidecar.admin.headerTimeout",
+                "must be longer than 0s".into(),
+            ));
+        }
+        // What every sidecar gets from here (`http`, `admin`, ...) is checked once now, by the
+        // sidecar's parser, so that a bad chart value stops the injector at start instead of
+        // refusing every pod.
+        crate::sidecar::check_template(&sidecar).map_err(|e| refused_template(path, &e))?;
         let mut allowed_modes: Vec<Mode> = Vec::new();
         for mode in file.allowed_modes {
             if !allowed_modes.contains(&mode) {
@@ -303,6 +382,44 @@ impl Config {
     }
 }
 
+/// The sidecar's refusal of the sample file, under the injector's key. The sidecar names its
+/// own keys in a file nobody sees (`listeners[0].http.limits: unknown field ...` at some line,
+/// or `http.limits.max_request_head: ...`); the `http` section is `sidecar.http` here.
+fn refused_template(path: &Path, error: &trueip_sidecar_app::config::ConfigError) -> ConfigError {
+    use trueip_sidecar_app::config::ConfigError as Sidecar;
+    let (key, problem) = match error {
+        Sidecar::Invalid { key, problem, .. } => ((*key).to_owned(), problem.clone()),
+        Sidecar::Parse { source, .. } => {
+            let mut text = source.to_string();
+            if let Some(at) = source.location() {
+                let mark = format!(" at line {} column {}", at.line(), at.column());
+                if text.ends_with(&mark) {
+                    text.truncate(text.len() - mark.len());
+                }
+            }
+            match text.split_once(": ") {
+                Some((key, problem)) if key.starts_with("listeners[0].") => {
+                    (key["listeners[0].".len()..].to_owned(), problem.to_owned())
+                }
+                _ => (String::new(), text),
+            }
+        }
+        other => (String::new(), other.to_string()),
+    };
+    let (key, problem) = match key.strip_prefix("http") {
+        Some(rest) if rest.is_empty() || rest.starts_with('.') => {
+            (format!("sidecar.http{rest}"), problem)
+        }
+        _ if key.is_empty() => ("sidecar".to_owned(), problem),
+        _ => ("sidecar".to_owned(), format!("{key}: {problem}")),
+    };
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        key,
+        problem,
+    }
+}
+
 // === impl PullPolicy ===
 
 impl PullPolicy {
@@ -350,6 +467,9 @@ sidecar:
   fallback: proxy-v1
   logFormat: human
   logLevel: debug
+  allowLoopbackClients: true
+  http: {"allow_connect":false,"client_headers":"append","forwarded":false,"limits":{"header_read_timeout":"5s","max_request_head":65536},"strip_headers":["x-internal-user"],"tlv_headers":{"unique_id":"x-request-id"},"x_forwarded_for":"x-client-chain","x_forwarded_proto":"x-forwarded-proto","x_real_ip":false}
+  admin: {"headerTimeout":"3s","maxConnections":8}
 defaults:
   ports: "8080:80"
   mode: proxy-v2
@@ -386,6 +506,19 @@ allowedModes: [none, proxy-v1, proxy-v2, ebpf, http]
         assert_eq!(c.defaults.mode, Mode::ProxyV2);
         assert_eq!(c.defaults.trusted.len(), 2);
         assert!(!c.allowed_modes.contains(&Mode::Transparent));
+        assert!(c.sidecar.allow_loopback_clients);
+        assert_eq!(c.sidecar.http.len(), 9);
+        assert_eq!(
+            c.sidecar.http["limits"]["max_request_head"].as_u64(),
+            Some(65536)
+        );
+        assert_eq!(
+            c.sidecar.admin,
+            AdminTemplate {
+                header_timeout: Duration::from_secs(3),
+                max_connections: NonZeroUsize::new(8).unwrap(),
+            }
+        );
     }
 
     #[test]
@@ -421,6 +554,75 @@ allowedModes: [none, proxy-v1, proxy-v2, ebpf, http]
         assert_eq!(c.sidecar.log_format, LogFormat::Json);
         assert_eq!(c.sidecar.metrics_port, 0);
         assert_eq!(c.defaults, Defaults::default());
+        assert!(!c.sidecar.allow_loopback_clients);
+        assert!(c.sidecar.http.is_empty());
+        let admin = trueip_sidecar_app::config::AdminConfig::default();
+        assert_eq!(c.sidecar.admin.header_timeout, admin.header_timeout);
+        assert_eq!(c.sidecar.admin.max_connections, admin.max_connections);
+        // A chart value set to null is an empty section.
+        let c = parse("sidecar: {image: x, http: null}").unwrap();
+        assert!(c.sidecar.http.is_empty());
+    }
+
+    #[test]
+    fn a_bad_http_section_stops_the_injector_with_the_key() {
+        // The sidecar's own checks, under the chart's key, without the line of a sample file
+        // nobody sees.
+        for (http, expected) in [
+            (
+                "{limits: {max_request_head: 10}}",
+                "config.yaml: sidecar.http.limits.max_request_head: 10 is outside 8192..=1048576",
+            ),
+            (
+                "{limits: {header_read_timeout: 0s}}",
+                "config.yaml: sidecar.http.limits.header_read_timeout: must be longer than 0s",
+            ),
+            (
+                "{limits: {h2_stream_window: 100}}",
+                "config.yaml: sidecar.http.limits.h2_stream_window: 100 is outside 65535..=",
+            ),
+            (
+                "{limits: {max_head: 65536}}",
+                "config.yaml: sidecar.http.limits: unknown field `max_head`, expected one of \
+                 `max_request_head`",
+            ),
+            (
+                "{colour: blue}",
+                "config.yaml: sidecar.http: unknown field `colour`, expected one of",
+            ),
+            (
+                "{x_real_ip: 'bad header'}",
+                "config.yaml: sidecar.http.x_real_ip: `bad header` is not a valid header name",
+            ),
+            (
+                "{strip_headers: [ok, 'not ok']}",
+                // (the sidecar names the list's section, not the list)
+                "config.yaml: sidecar.http: `not ok` is not a valid header name",
+            ),
+            (
+                "{client_headers: keep}",
+                "config.yaml: sidecar.http.client_headers: unknown variant `keep`",
+            ),
+            (
+                "{limits: {keep_alive_timeout: soon}}",
+                "config.yaml: sidecar.http.limits.keep_alive_timeout: `soon` is not a duration",
+            ),
+            (
+                "{tls: {cert: /tls/tls.crt, key: /tls/tls.key}}",
+                "config.yaml: sidecar.http.tls: cannot be set here",
+            ),
+            (
+                "5",
+                "sidecar.http: invalid type: integer `5`, expected a YAML mapping",
+            ),
+        ] {
+            let text = format!("sidecar: {{image: x, metricsPort: 9902, http: {http}}}");
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(expected), "{http}: {e}");
+            if http != "5" {
+                assert!(!e.contains("line"), "{http}: {e}");
+            }
+        }
     }
 
     #[test]
@@ -477,6 +679,26 @@ allowedModes: [none, proxy-v1, proxy-v2, ebpf, http]
             (
                 "sidecar: {image: x}\nallowedModes: [tproxy]",
                 "unknown variant `tproxy`",
+            ),
+            (
+                "sidecar: {image: x, admin: {headerTimeout: 0s}}",
+                "sidecar.admin.headerTimeout: must be longer than 0s",
+            ),
+            (
+                "sidecar: {image: x, admin: {headerTimeout: soon}}",
+                "sidecar.admin.headerTimeout: `soon` is not a duration",
+            ),
+            (
+                "sidecar: {image: x, admin: {maxConnections: 0}}",
+                "sidecar.admin.maxConnections: invalid value: integer `0`",
+            ),
+            (
+                "sidecar: {image: x, admin: {max_connections: 1}}",
+                "sidecar.admin: unknown field `max_connections`",
+            ),
+            (
+                "sidecar: {image: x, allowLoopbackClients: yes}",
+                "sidecar.allowLoopbackClients: invalid type",
             ),
         ];
         for (text, expected) in cases {

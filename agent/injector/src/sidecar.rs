@@ -7,9 +7,9 @@
 //! the sidecar's own parser: a configuration the sidecar would refuse is refused at admission,
 //! with the annotation to fix.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, num::NonZeroUsize, path::Path};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::{
     api::core::v1::{
         Capabilities, Container, ContainerPort, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
@@ -19,11 +19,12 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use serde::Serialize;
+use serde_norway::Mapping;
 use trueip_sidecar_app::config::ConfigError;
 
 use crate::{
-    config::Config,
-    settings::{self, HeaderPolicy, Mode, PodSettings},
+    config::{Config, SidecarTemplate},
+    settings::{self, HeaderPolicy, Mode, PodSettings, PortPair},
 };
 
 /// The injected container's name; an init container of that name marks a pod as injected.
@@ -83,23 +84,96 @@ pub(crate) enum BuildError {
 /// The sidecar's YAML file (`trueip_sidecar_app::Config`), as far as the webhook sets it.
 #[derive(Debug, Serialize)]
 struct SidecarFile<'a> {
-    listeners: Vec<ListenerFile>,
-    agent_socket: &'a std::path::Path,
+    listeners: Vec<ListenerFile<'a>>,
+    agent_socket: &'a Path,
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<SocketAddr>,
+    /// Only with `metrics_listen`: the bounds of that endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin: Option<AdminFile>,
+}
+
+/// The `admin` section of [`SidecarFile`].
+#[derive(Debug, Serialize)]
+struct AdminFile {
+    header_timeout: String,
+    max_connections: NonZeroUsize,
 }
 
 /// One listener of [`SidecarFile`].
 #[derive(Debug, Serialize)]
-struct ListenerFile {
+struct ListenerFile<'a> {
     name: String,
     listen: SocketAddr,
     upstream: SocketAddr,
     mode: Mode,
     header: HeaderPolicy,
     trusted_sources: Vec<IpNet>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    allow_loopback_clients: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     fallback: Option<Mode>,
+    /// Only in `http` mode: the chart's `sidecar.http`, as it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http: Option<&'a Mapping>,
+}
+
+/// The file `settings` asks for with the chart's `template`, unchecked.
+fn sidecar_file<'a>(settings: &PodSettings, template: &'a SidecarTemplate) -> SidecarFile<'a> {
+    let ebpf = settings.mode == Mode::Ebpf;
+    let http = settings.mode == Mode::Http && !template.http.is_empty();
+    let metrics_port = Some(template.metrics_port).filter(|&p| p != 0);
+    SidecarFile {
+        listeners: settings
+            .ports
+            .iter()
+            .map(|pair| ListenerFile {
+                name: format!("port-{}", pair.listen),
+                listen: SocketAddr::new(template.listen_address, pair.listen),
+                upstream: SocketAddr::new(template.upstream_address, pair.upstream),
+                mode: settings.mode,
+                header: settings.header,
+                trusted_sources: settings.trusted.clone(),
+                allow_loopback_clients: template.allow_loopback_clients,
+                fallback: template.fallback.filter(|_| ebpf),
+                http: http.then_some(&template.http),
+            })
+            .collect(),
+        agent_socket: &template.agent_socket,
+        metrics_listen: metrics_port.map(|port| SocketAddr::new(template.listen_address, port)),
+        admin: metrics_port.map(|_| AdminFile {
+            header_timeout: humantime::format_duration(template.admin.header_timeout).to_string(),
+            max_connections: template.admin.max_connections,
+        }),
+    }
+}
+
+/// Whether the sidecar accepts what the chart gives every sidecar (`http`, `admin`,
+/// `allowLoopbackClients`): the file of a sample `http` pod that trusts everyone, through the
+/// sidecar's parser. Run once when the injector's configuration is read.
+pub(crate) fn check_template(template: &SidecarTemplate) -> Result<(), ConfigError> {
+    // Any port but the metrics port (which a pod cannot take either).
+    let port = if template.metrics_port == 8080 {
+        8081
+    } else {
+        8080
+    };
+    let sample = PodSettings {
+        ports: vec![PortPair {
+            listen: port,
+            upstream: port,
+        }],
+        mode: Mode::Http,
+        header: HeaderPolicy::Required,
+        trusted: vec![IpNet::V4(Ipv4Net::default())], // 0.0.0.0/0
+    };
+    let text = serde_norway::to_string(&sidecar_file(&sample, template)).map_err(|source| {
+        ConfigError::Parse {
+            path: "<sample sidecar configuration>".into(),
+            source,
+        }
+    })?;
+    trueip_sidecar_app::Config::from_yaml(&text).map(drop)
 }
 
 /// Builds what `settings` asks for with the chart's `config`, checked by the sidecar's parser.
@@ -111,24 +185,7 @@ pub(crate) fn build(settings: &PodSettings, config: &Config) -> Result<Injection
     if let Some(port) = metrics_port.filter(|&m| settings.ports.iter().any(|p| p.listen == m)) {
         return Err(BuildError::PortTaken { port });
     }
-    let file = SidecarFile {
-        listeners: settings
-            .ports
-            .iter()
-            .map(|pair| ListenerFile {
-                name: format!("port-{}", pair.listen),
-                listen: SocketAddr::new(template.listen_address, pair.listen),
-                upstream: SocketAddr::new(template.upstream_address, pair.upstream),
-                mode: settings.mode,
-                header: settings.header,
-                trusted_sources: settings.trusted.clone(),
-                fallback: template.fallback.filter(|_| ebpf),
-            })
-            .collect(),
-        agent_socket: &template.agent_socket,
-        metrics_listen: metrics_port.map(|port| SocketAddr::new(template.listen_address, port)),
-    };
-    let config_yaml = serde_norway::to_string(&file)?;
+    let config_yaml = serde_norway::to_string(&sidecar_file(settings, template))?;
     trueip_sidecar_app::Config::from_yaml(&config_yaml).map_err(|source| BuildError::Refused {
         annotation: annotation_of(&source),
         source,
@@ -279,7 +336,10 @@ fn annotation_of(error: &ConfigError) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::{path::Path, time::Duration};
+
+    use hyper::header::HeaderName;
+    use trueip_sidecar_app::config::{ClientHeaders, HttpLimits};
 
     use super::*;
     use crate::{config::tests::FULL, settings::parse_ports};
@@ -318,6 +378,13 @@ mod tests {
         );
         assert_eq!(parsed.agent_socket, Path::new("/run/trueip/agent.sock"));
         assert_eq!(parsed.metrics_listen, Some("[::]:9902".parse().unwrap()));
+        // The chart's admin bounds and allowLoopbackClients, for every listener.
+        assert_eq!(parsed.admin.header_timeout, Duration::from_secs(3));
+        assert_eq!(parsed.admin.max_connections.get(), 8);
+        assert!(parsed.listeners.iter().all(|l| l.allow_loopback_clients));
+        // Not an http pod: no http section.
+        assert!(!got.config_yaml.contains("http:"), "{}", got.config_yaml);
+        assert_eq!(l.http.limits, HttpLimits::default());
         let ports: Vec<_> = got
             .container
             .ports
@@ -359,6 +426,113 @@ mod tests {
         let got = build(&settings("80", Mode::None, HeaderPolicy::Off), &config()).unwrap();
         let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
         assert_eq!(parsed.listeners[0].header, H::Off);
+    }
+
+    #[test]
+    fn http_pods_get_the_charts_http_section() {
+        let got = build(
+            &settings("8080:80,9090", Mode::Http, HeaderPolicy::Required),
+            &config(),
+        )
+        .unwrap();
+        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        assert_eq!(parsed.listeners.len(), 2);
+        for l in &parsed.listeners {
+            assert_eq!(l.mode, trueip_sidecar_app::config::Mode::Http);
+            let http = &l.http;
+            // Set by the chart (config::tests::FULL) ...
+            assert_eq!(http.limits.max_request_head, 65536);
+            assert_eq!(http.limits.header_read_timeout, Duration::from_secs(5));
+            assert_eq!(http.client_headers, ClientHeaders::Append);
+            assert_eq!(
+                http.x_forwarded_for.0.as_ref().map(HeaderName::as_str),
+                Some("x-client-chain")
+            );
+            assert_eq!(http.x_real_ip.0, None);
+            assert_eq!(http.forwarded.0, None);
+            assert_eq!(http.strip_headers, ["x-internal-user"]);
+            assert_eq!(
+                http.tlv_headers
+                    .names()
+                    .map(HeaderName::as_str)
+                    .collect::<Vec<_>>(),
+                ["x-request-id"]
+            );
+            assert!(!http.allow_connect);
+            assert!(http.tls.is_none());
+            // ... and the sidecar's defaults for what it leaves out.
+            assert_eq!(http.limits.max_headers, HttpLimits::default().max_headers);
+            assert_eq!(
+                http.limits.keep_alive_timeout,
+                HttpLimits::default().keep_alive_timeout
+            );
+            assert!(l.allow_loopback_clients);
+        }
+
+        // Without the chart's section, the sidecar's defaults.
+        let bare = Config::from_yaml("sidecar: {image: x}", Path::new("c")).unwrap();
+        let got = build(&settings("80", Mode::Http, HeaderPolicy::Required), &bare).unwrap();
+        assert!(!got.config_yaml.contains("http:"), "{}", got.config_yaml);
+        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        assert_eq!(parsed.listeners[0].http.limits, HttpLimits::default());
+    }
+
+    #[test]
+    fn only_http_pods_get_the_http_section() {
+        for mode in [
+            Mode::None,
+            Mode::ProxyV1,
+            Mode::ProxyV2,
+            Mode::Ebpf,
+            Mode::Transparent,
+        ] {
+            let got = build(&settings("80", mode, HeaderPolicy::Required), &config()).unwrap();
+            for key in ["http:", "limits", "client_headers", "x-client-chain"] {
+                assert!(
+                    !got.config_yaml.contains(key),
+                    "{mode}: {}",
+                    got.config_yaml
+                );
+            }
+            let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+            assert_eq!(
+                parsed.listeners[0].http.limits,
+                HttpLimits::default(),
+                "{mode}"
+            );
+        }
+    }
+
+    #[test]
+    fn admin_and_loopback_clients_only_when_asked_for() {
+        // No metrics port: no admin endpoint, no admin section; loopback clients refused by
+        // the sidecar's default, not written.
+        let text = FULL
+            .replace("metricsPort: 9902", "metricsPort: 0")
+            .replace("allowLoopbackClients: true", "allowLoopbackClients: false");
+        let config = Config::from_yaml(&text, Path::new("config.yaml")).unwrap();
+        let got = build(&settings("80", Mode::Http, HeaderPolicy::Required), &config).unwrap();
+        for key in ["admin", "metrics_listen", "allow_loopback_clients"] {
+            assert!(!got.config_yaml.contains(key), "{}", got.config_yaml);
+        }
+        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        assert!(!parsed.listeners[0].allow_loopback_clients);
+        assert_eq!(parsed.metrics_listen, None);
+
+        // The sidecar's defaults when the chart says nothing.
+        let bare =
+            Config::from_yaml("sidecar: {image: x, metricsPort: 9902}", Path::new("c")).unwrap();
+        let got = build(&settings("80", Mode::Ebpf, HeaderPolicy::Required), &bare).unwrap();
+        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        assert_eq!(
+            parsed.admin,
+            trueip_sidecar_app::config::AdminConfig::default()
+        );
+        assert!(
+            got.config_yaml.contains("header_timeout: 5s"),
+            "{}",
+            got.config_yaml
+        );
     }
 
     #[test]

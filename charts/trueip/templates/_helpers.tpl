@@ -78,6 +78,10 @@ sidecar:
   {{- end }}
   logFormat: {{ .Values.sidecar.logFormat | quote }}
   logLevel: {{ .Values.sidecar.logLevel | quote }}
+  allowLoopbackClients: {{ .Values.sidecar.allowLoopbackClients | default false }}
+  {{- /* The sidecar's own keys, as they are: the injector checks them with the sidecar's parser. */}}
+  http: {{ .Values.sidecar.http | default dict | toJson }}
+  admin: {{ .Values.sidecar.admin | default dict | toJson }}
 defaults:
   ports: {{ .Values.sidecar.ports | toString | quote }}
   mode: {{ .Values.sidecar.mode | quote }}
@@ -114,6 +118,15 @@ allowedModes: {{ toJson .Values.injector.allowedModes }}
 {{- end }}
 {{- if and (ne (toString .Values.agent.socketGroup) "") (ne (include "trueip.agent.socketGroup" .) (toString (int64 .Values.sidecar.runAsGroup))) }}
 {{- fail (printf "agent.socketGroup (%v) must be sidecar.runAsGroup (%v), or empty: the injected sidecars connect to the agent's socket with that group" .Values.agent.socketGroup .Values.sidecar.runAsGroup) }}
+{{- end }}
+{{- if not (kindIs "map" (.Values.sidecar.http | default dict)) }}
+{{- fail (printf "sidecar.http must be a map of the sidecar's http settings (client_headers, limits, ...), not %v" .Values.sidecar.http) }}
+{{- end }}
+{{- if hasKey (.Values.sidecar.http | default dict) "tls" }}
+{{- fail "sidecar.http.tls cannot be set: the injector mounts no certificate into pods" }}
+{{- end }}
+{{- if not (kindIs "bool" (.Values.sidecar.allowLoopbackClients | default false)) }}
+{{- fail (printf "sidecar.allowLoopbackClients must be true or false, not %q" (toString .Values.sidecar.allowLoopbackClients)) }}
 {{- end }}
 {{- if not (has .Values.sidecar.header (list "required" "optional" "off")) }}
 {{- fail (printf "sidecar.header must be required, optional or off, not %q" .Values.sidecar.header) }}

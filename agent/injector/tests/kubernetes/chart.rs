@@ -69,6 +69,22 @@ fn variants() -> anyhow::Result<Vec<(Vec<PathBuf>, Vec<&'static str>)>> {
         (
             vec![],
             vec![
+                "--set=sidecar.mode=http",
+                "--set=sidecar.allowLoopbackClients=true",
+                "--set=sidecar.http.client_headers=append",
+                "--set=sidecar.http.x_real_ip=false",
+                "--set=sidecar.http.tlv_headers.unique_id=x-request-id",
+                "--set=sidecar.http.strip_headers={x-internal-user}",
+                "--set=sidecar.http.allow_connect=true",
+                "--set=sidecar.http.limits.max_request_head=1048576",
+                "--set=sidecar.http.limits.keep_alive_timeout=2m",
+                "--set=sidecar.admin.headerTimeout=2s",
+                "--set=sidecar.admin.maxConnections=4",
+            ],
+        ),
+        (
+            vec![],
+            vec![
                 "--set=injector.allowedModes={ebpf,transparent}",
                 "--set=sidecar.mode=transparent",
                 "--set-string=agent.socketMode=0770",
@@ -510,6 +526,15 @@ pub(crate) fn bad_values_are_refused_at_render() -> anyhow::Result<()> {
         ),
         ("--set=sidecar.header=maybe", "sidecar.header"),
         (
+            "--set=sidecar.http.tls.cert=/tls/tls.crt",
+            "sidecar.http.tls cannot be set",
+        ),
+        ("--set=sidecar.http=strip", "sidecar.http must be a map"),
+        (
+            "--set=sidecar.allowLoopbackClients=maybe",
+            "sidecar.allowLoopbackClients must be true or false",
+        ),
+        (
             "--set=injector.timeoutSeconds=60",
             "injector.timeoutSeconds",
         ),
@@ -518,6 +543,144 @@ pub(crate) fn bad_values_are_refused_at_render() -> anyhow::Result<()> {
         assert!(e.contains(expected), "{flag}: {e}");
     }
     Ok(())
+}
+
+/// `--check-config` on the injector configuration a render with `flags` gives: its log, or an
+/// error with the log when the injector refuses it.
+fn check_config(tools: &Tools, flags: &[&str]) -> anyhow::Result<Result<String, String>> {
+    let docs = documents(&tools.render(&[], flags)?)?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, injector_config(&docs)?)?;
+    let out = Command::new(INJECTOR)
+        .args(["--check-config", "--log-format", "text", "--config"])
+        .arg(&config)
+        .output()?;
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    Ok(if out.status.success() {
+        Ok(log)
+    } else {
+        Err(log)
+    })
+}
+
+pub(crate) fn bad_sidecar_http_values_stop_the_injector_at_start() -> anyhow::Result<()> {
+    let tools = Tools::require()?;
+    // Values helm cannot judge: the injector refuses them when it starts, with the chart's key
+    // and the sidecar's reason, instead of refusing every http pod at admission.
+    for (flag, expected) in [
+        (
+            "--set=sidecar.http.limits.max_request_head=10",
+            "sidecar.http.limits.max_request_head: 10 is outside 8192..=1048576",
+        ),
+        (
+            "--set=sidecar.http.limits.max_head=65536",
+            "sidecar.http.limits: unknown field `max_head`",
+        ),
+        (
+            "--set=sidecar.http.colour=blue",
+            "sidecar.http: unknown field `colour`",
+        ),
+        (
+            "--set=sidecar.http.x_forwarded_for=not a header",
+            "sidecar.http.x_forwarded_for: `not a header` is not a valid header name",
+        ),
+        (
+            "--set=sidecar.http.limits.keep_alive_timeout=0s",
+            "sidecar.http.limits.keep_alive_timeout: must be longer than 0s",
+        ),
+        (
+            "--set=sidecar.http.client_headers=keep",
+            "sidecar.http.client_headers: unknown variant `keep`",
+        ),
+        (
+            "--set=sidecar.admin.headerTimeout=soon",
+            "sidecar.admin.headerTimeout: `soon` is not a duration",
+        ),
+        (
+            "--set=sidecar.admin.maxConnections=0",
+            "sidecar.admin.maxConnections: invalid value",
+        ),
+    ] {
+        match check_config(&tools, &[flag])? {
+            Ok(log) => anyhow::bail!("{flag}: the injector accepts it:\n{log}"),
+            Err(log) => ensure!(
+                log.contains("invalid injector configuration") && log.contains(expected),
+                "{flag}: expected {expected:?} in:\n{log}"
+            ),
+        }
+    }
+    // `null` gives a key back to the sidecar's default.
+    check_config(&tools, &["--set=sidecar.http.limits.max_headers=null"])?
+        .map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+pub(crate) fn sidecar_http_values_are_the_sidecars_defaults() -> anyhow::Result<()> {
+    use trueip_sidecar_app::config::{AdminConfig, HttpConfig};
+
+    let tools = Tools::require()?;
+    let docs = documents(&tools.render(&[], &[])?)?;
+    let config: Value = serde_norway::from_str(&injector_config(&docs)?)?;
+    let sidecar = &config["sidecar"];
+    let http = sidecar["http"].as_object().context("sidecar.http")?;
+
+    // Every key the sidecar has is written out (but `tls`, which the chart cannot set): the
+    // sidecar names them all when it refuses an unknown one.
+    let keys_of = |section: &str| -> anyhow::Result<BTreeSet<String>> {
+        let inner = if section.is_empty() {
+            "{\"~\": 0}".to_owned()
+        } else {
+            format!("{{{section}: {{\"~\": 0}}}}")
+        };
+        let e = sample(&inner).expect_err("an unknown key").to_string();
+        let list = e.split("expected one of ").nth(1).context(e.clone())?;
+        Ok(list
+            .split(", ")
+            .map(|k| k.split('`').nth(1).unwrap_or_default().to_owned())
+            .filter(|k| k != "tls")
+            .collect())
+    };
+    let written: BTreeSet<String> = http.keys().cloned().collect();
+    ensure!(written == keys_of("")?, "sidecar.http: {written:?}");
+    let limits = http["limits"].as_object().context("sidecar.http.limits")?;
+    let written: BTreeSet<String> = limits.keys().cloned().collect();
+    ensure!(
+        written == keys_of("limits")?,
+        "sidecar.http.limits: {written:?}"
+    );
+
+    // ... with the sidecar's defaults.
+    let parsed = sample(&serde_json::to_string(http)?)?;
+    let ours = &parsed.listeners[0].http;
+    let theirs = HttpConfig::default();
+    ensure!(ours.limits == theirs.limits, "{:?}", ours.limits);
+    ensure!(ours.client_headers == theirs.client_headers);
+    ensure!(ours.x_forwarded_for == theirs.x_forwarded_for);
+    ensure!(ours.x_real_ip == theirs.x_real_ip);
+    ensure!(ours.forwarded == theirs.forwarded);
+    ensure!(ours.x_forwarded_proto == theirs.x_forwarded_proto);
+    ensure!(ours.tlv_headers.names().count() == 0);
+    ensure!(ours.strip_headers == theirs.strip_headers);
+    ensure!(ours.allow_connect == theirs.allow_connect);
+    ensure!(!parsed.listeners[0].allow_loopback_clients);
+    ensure!(sidecar["allowLoopbackClients"] == false);
+
+    let admin = AdminConfig::default();
+    let timeout = sidecar["admin"]["headerTimeout"]
+        .as_str()
+        .context("sidecar.admin.headerTimeout")?;
+    ensure!(humantime::parse_duration(timeout)? == admin.header_timeout);
+    ensure!(sidecar["admin"]["maxConnections"] == admin.max_connections.get());
+    Ok(())
+}
+
+/// The sidecar's reading of one `http` listener with `http` (YAML) as its section.
+fn sample(http: &str) -> anyhow::Result<trueip_sidecar_app::Config> {
+    Ok(trueip_sidecar_app::Config::from_yaml(&format!(
+        "listeners:\n  - listen: 0.0.0.0:8080\n    upstream: 127.0.0.1:80\n    mode: http\n    \
+         trusted_sources: [0.0.0.0/0]\n    http: {http}\n"
+    ))?)
 }
 
 /// The keys of values.yaml with a helm-docs `# --` comment, in dotted form.

@@ -33,7 +33,8 @@ macro_rules! tests {
 }
 
 /// Every test of this binary; a test function left out is dead code, which clippy refuses.
-const TESTS: [(&str, Test); 14] = tests![
+const TESTS: [(&str, Test); 17] = tests![
+    chart::bad_sidecar_http_values_stop_the_injector_at_start,
     chart::bad_values_are_refused_at_render,
     chart::default_render_wires_the_pieces_together,
     chart::every_value_is_documented,
@@ -42,9 +43,11 @@ const TESTS: [(&str, Test); 14] = tests![
     chart::generated_certificate_is_trusted_by_the_ca_bundle,
     chart::lint_strict_with_every_values_file,
     chart::pod_monitors_scrape_the_agents_and_the_injected_sidecars,
+    chart::sidecar_http_values_are_the_sidecars_defaults,
     chart::the_agent_socket_belongs_to_the_sidecars_group,
     images::dockerfiles_build_what_the_chart_runs,
     webhook::apiserver_calls_the_webhook_and_applies_its_patch,
+    webhook::http_pods_get_the_charts_http_section,
     webhook::tenants_get_no_privilege_by_annotation_or_volume,
     webhook::transparent_is_injected_once_the_operator_allows_it,
     webhook::tls_trusts_only_the_ca_bundle_and_follows_certificate_renewal,

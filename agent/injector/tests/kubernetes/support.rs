@@ -123,9 +123,10 @@ impl Tools {
     /// warnings accepted (the chart tests check those objects' fields themselves).
     pub(crate) fn validate(&self, yaml: &str, what: &str) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let file = dir
-            .path()
-            .join(format!("{}.yaml", what.replace(['/', ' '], "_")));
+        // Named after `what` for kubernetes-validate's messages, within a file name's 255 bytes
+        // (`what` holds the render's flags); errors below name `what` whole.
+        let name: String = what.replace(['/', ' '], "_").chars().take(120).collect();
+        let file = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&file, yaml)?;
         let out = Command::new(&self.validate)
             .args(["--strict", "--quiet", "-k", KUBE_VERSION])

@@ -1074,3 +1074,91 @@ pub(crate) fn transparent_is_injected_once_the_operator_allows_it() -> anyhow::R
     );
     Ok(())
 }
+
+pub(crate) fn http_pods_get_the_charts_http_section() -> anyhow::Result<()> {
+    use trueip_sidecar_app::config::{ClientHeaders, HttpLimits, Mode};
+
+    let tools = Tools::require()?;
+    let installed = Installed::new(
+        &tools,
+        &[
+            "--set=sidecar.http.client_headers=append",
+            "--set=sidecar.http.x_real_ip=false",
+            "--set=sidecar.http.tlv_headers.unique_id=x-request-id",
+            "--set=sidecar.http.strip_headers={x-internal-user}",
+            "--set=sidecar.http.limits.max_request_head=1048576",
+            "--set=sidecar.http.limits.header_read_timeout=3s",
+            "--set=sidecar.allowLoopbackClients=true",
+            "--set=sidecar.admin.maxConnections=32",
+        ],
+    )?;
+    let file = |pod: &Value| -> anyhow::Result<trueip_sidecar_app::Config> {
+        let text = pod["metadata"]["annotations"]["trueip.io/sidecar-config"]
+            .as_str()
+            .context("no sidecar-config annotation")?;
+        Ok(trueip_sidecar_app::Config::from_yaml(text)?)
+    };
+
+    // An http pod: every listener gets the chart's section, read by the sidecar's own parser.
+    let web = pod(
+        "http-0",
+        &json!({"trueip.io/ports": "8080:80,8443:443", "trueip.io/mode": "http",
+                "trueip.io/trusted-cidrs": "10.0.0.0/8"}),
+    );
+    let answer = installed.admit(&web)?;
+    ensure!(answer.allowed && answer.patched, "{answer:?}");
+    tools.validate(&serde_json::to_string(&answer.pod)?, "mutated http pod")?;
+    let config = file(&answer.pod)?;
+    ensure!(config.listeners.len() == 2);
+    for l in &config.listeners {
+        ensure!(l.mode == Mode::Http);
+        let http = &l.http;
+        ensure!(
+            http.limits.max_request_head == 1_048_576,
+            "{:?}",
+            http.limits
+        );
+        ensure!(http.limits.header_read_timeout == Duration::from_secs(3));
+        ensure!(http.limits.max_headers == HttpLimits::default().max_headers);
+        ensure!(http.client_headers == ClientHeaders::Append);
+        ensure!(http.x_real_ip.0.is_none());
+        ensure!(
+            http.x_forwarded_for
+                .0
+                .as_ref()
+                .map(hyper::header::HeaderName::as_str)
+                == Some("x-forwarded-for")
+        );
+        ensure!(http.strip_headers == ["x-internal-user"]);
+        ensure!(
+            http.tlv_headers
+                .names()
+                .map(hyper::header::HeaderName::as_str)
+                .eq(["x-request-id"])
+        );
+        ensure!(l.allow_loopback_clients);
+    }
+    ensure!(config.admin.max_connections.get() == 32);
+    ensure!(config.admin.header_timeout == Duration::from_secs(5));
+
+    // A pod in another mode: no http section, the rest the same.
+    let plain = pod(
+        "plain-0",
+        &json!({"trueip.io/ports": "8080:80", "trueip.io/mode": "proxy-v2",
+                "trueip.io/trusted-cidrs": "10.0.0.0/8"}),
+    );
+    let answer = installed.admit(&plain)?;
+    ensure!(answer.allowed && answer.patched, "{answer:?}");
+    let text = answer.pod["metadata"]["annotations"]["trueip.io/sidecar-config"]
+        .as_str()
+        .context("no sidecar-config annotation")?;
+    ensure!(
+        !text.contains("http:") && !text.contains("max_request_head"),
+        "{text}"
+    );
+    let config = file(&answer.pod)?;
+    ensure!(config.listeners[0].http.limits == HttpLimits::default());
+    ensure!(config.listeners[0].allow_loopback_clients);
+    ensure!(config.admin.max_connections.get() == 32);
+    Ok(())
+}
