@@ -369,6 +369,7 @@ fn run(opt: &Opt, config: &Config, runtime: &tokio::runtime::Runtime) -> Result<
                     max_headers = limits.max_headers,
                     header_read_timeout = %humantime::format_duration(limits.header_read_timeout),
                     keep_alive_timeout = %humantime::format_duration(limits.keep_alive_timeout),
+                    stream_idle_timeout = %humantime::format_duration(limits.stream_idle_timeout),
                     h2_max_concurrent_streams = limits.h2_max_concurrent_streams,
                     h2_stream_window = limits.h2_stream_window,
                     h2_connection_window = limits.h2_connection_window,
@@ -376,6 +377,7 @@ fn run(opt: &Opt, config: &Config, runtime: &tokio::runtime::Runtime) -> Result<
                     h2_max_local_resets = limits.h2_max_local_resets,
                     max_app_connections = limits.max_app_connections,
                     max_requests_in_flight = limits.max_requests_in_flight,
+                    max_requests_in_flight_per_client = limits.max_requests_in_flight_per_client,
                     "http limits"
                 );
             }

@@ -1,8 +1,9 @@
 //! The sidecar's admin endpoint: `/metrics` for Prometheus, `/healthz` and `/readyz` for the
 //! kubelet. Plain HTTP/1.1 on its own address, never on a load-balancer listener. Anything that
 //! reaches the pod reaches it, so it is bounded (`admin`): a request head must arrive within
-//! `header_timeout` (idle keep-alive connections are closed after it too), heads are small,
-//! and beyond `max_connections` new connections are closed at accept.
+//! `header_timeout`, heads are small, each connection serves one request (no keep-alive that
+//! could hold a slot for ever), and beyond `max_connections` new connections are closed at
+//! accept.
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -39,6 +40,8 @@ pub(crate) async fn serve(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
+        // One request per connection: a keep-alive client would hold its slot for ever.
+        .keep_alive(false)
         .header_read_timeout(config.header_timeout)
         .max_buf_size(MAX_REQUEST_HEAD);
     loop {

@@ -52,7 +52,7 @@ impl Seen {
 
 /// A catch-all app: 200 to every request, CONNECT included; `/101?upgrade=X` answers
 /// `101 Switching Protocols` with `Upgrade: X` whatever the request asked; `/slow` answers once
-/// the test releases it. Records every request it gets.
+/// the test releases it; `/big` sends 1 MiB. Records every request it gets.
 struct CatchAll {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -125,6 +125,9 @@ async fn answer(
     }
     if req.uri().path() == "/slow" {
         release.notified().await;
+    }
+    if req.uri().path() == "/big" {
+        *response.body_mut() = Full::new(Bytes::from(vec![b'b'; 1024 * 1024]));
     }
     let _ = req.into_body().collect().await;
     Ok(response)
@@ -433,13 +436,21 @@ async fn a_slow_head_and_an_idle_keep_alive_connection_are_closed() {
 
 #[tokio::test]
 async fn requests_in_flight_and_app_connections_are_capped() {
-    for cap_requests in [true, false] {
+    for limit in [
+        "max_requests_in_flight",
+        "max_requests_in_flight_per_client",
+        "max_app_connections",
+    ] {
         let app = CatchAll::start().await;
         let sidecar = edge(&app, |l| {
-            if cap_requests {
-                l.http.limits.max_requests_in_flight = 1.try_into().unwrap();
-            } else {
-                l.http.limits.max_app_connections = 1.try_into().unwrap();
+            let one = 1.try_into().unwrap();
+            let limits = &mut l.http.limits;
+            match limit {
+                "max_requests_in_flight" => limits.max_requests_in_flight = one,
+                "max_requests_in_flight_per_client" => {
+                    limits.max_requests_in_flight_per_client = one;
+                }
+                _ => limits.max_app_connections = one,
             }
         })
         .await;
@@ -458,11 +469,6 @@ async fn requests_in_flight_and_app_connections_are_capped() {
         let head = read_until(&mut busy, "ok\n").await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         drop(busy);
-        let limit = if cap_requests {
-            "max_requests_in_flight"
-        } else {
-            "max_app_connections"
-        };
         let s = sidecar.settled(2).await;
         assert_eq!(s.http_limits.get(limit), Some(&1), "{s:?}");
         assert_eq!(s.http_requests.get("5xx"), Some(&1), "{s:?}");
@@ -697,4 +703,148 @@ async fn a_udp_header_on_a_tcp_listener_is_refused_and_an_unspec_transport_ignor
     .await;
     assert!(until_closed(&mut c).await.starts_with("HTTP/1.1 200"));
     assert_eq!(app.seen()[0].all("x-forwarded-for"), ["127.0.0.1"]);
+}
+
+#[tokio::test]
+async fn a_stalled_http2_client_gives_its_slots_back() {
+    let app = CatchAll::start().await;
+    let sidecar = edge(&app, |l| {
+        let limits = &mut l.http.limits;
+        limits.max_requests_in_flight = 1.try_into().unwrap();
+        limits.stream_idle_timeout = Duration::from_millis(300);
+        limits.header_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // A window of 0: a response larger than the sidecar's send buffer can never be sent, so
+    // the request stays in flight. (GET /big over http.)
+    let get_big = [0x82, 0x86, 0x04, 0x04, b'/', b'b', b'i', b'g'];
+    let mut c = send(
+        sidecar.addr,
+        &[
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(),
+            &frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]),
+            &frame(0x1, 0x5, 1, &get_big),
+        ]
+        .concat(),
+    )
+    .await;
+    while app.seen().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut other = send(
+        sidecar.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(until_closed(&mut other).await.starts_with("HTTP/1.1 503"));
+    // The stalled connection is closed after stream_idle_timeout, and the slot is back.
+    goaway(&mut c).await;
+    until_closed(&mut c).await;
+    let mut other = send(
+        sidecar.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(until_closed(&mut other).await.starts_with("HTTP/1.1 200"));
+    let s = sidecar.snapshot();
+    assert_eq!(s.http_limits.get("stream_idle_timeout"), Some(&1), "{s:?}");
+    sidecar
+        .logs
+        .wait_for(&["stream_idle_timeout", "made no progress"])
+        .await;
+}
+
+#[tokio::test]
+async fn aliases_trailers_h2c_and_host_games_do_not_reach_the_app() {
+    let app = CatchAll::start().await;
+    let sidecar = edge(&app, |l| {
+        l.http.tlv_headers.ssl_cn =
+            HeaderSlot(Some(header::HeaderName::from_static("x-client-cn")));
+    })
+    .await;
+    // Underscore aliases of the family (`HTTP_X_CLIENT_CN` to a CGI-style app), an
+    // `X-Forwarded-*` name off the list, and a forged header in a trailer.
+    let mut c = send(
+        sidecar.addr,
+        b"POST /up HTTP/1.1\r\nHost: a\r\nX_Client_CN: admin\r\nX_Forwarded_For: 6.6.6.6\r\n\
+          X-Forwarded-Ssl: on\r\nTransfer-Encoding: chunked\r\nTrailer: X-Forwarded-For\r\n\
+          Connection: close\r\n\r\n3\r\nabc\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+    )
+    .await;
+    assert!(until_closed(&mut c).await.starts_with("HTTP/1.1 200"));
+    let seen = app.seen();
+    let up = &seen[0];
+    for forged in [
+        "x_client_cn",
+        "x-client-cn",
+        "x_forwarded_for",
+        "x-forwarded-ssl",
+        "trailer",
+    ] {
+        assert!(up.all(forged).is_empty(), "{forged}: {up:?}");
+    }
+    assert_eq!(up.all("x-forwarded-for"), [CLIENT_IP]);
+
+    // h2c is no upgrade the sidecar passes on.
+    let mut c = send(
+        sidecar.addr,
+        b"GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(until_closed(&mut c).await.starts_with("HTTP/1.1 200"));
+    let seen = app.seen();
+    let h2c = seen.iter().find(|s| s.path == "/h2c").unwrap();
+    assert!(h2c.all("upgrade").is_empty(), "{h2c:?}");
+    assert!(h2c.all("http2-settings").is_empty(), "{h2c:?}");
+
+    // An absolute target wins over Host, so Host and `Forwarded: host=` agree; two Hosts: 400.
+    let mut c = send(
+        sidecar.addr,
+        b"GET http://shop.example/abs HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(until_closed(&mut c).await.starts_with("HTTP/1.1 200"));
+    let seen = app.seen();
+    let abs = seen.iter().find(|s| s.path == "/abs").unwrap();
+    assert_eq!(abs.all("host"), ["shop.example"]);
+    assert_eq!(
+        abs.all("forwarded"),
+        [format!("for={CLIENT_IP};proto=http;host=shop.example")]
+    );
+    let mut c = send(
+        sidecar.addr,
+        b"GET /two HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let response = until_closed(&mut c).await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(!app.seen().iter().any(|s| s.path == "/two"));
+}
+
+#[tokio::test]
+async fn http2_requests_are_held_to_the_header_count_too() {
+    let app = CatchAll::start().await;
+    let sidecar = edge(&app, |l| l.http.limits.max_headers = 4).await;
+    let (mut c, _) = h2(sidecar.addr).await;
+    // GET / over http, then 5 literal fields "a: " (literal without indexing, new name).
+    let mut block = vec![0x82, 0x86, 0x84];
+    for name in [b'a', b'b', b'c', b'd', b'e'] {
+        block.extend([0x00, 0x01, name, 0x00]);
+    }
+    c.write_all(&frame(0x1, 0x5, 1, &block)).await.unwrap();
+    // The response HEADERS: `:status` (static index 8) with the Huffman-coded literal "431"
+    // (`4` 011010, `3` 011001, `1` 00001, padded with ones).
+    loop {
+        let (kind, _, payload) = read_frame(&mut c).await.expect("a response");
+        if kind == 0x1 {
+            assert!(
+                payload.starts_with(&[0x48, 0x83, 0x69, 0x90, 0xff]),
+                "not a 431: {payload:02x?}"
+            );
+            break;
+        }
+    }
+    assert!(app.seen().is_empty());
 }

@@ -26,6 +26,11 @@ pub struct HttpLimits {
     /// `header_read_timeout` is shorter.
     #[serde(deserialize_with = "super::duration")]
     pub keep_alive_timeout: Duration,
+    /// A connection whose requests in flight make no progress for this long (no request
+    /// started, no body frame either way: a client that stopped reading or sending) is closed,
+    /// so that its slots of `max_requests_in_flight` come back.
+    #[serde(deserialize_with = "super::duration")]
+    pub stream_idle_timeout: Duration,
     /// HTTP/2: streams one connection may have open at once.
     pub h2_max_concurrent_streams: u32,
     /// HTTP/2: bytes a client may send on one stream before the sidecar reads them (and the
@@ -44,6 +49,10 @@ pub struct HttpLimits {
     pub max_app_connections: NonZeroUsize,
     /// Requests being served at once, over all of the listener's clients; one more gets `503`.
     pub max_requests_in_flight: NonZeroUsize,
+    /// Requests being served at once for one client address (the PROXY header's client), so
+    /// that a few connections of one client cannot take `max_requests_in_flight`; one more
+    /// gets `503`.
+    pub max_requests_in_flight_per_client: NonZeroUsize,
 }
 
 impl Default for HttpLimits {
@@ -59,11 +68,14 @@ impl Default for HttpLimits {
             header_read_timeout: Duration::from_secs(10),
             // Load balancers keep idle connections for 60 s (AWS ALB/NLB, Google); nginx 75 s.
             keep_alive_timeout: Duration::from_secs(60),
+            // Envoy's `stream_idle_timeout`: long polls and slow uploads that move a frame every
+            // few minutes are fine.
+            stream_idle_timeout: Duration::from_secs(300),
             // Envoy's edge recommendation (nginx: 128, hyper: 200).
             h2_max_concurrent_streams: 100,
             // Envoy's edge recommendation: 64 KiB per stream, 1 MiB per connection (hyper:
-            // 1 MiB and 1 MiB); here 512 KiB per connection keeps a few hundred clients that
-            // never let a body drain below the container's limit.
+            // 1 MiB and 1 MiB), with the connection's halved: what a client may make the
+            // sidecar hold of a body the app has not read yet.
             h2_stream_window: 64 * 1024,
             h2_connection_window: 512 * 1024,
             // hyper's (and h2's) defaults.
@@ -72,6 +84,9 @@ impl Default for HttpLimits {
             // Envoy's default circuit breakers: 1024 connections, 1024 requests.
             max_app_connections: NonZeroUsize::new(1024).expect("non-zero"),
             max_requests_in_flight: NonZeroUsize::new(1024).expect("non-zero"),
+            // A quarter of the listener's: one client (or one NAT address) never takes more,
+            // and two HTTP/2 connections at their stream limit still fit.
+            max_requests_in_flight_per_client: NonZeroUsize::new(256).expect("non-zero"),
         }
     }
 }
@@ -104,6 +119,7 @@ impl HttpLimits {
         for (key, timeout) in [
             ("http.limits.header_read_timeout", self.header_read_timeout),
             ("http.limits.keep_alive_timeout", self.keep_alive_timeout),
+            ("http.limits.stream_idle_timeout", self.stream_idle_timeout),
         ] {
             if timeout.is_zero() {
                 return Some((key, "must be longer than 0s".into()));

@@ -69,14 +69,22 @@ impl<K: Eq + Hash + Clone, V> FlowTable<K, V> {
         }
     }
 
-    /// Moves the flows replied on since the last operation to the recent end, in reply order.
+    /// Moves the flows replied on since the last operation to the recent end, in the order of
+    /// their last activity (a flow queued by an early reply may have had a later one since).
     fn take_replies(&mut self) {
         let replied =
             std::mem::take(&mut *self.replied.lock().unwrap_or_else(PoisonError::into_inner));
-        for key in replied {
-            if let Some((activity, _)) = self.flows.get(&key) {
+        let mut replied: Vec<(u64, K)> = replied
+            .into_iter()
+            .filter_map(|key| {
+                let (activity, _) = self.flows.peek(&key)?;
                 activity.queued.store(false, Ordering::Release);
-            }
+                Some((activity.last(), key))
+            })
+            .collect();
+        replied.sort_by_key(|&(last, _)| last);
+        for (_, key) in replied {
+            self.flows.promote(&key);
         }
     }
 
@@ -193,6 +201,23 @@ mod tests {
     }
 
     #[test]
+    fn a_later_reply_counts_even_when_its_flow_was_queued_by_an_earlier_one() {
+        let mut table = FlowTable::new(2);
+        let (a, _) = table.insert("a", (), 0);
+        let (c, _) = table.insert("c", (), 0);
+        // Between two operations of the table: replies on a, then c, then a again.
+        a.touch(1);
+        c.touch(2);
+        a.touch(3);
+        let (_, evicted) = table.insert("new", (), 4);
+        assert_eq!(
+            evicted,
+            Some(("c", ())),
+            "c has been idle since 2, a only since 3"
+        );
+    }
+
+    #[test]
     fn reinserting_a_key_evicts_nothing() {
         let mut table = FlowTable::new(1);
         table.insert("a", 1, 0);
@@ -207,6 +232,8 @@ mod tests {
         Datagram(u8),
         Reply(u8),
         Tick(u64),
+        /// Time passes without an expiry sweep (replies queue up meanwhile).
+        Wait(u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -214,6 +241,7 @@ mod tests {
             (0u8..16).prop_map(Op::Datagram),
             (0u8..16).prop_map(Op::Reply),
             (0u64..200).prop_map(Op::Tick),
+            (1u64..20).prop_map(Op::Wait),
         ]
     }
 
@@ -249,6 +277,7 @@ mod tests {
                             model.insert(key, now);
                         }
                     }
+                    Op::Wait(by) => now += by,
                     Op::Tick(by) => {
                         now += by;
                         let mut expired: Vec<u8> = table.expire(now, idle).into_iter().map(|(k, ())| k).collect();

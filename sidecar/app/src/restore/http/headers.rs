@@ -17,6 +17,8 @@ use crate::config::{ClientHeaders, HttpConfig, PROXY_HEADERS, canonical};
 /// property of the connection, so this is computed once, after the PROXY header.
 #[derive(Debug, Clone)]
 pub(crate) struct ClientFacts {
+    /// The client's address, canonical.
+    client: IpAddr,
     /// The client's address as `X-Forwarded-For` and `X-Real-IP` carry it (no port, no brackets).
     addr: HeaderValue,
     /// The `for=` parameter of `Forwarded` (IPv6 quoted and bracketed).
@@ -46,6 +48,7 @@ impl ClientFacts {
             .is_some_and(|ssl| ssl.client & Ssl::CLIENT_SSL != 0);
         let client = canonical(client);
         Self {
+            client,
             addr: HeaderValue::from_str(&client.to_string()).expect("an address is ASCII"),
             forwarded_for: forwarded_node(client),
             proto: if tls || ssl_client { "https" } else { "http" },
@@ -54,6 +57,13 @@ impl ClientFacts {
                 .map(|h| tlv_headers(h, config))
                 .unwrap_or_default(),
         }
+    }
+}
+
+impl ClientFacts {
+    /// The client's address (canonical), for per-client limits.
+    pub(crate) fn client(&self) -> IpAddr {
+        self.client
     }
 }
 
@@ -72,13 +82,13 @@ pub(crate) fn rewrite(
             removed.push(name.clone());
         }
     };
-    for name in config.tlv_headers.names().chain(&config.strip_headers) {
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_forged(name, config, facts.append))
+        .cloned()
+        .collect();
+    for name in &forged {
         strip(headers, name);
-    }
-    if !facts.append {
-        for name in PROXY_HEADERS {
-            strip(headers, &HeaderName::from_static(name));
-        }
     }
     if let Some(name) = &config.x_forwarded_proto.0 {
         // Behind a trusted chain (`append`) the chain's own value says what the client spoke.
@@ -97,7 +107,7 @@ pub(crate) fn rewrite(
     }
     if let Some(name) = &config.forwarded.0 {
         let mut element = format!("{};proto={}", facts.forwarded_for, facts.proto);
-        if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic())) {
+        if let Some(host) = host.filter(|h| is_plain_host(h)) {
             element.push_str(";host=");
             element.push_str(&forwarded_value(host));
         }
@@ -107,6 +117,47 @@ pub(crate) fn rewrite(
         headers.insert(name.clone(), value.clone());
     }
     removed
+}
+
+/// The standard names of the three client headers, stripped whatever their slots say.
+const STANDARD: [&str; 3] = ["x-forwarded-for", "x-real-ip", "forwarded"];
+
+/// Whether a request header is one the client may not send: a configured TLV or
+/// `strip_headers` name; with `strip` (no trusted chain to append to), any header of the proxy
+/// family — [`PROXY_HEADERS`], every `x-forwarded-*`, the three standard names and the names
+/// the sidecar writes (even when a slot is renamed or off: an app may still read the standard
+/// one). Names are compared with `_` read as `-`, because app servers that build CGI-style
+/// variables (`HTTP_X_FORWARDED_FOR`) cannot tell `X_Forwarded_For` from `X-Forwarded-For`;
+/// such an alias of the family is removed even behind a trusted chain.
+fn is_forged(name: &HeaderName, config: &HttpConfig, append: bool) -> bool {
+    let raw = name.as_str();
+    let underscored = raw.contains('_');
+    let name = if underscored {
+        std::borrow::Cow::Owned(raw.replace('_', "-"))
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    };
+    let name = name.as_ref();
+    let is = |n: &HeaderName| n.as_str().replace('_', "-") == name;
+    if config
+        .tlv_headers
+        .names()
+        .chain(&config.strip_headers)
+        .any(is)
+    {
+        return true;
+    }
+    let slots = [
+        &config.x_forwarded_for,
+        &config.x_real_ip,
+        &config.forwarded,
+        &config.x_forwarded_proto,
+    ];
+    let family = name.starts_with("x-forwarded-")
+        || PROXY_HEADERS.contains(&name)
+        || STANDARD.contains(&name)
+        || slots.iter().filter_map(|slot| slot.0.as_ref()).any(is);
+    family && (underscored || !append)
 }
 
 /// Sets a comma-separated list header to `own`, after the client's entries when appending.
@@ -162,6 +213,15 @@ fn forwarded_value(v: &str) -> String {
     }
     quoted.push('"');
     quoted
+}
+
+/// A host as `Forwarded: host=` may carry it: a name or address with an optional port, and
+/// nothing a parser that ignores quoting could split (`,`, `;`, `=`, quotes, userinfo).
+fn is_plain_host(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
 }
 
 /// RFC 9110 `tchar`.
@@ -357,9 +417,70 @@ mod tests {
         let mut headers = spoofed();
         rewrite(&mut headers, &config, &facts, None);
         assert_eq!(all(&headers, "x-client-ip"), ["192.0.2.9"]);
-        // Disabled headers are neither written nor stripped: they are the app's business.
-        assert_eq!(all(&headers, "x-real-ip"), ["6.6.6.6"]);
-        assert_eq!(all(&headers, "x-forwarded-for"), ["6.6.6.6", "7.7.7.7"]);
+        // Disabled or renamed, the standard headers are not written, and the client's copies
+        // are still removed: an app may read them whatever the sidecar writes.
+        assert!(headers.get("x-real-ip").is_none());
+        assert!(headers.get("x-forwarded-for").is_none());
+        assert!(headers.get("forwarded").is_none());
+    }
+
+    #[test]
+    fn underscore_aliases_and_every_x_forwarded_name_are_removed() {
+        let mut config = config();
+        config.strip_headers = vec![HeaderName::from_static("x-authenticated-user")];
+        let facts = ClientFacts::new("192.0.2.9".parse().unwrap(), None, false, &config);
+        let mut headers = HeaderMap::new();
+        for name in [
+            "x_forwarded_for",
+            "x_client_cn",
+            "x_authenticated_user",
+            "x-forwarded-ssl",
+            "x-forwarded-scheme",
+            "x_forwarded_host",
+            "x-forwarded-client-cert",
+            "accept_language",
+        ] {
+            headers.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+        }
+        let removed = rewrite(&mut headers, &config, &facts, None);
+        assert_eq!(removed.len(), 7, "{removed:?}");
+        // Not a proxy header: an underscore alone is no reason to remove a header.
+        assert_eq!(all(&headers, "accept_language"), ["x"]);
+        assert_eq!(all(&headers, "x-forwarded-for"), ["192.0.2.9"]);
+
+        // Behind a trusted chain the family is kept, its underscore aliases are not.
+        config.client_headers = ClientHeaders::Append;
+        let h = header("203.0.113.7:1", Tlvs::default());
+        let trusted = ClientFacts::new(h.client().unwrap().ip(), Some(&h), false, &config);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-host", HeaderValue::from_static("shop.example"));
+        headers.insert("x_forwarded_host", HeaderValue::from_static("evil.example"));
+        rewrite(&mut headers, &config, &trusted, None);
+        assert_eq!(all(&headers, "x-forwarded-host"), ["shop.example"]);
+        assert!(headers.get("x_forwarded_host").is_none());
+    }
+
+    #[test]
+    fn forwarded_host_is_written_only_when_no_parser_could_split_it() {
+        let config = config();
+        let facts = ClientFacts::new("192.0.2.9".parse().unwrap(), None, false, &config);
+        for (host, expected) in [
+            (
+                "shop.example:8443",
+                "for=192.0.2.9;proto=http;host=\"shop.example:8443\"",
+            ),
+            (
+                "[2001:db8::1]:443",
+                "for=192.0.2.9;proto=http;host=\"[2001:db8::1]:443\"",
+            ),
+            ("x,for=6.6.6.6", "for=192.0.2.9;proto=http"),
+            ("x;proto=https", "for=192.0.2.9;proto=http"),
+            ("user@x", "for=192.0.2.9;proto=http"),
+        ] {
+            let mut headers = HeaderMap::new();
+            rewrite(&mut headers, &config, &facts, Some(host));
+            assert_eq!(all(&headers, "forwarded"), [expected], "{host}");
+        }
     }
 
     #[test]

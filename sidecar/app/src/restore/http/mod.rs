@@ -35,7 +35,7 @@ pub use self::tls::TlsError;
 use self::{
     headers::ClientFacts,
     io::{FirstBytes, Prefixed},
-    proxy::{AppPool, ConnCtx},
+    proxy::{AppPool, ClientSlots, ConnCtx, Progress},
 };
 use super::Endpoints;
 use crate::{
@@ -51,8 +51,11 @@ pub struct Http {
     tls: Option<TlsAcceptor>,
     /// `max_requests_in_flight`, shared by the listener's connections.
     request_slots: Arc<Semaphore>,
-    /// `max_app_connections`, shared by the listener's connections.
-    app_slots: Arc<Semaphore>,
+    /// The app connections of the listener (within `max_app_connections`), shared by all its
+    /// clients: each request carries its client in its headers, not in its connection.
+    pool: Arc<AppPool>,
+    /// `max_requests_in_flight_per_client`, shared by the listener's connections.
+    client_slots: Arc<ClientSlots>,
 }
 
 impl std::fmt::Debug for Http {
@@ -79,7 +82,14 @@ impl Http {
             upstream: config.upstream,
             tls,
             request_slots: Arc::new(Semaphore::new(limits.max_requests_in_flight.get())),
-            app_slots: Arc::new(Semaphore::new(limits.max_app_connections.get())),
+            pool: Arc::new(AppPool::new(
+                config.upstream,
+                Arc::new(Semaphore::new(limits.max_app_connections.get())),
+                limits.max_app_connections.get(),
+            )),
+            client_slots: Arc::new(ClientSlots::new(
+                limits.max_requests_in_flight_per_client.get(),
+            )),
         })
     }
 
@@ -176,17 +186,15 @@ impl Http {
         let ctx = Arc::new(ConnCtx {
             config: Arc::clone(&self.config),
             facts,
-            pool: Arc::new(AppPool::new(
-                self.upstream,
-                Arc::clone(&self.app_slots),
-                limits.max_app_connections.get(),
-            )),
+            pool: Arc::clone(&self.pool),
             metrics: Arc::clone(&metrics),
             conn_span: Span::current(),
             requests: std::sync::atomic::AtomicU64::new(0),
             request_slots: Arc::clone(&self.request_slots),
+            client_slots: Arc::clone(&self.client_slots),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
+            progress: Arc::new(Progress::new()),
             tunnels: Mutex::default(),
         });
         let service = {
@@ -203,9 +211,13 @@ impl Http {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
-            () = idle(&ctx, limits.keep_alive_timeout) => {
-                debug!(limit = "keep_alive_timeout", "closing the idle HTTP connection");
-                metrics.http_limit("keep_alive_timeout");
+            limit = idle(&ctx, limits) => {
+                if limit == "stream_idle_timeout" {
+                    warn!(limit, "closing the HTTP connection: its requests made no progress");
+                } else {
+                    debug!(limit, "closing the idle HTTP connection");
+                }
+                metrics.http_limit(limit);
                 conn.as_mut().graceful_shutdown();
                 // HTTP/2 waits for the client to acknowledge a PING between its two GOAWAYs;
                 // a client that never does gets no more than a head's time.
@@ -277,14 +289,31 @@ fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Completes once the connection has had no request in flight for `timeout`.
-async fn idle(ctx: &ConnCtx, timeout: std::time::Duration) {
+/// Completes, naming the limit, once the connection has had no request in flight for
+/// `keep_alive_timeout`, or requests in flight but no progress (no request started, no body
+/// frame moved either way) for `stream_idle_timeout`: a client that stops reading, or stops
+/// sending a body, holds its slots no longer than that.
+async fn idle(ctx: &ConnCtx, limits: &HttpLimits) -> &'static str {
     loop {
         match ctx.idle_since() {
-            Some(since) if since.elapsed() >= timeout => return,
-            Some(since) => tokio::time::sleep_until(since + timeout).await,
-            // Busy: look again when a request could have ended and the timer started.
-            None => tokio::time::sleep(timeout).await,
+            Some(since) if since.elapsed() >= limits.keep_alive_timeout => {
+                return "keep_alive_timeout";
+            }
+            // A request may start meanwhile: look again in time to see it stall.
+            Some(since) => {
+                let deadline = since + limits.keep_alive_timeout;
+                let stall_check = Instant::now() + limits.stream_idle_timeout;
+                tokio::time::sleep_until(deadline.min(stall_check)).await;
+            }
+            None => {
+                let quiet = ctx.progress.quiet_for();
+                if quiet >= limits.stream_idle_timeout {
+                    return "stream_idle_timeout";
+                }
+                // Look again when the stall would be complete, or a request could have ended.
+                let wait = (limits.stream_idle_timeout - quiet).min(limits.keep_alive_timeout);
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 }

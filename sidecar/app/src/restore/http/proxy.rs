@@ -44,8 +44,9 @@ use crate::{config::HttpConfig, metrics::ListenerMetrics};
 /// The body of every response the sidecar sends: the app's, streamed, or its own short text.
 pub(super) type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
-/// Idle app connections kept per downstream connection (HTTP/2 multiplexing needs several).
-const MAX_IDLE: usize = 16;
+/// Idle app connections kept per listener: enough for bursts, few enough that idle connections
+/// never pin more than a sliver of `max_app_connections`.
+const MAX_IDLE: usize = 64;
 
 /// Headers that describe one hop of a connection, never forwarded (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: [&str; 6] = [
@@ -71,10 +72,15 @@ pub(super) struct ConnCtx {
     pub(super) requests: AtomicU64,
     /// The listener's budget of requests in flight, shared by all its connections.
     pub(super) request_slots: Arc<Semaphore>,
+    /// Requests in flight per client address, so that one client cannot take the listener's
+    /// whole budget.
+    pub(super) client_slots: Arc<ClientSlots>,
     /// Requests of this connection whose response is not complete yet.
     pub(super) in_flight: AtomicUsize,
     /// When the connection last had no request in flight (for `keep_alive_timeout`).
     pub(super) idle_since: Mutex<Instant>,
+    /// When a request started or a body moved a frame either way (for `stream_idle_timeout`).
+    pub(super) progress: Arc<Progress>,
     /// Upgraded connections still open: the downstream connection lasts until they close.
     pub(super) tunnels: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -112,20 +118,24 @@ pub(super) async fn handle(
     ctx: Arc<ConnCtx>,
 ) -> Result<Response<Body>, Infallible> {
     ctx.requests.fetch_add(1, Ordering::Relaxed);
+    ctx.progress.touch();
     let span = request_span(&req, &ctx);
+    let client = ctx.facts.client();
     let response = match Arc::clone(&ctx.request_slots).try_acquire_owned() {
+        Ok(_) if !ctx.client_slots.enter(client) => span.in_scope(|| {
+            refuse(
+                &ctx,
+                "max_requests_in_flight_per_client",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "trueip: too many requests in flight from this client; try again\n",
+            )
+        }),
         Ok(slot) => {
             let in_flight = InFlight::start(Arc::clone(&ctx), slot);
             forward(req, &ctx)
                 .instrument(span.clone())
                 .await
-                .map(|body| {
-                    InFlightBody {
-                        body,
-                        _in_flight: in_flight,
-                    }
-                    .boxed_unsync()
-                })
+                .map(|body| InFlightBody { body, in_flight }.boxed_unsync())
         }
         Err(_) => span.in_scope(|| {
             refuse(
@@ -157,8 +167,47 @@ fn refuse(
     text(status, body)
 }
 
+/// Requests in flight per client address, bounded by `max_requests_in_flight_per_client`.
+#[derive(Debug)]
+pub(super) struct ClientSlots {
+    max: usize,
+    counts: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl ClientSlots {
+    pub(super) fn new(max: usize) -> Self {
+        Self {
+            max,
+            counts: Mutex::default(),
+        }
+    }
+
+    /// Counts one more request of `client`, unless it has `max` in flight already.
+    fn enter(&self, client: std::net::IpAddr) -> bool {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(client).or_default();
+        if *count >= self.max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    /// Counts one request of `client` done; forgets clients with none left.
+    fn leave(&self, client: std::net::IpAddr) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let std::collections::hash_map::Entry::Occupied(mut count) = counts.entry(client) {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+    }
+}
+
 /// One request of a connection, from its head until its response body is sent: holds a slot
-/// of the listener's `max_requests_in_flight` and keeps the connection from counting as idle.
+/// of the listener's `max_requests_in_flight` and of its client's share, and keeps the
+/// connection from counting as idle.
 struct InFlight {
     ctx: Arc<ConnCtx>,
     _slot: OwnedSemaphorePermit,
@@ -173,6 +222,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.ctx.client_slots.leave(self.ctx.facts.client());
         let mut since = self
             .ctx
             .idle_since
@@ -184,10 +234,11 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that ends its request's [`InFlight`] when it is done or dropped.
+/// A response body that ends its request's [`InFlight`] when it is done or dropped, and marks
+/// the connection's progress with each frame.
 struct InFlightBody {
     body: Body,
-    _in_flight: InFlight,
+    in_flight: InFlight,
 }
 
 impl hyper::body::Body for InFlightBody {
@@ -198,7 +249,70 @@ impl hyper::body::Body for InFlightBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = frame {
+            self.in_flight.ctx.progress.touch();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The last time a connection made progress, for `stream_idle_timeout`: a request started, or
+/// a frame of a request or response body moved.
+#[derive(Debug)]
+pub(super) struct Progress {
+    start: Instant,
+    /// Milliseconds since `start`.
+    last: AtomicU64,
+}
+
+impl Progress {
+    pub(super) fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// How long nothing has moved.
+    pub(super) fn quiet_for(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// A request body on its way to the app, marking its connection's progress with each frame.
+pub(super) struct Tracked {
+    body: Incoming,
+    progress: Arc<Progress>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = frame {
+            self.progress.touch();
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -252,13 +366,50 @@ async fn forward(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
         }
         return response;
     }
+    // HTTP/1.1 counts header fields as it parses; HTTP/2 only bounds the list's size.
+    if req.headers().len() > ctx.config.limits.max_headers {
+        return refuse(
+            ctx,
+            "request_head_too_large",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "trueip: too many request header fields\n",
+        );
+    }
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        // RFC 9112 section 3.2: a request with more than one Host is a 400.
+        return refuse(
+            ctx,
+            "bad_host",
+            StatusCode::BAD_REQUEST,
+            "trueip: more than one Host header\n",
+        );
+    }
     let asked: Vec<String> = if connect {
         Vec::new()
     } else {
         upgrade_tokens(req.headers())
     };
     let upgrade = connect || !asked.is_empty();
+    // A tunnel outlives its request: it holds one of the listener's app connections until it
+    // closes, and there is none to spare, no switch.
+    let tunnel_slot = if upgrade {
+        match Arc::clone(&ctx.pool.slots).try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                return refuse(
+                    ctx,
+                    "max_app_connections",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "trueip: too many connections to the app; try again\n",
+                );
+            }
+        }
+    } else {
+        None
+    };
     let downstream: Option<OnUpgrade> = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // The authority the client asked for: the request target's (absolute form, HTTP/2
+    // `:authority`), else Host. The app gets it as Host, so Host and `Forwarded: host=` agree.
     let host = req
         .uri()
         .authority()
@@ -272,11 +423,12 @@ async fn forward(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
 
     let headers = req.headers_mut();
     remove_hop_by_hop(headers, upgrade && !connect);
+    // Without `Trailer`, hyper's client sends no trailers: a forged header cannot ride in one.
+    headers.remove(header::TRAILER);
     for name in headers::rewrite(headers, &ctx.config, &ctx.facts, host.as_deref()) {
         ctx.metrics.http_header_removed(name.as_str());
     }
     if let Some(host) = host.as_deref()
-        && !headers.contains_key(header::HOST)
         && let Ok(value) = HeaderValue::from_str(host)
     {
         // HTTP/2 carries the host in `:authority`; HTTP/1.1 needs `Host`.
@@ -296,6 +448,8 @@ async fn forward(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
         *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
     }
 
+    let progress = Arc::clone(&ctx.progress);
+    let req = req.map(|body| Tracked { body, progress });
     let mut response = match ctx.pool.send(req).await {
         Ok(r) => r,
         Err(SendError::Busy { .. }) => {
@@ -331,12 +485,17 @@ async fn forward(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
     let switched = status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success());
     if let Some(downstream) = downstream.filter(|_| switched) {
         let app = hyper::upgrade::on(&mut response);
-        let task =
-            tokio::spawn(tunnel(downstream, app, Arc::clone(&ctx.metrics)).in_current_span());
-        ctx.tunnels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(task);
+        let metrics = Arc::clone(&ctx.metrics);
+        let task = tokio::spawn(
+            async move {
+                tunnel(downstream, app, metrics).await;
+                drop(tunnel_slot);
+            }
+            .in_current_span(),
+        );
+        let mut tunnels = ctx.tunnels.lock().unwrap_or_else(PoisonError::into_inner);
+        tunnels.retain(|t| !t.is_finished());
+        tunnels.push(task);
     }
     remove_hop_by_hop(
         response.headers_mut(),
@@ -366,12 +525,15 @@ async fn tunnel(client: OnUpgrade, app: OnUpgrade, metrics: Arc<ListenerMetrics>
 }
 
 /// The protocols an HTTP/1.1 `Upgrade` request (WebSocket and the like: `Connection: upgrade`
-/// + `Upgrade`) asks for, lower-cased; empty when it is no upgrade request.
+/// and `Upgrade`) asks for, lower-cased; empty when it is no upgrade request.
+/// `h2c` is never one of them: an app switching to cleartext HTTP/2 would read streams whose
+/// headers the sidecar never saw.
 fn upgrade_tokens(headers: &HeaderMap) -> Vec<String> {
     if !connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade")) {
         return Vec::new();
     }
     list_tokens(headers, &header::UPGRADE)
+        .filter(|t| !t.eq_ignore_ascii_case("h2c"))
         .map(str::to_ascii_lowercase)
         .collect()
 }
@@ -460,13 +622,14 @@ pub(super) enum SendError {
     },
 }
 
-/// HTTP/1.1 connections to the app, reused by the requests of one downstream connection.
+/// HTTP/1.1 connections to the app, reused by the requests of all of a listener's clients (as
+/// nginx's and Envoy's upstream pools are): each request names its client in its headers.
 #[derive(Debug)]
 pub(super) struct AppPool {
     upstream: SocketAddr,
-    idle: Mutex<Vec<SendRequest<Incoming>>>,
-    /// The listener's budget of connections to the app, shared by all its pools.
-    slots: Arc<Semaphore>,
+    idle: Mutex<Vec<SendRequest<Tracked>>>,
+    /// The listener's budget of connections to the app, shared by all its pools (and tunnels).
+    pub(super) slots: Arc<Semaphore>,
     /// The size of that budget, for the error.
     max: usize,
 }
@@ -487,7 +650,7 @@ impl AppPool {
     /// the meantime gives the request back and the next one is tried.
     async fn send(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<Tracked>,
     ) -> Result<Response<Incoming>, SendError> {
         loop {
             let (mut sender, pooled) = match self.take_idle() {
@@ -507,7 +670,7 @@ impl AppPool {
         }
     }
 
-    fn take_idle(&self) -> Option<SendRequest<Incoming>> {
+    fn take_idle(&self) -> Option<SendRequest<Tracked>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(sender) = idle.pop() {
             if sender.is_ready() {
@@ -518,9 +681,9 @@ impl AppPool {
     }
 
     /// Puts the connection back once its response is read (not after an upgrade: the
-    /// connection is then the tunnel's). The pool is held weakly: once the downstream
-    /// connection is gone, its app connections close.
-    fn recycle(self: &Arc<Self>, mut sender: SendRequest<Incoming>) {
+    /// connection is then the tunnel's). The pool is held weakly: once the listener is gone,
+    /// its app connections close.
+    fn recycle(self: &Arc<Self>, mut sender: SendRequest<Tracked>) {
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             if sender.ready().await.is_ok()
@@ -535,7 +698,7 @@ impl AppPool {
     }
 
     /// Opens a connection to the app, holding one of the listener's slots while it is open.
-    async fn connect(&self) -> Result<SendRequest<Incoming>, SendError> {
+    async fn connect(&self) -> Result<SendRequest<Tracked>, SendError> {
         let slot = Arc::clone(&self.slots)
             .try_acquire_owned()
             .map_err(|_| SendError::Busy { max: self.max })?;
