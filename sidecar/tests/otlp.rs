@@ -234,8 +234,13 @@ fn run(grpc: bool) {
     };
     send(port, &[v2.to_v2(true).unwrap().as_slice(), b"hi"].concat());
     send(port, b"GET / HTTP/1.1\r\n\r\n");
+    // A load balancer on a dual-stack socket names IPv4 clients IPv4-mapped.
+    send(
+        port,
+        b"PROXY TCP6 ::ffff:203.0.113.9 ::ffff:198.51.100.1 51235 443\r\nyo",
+    );
 
-    let spans = received.wait_for(3);
+    let spans = received.wait_for(5);
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -294,6 +299,18 @@ fn run(grpc: bool) {
         ("trueip.tlv.aws_vpce_id", "vpce-0123456789abcdef0"),
     ] {
         assert_eq!(v2.get(k).map(String::as_str), Some(v), "{k} in {v2:?}");
+    }
+    // Canonical: an IPv4-mapped address is the IPv4 one.
+    let (_, mapped, _) = find("client.port", "51235");
+    for (k, v) in [
+        ("client.address", "203.0.113.9"),
+        ("server.address", "198.51.100.1"),
+    ] {
+        assert_eq!(
+            mapped.get(k).map(String::as_str),
+            Some(v),
+            "{k} in {mapped:?}"
+        );
     }
     // The start-up probe's connect-and-close is a span too (closed_before_header).
     let rejected = conns

@@ -112,7 +112,21 @@ async fn local_and_unspec_use_the_real_connection() {
     local.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2, 0x1F, 0x90, 0x00, 0x50]);
     local.extend_from_slice(&[kind::NOOP, 0x00, 0x02, 0, 0]);
     let unspec = [&header::V2_SIGNATURE[..], &[0x21, 0x00, 0x00, 0x00]].concat();
-    for hdr in [local, unspec, b"PROXY UNKNOWN\r\n".to_vec()] {
+    // LOCAL with 100 bytes that are no TLVs: the spec says to discard the block and serve.
+    let mut opaque = header::V2_SIGNATURE.to_vec();
+    opaque.extend_from_slice(&[0x20, 0x00, 0x00, 100]);
+    opaque.extend_from_slice(&[0xAB; 100]);
+    // PROXY with IPv4 addresses but an UNSPEC transport: the addresses must be ignored.
+    let mut inet_unspec = header::V2_SIGNATURE.to_vec();
+    inet_unspec.extend_from_slice(&[0x21, 0x10, 0x00, 12]);
+    inet_unspec.extend_from_slice(&[203, 0, 113, 7, 198, 51, 100, 1, 0xC8, 0x22, 0x01, 0xBB]);
+    for hdr in [
+        local,
+        unspec,
+        b"PROXY UNKNOWN\r\n".to_vec(),
+        opaque,
+        inet_unspec,
+    ] {
         let got = one_shot(&h, &mut app, &hdr, b"ping").await;
         let text = String::from_utf8_lossy(&got.received).into_owned();
         let port = h.addr.port();
@@ -122,8 +136,8 @@ async fn local_and_unspec_use_the_real_connection() {
             "the app is told the real peer and local address: {text:?}"
         );
     }
-    let s = h.settled(3).await;
-    assert_eq!(s.restored(RestoreOutcome::NoClient), 3);
+    let s = h.settled(5).await;
+    assert_eq!(s.restored(RestoreOutcome::NoClient), 5);
 }
 
 #[tokio::test]
