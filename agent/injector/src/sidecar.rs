@@ -13,8 +13,8 @@ use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::{
     api::core::v1::{
         Capabilities, Container, ContainerPort, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
-        EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, Probe, SeccompProfile,
-        SecurityContext, TCPSocketAction, Volume, VolumeMount,
+        EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, ObjectFieldSelector, Probe,
+        SeccompProfile, SecurityContext, TCPSocketAction, Volume, VolumeMount,
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
@@ -290,6 +290,18 @@ pub(crate) fn build(settings: &PodSettings, config: &Config) -> Result<Injection
             failure_threshold: Some(30),
             ..Probe::default()
         }),
+        // `/readyz` is 503 from SIGTERM on: the pod leaves its Service's endpoints while the
+        // sidecar drains. Without the metrics port there is nothing to ask.
+        readiness_probe: metrics_port.map(|port| Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/readyz".into()),
+                port: IntOrString::Int(i32::from(port)),
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(5),
+            failure_threshold: Some(1),
+            ..Probe::default()
+        }),
         resources: Some(template.resources.clone()),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(!transparent),
@@ -518,6 +530,10 @@ mod tests {
         let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
         assert!(!parsed.listeners[0].allow_loopback_clients);
         assert_eq!(parsed.metrics_listen, None);
+        assert!(
+            got.container.readiness_probe.is_none(),
+            "no /readyz to probe"
+        );
 
         // The sidecar's defaults when the chart says nothing.
         let bare =
@@ -581,6 +597,12 @@ mod tests {
         let ports = c.ports.unwrap();
         assert_eq!(ports[0].container_port, 8080);
         assert_eq!(ports[0].name.as_deref(), Some("trueip-8080"));
+        let ready = c.readiness_probe.unwrap().http_get.unwrap();
+        assert_eq!(ready.path.as_deref(), Some("/readyz"));
+        assert_eq!(
+            ready.port,
+            IntOrString::Int(i32::from(config().sidecar.metrics_port))
+        );
         let env: Vec<_> = c.env.unwrap().into_iter().map(|e| e.name).collect();
         assert_eq!(
             env,

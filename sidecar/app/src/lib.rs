@@ -146,10 +146,18 @@ impl Sidecar {
     /// Serves until `shutdown` completes, then stops accepting and drains open connections up
     /// to the configured deadline. Returns the number of connections cut at the deadline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> usize {
+        let readiness = Arc::new(admin::Readiness::new(
+            self.listeners
+                .iter()
+                .map(listen::Listener::readiness)
+                .chain(self.udp_listeners.iter().map(udp::UdpListener::readiness))
+                .collect(),
+        ));
         let admin = self.admin.map(|socket| {
             tokio::spawn(admin::serve(
                 socket,
                 Arc::clone(&self.registry),
+                Arc::clone(&readiness),
                 self.admin_config,
             ))
         });
@@ -166,6 +174,7 @@ impl Sidecar {
         );
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining open ones");
+        readiness.drain();
         let _ = stop.send(true);
         let mut cut = 0;
         for task in tasks {

@@ -10,7 +10,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    config::ListenerConfig,
+    config::{ListenerConfig, Mode},
     connection,
     metrics::{ListenerMetrics, SidecarMetrics},
     restore::{Restorer, SetupError},
@@ -156,6 +156,19 @@ impl Listener {
         Arc::clone(&self.shared.metrics)
     }
 
+    /// What `/readyz` says of this listener: its mode in use, and the configured one when a
+    /// fallback replaced it.
+    pub(crate) fn readiness(&self) -> String {
+        let config = &self.shared.config;
+        describe(
+            &self.shared.name,
+            "tcp",
+            config.mode,
+            self.shared.restorer.mode(),
+            config.steer,
+        )
+    }
+
     /// Accepts until `shutdown` turns true, then waits up to `drain` for open connections.
     /// Returns how many were still open when it gave up.
     pub async fn serve(self, mut shutdown: watch::Receiver<bool>, drain: Duration) -> usize {
@@ -226,6 +239,24 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 /// A listening socket: SO_REUSEADDR so a restart does not wait for TIME_WAIT, dual-stack on
 /// `[::]` so IPv4 load balancers reach it too.
+/// One `/readyz` line: `<name>: <protocol> <mode>[ (fallback for <configured>)][, steered]`.
+pub(crate) fn describe(
+    name: &str,
+    protocol: &str,
+    configured: Mode,
+    in_use: Mode,
+    steer: bool,
+) -> String {
+    let mut line = format!("{name}: {protocol} {}", in_use.label());
+    if in_use != configured {
+        line.push_str(&format!(" (fallback for {})", configured.label()));
+    }
+    if steer {
+        line.push_str(", steered");
+    }
+    line
+}
+
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use support::{App, Behaviour, util, v1_header, v2_header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trueip_proxy_header::Tlvs;
-use trueip_sidecar_app::{Config, Sidecar, config::ListenerConfig};
+use trueip_sidecar_app::{Config, Sidecar, config::ListenerConfig, metrics::RestoreOutcome};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut c = util::connect(addr).await;
@@ -133,4 +133,57 @@ async fn the_admin_endpoint_bounds_idle_and_excess_connections() {
     ] {
         assert!(response.contains(line), "{line} not in {response}");
     }
+}
+
+#[tokio::test]
+async fn readyz_lists_the_listeners_and_fails_while_draining() {
+    let mut app = App::start(Behaviour::Sink).await;
+    let mut listener = ListenerConfig::new("127.0.0.1:0".parse().unwrap(), app.addr());
+    listener.name = Some("web".into());
+    listener.trusted_sources = vec!["127.0.0.0/8".parse().unwrap()];
+    let mut config = Config::single(listener);
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.drain_timeout = Duration::from_secs(10);
+    let sidecar = Sidecar::bind(&config).unwrap();
+    let addr = sidecar.local_addrs()[0].1;
+    let admin = sidecar.metrics_addr().unwrap();
+    let listener_metrics = sidecar.metrics()[0].1.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(sidecar.run(async {
+        let _ = stopped.await;
+    }));
+
+    let ready = get(admin, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(ready.ends_with("ready\nweb: tcp none\n"), "{ready}");
+    // An open connection keeps the drain going after SIGTERM; meanwhile the pod is not ready.
+    let mut open = util::connect(addr).await;
+    open.write_all(&v2_header(Tlvs::default(), false))
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if listener_metrics
+            .snapshot()
+            .restored(RestoreOutcome::Restored)
+            == 1
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = stop.send(());
+    let mut draining = String::new();
+    for _ in 0..100 {
+        draining = get(admin, "/readyz").await;
+        if draining.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(draining.starts_with("HTTP/1.1 503"), "{draining}");
+    assert!(draining.contains("draining"), "{draining}");
+    assert!(get(admin, "/healthz").await.starts_with("HTTP/1.1 200"));
+    drop(open);
+    assert_eq!(run.await.unwrap(), 0, "nothing cut");
+    app.conn().await;
 }

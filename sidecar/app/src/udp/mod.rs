@@ -333,6 +333,18 @@ impl UdpListener {
         Arc::clone(&self.shared.metrics)
     }
 
+    /// What `/readyz` says of this listener (see [`crate::listen::describe`]).
+    pub(crate) fn readiness(&self) -> String {
+        let config = &self.shared.config;
+        crate::listen::describe(
+            &self.shared.name,
+            "udp",
+            config.mode,
+            self.shared.restore.mode(),
+            false,
+        )
+    }
+
     /// Relays datagrams until `shutdown` turns true, then closes every flow. Datagrams have no
     /// connection to drain, so this returns 0 (nothing cut).
     pub async fn serve(self, mut shutdown: watch::Receiver<bool>) -> usize {
