@@ -90,45 +90,25 @@ defaults:
 allowedModes: {{ toJson .Values.injector.allowedModes }}
 {{- end }}
 
-{{/* Fails rendering on values the chart cannot work with. */}}
+{{/* Fails rendering on values the chart cannot work with that values.schema.json cannot judge:
+     the schema checks each value alone (types, enums, ranges, unknown keys) before rendering;
+     these checks relate values to each other, or give a clearer message than the schema could. */}}
 {{- define "trueip.validate" -}}
-{{- if not (has .Values.injector.failurePolicy (list "Ignore" "Fail")) }}
-{{- fail (printf "injector.failurePolicy must be Ignore or Fail, not %q" .Values.injector.failurePolicy) }}
-{{- end }}
-{{- if not (has .Values.injector.tls.source (list "helm" "cert-manager" "secret")) }}
-{{- fail (printf "injector.tls.source must be helm, cert-manager or secret, not %q" .Values.injector.tls.source) }}
-{{- end }}
 {{- if and (eq .Values.injector.tls.source "secret") (or (not .Values.injector.tls.secretName) (not .Values.injector.tls.caBundle)) }}
 {{- fail "injector.tls.source=secret needs injector.tls.secretName and injector.tls.caBundle" }}
-{{- end }}
-{{- if or (lt (int .Values.injector.timeoutSeconds) 1) (gt (int .Values.injector.timeoutSeconds) 30) }}
-{{- fail "injector.timeoutSeconds must be between 1 and 30" }}
-{{- end }}
-{{- $modes := list "none" "proxy-v1" "proxy-v2" "ebpf" "transparent" "http" }}
-{{- range .Values.injector.allowedModes }}
-{{- if not (has . $modes) }}
-{{- fail (printf "injector.allowedModes: %q is not a mode (none, proxy-v1, proxy-v2, ebpf, transparent, http)" .) }}
-{{- end }}
 {{- end }}
 {{- if not (has .Values.sidecar.mode .Values.injector.allowedModes) }}
 {{- fail (printf "sidecar.mode %q is not in injector.allowedModes %v: every pod without a trueip.io/mode annotation would be refused" .Values.sidecar.mode .Values.injector.allowedModes) }}
 {{- end }}
+{{- /* The schema checks the quoted form; `--set agent.socketMode=640` gives a number. */}}
 {{- if not (regexMatch "^0?[0-7][2367][0-7]$" (toString .Values.agent.socketMode)) }}
 {{- fail (printf "agent.socketMode must be an octal mode like \"660\" (quoted) whose group digit allows writing (2, 3, 6 or 7: the sidecars connect through the socket's group), not %q" (toString .Values.agent.socketMode)) }}
 {{- end }}
 {{- if and (ne (toString .Values.agent.socketGroup) "") (ne (include "trueip.agent.socketGroup" .) (toString (int64 .Values.sidecar.runAsGroup))) }}
 {{- fail (printf "agent.socketGroup (%v) must be sidecar.runAsGroup (%v), or empty: the injected sidecars connect to the agent's socket with that group" .Values.agent.socketGroup .Values.sidecar.runAsGroup) }}
 {{- end }}
-{{- if not (kindIs "map" (.Values.sidecar.http | default dict)) }}
-{{- fail (printf "sidecar.http must be a map of the sidecar's http settings (client_headers, limits, ...), not %v" .Values.sidecar.http) }}
-{{- end }}
+{{- /* The schema lets `tls` through for this message. */}}
 {{- if hasKey (.Values.sidecar.http | default dict) "tls" }}
 {{- fail "sidecar.http.tls cannot be set: the injector mounts no certificate into pods" }}
-{{- end }}
-{{- if not (kindIs "bool" (.Values.sidecar.allowLoopbackClients | default false)) }}
-{{- fail (printf "sidecar.allowLoopbackClients must be true or false, not %q" (toString .Values.sidecar.allowLoopbackClients)) }}
-{{- end }}
-{{- if not (has .Values.sidecar.header (list "required" "optional" "off")) }}
-{{- fail (printf "sidecar.header must be required, optional or off, not %q" .Values.sidecar.header) }}
 {{- end }}
 {{- end }}

@@ -98,9 +98,84 @@ fn variants() -> anyhow::Result<Vec<(Vec<PathBuf>, Vec<&'static str>)>> {
 
 pub(crate) fn lint_strict_with_every_values_file() -> anyhow::Result<()> {
     let tools = Tools::require()?;
-    tools.lint(&[])?;
-    for file in example_values()? {
-        tools.lint(&[&file])?;
+    // values.yaml alone, each example, and each switch: lint checks them against the schema too.
+    for (files, flags) in variants()? {
+        let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+        tools.lint(&paths, &flags)?;
+    }
+    Ok(())
+}
+
+/// The restore modes, as the injector's parser spells them.
+const MODES: [&str; 6] = [
+    "none",
+    "proxy-v1",
+    "proxy-v2",
+    "ebpf",
+    "transparent",
+    "http",
+];
+
+/// The `--set` flags that make `mode` the default mode: `transparent` must be allowed first.
+fn mode_flags(mode: &str) -> Vec<String> {
+    let mut flags = vec![format!("--set=sidecar.mode={mode}")];
+    if mode == "transparent" {
+        flags.push(
+            "--set=injector.allowedModes={none,proxy-v1,proxy-v2,ebpf,http,transparent}".into(),
+        );
+    }
+    flags
+}
+
+/// The values in the chart's values.schema.json.
+fn schema() -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(chart_dir().join("values.schema.json"))?;
+    serde_json::from_str(&text).context("values.schema.json is not JSON")
+}
+
+pub(crate) fn every_mode_renders_valid_manifests() -> anyhow::Result<()> {
+    let tools = Tools::require()?;
+    // The modes the schema offers are the injector's, all documented in values.yaml.
+    let schema = schema()?;
+    let offered: Vec<&str> = schema["definitions"]["mode"]["enum"]
+        .as_array()
+        .context("the schema's modes")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    ensure!(
+        offered == MODES,
+        "values.schema.json offers the modes {offered:?}"
+    );
+    let values = std::fs::read_to_string(chart_dir().join("values.yaml"))?;
+    for mode in MODES {
+        ensure!(
+            values.contains(&format!("`{mode}`")),
+            "values.yaml does not document the mode {mode}"
+        );
+        // Without the agent too, for every mode but the one that needs it.
+        let mut renders = vec![mode_flags(mode)];
+        if mode != "ebpf" {
+            let mut flags = mode_flags(mode);
+            flags.push("--set=agent.enabled=false".into());
+            renders.push(flags);
+        }
+        for flags in renders {
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let what = format!("{flags:?}");
+            tools.lint(&[], &flags)?;
+            let yaml = tools.render(&[], &flags)?;
+            tools.validate(&yaml, &what)?;
+            let docs = documents(&yaml)?;
+            let config = injector_config(&docs)?;
+            ensure!(
+                config.contains(&format!("mode: \"{mode}\"")),
+                "{what}: the injector's default mode is not {mode}:\n{config}"
+            );
+            if let Err(log) = injector_accepts(&config)? {
+                anyhow::bail!("{what}: the injector refuses the configuration:\n{log}");
+            }
+        }
     }
     Ok(())
 }
@@ -493,20 +568,13 @@ pub(crate) fn generated_certificate_is_trusted_by_the_ca_bundle() -> anyhow::Res
 
 pub(crate) fn bad_values_are_refused_at_render() -> anyhow::Result<()> {
     let tools = Tools::require()?;
+    // What the schema cannot judge (values that must agree with each other, a number where a
+    // quoted mode belongs), refused by the templates with the chart's own message.
     for (flag, expected) in [
-        (
-            "--set=injector.failurePolicy=Sometimes",
-            "injector.failurePolicy",
-        ),
         ("--set=injector.tls.source=secret", "injector.tls.caBundle"),
-        ("--set=injector.tls.source=vault", "injector.tls.source"),
         (
             "--set=sidecar.mode=transparent",
             "sidecar.mode \"transparent\" is not in injector.allowedModes",
-        ),
-        (
-            "--set=injector.allowedModes={ebpf,tproxy}",
-            "injector.allowedModes: \"tproxy\" is not a mode",
         ),
         (
             "--set=injector.allowedModes={proxy-v2}",
@@ -517,26 +585,12 @@ pub(crate) fn bad_values_are_refused_at_render() -> anyhow::Result<()> {
             "agent.socketMode must be an octal mode",
         ),
         (
-            "--set=agent.socketMode=rw",
-            "agent.socketMode must be an octal mode",
-        ),
-        (
             "--set=agent.socketGroup=1000",
             "agent.socketGroup (1000) must be sidecar.runAsGroup (65532)",
         ),
-        ("--set=sidecar.header=maybe", "sidecar.header"),
         (
             "--set=sidecar.http.tls.cert=/tls/tls.crt",
             "sidecar.http.tls cannot be set",
-        ),
-        ("--set=sidecar.http=strip", "sidecar.http must be a map"),
-        (
-            "--set=sidecar.allowLoopbackClients=maybe",
-            "sidecar.allowLoopbackClients must be true or false",
-        ),
-        (
-            "--set=injector.timeoutSeconds=60",
-            "injector.timeoutSeconds",
         ),
     ] {
         let e = tools.render(&[], &[flag]).expect_err(flag).to_string();
@@ -545,13 +599,475 @@ pub(crate) fn bad_values_are_refused_at_render() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a bad value comes from: `--set` flags, or a values file's text (what YAML makes of an
+/// unquoted `off` cannot be written with `--set`).
+enum Bad {
+    Set(&'static str),
+    File(&'static str),
+}
+
+/// Whether helm's schema error names the value at `path` (`sidecar.http.limits`; `""`: the
+/// root): Helm 3.17 writes `- sidecar.header: ...`, later versions `at '/sidecar/header'`.
+fn names_path(error: &str, path: &str) -> bool {
+    if path.is_empty() {
+        return error.contains("(root)") || error.contains("at ''");
+    }
+    error.contains(&format!("- {path}: "))
+        || error.contains(&format!("'/{}'", path.replace('.', "/")))
+}
+
+pub(crate) fn the_schema_refuses_bad_values_naming_them() -> anyhow::Result<()> {
+    let tools = Tools::require()?;
+    let dir = tempfile::tempdir()?;
+    // (the value, the path helm's message must name, and what else it must say)
+    for (bad, path, says) in [
+        (
+            Bad::Set("--set=sidecar.mode=bogus"),
+            "sidecar.mode",
+            "transparent",
+        ),
+        // YAML reads an unquoted `off` as false; the message says to quote it.
+        (
+            Bad::File("sidecar:\n  header: off\n"),
+            "sidecar.header",
+            "quote it: header: 'off'",
+        ),
+        (
+            Bad::Set("--set=sidecar.header=maybe"),
+            "sidecar.header",
+            "optional",
+        ),
+        (
+            Bad::Set("--set=sidecar.metricsPort=70000"),
+            "sidecar.metricsPort",
+            "65535",
+        ),
+        (
+            Bad::Set("--set=injector.failurePolicy=Maybe"),
+            "injector.failurePolicy",
+            "Ignore",
+        ),
+        // A typo names the key, under the mapping that has no such key.
+        (Bad::Set("--set=sidecar.mdoe=ebpf"), "sidecar", "mdoe"),
+        (Bad::File("sidcar:\n  mode: ebpf\n"), "", "sidcar"),
+        (
+            Bad::Set("--set=sidecar.http.limits.max_request_head=10"),
+            "sidecar.http.limits.max_request_head",
+            "8192",
+        ),
+        (
+            Bad::Set("--set=sidecar.http.limits.h2_stream_window=1024"),
+            "sidecar.http.limits.h2_stream_window",
+            "65535",
+        ),
+        (
+            Bad::Set("--set=sidecar.http.limits.max_head=65536"),
+            "sidecar.http.limits",
+            "max_head",
+        ),
+        (
+            Bad::Set("--set=sidecar.http.colour=blue"),
+            "sidecar.http",
+            "colour",
+        ),
+        (
+            Bad::Set("--set=sidecar.http.client_headers=keep"),
+            "sidecar.http.client_headers",
+            "append",
+        ),
+        (
+            Bad::Set("--set=sidecar.http.x_forwarded_for=not a header"),
+            "sidecar.http.x_forwarded_for",
+            "pattern",
+        ),
+        // A header name or `false`; `true` says which.
+        (
+            Bad::Set("--set=sidecar.http.x_real_ip=true"),
+            "sidecar.http.x_real_ip",
+            "false",
+        ),
+        (
+            Bad::Set("--set=sidecar.http.tlv_headers.vpce=x-vpce"),
+            "sidecar.http.tlv_headers",
+            "vpce",
+        ),
+        (
+            Bad::Set("--set=sidecar.http=strip"),
+            "sidecar.http",
+            "object",
+        ),
+        (
+            Bad::Set("--set=sidecar.http.limits.keep_alive_timeout=forever"),
+            "sidecar.http.limits.keep_alive_timeout",
+            "pattern",
+        ),
+        (
+            Bad::Set("--set=sidecar.admin.headerTimeout=soon"),
+            "sidecar.admin.headerTimeout",
+            "pattern",
+        ),
+        (
+            Bad::Set("--set=sidecar.admin.maxConnections=0"),
+            "sidecar.admin.maxConnections",
+            "1",
+        ),
+        (
+            Bad::Set("--set=sidecar.allowLoopbackClients=maybe"),
+            "sidecar.allowLoopbackClients",
+            "boolean",
+        ),
+        (
+            Bad::Set("--set=sidecar.logFormat=text"),
+            "sidecar.logFormat",
+            "human",
+        ),
+        (
+            Bad::Set("--set=sidecar.fallback=ebpf"),
+            "sidecar.fallback",
+            "proxy-v1",
+        ),
+        (
+            Bad::Set("--set=sidecar.listenAddress=any"),
+            "sidecar.listenAddress",
+            "ipv4",
+        ),
+        (
+            Bad::Set("--set=agent.socketMode=777x"),
+            "agent.socketMode",
+            "[2367]",
+        ),
+        (
+            Bad::Set("--set=agent.socketMode=rw"),
+            "agent.socketMode",
+            "[2367]",
+        ),
+        (
+            Bad::Set("--set=agent.podCgroup=pod"),
+            "agent.podCgroup",
+            "parent",
+        ),
+        (
+            Bad::Set("--set=agent.logFormat=human"),
+            "agent.logFormat",
+            "text",
+        ),
+        (
+            Bad::Set("--set=agent.image.pullPolicy=Sometimes"),
+            "agent.image.pullPolicy",
+            "IfNotPresent",
+        ),
+        // An unquoted tag that YAML reads as a number.
+        (
+            Bad::File("agent:\n  image:\n    tag: 1.10\n"),
+            "agent.image.tag",
+            "string",
+        ),
+        (
+            Bad::Set("--set=commonLabels.team=1"),
+            "commonLabels.team",
+            "string",
+        ),
+        (
+            Bad::Set("--set=injector.timeoutSeconds=60"),
+            "injector.timeoutSeconds",
+            "30",
+        ),
+        (
+            Bad::Set("--set=injector.tls.source=vault"),
+            "injector.tls.source",
+            "cert-manager",
+        ),
+        (
+            Bad::Set("--set=injector.allowedModes={ebpf,tproxy}"),
+            "injector.allowedModes.1",
+            "transparent",
+        ),
+        (
+            Bad::Set("--set=injector.certReloadInterval=10"),
+            "injector.certReloadInterval",
+            "string",
+        ),
+        (
+            Bad::Set("--set=metrics.podMonitor.interval=30 seconds"),
+            "metrics.podMonitor.interval",
+            "pattern",
+        ),
+    ] {
+        let (what, result) = match bad {
+            Bad::Set(flag) => (flag.to_owned(), tools.render(&[], &[flag])),
+            Bad::File(text) => {
+                let file = dir.path().join("bad.yaml");
+                std::fs::write(&file, text)?;
+                (format!("-f {text:?}"), tools.render(&[&file], &[]))
+            }
+        };
+        let Err(e) = result else {
+            anyhow::bail!("{what}: helm template accepts it");
+        };
+        let e = e.to_string();
+        ensure!(
+            e.contains("values don't meet the specifications of the schema"),
+            "{what}: not refused by values.schema.json: {e}"
+        );
+        ensure!(
+            names_path(&e, path),
+            "{what}: the message does not name {path:?}: {e}"
+        );
+        ensure!(
+            e.contains(says),
+            "{what}: the message does not say {says:?}: {e}"
+        );
+    }
+
+    // helm lint refuses what helm template refuses.
+    let off = dir.path().join("off.yaml");
+    std::fs::write(&off, "sidecar:\n  header: off\n")?;
+    let e = tools
+        .lint(&[&off], &[])
+        .expect_err("lint accepts header: off")
+        .to_string();
+    ensure!(names_path(&e, "sidecar.header"), "{e}");
+
+    // ... and the spellings the messages ask for are accepted.
+    let quoted = dir.path().join("quoted.yaml");
+    std::fs::write(
+        &quoted,
+        "sidecar:\n  header: \"off\"\n  http:\n    x_real_ip: false\n    \
+         tlv_headers: {unique_id: x-request-id, ssl_cn: false}\n    \
+         limits: {keep_alive_timeout: 1m 30s, header_read_timeout: 2.5s}\n\
+         agent:\n  socketMode: \"0660\"\n  image: {tag: \"1.10\"}\n\
+         commonLabels: {team: \"1\"}\n",
+    )?;
+    let docs = documents(&tools.render(&[&quoted], &[])?)?;
+    let config = injector_config(&docs)?;
+    ensure!(config.contains("header: \"off\""), "{config}");
+    injector_accepts(&config)?.map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+/// The backquoted names a serde error lists after `expected` (`unknown variant `~`, expected
+/// one of `a`, `b``).
+fn expected_names(error: &str) -> BTreeSet<String> {
+    let list = error.split("expected").nth(1).unwrap_or_default();
+    let list = list.split(" at line").next().unwrap_or_default();
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The names the injector's parser accepts for the value set to `~` in `config` (a
+/// configuration file), from its refusal of `~`.
+fn injector_variants(config: &str) -> anyhow::Result<BTreeSet<String>> {
+    let log = injector_accepts(config)?.expect_err("`~` is a variant");
+    let names = expected_names(&log);
+    ensure!(!names.is_empty(), "no variants in: {log}");
+    Ok(names)
+}
+
+/// The keys the sidecar's parser accepts in its `http` section (`section` = "") or in a
+/// mapping below it (`limits`, `tlv_headers`), from its refusal of an unknown one.
+fn sidecar_http_keys(section: &str) -> anyhow::Result<BTreeSet<String>> {
+    let inner = if section.is_empty() {
+        "{\"~\": 0}".to_owned()
+    } else {
+        format!("{{{section}: {{\"~\": 0}}}}")
+    };
+    let e = sample(&inner).expect_err("an unknown key").to_string();
+    let names = expected_names(&e);
+    ensure!(!names.is_empty(), "no keys in: {e}");
+    Ok(names)
+}
+
+/// A schema node with its `$ref` (`#/definitions/...`) followed.
+fn resolve<'a>(schema: &'a Value, node: &'a Value) -> &'a Value {
+    match node["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/definitions/"))
+    {
+        Some(name) => resolve(schema, &schema["definitions"][name]),
+        None => node,
+    }
+}
+
+/// Keys of the schema that values.yaml does not set: Helm's `global` (for a parent chart), and
+/// `sidecar.http.tls`, let through for the templates' clearer refusal.
+const SCHEMA_ONLY: [&str; 2] = ["global", "sidecar.http.tls"];
+
+/// Mappings of values.yaml whose keys are the user's (Kubernetes objects, labels): the schema
+/// gives their type, not their keys.
+const FREE_MAPS: [&str; 6] = [
+    "agent.resources",
+    "agent.updateStrategy",
+    "agent.nodeSelector",
+    "injector.resources",
+    "injector.nodeSelector",
+    "sidecar.resources",
+];
+
+/// Compares the value at `path` of values.yaml with its schema `node`, recording what differs.
+fn compare(schema: &Value, node: &Value, value: &Value, path: &str, problems: &mut Vec<String>) {
+    static ABSENT: Value = Value::Null;
+    let name = if path.is_empty() { "(root)" } else { path };
+    let node = resolve(schema, node);
+    if node.is_null() {
+        problems.push(format!("{name}: in values.yaml, not in values.schema.json"));
+        return;
+    }
+    if node.get("type").is_none() && node.get("enum").is_none() {
+        problems.push(format!("{name}: values.schema.json gives it no type"));
+    }
+    let Some(map) = value.as_object().filter(|m| !m.is_empty()) else {
+        return;
+    };
+    let Some(properties) = node["properties"].as_object() else {
+        if !FREE_MAPS.contains(&path) {
+            problems.push(format!("{name}: values.schema.json does not list its keys"));
+        }
+        return;
+    };
+    if node["additionalProperties"] != false {
+        problems.push(format!(
+            "{name}: values.schema.json lets unknown keys (typos) through: additionalProperties"
+        ));
+    }
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    for (key, value) in map {
+        let child = properties.get(key).unwrap_or(&ABSENT);
+        compare(schema, child, value, &join(key), problems);
+    }
+    for key in properties.keys().filter(|k| !map.contains_key(*k)) {
+        if !SCHEMA_ONLY.contains(&join(key).as_str()) {
+            problems.push(format!(
+                "{}: in values.schema.json, not in values.yaml",
+                join(key)
+            ));
+        }
+    }
+}
+
+pub(crate) fn the_schema_covers_every_value() -> anyhow::Result<()> {
+    let schema = schema()?;
+    ensure!(schema["$schema"] == "http://json-schema.org/draft-07/schema#");
+    let values: Value =
+        serde_norway::from_str(&std::fs::read_to_string(chart_dir().join("values.yaml"))?)?;
+    let mut problems = Vec::new();
+    compare(&schema, &schema, &values, "", &mut problems);
+    ensure!(
+        problems.is_empty(),
+        "values.yaml and values.schema.json differ:\n{}",
+        problems.join("\n")
+    );
+
+    // The schema's keys below `sidecar.http` are the sidecar's own.
+    let node = |path: &str| {
+        path.split('.')
+            .fold(&schema, |n, key| &resolve(&schema, n)["properties"][key])
+    };
+    for (path, section) in [
+        ("sidecar.http", ""),
+        ("sidecar.http.limits", "limits"),
+        ("sidecar.http.tlv_headers", "tlv_headers"),
+    ] {
+        let ours: BTreeSet<String> = resolve(&schema, node(path))["properties"]
+            .as_object()
+            .context(path)?
+            .keys()
+            .cloned()
+            .collect();
+        ensure!(ours == sidecar_http_keys(section)?, "{path}: {ours:?}");
+    }
+    // ... with the sidecar's bounds.
+    use trueip_sidecar_app::config::HttpLimits;
+    let bounds = |path: &str| {
+        let n = resolve(&schema, node(path));
+        (n["minimum"].as_u64(), n["maximum"].as_u64())
+    };
+    let head = bounds("sidecar.http.limits.max_request_head");
+    ensure!(
+        head == (
+            Some(HttpLimits::MIN_REQUEST_HEAD as u64),
+            Some(HttpLimits::MAX_REQUEST_HEAD as u64)
+        ),
+        "{head:?}"
+    );
+    for window in ["h2_stream_window", "h2_connection_window"] {
+        let b = bounds(&format!("sidecar.http.limits.{window}"));
+        ensure!(
+            b == (
+                Some(HttpLimits::MIN_H2_WINDOW.into()),
+                Some(i32::MAX as u64)
+            ),
+            "{window}: {b:?}"
+        );
+    }
+
+    // The enums are the parsers' names.
+    let enum_of = |path: &str| -> anyhow::Result<BTreeSet<String>> {
+        Ok(resolve(&schema, node(path))["enum"]
+            .as_array()
+            .with_context(|| format!("{path} has no enum"))?
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect())
+    };
+    let modes = injector_variants("sidecar: {image: x}\ndefaults: {mode: \"~\"}\n")?;
+    ensure!(enum_of("sidecar.mode")? == modes, "sidecar.mode: {modes:?}");
+    let allowed = resolve(&schema, node("injector.allowedModes"));
+    ensure!(
+        resolve(&schema, &allowed["items"])["enum"]
+            == resolve(&schema, node("sidecar.mode"))["enum"]
+    );
+    for (path, config) in [
+        (
+            "sidecar.header",
+            "sidecar: {image: x}\ndefaults: {header: \"~\"}\n",
+        ),
+        (
+            "sidecar.logFormat",
+            "sidecar: {image: x, logFormat: \"~\"}\n",
+        ),
+        (
+            "sidecar.image.pullPolicy",
+            "sidecar: {image: x, imagePullPolicy: \"~\"}\n",
+        ),
+    ] {
+        let names = injector_variants(config)?;
+        ensure!(
+            enum_of(path)? == names,
+            "{path}: the injector accepts {names:?}"
+        );
+    }
+    let e = sample("{client_headers: \"~\"}")
+        .expect_err("`~`")
+        .to_string();
+    ensure!(
+        enum_of("sidecar.http.client_headers")? == expected_names(&e),
+        "{e}"
+    );
+    Ok(())
+}
+
 /// `--check-config` on the injector configuration a render with `flags` gives: its log, or an
 /// error with the log when the injector refuses it.
 fn check_config(tools: &Tools, flags: &[&str]) -> anyhow::Result<Result<String, String>> {
     let docs = documents(&tools.render(&[], flags)?)?;
+    injector_accepts(&injector_config(&docs)?)
+}
+
+/// `--check-config` on an injector configuration file's text: its log, or an error with the log
+/// when the injector refuses it.
+fn injector_accepts(text: &str) -> anyhow::Result<Result<String, String>> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("config.yaml");
-    std::fs::write(&config, injector_config(&docs)?)?;
+    std::fs::write(&config, text)?;
     let out = Command::new(INJECTOR)
         .args(["--check-config", "--log-format", "text", "--config"])
         .arg(&config)
@@ -566,8 +1082,10 @@ fn check_config(tools: &Tools, flags: &[&str]) -> anyhow::Result<Result<String, 
 
 pub(crate) fn bad_sidecar_http_values_stop_the_injector_at_start() -> anyhow::Result<()> {
     let tools = Tools::require()?;
-    // Values helm cannot judge: the injector refuses them when it starts, with the chart's key
-    // and the sidecar's reason, instead of refusing every http pod at admission.
+    // The injector refuses them when it starts, with the chart's key and the sidecar's reason,
+    // instead of refusing every http pod at admission: the values the schema cannot judge, and
+    // those it refuses, should they get past it (`--skip-schema-validation`).
+    const PAST_THE_SCHEMA: &str = "--skip-schema-validation";
     for (flag, expected) in [
         (
             "--set=sidecar.http.limits.max_request_head=10",
@@ -602,7 +1120,7 @@ pub(crate) fn bad_sidecar_http_values_stop_the_injector_at_start() -> anyhow::Re
             "sidecar.admin.maxConnections: invalid value",
         ),
     ] {
-        match check_config(&tools, &[flag])? {
+        match check_config(&tools, &[flag, PAST_THE_SCHEMA])? {
             Ok(log) => anyhow::bail!("{flag}: the injector accepts it:\n{log}"),
             Err(log) => ensure!(
                 log.contains("invalid injector configuration") && log.contains(expected),
@@ -628,18 +1146,9 @@ pub(crate) fn sidecar_http_values_are_the_sidecars_defaults() -> anyhow::Result<
     // Every key the sidecar has is written out (but `tls`, which the chart cannot set): the
     // sidecar names them all when it refuses an unknown one.
     let keys_of = |section: &str| -> anyhow::Result<BTreeSet<String>> {
-        let inner = if section.is_empty() {
-            "{\"~\": 0}".to_owned()
-        } else {
-            format!("{{{section}: {{\"~\": 0}}}}")
-        };
-        let e = sample(&inner).expect_err("an unknown key").to_string();
-        let list = e.split("expected one of ").nth(1).context(e.clone())?;
-        Ok(list
-            .split(", ")
-            .map(|k| k.split('`').nth(1).unwrap_or_default().to_owned())
-            .filter(|k| k != "tls")
-            .collect())
+        let mut keys = sidecar_http_keys(section)?;
+        keys.remove("tls");
+        Ok(keys)
     };
     let written: BTreeSet<String> = http.keys().cloned().collect();
     ensure!(written == keys_of("")?, "sidecar.http: {written:?}");

@@ -33,10 +33,11 @@ macro_rules! tests {
 }
 
 /// Every test of this binary; a test function left out is dead code, which clippy refuses.
-const TESTS: [(&str, Test); 17] = tests![
+const TESTS: [(&str, Test); 20] = tests![
     chart::bad_sidecar_http_values_stop_the_injector_at_start,
     chart::bad_values_are_refused_at_render,
     chart::default_render_wires_the_pieces_together,
+    chart::every_mode_renders_valid_manifests,
     chart::every_value_is_documented,
     chart::every_values_file_renders_valid_manifests,
     chart::failure_policy_is_a_value,
@@ -45,6 +46,8 @@ const TESTS: [(&str, Test); 17] = tests![
     chart::pod_monitors_scrape_the_agents_and_the_injected_sidecars,
     chart::sidecar_http_values_are_the_sidecars_defaults,
     chart::the_agent_socket_belongs_to_the_sidecars_group,
+    chart::the_schema_covers_every_value,
+    chart::the_schema_refuses_bad_values_naming_them,
     images::dockerfiles_build_what_the_chart_runs,
     webhook::apiserver_calls_the_webhook_and_applies_its_patch,
     webhook::http_pods_get_the_charts_http_section,

@@ -71,13 +71,16 @@ impl Tools {
         Ok(Self { helm, validate })
     }
 
-    /// `helm lint --strict` with the given values files.
-    pub(crate) fn lint(&self, values: &[&Path]) -> anyhow::Result<()> {
+    /// `helm lint --strict` with values files and `--set` / `--set-string` flags (each given
+    /// whole, as for [`Tools::render`]). Lint validates the values against values.schema.json
+    /// too.
+    pub(crate) fn lint(&self, values: &[&Path], flags: &[&str]) -> anyhow::Result<()> {
         let mut cmd = Command::new(&self.helm);
         cmd.arg("lint").arg("--strict").arg(chart_dir());
         for file in values {
             cmd.arg("-f").arg(file);
         }
+        cmd.args(flags);
         let out = cmd.output().context("running helm lint")?;
         let text = format!(
             "{}{}",
@@ -86,11 +89,11 @@ impl Tools {
         );
         ensure!(
             out.status.success(),
-            "helm lint --strict {values:?}:\n{text}"
+            "helm lint --strict {values:?} {flags:?}:\n{text}"
         );
         ensure!(
             !text.contains("[WARNING]") && !text.contains("[ERROR]"),
-            "helm lint {values:?}:\n{text}"
+            "helm lint {values:?} {flags:?}:\n{text}"
         );
         Ok(())
     }
