@@ -179,19 +179,44 @@ fn patch(pod: &Pod, injection: sidecar::Injection) -> Result<Patch, serde_json::
         })
     };
     let mut ops = Vec::new();
-    let config = Value::String(injection.config_yaml);
-    if pod.metadata.annotations.is_some() {
-        ops.push(add(
-            &["metadata", "annotations", sidecar::CONFIG_ANNOTATION],
-            config,
-        ));
-    } else {
-        let annotations = serde_json::Map::from_iter([(sidecar::CONFIG_ANNOTATION.into(), config)]);
-        ops.push(add(
-            &["metadata", "annotations"],
-            Value::Object(annotations),
-        ));
-    }
+    // Into a map that exists, key by key; a missing map is created whole.
+    let mut put = |map: &str, exists: bool, entries: Vec<(&str, Value)>| {
+        if exists {
+            ops.extend(
+                entries
+                    .into_iter()
+                    .map(|(key, value)| add(&["metadata", map, key], value)),
+            );
+        } else {
+            let object = entries
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value))
+                .collect();
+            ops.push(add(&["metadata", map], Value::Object(object)));
+        }
+    };
+    put(
+        "annotations",
+        pod.metadata.annotations.is_some(),
+        vec![
+            (
+                sidecar::CONFIG_ANNOTATION,
+                Value::String(injection.config_yaml),
+            ),
+            (
+                sidecar::VERSION_ANNOTATION,
+                Value::String(env!("CARGO_PKG_VERSION").into()),
+            ),
+        ],
+    );
+    put(
+        "labels",
+        pod.metadata.labels.is_some(),
+        vec![(
+            sidecar::INJECTED_LABEL,
+            serde_json::to_value(injection.mode)?,
+        )],
+    );
     let spec = pod.spec.as_ref();
     let container = serde_json::to_value(&injection.container)?;
     if spec.and_then(|s| s.init_containers.as_ref()).is_some() {
@@ -289,6 +314,14 @@ mod tests {
             .as_str()
             .unwrap();
         assert!(yaml.contains("listen: '[::]:8080'"), "{yaml}");
+        assert_eq!(
+            out["metadata"]["labels"][sidecar::INJECTED_LABEL],
+            "proxy-v2"
+        );
+        assert_eq!(
+            out["metadata"]["annotations"][sidecar::VERSION_ANNOTATION],
+            env!("CARGO_PKG_VERSION")
+        );
         // Idempotent: the patched pod is left alone.
         assert!(matches!(
             decide(&pod(out), &config()),
@@ -319,6 +352,7 @@ mod tests {
         );
         assert_eq!(out["metadata"]["annotations"]["team"], "shop");
         assert_eq!(out["metadata"]["labels"]["app"], "web");
+        assert_eq!(out["metadata"]["labels"][sidecar::INJECTED_LABEL], "ebpf");
         let yaml = out["metadata"]["annotations"][sidecar::CONFIG_ANNOTATION]
             .as_str()
             .unwrap();

@@ -31,6 +31,11 @@ use crate::{
 pub(crate) const CONTAINER_NAME: &str = "trueip-sidecar";
 /// The pod annotation holding the sidecar's configuration file.
 pub(crate) const CONFIG_ANNOTATION: &str = "trueip.io/sidecar-config";
+/// The label on every injected pod, valued with its mode: what the sidecars' PodMonitor selects,
+/// and what `kubectl get pods -l trueip.io/injected` lists.
+pub(crate) const INJECTED_LABEL: &str = "trueip.io/injected";
+/// The annotation naming the trueip version that injected the pod, for upgrades.
+pub(crate) const VERSION_ANNOTATION: &str = "trueip.io/version";
 /// The downward-API volume that turns the annotation into a file.
 pub(crate) const CONFIG_VOLUME: &str = "trueip-sidecar-config";
 /// The node agent's socket directory (hostPath), for the `ebpf` mode.
@@ -49,6 +54,8 @@ pub(crate) struct Injection {
     pub(crate) container: Container,
     /// The volumes it mounts.
     pub(crate) volumes: Vec<Volume>,
+    /// The restore mode, for [`INJECTED_LABEL`].
+    pub(crate) mode: Mode,
 }
 
 /// Why no sidecar can be built for a pod.
@@ -257,6 +264,7 @@ pub(crate) fn build(settings: &PodSettings, config: &Config) -> Result<Injection
             field("K8S_POD_NAME", "metadata.name"),
             field("K8S_NAMESPACE_NAME", "metadata.namespace"),
             field("K8S_POD_UID", "metadata.uid"),
+            field("K8S_NODE_NAME", "spec.nodeName"),
             EnvVar {
                 name: "RUST_LOG".into(),
                 value: Some(template.log_level.clone()),
@@ -330,6 +338,7 @@ pub(crate) fn build(settings: &PodSettings, config: &Config) -> Result<Injection
         config_yaml,
         container,
         volumes,
+        mode: settings.mode,
     })
 }
 
@@ -610,6 +619,7 @@ mod tests {
                 "K8S_POD_NAME",
                 "K8S_NAMESPACE_NAME",
                 "K8S_POD_UID",
+                "K8S_NODE_NAME",
                 "RUST_LOG"
             ]
         );
