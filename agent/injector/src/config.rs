@@ -116,6 +116,52 @@ pub(crate) struct SidecarTemplate {
     /// Bounds of the sidecar's `/metrics`, `/healthz`, `/readyz` endpoint (when served).
     #[serde(default)]
     pub(crate) admin: AdminTemplate,
+    /// Where the sidecars export traces; no endpoint: none.
+    #[serde(default)]
+    pub(crate) otlp: OtlpTemplate,
+}
+
+/// The sidecars' OTLP export, passed as the standard `OTEL_*` variables (which the sidecar
+/// reads, as any OpenTelemetry SDK does).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub(crate) struct OtlpTemplate {
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, e.g. `http://otel-collector.observability:4318`; empty:
+    /// no traces.
+    pub(crate) endpoint: String,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf` or `grpc`; empty: the sidecar's default.
+    pub(crate) protocol: String,
+    /// `OTEL_TRACES_SAMPLER` (`parentbased_traceidratio`, `always_on`, ...); empty: the SDK's.
+    pub(crate) sampler: String,
+    /// `OTEL_TRACES_SAMPLER_ARG` (the ratio of `*traceidratio` samplers).
+    pub(crate) sampler_arg: String,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, e.g. `{deployment.environment: prod}`.
+    pub(crate) resource_attributes: std::collections::BTreeMap<String, String>,
+}
+
+impl OtlpTemplate {
+    /// The sidecar container's `OTEL_*` variables; none without an endpoint.
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
+        if self.endpoint.trim().is_empty() {
+            return Vec::new();
+        }
+        let attributes = self
+            .resource_attributes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", self.endpoint.clone()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", self.protocol.clone()),
+            ("OTEL_TRACES_SAMPLER", self.sampler.clone()),
+            ("OTEL_TRACES_SAMPLER_ARG", self.sampler_arg.clone()),
+            ("OTEL_RESOURCE_ATTRIBUTES", attributes),
+        ]
+        .into_iter()
+        .filter(|(_, value)| !value.is_empty())
+        .collect()
+    }
 }
 
 /// The sidecar's `admin` section: bounds of its metrics endpoint.
@@ -470,6 +516,7 @@ sidecar:
   allowLoopbackClients: true
   http: {"allow_connect":false,"client_headers":"append","forwarded":false,"limits":{"header_read_timeout":"5s","max_request_head":65536},"strip_headers":["x-internal-user"],"tlv_headers":{"unique_id":"x-request-id"},"x_forwarded_for":"x-client-chain","x_forwarded_proto":"x-forwarded-proto","x_real_ip":false}
   admin: {"headerTimeout":"3s","maxConnections":8}
+  otlp: {"endpoint":"http://otel-collector.observability:4318","protocol":"grpc","sampler":"parentbased_traceidratio","samplerArg":"0.25","resourceAttributes":{"deployment.environment":"prod","team":"shop"}}
 defaults:
   ports: "8080:80"
   mode: proxy-v2

@@ -260,17 +260,26 @@ pub(crate) fn build(settings: &PodSettings, config: &Config) -> Result<Injection
             "--log-format".into(),
             template.log_format.as_str().into(),
         ]),
-        env: Some(vec![
-            field("K8S_POD_NAME", "metadata.name"),
-            field("K8S_NAMESPACE_NAME", "metadata.namespace"),
-            field("K8S_POD_UID", "metadata.uid"),
-            field("K8S_NODE_NAME", "spec.nodeName"),
-            EnvVar {
-                name: "RUST_LOG".into(),
-                value: Some(template.log_level.clone()),
+        env: Some(
+            vec![
+                field("K8S_POD_NAME", "metadata.name"),
+                field("K8S_NAMESPACE_NAME", "metadata.namespace"),
+                field("K8S_POD_UID", "metadata.uid"),
+                field("K8S_NODE_NAME", "spec.nodeName"),
+                EnvVar {
+                    name: "RUST_LOG".into(),
+                    value: Some(template.log_level.clone()),
+                    ..EnvVar::default()
+                },
+            ]
+            .into_iter()
+            .chain(template.otlp.env().into_iter().map(|(name, value)| EnvVar {
+                name: name.into(),
+                value: Some(value),
                 ..EnvVar::default()
-            },
-        ]),
+            }))
+            .collect(),
+        ),
         ports: Some(
             settings
                 .ports
@@ -612,7 +621,13 @@ mod tests {
             ready.port,
             IntOrString::Int(i32::from(config().sidecar.metrics_port))
         );
-        let env: Vec<_> = c.env.unwrap().into_iter().map(|e| e.name).collect();
+        let env: Vec<_> = c
+            .env
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .filter(|name| !name.starts_with("OTEL_"))
+            .collect();
         assert_eq!(
             env,
             [
@@ -622,6 +637,48 @@ mod tests {
                 "K8S_NODE_NAME",
                 "RUST_LOG"
             ]
+        );
+    }
+
+    #[test]
+    fn the_charts_otlp_settings_are_the_sidecars_otel_variables() {
+        let config = Config::from_yaml(FULL, Path::new("config.yaml")).unwrap();
+        let got = build(&settings("80", Mode::Ebpf, HeaderPolicy::Required), &config).unwrap();
+        let env: Vec<(String, String)> = got
+            .container
+            .env
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.name.starts_with("OTEL_"))
+            .map(|e| (e.name, e.value.unwrap()))
+            .collect();
+        let want = [
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://otel-collector.observability:4318",
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=prod,team=shop",
+            ),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(env, want);
+        // No endpoint: no variable at all, so the sidecar exports nothing.
+        let bare = Config::from_yaml("sidecar: {image: x}", Path::new("c")).unwrap();
+        let got = build(&settings("80", Mode::Ebpf, HeaderPolicy::Required), &bare).unwrap();
+        assert!(
+            !got.container
+                .env
+                .unwrap()
+                .iter()
+                .any(|e| e.name.starts_with("OTEL_"))
         );
     }
 

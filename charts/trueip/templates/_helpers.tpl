@@ -82,6 +82,7 @@ sidecar:
   {{- /* The sidecar's own keys, as they are: the injector checks them with the sidecar's parser. */}}
   http: {{ .Values.sidecar.http | default dict | toJson }}
   admin: {{ .Values.sidecar.admin | default dict | toJson }}
+  otlp: {{ .Values.sidecar.otlp | default dict | toJson }}
 defaults:
   ports: {{ .Values.sidecar.ports | toString | quote }}
   mode: {{ .Values.sidecar.mode | quote }}
