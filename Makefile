@@ -7,7 +7,7 @@ SETUP      := scripts/setup.sh
 NOT_EBPF   := --workspace --exclude trueip-redirect-ebpf
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all setup build demo test fmt-check clippy unit-tests fuzz-smoke fuzz soak clean
+.PHONY: all setup build demo test fmt-check clippy images unit-tests fuzz-smoke fuzz soak clean
 
 all: build
 
@@ -20,7 +20,7 @@ build: setup
 demo: build
 	TRUEIP_BIN_DIR=$(CURDIR)/target/release ./target/release/trueip-demo
 
-test: setup fmt-check clippy unit-tests fuzz-smoke
+test: setup fmt-check clippy images unit-tests fuzz-smoke
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -34,6 +34,12 @@ clippy:
 unit-tests:
 	$(CARGO) build --locked $(NOT_EBPF) --bins
 	TRUEIP_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test --locked $(NOT_EBPF) --no-fail-fast
+
+# The chart's three images from static binaries, FROM scratch, as OCI archives in target/images/
+# (`kind load image-archive target/images/trueip-sidecar.tar`); interop's images test unpacks
+# each and runs its entrypoint.
+images: setup
+	bash scripts/images.sh
 
 # A few seconds per fuzz target: catches a decoder that crashes on its seeds or early mutations.
 fuzz-smoke: setup

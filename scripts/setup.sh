@@ -8,6 +8,8 @@ APT_PACKAGES=(
   haproxy               # PROXY v2 sender in the demo and interop tests
   nginx libnginx-mod-stream   # unmodified app / v1 sender
   socat curl iproute2 procps psmisc apache2 tshark   # + interop receivers (mod_remoteip) and PROXY dissector
+  musl-tools            # static binaries for the images (ring's C needs musl-gcc)
+  buildah podman        # `make images`: FROM scratch + the binary, as OCI archives (podman load)
 )
 BPF_LINKER_VERSION=0.13.0
 CARGO_FUZZ_VERSION=0.13.2
@@ -37,6 +39,12 @@ fi
 if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
   log "adding rust-src to the default toolchain (eBPF build-std)"
   rustup component add rust-src
+fi
+
+# The images hold static binaries (`make images`).
+if ! rustup target list --installed 2>/dev/null | grep -q '^x86_64-unknown-linux-musl$'; then
+  log "adding the x86_64-unknown-linux-musl target (static binaries for the images)"
+  rustup target add x86_64-unknown-linux-musl
 fi
 
 if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then

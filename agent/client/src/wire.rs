@@ -48,7 +48,15 @@ pub fn receive(conn: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::Resu
     msg.msg_iov = &raw mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = size_of_val(&control);
+    // socklen_t with musl, size_t with glibc: the 1280-byte buffer fits either.
+    #[allow(
+        clippy::useless_conversion,
+        reason = "a conversion with musl, none with glibc"
+    )]
+    let controllen = size_of_val(&control)
+        .try_into()
+        .expect("the control buffer's length fits msg_controllen");
+    msg.msg_controllen = controllen;
     let mut flags = libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC;
     if dontwait {
         flags |= libc::MSG_DONTWAIT;
@@ -78,9 +86,15 @@ fn installed_fds(msg: &libc::msghdr) -> Vec<OwnedFd> {
         let header = unsafe { &*cmsg };
         if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
             // SAFETY: CMSG_LEN(0) is a constant computation.
-            let data_len = header
-                .cmsg_len
-                .saturating_sub(unsafe { libc::CMSG_LEN(0) } as usize);
+            let empty = unsafe { libc::CMSG_LEN(0) } as usize;
+            // cmsg_len is socklen_t with musl, size_t with glibc.
+            #[allow(
+                clippy::useless_conversion,
+                reason = "a conversion with musl, none with glibc"
+            )]
+            let data_len = usize::try_from(header.cmsg_len)
+                .unwrap_or(0)
+                .saturating_sub(empty);
             // SAFETY: the block's data starts at CMSG_DATA and holds `data_len` bytes of ints.
             let data = unsafe { libc::CMSG_DATA(cmsg) };
             for i in 0..data_len / size_of::<RawFd>() {

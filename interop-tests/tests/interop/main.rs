@@ -17,6 +17,7 @@ mod ebpf;
 mod exhaustion;
 mod fast_path;
 mod haproxy;
+mod images;
 mod nginx;
 mod receivers;
 mod senders;
@@ -42,7 +43,7 @@ macro_rules! tests {
 }
 
 /// Every test of this binary; a test function left out is dead code, which clippy refuses.
-const TESTS: [(&str, Test); 37] = tests![
+const TESTS: [(&str, Test); 38] = tests![
     curl::curl_haproxy_protocol_from_an_untrusted_source_is_rejected,
     curl::curl_haproxy_protocol_to_proxy_v1_mode_nginx_logs_curl,
     differential::haproxy_and_trueip_agree_on_every_header,
@@ -58,6 +59,7 @@ const TESTS: [(&str, Test); 37] = tests![
     haproxy::header_from_an_untrusted_load_balancer_is_rejected,
     haproxy::send_proxy_v1_payload_reaches_the_app_intact,
     haproxy::send_proxy_v2_payload_reaches_the_app_intact,
+    images::every_image_runs_its_entrypoint_from_its_own_root,
     nginx::http_mode_nginx_realip_logs_the_client,
     nginx::send_proxy_v1_through_proxy_v2_mode_nginx_logs_the_client,
     nginx::send_proxy_v2_through_proxy_v1_mode_nginx_logs_the_client,
