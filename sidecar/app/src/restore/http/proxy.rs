@@ -135,7 +135,14 @@ pub(super) async fn handle(
             forward(req, &ctx)
                 .instrument(span.clone())
                 .await
-                .map(|body| InFlightBody { body, in_flight }.boxed_unsync())
+                .map(|body| {
+                    InFlightBody {
+                        body,
+                        progress: Arc::clone(&ctx.progress),
+                        _guard: in_flight,
+                    }
+                    .boxed_unsync()
+                })
         }
         Err(_) => span.in_scope(|| {
             refuse(
@@ -234,37 +241,6 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that ends its request's [`InFlight`] when it is done or dropped, and marks
-/// the connection's progress with each frame.
-struct InFlightBody {
-    body: Body,
-    in_flight: InFlight,
-}
-
-impl hyper::body::Body for InFlightBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(_))) = frame {
-            self.in_flight.ctx.progress.touch();
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
 /// The last time a connection made progress, for `stream_idle_timeout`: a request started, or
 /// a frame of a request or response body moved.
 #[derive(Debug)]
@@ -294,13 +270,23 @@ impl Progress {
     }
 }
 
-/// A request body on its way to the app, marking its connection's progress with each frame.
-pub(super) struct Tracked {
-    body: Incoming,
+/// A body that marks its connection's progress with each frame, holding `G` until it is done
+/// or dropped: a request body on its way to the app (`G = ()`), or a response body on its way
+/// to the client, which ends its request's [`InFlight`].
+pub(super) struct Tracked<B = Incoming, G = ()> {
+    body: B,
     progress: Arc<Progress>,
+    _guard: G,
 }
 
-impl hyper::body::Body for Tracked {
+/// A response body on its way to the client.
+type InFlightBody = Tracked<Body, InFlight>;
+
+impl<B, G> hyper::body::Body for Tracked<B, G>
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    G: Unpin,
+{
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -449,7 +435,11 @@ async fn forward(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
     }
 
     let progress = Arc::clone(&ctx.progress);
-    let req = req.map(|body| Tracked { body, progress });
+    let req = req.map(|body| Tracked {
+        body,
+        progress,
+        _guard: (),
+    });
     let mut response = match ctx.pool.send(req).await {
         Ok(r) => r,
         Err(SendError::Busy { .. }) => {
