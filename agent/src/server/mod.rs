@@ -27,7 +27,7 @@ use std::{
 use nix::{
     fcntl::{FcntlArg, OFlag, fcntl},
     poll::{PollFd, PollFlags, PollTimeout, poll},
-    sys::socket::{SockFlag, accept4},
+    sys::socket::{Shutdown, SockFlag, accept4, shutdown},
 };
 use trueip_agent_client::{
     protocol::{self, ErrorCode, ProtocolError, Request, Response},
@@ -52,6 +52,9 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Connections accepted in one go before the waiting ones are looked at again.
 const ACCEPT_BATCH: usize = 64;
+/// Messages read off a refused connection before it is closed: a caller sends one request; the
+/// bound keeps one that queued many from holding the serving thread.
+const MAX_UNREAD: usize = 16;
 
 /// What answering a request needs.
 #[derive(Debug, Clone)]
@@ -254,11 +257,20 @@ impl Server {
             );
         }
         drop(reply_error(conn.as_fd(), code, e));
-        // Read what the caller already sent: closing a socket with unread data makes the
-        // caller's next read fail with ECONNRESET, and it would never see why it was refused.
+        // Closing a socket with unread data makes the caller's next read fail with ECONNRESET,
+        // ahead of the answer waiting for it. So nothing more may arrive (the caller's send
+        // fails with EPIPE from now on, and it reads the answer), and what did is read.
+        if let Err(e) = shutdown(conn.as_raw_fd(), Shutdown::Read) {
+            tracing::debug!(error = %e, "shutting a refused connection for reading failed");
+        }
         let mut buf = [0u8; protocol::MAX_MESSAGE_LEN];
-        if let Ok(unread) = wire::receive(conn.as_fd(), &mut buf, true) {
-            self.reaper.close(unread.fds);
+        for _ in 0..MAX_UNREAD {
+            match wire::receive(conn.as_fd(), &mut buf, true) {
+                Ok(unread) if unread.len > 0 || !unread.fds.is_empty() => {
+                    self.reaper.close(unread.fds);
+                }
+                _ => break,
+            }
         }
         // Messages still queued on it may carry descriptors whose close blocks.
         self.reaper.close(vec![conn]);
