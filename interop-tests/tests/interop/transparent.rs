@@ -246,8 +246,16 @@ pub(crate) fn transparent_mode_app_sees_the_client_and_routing_is_cleaned_up() -
     let yaml = two_family_config(APP_PORT);
     let mut sidecar = start(&topo, "sidecar", &yaml, &listens)?;
     ensure_installed(&topo.pod)?;
-    let _haproxy = haproxy::start(&topo, &haproxy_routes())?;
-    round_trip(&topo, &mut app, 0)?;
+    let haproxy = haproxy::start(&topo, &haproxy_routes())?;
+    // A short upload once reached the app with a clean FIN (CI, under load): who ended it?
+    let logs = |sidecar: &Proc| {
+        format!(
+            "sidecar log:\n{}\nHAProxy log:\n{}",
+            sidecar.log_tail(),
+            haproxy.log_tail()
+        )
+    };
+    round_trip(&topo, &mut app, 0).with_context(|| logs(&sidecar))?;
     let text = metrics(&topo.pod)?;
     for family in Family::BOTH {
         let listener = format!("listener=\"{}\"", family_name(family));
@@ -266,7 +274,7 @@ pub(crate) fn transparent_mode_app_sees_the_client_and_routing_is_cleaned_up() -
     let mut sidecar = start(&topo, "sidecar-restarted", &yaml, &listens)?;
     sidecar.wait_for_log(&["reused=true", "left by an earlier run"], TIMEOUT)?;
     ensure_installed(&topo.pod).context("the restarted sidecar duplicated the routing")?;
-    round_trip(&topo, &mut app, 2)?;
+    round_trip(&topo, &mut app, 2).with_context(|| logs(&sidecar))?;
 
     sidecar.terminate();
     let status = sidecar
