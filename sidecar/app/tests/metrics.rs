@@ -19,14 +19,20 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
-#[tokio::test]
-async fn metrics_endpoint_counts_what_clients_did() {
-    let mut app = App::start(Behaviour::Sink).await;
-    let mut listener = ListenerConfig::new("127.0.0.1:0".parse().unwrap(), app.addr());
+/// One listener, `web`, in front of `app`, trusting loopback, with the admin endpoint on.
+fn with_admin(app: std::net::SocketAddr) -> Config {
+    let mut listener = ListenerConfig::new("127.0.0.1:0".parse().unwrap(), app);
     listener.name = Some("web".into());
     listener.trusted_sources = vec!["127.0.0.0/8".parse().unwrap()];
     let mut config = Config::single(listener);
     config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    config
+}
+
+#[tokio::test]
+async fn metrics_endpoint_counts_what_clients_did() {
+    let mut app = App::start(Behaviour::Sink).await;
+    let config = with_admin(app.addr());
     let sidecar = Sidecar::bind(&config).unwrap();
     let addr = sidecar.local_addrs()[0].1;
     let admin = sidecar.metrics_addr().unwrap();
@@ -106,10 +112,7 @@ async fn metrics_endpoint_counts_what_clients_did() {
 #[tokio::test]
 async fn the_admin_endpoint_bounds_idle_and_excess_connections() {
     let app = App::start(Behaviour::Sink).await;
-    let mut listener = ListenerConfig::new("127.0.0.1:0".parse().unwrap(), app.addr());
-    listener.trusted_sources = vec!["127.0.0.0/8".parse().unwrap()];
-    let mut config = Config::single(listener);
-    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let mut config = with_admin(app.addr());
     config.admin.header_timeout = Duration::from_millis(300);
     config.admin.max_connections = 2.try_into().unwrap();
     let sidecar = Sidecar::bind(&config).unwrap();
@@ -138,11 +141,7 @@ async fn the_admin_endpoint_bounds_idle_and_excess_connections() {
 #[tokio::test]
 async fn readyz_lists_the_listeners_and_fails_while_draining() {
     let mut app = App::start(Behaviour::Sink).await;
-    let mut listener = ListenerConfig::new("127.0.0.1:0".parse().unwrap(), app.addr());
-    listener.name = Some("web".into());
-    listener.trusted_sources = vec!["127.0.0.0/8".parse().unwrap()];
-    let mut config = Config::single(listener);
-    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let mut config = with_admin(app.addr());
     config.drain_timeout = Duration::from_secs(10);
     let sidecar = Sidecar::bind(&config).unwrap();
     let addr = sidecar.local_addrs()[0].1;

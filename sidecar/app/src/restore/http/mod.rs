@@ -13,10 +13,7 @@ mod io;
 mod proxy;
 mod tls;
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -47,7 +44,6 @@ use crate::{
 /// A listener's `http` mode, ready to serve connections.
 pub struct Http {
     config: Arc<HttpConfig>,
-    upstream: SocketAddr,
     tls: Option<TlsAcceptor>,
     /// `max_requests_in_flight`, shared by the listener's connections.
     request_slots: Arc<Semaphore>,
@@ -61,7 +57,7 @@ pub struct Http {
 impl std::fmt::Debug for Http {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Http")
-            .field("upstream", &self.upstream)
+            .field("upstream", &self.pool.upstream)
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
@@ -79,7 +75,6 @@ impl Http {
         let limits = &config.http.limits;
         Ok(Self {
             config: Arc::new(config.http.clone()),
-            upstream: config.upstream,
             tls,
             request_slots: Arc::new(Semaphore::new(limits.max_requests_in_flight.get())),
             pool: Arc::new(AppPool::new(

@@ -212,6 +212,17 @@ impl ClientSlots {
     }
 }
 
+/// The answer when the listener's `max_app_connections` are all open (a request needing a new
+/// one, or an upgrade that would hold one as its tunnel).
+fn app_connections_exhausted(ctx: &ConnCtx) -> Response<Body> {
+    refuse(
+        ctx,
+        "max_app_connections",
+        StatusCode::SERVICE_UNAVAILABLE,
+        "trueip: too many connections to the app; try again\n",
+    )
+}
+
 /// One request of a connection, from its head until its response body is sent: holds a slot
 /// of the listener's `max_requests_in_flight` and of its client's share, and keeps the
 /// connection from counting as idle.
@@ -382,12 +393,7 @@ async fn forward(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
         match Arc::clone(&ctx.pool.slots).try_acquire_owned() {
             Ok(slot) => Some(slot),
             Err(_) => {
-                return refuse(
-                    ctx,
-                    "max_app_connections",
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "trueip: too many connections to the app; try again\n",
-                );
+                return app_connections_exhausted(ctx);
             }
         }
     } else {
@@ -443,12 +449,7 @@ async fn forward(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
     let mut response = match ctx.pool.send(req).await {
         Ok(r) => r,
         Err(SendError::Busy { .. }) => {
-            return refuse(
-                ctx,
-                "max_app_connections",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "trueip: too many connections to the app; try again\n",
-            );
+            return app_connections_exhausted(ctx);
         }
         Err(e) => {
             warn!(error = %e, "request not delivered to the app");
@@ -616,7 +617,7 @@ pub(super) enum SendError {
 /// nginx's and Envoy's upstream pools are): each request names its client in its headers.
 #[derive(Debug)]
 pub(super) struct AppPool {
-    upstream: SocketAddr,
+    pub(super) upstream: SocketAddr,
     idle: Mutex<Vec<SendRequest<Tracked>>>,
     /// The listener's budget of connections to the app, shared by all its pools (and tunnels).
     pub(super) slots: Arc<Semaphore>,
