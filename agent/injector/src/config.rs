@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use serde::{Deserialize, Deserializer};
 use serde_norway::Mapping;
 
-use crate::settings::{self, Defaults, HeaderPolicy, Mode};
+use crate::settings::{self, Defaults, HeaderPolicy, Mode, Steer};
 
 /// The parsed, checked configuration.
 #[derive(Debug, Clone)]
@@ -48,9 +48,16 @@ struct ConfigFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct DefaultsFile {
-    /// Like `trueip.io/ports`; empty: pods without the annotation are not injected.
+    /// Like `trueip.io/ports`; empty (and no `udpPorts`): pods without the annotation are not
+    /// injected.
     #[serde(default)]
     ports: String,
+    /// Like `trueip.io/udp-ports`.
+    #[serde(default)]
+    udp_ports: String,
+    /// Like `trueip.io/steer`.
+    #[serde(default)]
+    steer: Steer,
     /// Like `trueip.io/mode`.
     #[serde(default)]
     mode: Mode,
@@ -90,6 +97,10 @@ pub(crate) struct SidecarTemplate {
     /// The app's address, on loopback.
     #[serde(default = "defaults::upstream_address")]
     pub(crate) upstream_address: IpAddr,
+    /// The first port the sidecar may take for a steered port listed alone (the app keeps the
+    /// listed port; the sidecar's own listener needs another).
+    #[serde(default = "defaults::steer_port")]
+    pub(crate) steer_port: u16,
     /// Port of the sidecar's `/metrics`, `/healthz` and `/readyz`; 0: not served.
     #[serde(default)]
     pub(crate) metrics_port: u16,
@@ -299,6 +310,10 @@ mod defaults {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     }
 
+    pub(super) fn steer_port() -> u16 {
+        15008
+    }
+
     pub(super) fn upstream_address() -> IpAddr {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     }
@@ -405,11 +420,33 @@ impl Config {
         }
         let ports =
             settings::parse_ports(&defaults.ports).map_err(|p| invalid("defaults.ports", p))?;
+        let udp_ports = settings::parse_udp_ports(&defaults.udp_ports)
+            .map_err(|p| invalid("defaults.udpPorts", p))?;
+        if defaults.steer == Steer::False
+            && let Some(lone) = ports.iter().find(|p| p.listen == p.upstream)
+        {
+            return Err(invalid(
+                "defaults.ports",
+                format!(
+                    "port {} is listed alone, which needs steering (defaults.steer is false): \
+                     give `listen:upstream`",
+                    lone.listen
+                ),
+            ));
+        }
+        if sidecar.steer_port == 0 {
+            return Err(invalid(
+                "sidecar.steerPort",
+                "must be a port, 1-65535".into(),
+            ));
+        }
         let trusted = settings::parse_cidrs(&defaults.trusted_cidrs.join(","))
             .map_err(|p| invalid("defaults.trustedCIDRs", p))?;
         Ok(Self {
             defaults: Defaults {
                 ports,
+                udp_ports,
+                steer: defaults.steer,
                 mode: defaults.mode,
                 header: defaults.header,
                 trusted,

@@ -153,9 +153,11 @@ pub(crate) fn decide(pod: &Pod, config: &Config) -> Decision {
             Ok(patch) => Decision::Inject(patch),
             Err(e) => Decision::Refuse(format!("trueip: {e}")),
         },
-        Err(e @ (BuildError::Refused { .. } | BuildError::PortTaken { .. })) => {
-            Decision::Refuse(format!("trueip: {e}"))
-        }
+        Err(
+            e @ (BuildError::Refused { .. }
+            | BuildError::PortTaken { .. }
+            | BuildError::NoSteerPort),
+        ) => Decision::Refuse(format!("trueip: {e}")),
         Err(e @ BuildError::Write(_)) => Decision::Refuse(format!("trueip: internal error: {e}")),
     }
 }

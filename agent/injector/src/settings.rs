@@ -12,8 +12,14 @@ use serde::{Deserialize, Serialize};
 /// `enabled` or `disabled`: `disabled` opts a pod out of injection (as an annotation, or as a
 /// label, which the webhook's objectSelector already filters).
 pub(crate) const INJECT: &str = "trueip.io/inject";
-/// The ports the sidecar serves: `8080` or `8080:80,9090` (listen:upstream pairs).
+/// The TCP ports the sidecar serves: `8080` or `8080:80,9090` (listen:upstream pairs; a lone
+/// port is the app's, steered to the sidecar).
 pub(crate) const PORTS: &str = "trueip.io/ports";
+/// The UDP ports the sidecar serves: `5353:53` (listen:upstream pairs only).
+pub(crate) const UDP_PORTS: &str = "trueip.io/udp-ports";
+/// Steering (`auto`, `true` or `false`): whether the app keeps its port and the node agent hands
+/// outside connections to it to the sidecar.
+pub(crate) const STEER: &str = "trueip.io/steer";
 /// The restore mode: `none`, `proxy-v1`, `proxy-v2`, `ebpf`, `transparent` or `http`.
 pub(crate) const MODE: &str = "trueip.io/mode";
 /// The load balancers whose PROXY headers are honoured: comma-separated CIDRs or addresses.
@@ -54,6 +60,24 @@ pub(crate) enum HeaderPolicy {
     Off,
 }
 
+/// Whether a pod's TCP listeners are steered: the app keeps its port (the Service's
+/// `targetPort` stays the app's), and the node agent's sk_lookup program hands connections from
+/// outside the pod to that port to the sidecar. If the webhook was not called (down, with
+/// `failurePolicy: Ignore`), traffic still reaches the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Steer {
+    /// A port listed alone (`8080`) is the app's and is steered; a `listen:upstream` pair is
+    /// not (the Service targets the sidecar's `listen` port).
+    #[default]
+    Auto,
+    /// Every port is steered: a pair's `upstream` is the app's port, its `listen` the sidecar's.
+    True,
+    /// No port is steered; a port listed alone is refused (the app could not bind it next to
+    /// the sidecar's wildcard listener).
+    False,
+}
+
 /// One listener of the sidecar: the port the load balancer connects to, and the app's port on
 /// loopback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +91,12 @@ pub(crate) struct PortPair {
 /// What a pod gets: its annotations, or the chart's defaults where it has none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PodSettings {
-    /// The sidecar's listeners, one per pair.
+    /// The sidecar's TCP listeners, one per pair (a lone port has `listen == upstream`).
     pub(crate) ports: Vec<PortPair>,
+    /// The sidecar's UDP listeners, one per pair.
+    pub(crate) udp_ports: Vec<PortPair>,
+    /// Which TCP listeners are steered.
+    pub(crate) steer: Steer,
     /// The restore mode of every listener.
     pub(crate) mode: Mode,
     /// The header policy of every listener.
@@ -80,8 +108,13 @@ pub(crate) struct PodSettings {
 /// The chart's defaults for pods without the matching annotation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Defaults {
-    /// Ports for pods without `trueip.io/ports`; empty: such pods are not injected.
+    /// Ports for pods without `trueip.io/ports` (nor `trueip.io/udp-ports`); empty: such pods
+    /// are not injected.
     pub(crate) ports: Vec<PortPair>,
+    /// UDP ports for pods without `trueip.io/udp-ports`.
+    pub(crate) udp_ports: Vec<PortPair>,
+    /// Steering for pods without `trueip.io/steer`.
+    pub(crate) steer: Steer,
     /// Mode for pods without `trueip.io/mode`.
     pub(crate) mode: Mode,
     /// Header policy for pods without `trueip.io/header`.
@@ -107,7 +140,7 @@ pub(crate) struct BadAnnotation {
 pub(crate) enum Resolution {
     /// `trueip.io/inject: disabled`.
     OptedOut,
-    /// Neither `trueip.io/ports` nor a default port: nothing to serve.
+    /// Neither `trueip.io/ports`, `trueip.io/udp-ports` nor a default port: nothing to serve.
     NoPorts,
     /// Inject with these settings.
     Inject(PodSettings),
@@ -125,6 +158,19 @@ impl fmt::Display for Mode {
             Self::Transparent => "transparent",
             Self::Http => "http",
         })
+    }
+}
+
+// === impl PortPair ===
+
+impl PortPair {
+    /// Whether `steer` steers this listener: the app keeps `upstream`'s port.
+    pub(crate) fn steered(self, steer: Steer) -> bool {
+        match steer {
+            Steer::Auto => self.listen == self.upstream,
+            Steer::True => true,
+            Steer::False => false,
+        }
     }
 }
 
@@ -160,6 +206,8 @@ impl PodSettings {
             _ => Err("expected `enabled` or `disabled`".into()),
         });
         check(PORTS, |v| parse_ports(v).map(drop));
+        check(UDP_PORTS, |v| parse_udp_ports(v).map(drop));
+        check(STEER, |v| word::<Steer>(v).map(drop));
         check(MODE, |v| word::<Mode>(v).map(drop));
         check(HEADER, |v| word::<HeaderPolicy>(v).map(drop));
         check(TRUSTED_CIDRS, |v| parse_cidrs(v).map(drop));
@@ -171,11 +219,36 @@ impl PodSettings {
         let ports = get(PORTS)
             .and_then(|v| parse_ports(v).ok())
             .unwrap_or_else(|| defaults.ports.clone());
-        if ports.is_empty() {
+        let udp_ports = get(UDP_PORTS)
+            .and_then(|v| parse_udp_ports(v).ok())
+            .unwrap_or_else(|| defaults.udp_ports.clone());
+        if ports.is_empty() && udp_ports.is_empty() {
             return Ok(Resolution::NoPorts);
+        }
+        let steer = get(STEER)
+            .and_then(|v| word(v).ok())
+            .unwrap_or(defaults.steer);
+        if steer == Steer::False
+            && let Some(lone) = ports.iter().find(|p| p.listen == p.upstream)
+        {
+            return Err(vec![BadAnnotation {
+                annotation: PORTS,
+                value: get(PORTS).map_or_else(|| format_ports(&ports), str::to_owned),
+                problem: format!(
+                    "port {} is listed alone, which makes it both the sidecar's and the app's: \
+                     without steering ({STEER}: \"false\") the app could not bind it next to the \
+                     sidecar's listener. Give `listen:upstream` (e.g. `{}:{}`), or let the app \
+                     keep its port with steering ({STEER}: \"auto\" or \"true\")",
+                    lone.listen,
+                    lone.listen.wrapping_add(1).max(1),
+                    lone.upstream,
+                ),
+            }]);
         }
         Ok(Resolution::Inject(Self {
             ports,
+            udp_ports,
+            steer,
             mode: get(MODE)
                 .and_then(|v| word(v).ok())
                 .unwrap_or(defaults.mode),
@@ -222,6 +295,37 @@ pub(crate) fn parse_ports(text: &str) -> Result<Vec<PortPair>, String> {
         pairs.push(pair);
     }
     Ok(pairs)
+}
+
+/// Parses the UDP ports: `listen:upstream` pairs only. A lone port cannot be both: the app's
+/// socket and the sidecar's wildcard one cannot share it, and UDP has no steering.
+pub(crate) fn parse_udp_ports(text: &str) -> Result<Vec<PortPair>, String> {
+    let pairs = parse_ports(text)?;
+    if let Some(lone) = pairs.iter().find(|p| p.listen == p.upstream) {
+        return Err(format!(
+            "UDP port {} is both the sidecar's and the app's: give `listen:upstream` pairs (the \
+             load balancer sends to `listen`, the app listens on `upstream`), e.g. `{}:{}`",
+            lone.listen,
+            lone.listen.wrapping_add(1).max(1),
+            lone.upstream
+        ));
+    }
+    Ok(pairs)
+}
+
+/// Writes ports the way the annotation spells them (for messages about a chart default).
+fn format_ports(ports: &[PortPair]) -> String {
+    let items: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            if p.listen == p.upstream {
+                p.listen.to_string()
+            } else {
+                format!("{}:{}", p.listen, p.upstream)
+            }
+        })
+        .collect();
+    items.join(",")
 }
 
 /// Parses comma-separated CIDRs; a bare address is that one host (`/32` or `/128`).
@@ -362,6 +466,8 @@ mod tests {
                     listen: 8080,
                     upstream: 80
                 }],
+                udp_ports: vec![],
+                steer: Steer::Auto,
                 mode: Mode::ProxyV1,
                 header: HeaderPolicy::Optional,
                 trusted: vec!["192.0.2.0/24".parse().unwrap()],
@@ -374,6 +480,55 @@ mod tests {
         assert_eq!(settings.mode, Mode::Ebpf);
         assert_eq!(settings.header, HeaderPolicy::Required);
         assert_eq!(settings.trusted, defaults().trusted);
+    }
+
+    #[test]
+    fn steering_and_udp_ports() {
+        let none = map(&[]);
+        let resolve =
+            |pairs: &[(&str, &str)]| PodSettings::resolve(&map(pairs), &none, &defaults());
+        let Ok(Resolution::Inject(got)) = resolve(&[(PORTS, "8080"), (STEER, "true")]) else {
+            panic!()
+        };
+        assert_eq!(got.steer, Steer::True);
+        let Ok(Resolution::Inject(got)) = resolve(&[(UDP_PORTS, "5353:53")]) else {
+            panic!()
+        };
+        assert!(got.ports.is_empty());
+        assert_eq!(
+            got.udp_ports,
+            [PortPair {
+                listen: 5353,
+                upstream: 53
+            }]
+        );
+        assert_eq!(got.steer, Steer::Auto);
+        // A lone port without steering cannot work: the message says both ways out.
+        let errors = resolve(&[(PORTS, "8080:80,9090"), (STEER, "false")]).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].annotation, PORTS);
+        let text = errors[0].to_string();
+        assert!(text.contains("port 9090 is listed alone"), "{text}");
+        assert!(text.contains("`9091:9090`"), "{text}");
+        assert!(text.contains("trueip.io/steer"), "{text}");
+        // UDP has no steering: a lone UDP port is refused.
+        let errors = resolve(&[(UDP_PORTS, "53"), (STEER, "sometimes")]).unwrap_err();
+        let names: Vec<_> = errors.iter().map(|e| e.annotation).collect();
+        assert_eq!(names, [UDP_PORTS, STEER]);
+        assert!(
+            errors[0]
+                .to_string()
+                .contains("give `listen:upstream` pairs"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[1]
+                .to_string()
+                .contains("expected one of `auto`, `true`, `false`"),
+            "{}",
+            errors[1]
+        );
     }
 
     #[test]

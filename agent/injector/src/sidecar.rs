@@ -7,7 +7,7 @@
 //! the sidecar's own parser: a configuration the sidecar would refuse is refused at admission,
 //! with the annotation to fix.
 
-use std::{net::SocketAddr, num::NonZeroUsize, path::Path};
+use std::{collections::BTreeSet, net::SocketAddr, num::NonZeroUsize, path::Path};
 
 use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::{
@@ -24,7 +24,7 @@ use trueip_sidecar_app::config::ConfigError;
 
 use crate::{
     config::{Config, SidecarTemplate},
-    settings::{self, HeaderPolicy, Mode, PodSettings, PortPair},
+    settings::{self, HeaderPolicy, Mode, PodSettings, PortPair, Steer},
 };
 
 /// The injected container's name; an init container of that name marks a pod as injected.
@@ -83,6 +83,13 @@ pub(crate) enum BuildError {
         /// The port.
         port: u16,
     },
+    /// Every port from `sidecar.steerPort` on (and from 1024) is taken.
+    #[error(
+        "annotation {}: no free port is left for the sidecar of a steered port (chart value \
+         sidecar.steerPort)",
+        settings::PORTS
+    )]
+    NoSteerPort,
     /// The configuration could not be written as YAML.
     #[error("writing the sidecar configuration")]
     Write(#[from] serde_norway::Error),
@@ -118,6 +125,11 @@ struct ListenerFile<'a> {
     trusted_sources: Vec<IpNet>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     allow_loopback_clients: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    steer: bool,
+    /// `udp` for a UDP listener; TCP (the sidecar's default) is not written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fallback: Option<Mode>,
     /// Only in `http` mode: the chart's `sidecar.http`, as it is.
@@ -125,25 +137,87 @@ struct ListenerFile<'a> {
     http: Option<&'a Mapping>,
 }
 
+/// One listener as the pod gets it: the ports resolved, steering decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Planned {
+    /// The sidecar's port (for a steered lone port, one [`plan`] chose).
+    listen: u16,
+    /// The app's port.
+    upstream: u16,
+    /// The app keeps `upstream`; the agent hands outside connections to the sidecar.
+    steer: bool,
+    /// A UDP listener.
+    udp: bool,
+}
+
+/// The pod's listeners: TCP then UDP. A steered port listed alone is the app's; the sidecar
+/// then listens on the first port from `sidecar.steerPort` on that no listener, app port or the
+/// metrics port uses.
+fn plan(settings: &PodSettings, template: &SidecarTemplate) -> Result<Vec<Planned>, BuildError> {
+    let mut taken: BTreeSet<u16> = settings
+        .ports
+        .iter()
+        .flat_map(|p| [p.listen, p.upstream])
+        .chain(Some(template.metrics_port).filter(|&p| p != 0))
+        .collect();
+    let mut candidates = (template.steer_port..=u16::MAX).chain(1024..template.steer_port);
+    let mut planned = Vec::with_capacity(settings.ports.len() + settings.udp_ports.len());
+    for pair in &settings.ports {
+        let steer = pair.steered(settings.steer);
+        let listen = if steer && pair.listen == pair.upstream {
+            let port = candidates
+                .find(|p| !taken.contains(p))
+                .ok_or(BuildError::NoSteerPort)?;
+            taken.insert(port);
+            port
+        } else {
+            pair.listen
+        };
+        planned.push(Planned {
+            listen,
+            upstream: pair.upstream,
+            steer,
+            udp: false,
+        });
+    }
+    planned.extend(settings.udp_ports.iter().map(|pair| Planned {
+        listen: pair.listen,
+        upstream: pair.upstream,
+        steer: false,
+        udp: true,
+    }));
+    Ok(planned)
+}
+
 /// The file `settings` asks for with the chart's `template`, unchecked.
-fn sidecar_file<'a>(settings: &PodSettings, template: &'a SidecarTemplate) -> SidecarFile<'a> {
+fn sidecar_file<'a>(
+    settings: &PodSettings,
+    planned: &[Planned],
+    template: &'a SidecarTemplate,
+) -> SidecarFile<'a> {
     let ebpf = settings.mode == Mode::Ebpf;
     let http = settings.mode == Mode::Http && !template.http.is_empty();
     let metrics_port = Some(template.metrics_port).filter(|&p| p != 0);
     SidecarFile {
-        listeners: settings
-            .ports
+        listeners: planned
             .iter()
-            .map(|pair| ListenerFile {
-                name: format!("port-{}", pair.listen),
-                listen: SocketAddr::new(template.listen_address, pair.listen),
-                upstream: SocketAddr::new(template.upstream_address, pair.upstream),
+            .map(|l| ListenerFile {
+                // A steered listener is named after the app's port, which the user listed.
+                name: match (l.udp, l.steer) {
+                    (true, _) => format!("udp-{}", l.listen),
+                    (false, true) => format!("port-{}", l.upstream),
+                    (false, false) => format!("port-{}", l.listen),
+                },
+                listen: SocketAddr::new(template.listen_address, l.listen),
+                upstream: SocketAddr::new(template.upstream_address, l.upstream),
                 mode: settings.mode,
                 header: settings.header,
                 trusted_sources: settings.trusted.clone(),
                 allow_loopback_clients: template.allow_loopback_clients,
+                steer: l.steer,
+                protocol: l.udp.then_some("udp"),
                 fallback: template.fallback.filter(|_| ebpf),
-                http: http.then_some(&template.http),
+                http: (http && !l.udp).then_some(&template.http),
             })
             .collect(),
         agent_socket: &template.agent_socket,
@@ -170,16 +244,25 @@ pub(crate) fn check_template(template: &SidecarTemplate) -> Result<(), ConfigErr
             listen: port,
             upstream: port,
         }],
+        udp_ports: Vec::new(),
+        steer: Steer::False,
         mode: Mode::Http,
         header: HeaderPolicy::Required,
         trusted: vec![IpNet::V4(Ipv4Net::default())], // 0.0.0.0/0
     };
-    let text = serde_norway::to_string(&sidecar_file(&sample, template)).map_err(|source| {
-        ConfigError::Parse {
-            path: "<sample sidecar configuration>".into(),
-            source,
-        }
-    })?;
+    let planned = [Planned {
+        listen: port,
+        upstream: port,
+        steer: false,
+        udp: false,
+    }];
+    let text =
+        serde_norway::to_string(&sidecar_file(&sample, &planned, template)).map_err(|source| {
+            ConfigError::Parse {
+                path: "<sample sidecar configuration>".into(),
+                source,
+            }
+        })?;
     trueip_sidecar_app::Config::from_yaml(&text).map(drop)
 }
 
@@ -189,10 +272,19 @@ pub(crate) fn build(settings: &PodSettings, config: &Config) -> Result<Injection
     let ebpf = settings.mode == Mode::Ebpf;
     let transparent = settings.mode == Mode::Transparent;
     let metrics_port = Some(template.metrics_port).filter(|&p| p != 0);
-    if let Some(port) = metrics_port.filter(|&m| settings.ports.iter().any(|p| p.listen == m)) {
+    // The metrics listener binds the wildcard address: neither a TCP listener of the sidecar
+    // nor the app (on loopback) can have its port.
+    if let Some(port) = metrics_port.filter(|&m| {
+        settings
+            .ports
+            .iter()
+            .any(|p| p.listen == m || p.upstream == m)
+    }) {
         return Err(BuildError::PortTaken { port });
     }
-    let config_yaml = serde_norway::to_string(&sidecar_file(settings, template))?;
+    let planned = plan(settings, template)?;
+    let steered = planned.iter().any(|l| l.steer);
+    let config_yaml = serde_norway::to_string(&sidecar_file(settings, &planned, template))?;
     trueip_sidecar_app::Config::from_yaml(&config_yaml).map_err(|source| BuildError::Refused {
         annotation: annotation_of(&source),
         source,
@@ -219,8 +311,8 @@ pub(crate) fn build(settings: &PodSettings, config: &Config) -> Result<Injection
         }),
         ..Volume::default()
     }];
-    if ebpf {
-        // Only `ebpf` pods talk to the agent; the others need no host path at all. Read-only is
+    if ebpf || steered {
+        // Only `ebpf` and steered pods talk to the agent; the others need no host path at all. Read-only is
         // enough: connecting to a Unix socket does not write to the filesystem.
         let dir = config.agent_socket_dir().display().to_string();
         mounts.push(VolumeMount {
@@ -281,32 +373,27 @@ pub(crate) fn build(settings: &PodSettings, config: &Config) -> Result<Injection
             .collect(),
         ),
         ports: Some(
-            settings
-                .ports
+            planned
                 .iter()
-                .map(|pair| (format!("trueip-{}", pair.listen), pair.listen))
-                .chain(metrics_port.map(|port| ("trueip-metrics".to_owned(), port)))
-                .map(|(name, port)| ContainerPort {
+                .map(|l| match l.udp {
+                    false => (format!("trueip-{}", l.listen), l.listen, "TCP"),
+                    true => (format!("trueipu-{}", l.listen), l.listen, "UDP"),
+                })
+                .chain(metrics_port.map(|port| ("trueip-metrics".to_owned(), port, "TCP")))
+                .map(|(name, port, protocol)| ContainerPort {
                     name: Some(name),
                     container_port: i32::from(port),
-                    protocol: Some("TCP".into()),
+                    protocol: Some(protocol.into()),
                     ..ContainerPort::default()
                 })
                 .collect(),
         ),
         // A native sidecar: started before the app containers, stopped after them.
         restart_policy: Some("Always".into()),
-        // The app containers start once the first listener accepts (a bare connect is a
-        // health check for the sidecar, logged at debug).
-        startup_probe: settings.ports.first().map(|pair| Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::Int(i32::from(pair.listen)),
-                ..TCPSocketAction::default()
-            }),
-            period_seconds: Some(1),
-            failure_threshold: Some(30),
-            ..Probe::default()
-        }),
+        // The app containers start once the first TCP listener accepts (a bare connect is a
+        // health check for the sidecar, logged at debug), or, with UDP listeners only, once
+        // `/readyz` says every listener is set up.
+        startup_probe: startup_probe(&planned, metrics_port),
         // `/readyz` is 503 from SIGTERM on: the pod leaves its Service's endpoints while the
         // sidecar drains. Without the metrics port there is nothing to ask.
         readiness_probe: metrics_port.map(|port| Probe {
@@ -351,13 +438,45 @@ pub(crate) fn build(settings: &PodSettings, config: &Config) -> Result<Injection
     })
 }
 
+/// What the kubelet waits for before it starts the app containers.
+fn startup_probe(planned: &[Planned], metrics_port: Option<u16>) -> Option<Probe> {
+    let probe = |tcp_socket, http_get| Probe {
+        tcp_socket,
+        http_get,
+        period_seconds: Some(1),
+        failure_threshold: Some(30),
+        ..Probe::default()
+    };
+    match planned.iter().find(|l| !l.udp) {
+        Some(tcp) => Some(probe(
+            Some(TCPSocketAction {
+                port: IntOrString::Int(i32::from(tcp.listen)),
+                ..TCPSocketAction::default()
+            }),
+            None,
+        )),
+        None => metrics_port.map(|port| {
+            probe(
+                None,
+                Some(HTTPGetAction {
+                    path: Some("/readyz".into()),
+                    port: IntOrString::Int(i32::from(port)),
+                    ..HTTPGetAction::default()
+                }),
+            )
+        }),
+    }
+}
+
 /// The annotation that sets the sidecar key an error names.
 fn annotation_of(error: &ConfigError) -> &'static str {
     match error {
-        ConfigError::Invalid { key, .. } => match *key {
+        ConfigError::Invalid { key, listener, .. } => match *key {
             "mode" | "fallback" => settings::MODE,
             "header" => settings::HEADER,
             "trusted_sources" => settings::TRUSTED_CIDRS,
+            "steer" => settings::STEER,
+            _ if listener.starts_with("udp-") => settings::UDP_PORTS,
             _ => settings::PORTS,
         },
         _ => settings::PORTS,
@@ -381,6 +500,8 @@ mod tests {
     fn settings(ports: &str, mode: Mode, header: HeaderPolicy) -> PodSettings {
         PodSettings {
             ports: parse_ports(ports).unwrap(),
+            udp_ports: Vec::new(),
+            steer: Steer::Auto,
             mode,
             header,
             trusted: vec!["10.0.0.0/8".parse().unwrap()],
@@ -426,7 +547,8 @@ mod tests {
             ports,
             [
                 ("trueip-8080".to_owned(), 8080),
-                ("trueip-9090".to_owned(), 9090),
+                // 9090 alone: the app keeps it, steered to the sidecar's 15008.
+                ("trueip-15008".to_owned(), 15008),
                 ("trueip-metrics".to_owned(), 9902)
             ]
         );
@@ -447,7 +569,7 @@ mod tests {
                 (HeaderPolicy::Required, H::Required),
                 (HeaderPolicy::Optional, H::Optional),
             ] {
-                let got = build(&settings("80", mode, header), &config()).unwrap();
+                let got = build(&settings("8080:80", mode, header), &config()).unwrap();
                 let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
                 assert_eq!(parsed.listeners[0].mode, theirs);
                 assert_eq!(parsed.listeners[0].header, their_header);
@@ -516,7 +638,11 @@ mod tests {
             Mode::Ebpf,
             Mode::Transparent,
         ] {
-            let got = build(&settings("80", mode, HeaderPolicy::Required), &config()).unwrap();
+            let got = build(
+                &settings("8080:80", mode, HeaderPolicy::Required),
+                &config(),
+            )
+            .unwrap();
             for key in ["http:", "limits", "client_headers", "x-client-chain"] {
                 assert!(
                     !got.config_yaml.contains(key),
@@ -585,12 +711,120 @@ mod tests {
         assert_eq!(mounts[1].read_only, Some(true));
 
         let v1 = build(
-            &settings("80", Mode::ProxyV1, HeaderPolicy::Required),
+            &settings("8080:80", Mode::ProxyV1, HeaderPolicy::Required),
             &config(),
         )
         .unwrap();
         assert_eq!(v1.volumes.len(), 1);
         assert!(!v1.config_yaml.contains("fallback"), "{}", v1.config_yaml);
+    }
+
+    #[test]
+    fn a_lone_port_stays_the_apps_and_is_steered_to_the_sidecar() {
+        // `9090` alone: the app keeps 9090; the sidecar takes the first free port from
+        // sidecar.steerPort (15008) on, skipping the pod's other ports.
+        let got = build(
+            &settings("15008:80,9090", Mode::ProxyV2, HeaderPolicy::Required),
+            &config(),
+        )
+        .unwrap();
+        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        let (pair, lone) = (&parsed.listeners[0], &parsed.listeners[1]);
+        assert_eq!(pair.listen, "[::]:15008".parse().unwrap());
+        assert!(!pair.steer);
+        assert_eq!(lone.name(), "port-9090");
+        assert_eq!(lone.listen, "[::]:15009".parse().unwrap());
+        assert_eq!(lone.upstream, "127.0.0.1:9090".parse().unwrap());
+        assert!(lone.steer);
+        // Steering needs the agent, in any mode: the socket is mounted.
+        let names: Vec<_> = got.volumes.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, [CONFIG_VOLUME, SOCKET_VOLUME]);
+        // The kubelet probes the sidecar's own port, not the app's.
+        let ports: Vec<_> = got
+            .container
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.container_port)
+            .collect();
+        assert_eq!(ports, [15008, 15009, 9902]);
+        let probe = got.container.startup_probe.as_ref().unwrap();
+        assert_eq!(
+            probe.tcp_socket.as_ref().unwrap().port,
+            IntOrString::Int(15008)
+        );
+
+        // `true` steers pairs too: `upstream` is the app's port, `listen` the sidecar's.
+        let mut all = settings("15100:8080", Mode::Ebpf, HeaderPolicy::Required);
+        all.steer = Steer::True;
+        let parsed =
+            trueip_sidecar_app::Config::from_yaml(&build(&all, &config()).unwrap().config_yaml)
+                .unwrap();
+        let l = &parsed.listeners[0];
+        assert!(l.steer);
+        assert_eq!(
+            (l.listen.port(), l.upstream.port(), l.name()),
+            (15100, 8080, "port-8080".into())
+        );
+
+        // `false`: nothing is steered, and a pair needs no agent outside `ebpf`.
+        let mut none = settings("8080:80", Mode::ProxyV1, HeaderPolicy::Required);
+        none.steer = Steer::False;
+        let got = build(&none, &config()).unwrap();
+        assert!(!got.config_yaml.contains("steer"), "{}", got.config_yaml);
+        assert_eq!(got.volumes.len(), 1);
+
+        // Steering would hand the transparent sidecar's own connections back to it.
+        let e = build(
+            &settings("8080", Mode::Transparent, HeaderPolicy::Required),
+            &config(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BuildError::Refused {
+                    annotation: settings::STEER,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("trueip.io/steer"), "{e}");
+    }
+
+    #[test]
+    fn udp_ports_are_udp_listeners() {
+        let mut pod = settings("", Mode::ProxyV2, HeaderPolicy::Required);
+        pod.udp_ports = settings::parse_udp_ports("5353:53").unwrap();
+        let got = build(&pod, &config()).unwrap();
+        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        let l = &parsed.listeners[0];
+        assert_eq!(l.name(), "udp-5353");
+        assert_eq!(l.protocol, trueip_sidecar_app::config::Protocol::Udp);
+        assert_eq!(
+            (l.listen.port(), l.upstream.port(), l.steer),
+            (5353, 53, false)
+        );
+        let ports: Vec<_> = got
+            .container
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.container_port, p.protocol.as_deref().unwrap()))
+            .collect();
+        assert_eq!(ports, [(5353, "UDP"), (9902, "TCP")]);
+        // No TCP listener to connect to: the kubelet waits for /readyz instead.
+        let probe = got.container.startup_probe.as_ref().unwrap();
+        let get = probe.http_get.as_ref().unwrap();
+        assert_eq!(
+            (get.path.as_deref(), &get.port),
+            (Some("/readyz"), &IntOrString::Int(9902))
+        );
+        // proxy-v1 cannot describe UDP: refused, naming the mode.
+        pod.mode = Mode::ProxyV1;
+        let e = build(&pod, &config()).unwrap_err();
+        assert!(e.to_string().contains("trueip.io/mode"), "{e}");
     }
 
     #[test]

@@ -73,6 +73,7 @@ sidecar:
   listenAddress: {{ .Values.sidecar.listenAddress | quote }}
   upstreamAddress: {{ .Values.sidecar.upstreamAddress | quote }}
   metricsPort: {{ int .Values.sidecar.metricsPort }}
+  steerPort: {{ int .Values.sidecar.steerPort }}
   {{- with .Values.sidecar.fallback }}
   fallback: {{ . | quote }}
   {{- end }}
@@ -85,6 +86,8 @@ sidecar:
   otlp: {{ .Values.sidecar.otlp | default dict | toJson }}
 defaults:
   ports: {{ .Values.sidecar.ports | toString | quote }}
+  udpPorts: {{ .Values.sidecar.udpPorts | toString | quote }}
+  steer: {{ .Values.sidecar.steer | toString | quote }}
   mode: {{ .Values.sidecar.mode | quote }}
   header: {{ .Values.sidecar.header | quote }}
   trustedCIDRs: {{ toJson .Values.sidecar.trustedCIDRs }}

@@ -611,6 +611,15 @@ impl ListenerConfig {
         if self.http.tls.is_some() && self.mode != Mode::Http {
             return Err(invalid("http.tls", "applies to `mode: http` only".into()));
         }
+        if self.steer && self.mode == Mode::Transparent {
+            return Err(invalid(
+                "steer",
+                "cannot be used with `mode: transparent`: the sidecar connects to the app from \
+                 the client's address, and steering would hand that connection back to the \
+                 sidecar; point the load balancer at the sidecar's port"
+                    .into(),
+            ));
+        }
         if let Some((key, problem)) = self.http.limits.problem() {
             return Err(invalid(key, problem));
         }
@@ -917,6 +926,10 @@ drain_timeout: 10s
             "{base}    trusted_sources: [0.0.0.0/0]\n    fallback: none\n"
         ));
         assert!(e.contains("fallback"), "{e}");
+        let e = parse_err(&format!(
+            "{base}    trusted_sources: [0.0.0.0/0]\n    mode: transparent\n    steer: true\n"
+        ));
+        assert!(e.contains("a: steer") && e.contains("transparent"), "{e}");
         let e = parse_err(&format!(
             "{base}    trusted_sources: [0.0.0.0/0]\n  - listen: 0.0.0.0:1\n    upstream: 127.0.0.1:3\n    trusted_sources: [0.0.0.0/0]\n"
         ));

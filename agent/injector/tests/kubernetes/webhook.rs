@@ -632,7 +632,7 @@ pub(crate) fn apiserver_calls_the_webhook_and_applies_its_patch() -> anyhow::Res
     // A pod that already has init containers, volumes and annotations: appended to.
     let mut busy = pod(
         "busy-0",
-        &json!({"team": "shop", "trueip.io/ports": "9090, 8443:443",
+        &json!({"team": "shop", "trueip.io/ports": "9090:90, 8443:443",
                 "trueip.io/mode": "proxy-v1", "trueip.io/header": "optional",
                 "trueip.io/trusted-cidrs": "192.0.2.0/24,2001:db8::/32"}),
     );
