@@ -20,6 +20,7 @@ use serde_json::Value;
 use crate::{
     support::{
         INJECTOR, NAMESPACE, Tools, chart_dir, documents, example_values, find, injector_config,
+        workspace_root,
     },
     webhook::Webhook,
 };
@@ -64,6 +65,14 @@ fn variants() -> anyhow::Result<Vec<(Vec<PathBuf>, Vec<&'static str>)>> {
                 "--set=metrics.podMonitor.interval=30s",
                 "--set=metrics.podMonitor.labels.release=prometheus",
                 "--set=metrics.podMonitor.sidecarNamespaces={shop,web}",
+            ],
+        ),
+        (
+            vec![],
+            vec![
+                "--set=metrics.prometheusRule.enabled=true",
+                "--set=metrics.grafanaDashboard.enabled=true",
+                "--set=injector.tls.source=cert-manager",
             ],
         ),
         (
@@ -496,6 +505,344 @@ pub(crate) fn pod_monitors_scrape_the_agents_and_the_injected_sidecars() -> anyh
     Ok(())
 }
 
+/// The alerts of the PrometheusRule with the agent and the sidecars' metrics port on (the
+/// defaults).
+const ALERTS: [&str; 7] = [
+    "TrueipAgentDown",
+    "TrueipAgentNotReady",
+    "TrueipRestoreMapNearlyFull",
+    "TrueipSteeringFallThrough",
+    "TrueipConnectionsRejected",
+    "TrueipRestoreFailing",
+    "TrueipInjectorCertReloadFailing",
+];
+/// The alert `injector.tls.source: cert-manager` adds (from cert-manager's own metric).
+const CERT_MANAGER_ALERT: &str = "TrueipWebhookCertificateExpiring";
+
+/// Metrics the rules may name that trueip does not serve: Prometheus' own `up`, and
+/// cert-manager's (the webhook exports no certificate expiry of its own).
+const EXTERNAL_METRICS: [&str; 2] = ["up", "certmanager_certificate_expiration_timestamp_seconds"];
+
+/// The Rust sources of what serves `/metrics` (agent, injector, sidecar), as one text, each
+/// file cut at its first `#[cfg(test)]`: unit tests spell metric names too, only what the code
+/// registers counts.
+fn metric_sources() -> anyhow::Result<String> {
+    let mut text = String::new();
+    let mut dirs: Vec<PathBuf> = [
+        "agent/src",
+        "agent/injector/src",
+        "sidecar/app/src",
+        "sidecar/src",
+    ]
+    .iter()
+    .map(|d| workspace_root().join(d))
+    .collect();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| dir.display().to_string())? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let file = std::fs::read_to_string(&path)?;
+                text.push_str(file.split("#[cfg(test)]").next().unwrap_or_default());
+                text.push('\n');
+            }
+        }
+    }
+    ensure!(!text.is_empty(), "no Rust sources found");
+    Ok(text)
+}
+
+/// The metric names a PromQL expression (or a Grafana `label_values(...)` query) selects: the
+/// names that start with `trueip_` or `certmanager_`, and any name followed by a `{` matcher
+/// (`up{...}`). Strings (label values), numbers and durations, and Grafana's `$variables` are
+/// skipped; functions, keywords and label names are not selectors.
+fn metric_names(expr: &str) -> Vec<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let word_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut names = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if matches!(c, '"' | '\'' | '`') {
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                if chars[i] == '\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i += 1;
+        } else if c.is_ascii_digit() {
+            while i < chars.len() && (word_char(chars[i]) || chars[i] == '.') {
+                i += 1;
+            }
+        } else if word_char(c) {
+            let start = i;
+            while i < chars.len() && word_char(chars[i]) {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let variable = start > 0 && chars[start - 1] == '$';
+            let selector = chars[i..].iter().find(|c| !c.is_whitespace()) == Some(&'{');
+            if !variable
+                && (word.starts_with("trueip_") || word.starts_with("certmanager_") || selector)
+            {
+                names.push(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// Whether `sources` (see [`metric_sources`]; `compact`: the same without whitespace) define
+/// the metric `name` as Prometheus exposes it: the name, or the name without `_total`,
+/// `_bucket`, `_sum` or `_count`, in a string literal (the injector writes its exposition text
+/// by hand); or registered with prometheus-client under a registry prefix (`trueip_agent`,
+/// `trueip`), which adds the prefix, the unit of `register_with_unit` and `_total`.
+fn defined_in(sources: &str, compact: &str, name: &str) -> bool {
+    let base = ["_total", "_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name);
+    let literal =
+        |s: &str| sources.contains(&format!("\"{s}\"")) || sources.contains(&format!("\"{s}{{"));
+    if literal(name) || literal(base) {
+        return true;
+    }
+    ["trueip_agent", "trueip"].iter().any(|prefix| {
+        let Some(rest) = base
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('_'))
+        else {
+            return false;
+        };
+        sources.contains(&format!("\"{prefix}\""))
+            && (literal(rest)
+                || ["_bytes", "_seconds"].iter().any(|unit| {
+                    rest.strip_suffix(unit).is_some_and(|registered| {
+                        compact.contains(&format!("register_with_unit(\"{registered}\""))
+                    })
+                }))
+    })
+}
+
+/// The rule's alerts by name, each checked for a severity, a summary and a description, with
+/// their expressions.
+fn rule_alerts(rule: &Value) -> anyhow::Result<Vec<(String, String)>> {
+    let mut alerts = Vec::new();
+    for group in rule["spec"]["groups"]
+        .as_array()
+        .context("no rule groups")?
+    {
+        for r in group["rules"].as_array().context("a group without rules")? {
+            let name = r["alert"].as_str().context("a rule that is no alert")?;
+            let has = |v: &Value| v.as_str().is_some_and(|s| !s.trim().is_empty());
+            ensure!(has(&r["labels"]["severity"]), "{name}: no severity: {r}");
+            for key in ["summary", "description"] {
+                ensure!(has(&r["annotations"][key]), "{name}: no {key}: {r}");
+            }
+            let expr = r["expr"].as_str().context("an alert without expr")?;
+            alerts.push((name.to_owned(), expr.to_owned()));
+        }
+    }
+    Ok(alerts)
+}
+
+pub(crate) fn dashboard_and_alerts_are_optional_and_name_real_metrics() -> anyhow::Result<()> {
+    let tools = Tools::require()?;
+    let off = documents(&tools.render(&[], &[])?)?;
+    ensure!(
+        off.iter().all(|d| d["kind"] != "PrometheusRule"),
+        "a PrometheusRule rendered although metrics.prometheusRule.enabled is false"
+    );
+    ensure!(
+        off.iter()
+            .all(|d| d["kind"] != "ConfigMap" || d["data"].get("trueip.json").is_none()),
+        "the dashboard rendered although metrics.grafanaDashboard.enabled is false"
+    );
+
+    // Without cert-manager, no expiry alert: nothing trueip serves says when its certificate
+    // expires.
+    let docs = documents(&tools.render(&[], &["--set=metrics.prometheusRule.enabled=true"])?)?;
+    let names: BTreeSet<String> = rule_alerts(find(&docs, "PrometheusRule", None)?)?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let expected: BTreeSet<String> = ALERTS.iter().map(|a| (*a).to_owned()).collect();
+    ensure!(names == expected, "alerts without cert-manager: {names:?}");
+
+    let flags = [
+        "--set=metrics.prometheusRule.enabled=true",
+        "--set=metrics.prometheusRule.labels.release=prometheus",
+        "--set=metrics.prometheusRule.agentDown.severity=page",
+        "--set-json=metrics.prometheusRule.rejections.threshold=0.2",
+        "--set=injector.tls.source=cert-manager",
+        "--set=metrics.grafanaDashboard.enabled=true",
+        "--set=metrics.grafanaDashboard.annotations.grafana_folder=trueip",
+    ];
+    let yaml = tools.render(&[], &flags)?;
+    tools.validate(&yaml, &format!("{flags:?}"))?;
+    let docs = documents(&yaml)?;
+
+    // The rule: its labels from values, every alert with a severity, a summary and a
+    // description, thresholds and severities from values.
+    let rule = find(&docs, "PrometheusRule", None)?;
+    assert_eq!(rule["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let alerts = rule_alerts(rule)?;
+    let names: BTreeSet<&str> = alerts.iter().map(|(name, _)| name.as_str()).collect();
+    let expected: BTreeSet<&str> = ALERTS.iter().copied().chain([CERT_MANAGER_ALERT]).collect();
+    ensure!(names == expected, "alerts: {names:?}");
+    let severity = |alert: &str| -> anyhow::Result<Value> {
+        rule["spec"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+            .find(|r| r["alert"] == alert)
+            .map(|r| r["labels"]["severity"].clone())
+            .with_context(|| format!("no {alert}"))
+    };
+    assert_eq!(severity("TrueipAgentDown")?, "page");
+    assert_eq!(severity("TrueipAgentNotReady")?, "critical");
+    let rejected = &alerts
+        .iter()
+        .find(|(name, _)| name == "TrueipConnectionsRejected")
+        .context("no TrueipConnectionsRejected")?
+        .1;
+    ensure!(rejected.trim_end().ends_with("> 0.2"), "{rejected}");
+    ensure!(
+        rejected.contains("reason!~\"closed_before_header\""),
+        "TCP health checks count as rejections: {rejected}"
+    );
+    let mut exprs: Vec<(String, String)> = alerts
+        .iter()
+        .map(|(name, expr)| (format!("alert {name}"), expr.clone()))
+        .collect();
+
+    // The dashboard: labelled for Grafana's sidecar, the chart's JSON file as it is.
+    let map = find(&docs, "ConfigMap", Some("trueip-dashboard"))?;
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(map["metadata"]["annotations"]["grafana_folder"], "trueip");
+    let text = map["data"]["trueip.json"]
+        .as_str()
+        .context("the dashboard ConfigMap has no trueip.json")?;
+    let dashboard: Value = serde_json::from_str(text).context("the dashboard is not JSON")?;
+    let file = std::fs::read_to_string(chart_dir().join("dashboards/trueip.json"))?;
+    let file: Value = serde_json::from_str(&file).context("dashboards/trueip.json is not JSON")?;
+    ensure!(
+        dashboard == file,
+        "the ConfigMap's dashboard is not dashboards/trueip.json"
+    );
+    ensure!(dashboard["title"].is_string() && dashboard["uid"].is_string());
+    ensure!(
+        dashboard["schemaVersion"].as_u64().is_some_and(|v| v >= 36),
+        "schemaVersion {}",
+        dashboard["schemaVersion"]
+    );
+
+    // A data source variable (Prometheus), the namespace and pod variables, and every panel
+    // querying that data source.
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .context("the dashboard has no variables")?;
+    ensure!(
+        variables.iter().any(|v| v["type"] == "datasource"
+            && v["name"] == "datasource"
+            && v["query"] == "prometheus"),
+        "no Prometheus data source variable: {variables:?}"
+    );
+    for name in ["namespace", "pod"] {
+        ensure!(
+            variables
+                .iter()
+                .any(|v| v["type"] == "query" && v["name"] == name),
+            "no {name} variable"
+        );
+    }
+    for v in variables.iter().filter(|v| v["type"] == "query") {
+        let query = v["query"]["query"]
+            .as_str()
+            .or_else(|| v["query"].as_str())
+            .with_context(|| format!("variable {}: no query", v["name"]))?;
+        exprs.push((format!("variable {}", v["name"]), query.to_owned()));
+    }
+    let mut panels: Vec<&Value> = dashboard["panels"]
+        .as_array()
+        .context("the dashboard has no panels")?
+        .iter()
+        .collect();
+    let mut i = 0;
+    while i < panels.len() {
+        let panel = panels[i];
+        if let Some(inner) = panel["panels"].as_array() {
+            panels.extend(inner);
+        }
+        i += 1;
+    }
+    let mut queried = 0;
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        let title = &panel["title"];
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "panel {title}");
+        let targets = panel["targets"]
+            .as_array()
+            .with_context(|| format!("panel {title}: no targets"))?;
+        ensure!(!targets.is_empty(), "panel {title}: no targets");
+        for target in targets {
+            let expr = target["expr"]
+                .as_str()
+                .with_context(|| format!("panel {title}: a target without expr"))?;
+            exprs.push((format!("panel {title}"), expr.to_owned()));
+            queried += 1;
+        }
+    }
+    ensure!(queried >= 10, "only {queried} panel queries");
+
+    // Every metric any expression names is one the code serves (or Prometheus', cert-manager's).
+    let sources = metric_sources()?;
+    let compact: String = sources.split_whitespace().collect();
+    ensure!(
+        !defined_in(&sources, &compact, "trueip_no_such_metric_total"),
+        "the check accepts any name"
+    );
+    let mut used = BTreeSet::new();
+    let mut unknown = Vec::new();
+    for (what, expr) in &exprs {
+        let names = metric_names(expr);
+        ensure!(!names.is_empty(), "{what}: no metric in {expr}");
+        for name in names {
+            if !EXTERNAL_METRICS.contains(&name.as_str()) && !defined_in(&sources, &compact, &name)
+            {
+                unknown.push(format!("{name} ({what})"));
+            }
+            used.insert(name);
+        }
+    }
+    ensure!(
+        unknown.is_empty(),
+        "metrics that no Rust source of the agent, the injector or the sidecar defines: {unknown:?}"
+    );
+    for name in [
+        "trueip_connections_accepted_total",
+        "trueip_connections_active",
+        "trueip_connections_rejected_total",
+        "trueip_restore_total",
+        "trueip_agent_pod_map_entries",
+        "trueip_agent_pod_map_capacity",
+        "trueip_agent_sidecar_requests_total",
+        "trueip_agent_refused_connections_total",
+        "trueip_agent_steered_connections_total",
+        "trueip_injector_admissions_total",
+        "trueip_http_limits_total",
+    ] {
+        ensure!(used.contains(name), "nothing shows {name}");
+    }
+    Ok(())
+}
+
 pub(crate) fn failure_policy_is_a_value() -> anyhow::Result<()> {
     let tools = Tools::require()?;
     let docs = documents(&tools.render(&[], &["--set=injector.failurePolicy=Fail"])?)?;
@@ -792,6 +1139,17 @@ pub(crate) fn the_schema_refuses_bad_values_naming_them() -> anyhow::Result<()> 
             "metrics.podMonitor.interval",
             "pattern",
         ),
+        // `--set` passes fractions as strings: `--set-json` gives the number.
+        (
+            Bad::Set("--set-json=metrics.prometheusRule.mapNearlyFull.threshold=1.5"),
+            "metrics.prometheusRule.mapNearlyFull.threshold",
+            "1",
+        ),
+        (
+            Bad::Set("--set=metrics.prometheusRule.agentDown.for=5 minutes"),
+            "metrics.prometheusRule.agentDown.for",
+            "pattern",
+        ),
     ] {
         let (what, result) = match bad {
             Bad::Set(flag) => (flag.to_owned(), tools.render(&[], &[flag])),
@@ -897,13 +1255,14 @@ const SCHEMA_ONLY: [&str; 2] = ["global", "sidecar.http.tls"];
 
 /// Mappings of values.yaml whose keys are the user's (Kubernetes objects, labels): the schema
 /// gives their type, not their keys.
-const FREE_MAPS: [&str; 6] = [
+const FREE_MAPS: [&str; 7] = [
     "agent.resources",
     "agent.updateStrategy",
     "agent.nodeSelector",
     "injector.resources",
     "injector.nodeSelector",
     "sidecar.resources",
+    "metrics.grafanaDashboard.labels",
 ];
 
 /// Compares the value at `path` of values.yaml with its schema `node`, recording what differs.

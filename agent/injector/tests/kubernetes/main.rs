@@ -33,9 +33,10 @@ macro_rules! tests {
 }
 
 /// Every test of this binary; a test function left out is dead code, which clippy refuses.
-const TESTS: [(&str, Test); 20] = tests![
+const TESTS: [(&str, Test); 21] = tests![
     chart::bad_sidecar_http_values_stop_the_injector_at_start,
     chart::bad_values_are_refused_at_render,
+    chart::dashboard_and_alerts_are_optional_and_name_real_metrics,
     chart::default_render_wires_the_pieces_together,
     chart::every_mode_renders_valid_manifests,
     chart::every_value_is_documented,
