@@ -48,6 +48,18 @@ impl Cgroup {
         Ok(Self { path })
     }
 
+    /// Creates the cgroup `name` below `parent` (a directory of the cgroup v2 file system), as a
+    /// kubelet nests QoS classes, pods and containers. A leftover of that name from a killed
+    /// run is removed first, with everything below it.
+    pub fn create_in(parent: &Path, name: &str) -> Result<Self> {
+        let path = parent.join(name);
+        if path.exists() {
+            remove_tree(&path)?;
+        }
+        fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        Ok(Self { path })
+    }
+
     /// Its directory in the cgroup file system.
     pub fn path(&self) -> &Path {
         &self.path
@@ -88,6 +100,17 @@ fn remove(path: &Path) -> Result<()> {
         },
     )?;
     fs::remove_dir(path).with_context(|| format!("removing cgroup {}", path.display()))
+}
+
+/// Removes `path` and every cgroup below it, deepest first.
+fn remove_tree(path: &Path) -> Result<()> {
+    for entry in fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_tree(&entry.path())?;
+        }
+    }
+    remove(path)
 }
 
 /// Removes cgroups left behind by runs that were killed before they could clean up.

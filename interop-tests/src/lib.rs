@@ -4,7 +4,9 @@
 //! with veth pairs for IPv4 and IPv6, and tears them down when dropped, also on panic. The peer
 //! modules start the Debian packages the tests talk to ([`haproxy`], [`nginx`], [`curl`]),
 //! [`sidecar`] and [`agent`] start the trueip binaries under test, and [`app`] drives the tests'
-//! own unmodified app, `trueip-echo-app`. [`Cgroup`] stands in for a pod's cgroup v2.
+//! own unmodified app, `trueip-echo-app`. [`Cgroup`] stands in for a pod's cgroup v2. [`cluster`]
+//! (helm, controllers, the apiserver's webhook call) and [`kubelet`] (pods run from the [`oci`]
+//! images, in kubelet-shaped cgroups) stand in for a Kubernetes node.
 //!
 //! Unlike the usual `#![cfg(test)]` interop crate, this is a normal library: `trueip-demo`
 //! (`make demo`) builds the same scenario. Everything here needs root and `ip`; the tests check
@@ -17,9 +19,12 @@
 pub mod agent;
 pub mod app;
 pub mod cgroup;
+pub mod cluster;
 pub mod curl;
 pub mod haproxy;
+pub mod kubelet;
 pub mod nginx;
+pub mod oci;
 pub mod prereq;
 pub mod process;
 pub mod record;

@@ -28,6 +28,10 @@ pub struct Pki {
     pub ca_cert: PathBuf,
     /// Server certificate followed by its key (HAProxy `crt`).
     pub server_pem: PathBuf,
+    /// The server certificate alone (a `kubernetes.io/tls` Secret's `tls.crt`).
+    pub server_cert: PathBuf,
+    /// The server key alone (`tls.key`).
+    pub server_key: PathBuf,
     /// The client certificate (curl `--cert`).
     pub client_cert: PathBuf,
     /// The client key (curl `--key`).
@@ -35,8 +39,14 @@ pub struct Pki {
 }
 
 impl Pki {
-    /// Generates everything into `dir` (EC P-256 keys: fast).
+    /// Generates everything into `dir` (EC P-256 keys: fast), the server certificate for
+    /// [`SERVER_NAME`].
     pub fn generate(dir: &Path) -> Result<Self> {
+        Self::generate_for(dir, SERVER_NAME)
+    }
+
+    /// [`generate`](Self::generate) with the server certificate for `server_name` (a DNS name).
+    pub fn generate_for(dir: &Path, server_name: &str) -> Result<Self> {
         let p = |name: &str| dir.join(name);
         let ec = [
             "-newkey",
@@ -57,8 +67,8 @@ impl Pki {
         for (name, cn, ext) in [
             (
                 "server",
-                SERVER_NAME,
-                format!("subjectAltName=DNS:{SERVER_NAME}"),
+                server_name,
+                format!("subjectAltName=DNS:{server_name}"),
             ),
             (
                 "client",
@@ -104,6 +114,8 @@ impl Pki {
         Ok(Self {
             ca_cert: p("ca.crt"),
             server_pem,
+            server_cert: p("server.crt"),
+            server_key: p("server.key"),
             client_cert: p("client.crt"),
             client_key: p("client.key"),
         })

@@ -19,7 +19,7 @@
 use std::{
     fs::{self, File},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
@@ -160,6 +160,11 @@ impl Netns {
     /// The namespace's name, as `ip netns` knows it.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its bind mount (`/run/netns/<name>`), for `nsenter --net=` and `setns()`.
+    pub fn path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.name)
     }
 
     /// A command that runs `program` inside this namespace (`ip netns exec`).
@@ -410,7 +415,7 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 /// `<pid>-<n>`: unique among the namespaces and cgroups of all processes alive at once.
-pub(crate) fn unique_suffix() -> String {
+pub fn unique_suffix() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!(
         "{}-{}",

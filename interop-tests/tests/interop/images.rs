@@ -5,14 +5,13 @@
 //! themselves cannot run on this machine (crun refuses its hybrid cgroup layout), so this is as
 //! close as it gets to `docker run <image> --version`.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
-use serde_json::Value;
-use trueip_interop_tests::prereq::skip;
+use trueip_interop_tests::{
+    oci::{self, Image},
+    prereq::skip,
+};
 
 /// Each image, and the user it must run as.
 const IMAGES: [(&str, &str); 3] = [
@@ -20,26 +19,6 @@ const IMAGES: [(&str, &str); 3] = [
     ("trueip-injector", "65532:65532"),
     ("trueip-agent", "0:0"),
 ];
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("interop-tests is in the workspace")
-        .to_owned()
-}
-
-/// A blob of the OCI layout at `root`, by digest (`sha256:<hex>`).
-fn blob(root: &Path, digest: &str) -> Result<PathBuf> {
-    let (algorithm, hex) = digest
-        .split_once(':')
-        .with_context(|| format!("digest {digest}"))?;
-    Ok(root.join("blobs").join(algorithm).join(hex))
-}
-
-fn json(path: &Path) -> Result<Value> {
-    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
-}
 
 fn run(command: &mut Command) -> Result<String> {
     let out = command
@@ -56,7 +35,7 @@ fn run(command: &mut Command) -> Result<String> {
 
 /// The chart's default reference for `bin`: `<repository>:<appVersion>`.
 fn chart_reference(bin: &str) -> Result<String> {
-    let chart = repo().join("charts/trueip");
+    let chart = oci::workspace_root().join("charts/trueip");
     let meta: serde_norway::Value =
         serde_norway::from_str(&std::fs::read_to_string(chart.join("Chart.yaml"))?)?;
     let values: serde_norway::Value =
@@ -77,7 +56,7 @@ fn chart_reference(bin: &str) -> Result<String> {
 }
 
 pub(crate) fn every_image_runs_its_entrypoint_from_its_own_root() -> Result<()> {
-    let dir = repo().join("target/images");
+    let dir = oci::archive_dir();
     for (bin, _) in IMAGES {
         if !dir.join(format!("{bin}.tar")).exists() {
             return Err(skip(format!(
@@ -89,31 +68,15 @@ pub(crate) fn every_image_runs_its_entrypoint_from_its_own_root() -> Result<()> 
     let root_user = nix::unistd::Uid::effective().is_root();
     for (bin, user) in IMAGES {
         let work = tempfile::tempdir()?;
-        let layout = work.path().join("oci");
-        let rootfs = work.path().join("rootfs");
-        std::fs::create_dir_all(&layout)?;
-        std::fs::create_dir_all(&rootfs)?;
-        run(Command::new("tar")
-            .arg("-xf")
-            .arg(dir.join(format!("{bin}.tar")))
-            .arg("-C")
-            .arg(&layout))?;
-        let index = json(&layout.join("index.json"))?;
-        let entry = &index["manifests"][0];
-        let reference = entry["annotations"]["org.opencontainers.image.ref.name"]
-            .as_str()
-            .unwrap_or_default();
+        let image = Image::unpack(&dir.join(format!("{bin}.tar")), work.path())?;
+        let reference = image.reference.as_str();
+        let rootfs = image.rootfs.as_path();
         let wanted = chart_reference(bin)?;
         ensure!(
             reference == wanted || wanted.ends_with(&format!(":{reference}")),
             "{bin}: the archive is {reference:?}, the chart's default image {wanted}"
         );
-        let manifest = json(&blob(&layout, entry["digest"].as_str().context("digest")?)?)?;
-        let config = json(&blob(
-            &layout,
-            manifest["config"]["digest"].as_str().context("config")?,
-        )?)?;
-        let c = &config["config"];
+        let c = &image.config;
         let entrypoint = format!("/usr/local/bin/{bin}");
         ensure!(
             c["Entrypoint"] == serde_json::json!([entrypoint]),
@@ -137,15 +100,7 @@ pub(crate) fn every_image_runs_its_entrypoint_from_its_own_root() -> Result<()> 
                 c["Labels"][label]
             );
         }
-        for layer in manifest["layers"].as_array().context("layers")? {
-            let digest = layer["digest"].as_str().context("layer digest")?;
-            run(Command::new("tar")
-                .arg("-xf")
-                .arg(blob(&layout, digest)?)
-                .arg("-C")
-                .arg(&rootfs))?;
-        }
-        let files = run(Command::new("find").arg(&rootfs).args(["-type", "f"]))?;
+        let files = run(Command::new("find").arg(rootfs).args(["-type", "f"]))?;
         let files: Vec<&str> = files.lines().collect();
         ensure!(
             files == [rootfs.join(&entrypoint[1..]).display().to_string()],
@@ -154,7 +109,7 @@ pub(crate) fn every_image_runs_its_entrypoint_from_its_own_root() -> Result<()> 
         // From the unpacked root alone: a binary that needs a loader or a library fails here.
         let mut command = if root_user {
             let mut c = Command::new("chroot");
-            c.arg(&rootfs).arg(&entrypoint);
+            c.arg(rootfs).arg(&entrypoint);
             c
         } else {
             Command::new(rootfs.join(&entrypoint[1..]))
@@ -166,7 +121,7 @@ pub(crate) fn every_image_runs_its_entrypoint_from_its_own_root() -> Result<()> 
         );
         let mut command = if root_user {
             let mut c = Command::new("chroot");
-            c.arg(&rootfs).arg(&entrypoint);
+            c.arg(rootfs).arg(&entrypoint);
             c
         } else {
             Command::new(rootfs.join(&entrypoint[1..]))

@@ -18,6 +18,7 @@ mod exhaustion;
 mod fast_path;
 mod haproxy;
 mod images;
+mod kubelet;
 mod nginx;
 mod receivers;
 mod senders;
@@ -43,7 +44,7 @@ macro_rules! tests {
 }
 
 /// Every test of this binary; a test function left out is dead code, which clippy refuses.
-const TESTS: [(&str, Test); 38] = tests![
+const TESTS: [(&str, Test); 40] = tests![
     curl::curl_haproxy_protocol_from_an_untrusted_source_is_rejected,
     curl::curl_haproxy_protocol_to_proxy_v1_mode_nginx_logs_curl,
     differential::haproxy_and_trueip_agree_on_every_header,
@@ -60,6 +61,8 @@ const TESTS: [(&str, Test); 38] = tests![
     haproxy::send_proxy_v1_payload_reaches_the_app_intact,
     haproxy::send_proxy_v2_payload_reaches_the_app_intact,
     images::every_image_runs_its_entrypoint_from_its_own_root,
+    kubelet::kubelet_cgroupfs_driver_runs_injected_pods,
+    kubelet::kubelet_systemd_driver_runs_injected_pods,
     nginx::http_mode_nginx_realip_logs_the_client,
     nginx::send_proxy_v1_through_proxy_v2_mode_nginx_logs_the_client,
     nginx::send_proxy_v2_through_proxy_v1_mode_nginx_logs_the_client,
