@@ -135,6 +135,17 @@ pub(crate) fn decide(pod: &Pod, config: &Config) -> Decision {
             settings::INJECT,
         ));
     }
+    if spec.and_then(|s| s.host_network) == Some(true)
+        && settings.ports.iter().any(|p| p.steered(settings.steer))
+    {
+        return Decision::Refuse(format!(
+            "trueip: annotation {}: a port listed alone is steered by the node agent inside the \
+             pod's network namespace, which a hostNetwork pod does not have (it shares the \
+             node's); give `listen:upstream` pairs (and {}: \"false\")",
+            settings::PORTS,
+            settings::STEER,
+        ));
+    }
     let taken = spec
         .and_then(|s| s.volumes.as_ref())
         .into_iter()
@@ -148,7 +159,18 @@ pub(crate) fn decide(pod: &Pod, config: &Config) -> Decision {
             settings::INJECT,
         ));
     }
-    match sidecar::build(&settings, config) {
+    // The sidecar's own port for a steered one must not be a port the app declares.
+    let declared: Vec<u16> = spec
+        .into_iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .collect();
+    match sidecar::build(&settings, config, &declared) {
         Ok(injection) => match patch(pod, injection) {
             Ok(patch) => Decision::Inject(patch),
             Err(e) => Decision::Refuse(format!("trueip: {e}")),
@@ -411,7 +433,20 @@ mod tests {
             "{message}"
         );
         host["metadata"]["annotations"] = json!({"trueip.io/mode": "proxy-v1"});
-        assert!(matches!(decide(&pod(host), &config()), Decision::Inject(_)));
+        assert!(matches!(
+            decide(&pod(host.clone()), &config()),
+            Decision::Inject(_)
+        ));
+        // A lone port is steered, inside a network namespace a hostNetwork pod does not have.
+        host["metadata"]["annotations"] =
+            json!({"trueip.io/mode": "proxy-v1", "trueip.io/ports": "8080"});
+        let Decision::Refuse(message) = decide(&pod(host), &config()) else {
+            panic!()
+        };
+        assert!(
+            message.contains("steered") && message.contains("hostNetwork"),
+            "{message}"
+        );
 
         let mut clash = bare();
         clash["spec"]["volumes"] = json!([{"name": sidecar::CONFIG_VOLUME, "emptyDir": {}}]);

@@ -151,13 +151,18 @@ struct Planned {
 }
 
 /// The pod's listeners: TCP then UDP. A steered port listed alone is the app's; the sidecar
-/// then listens on the first port from `sidecar.steerPort` on that no listener, app port or the
-/// metrics port uses.
-fn plan(settings: &PodSettings, template: &SidecarTemplate) -> Result<Vec<Planned>, BuildError> {
+/// then listens on the first port from `sidecar.steerPort` on that no listener, app port, port
+/// the pod's containers declare (`declared`) or the metrics port uses.
+fn plan(
+    settings: &PodSettings,
+    template: &SidecarTemplate,
+    declared: &[u16],
+) -> Result<Vec<Planned>, BuildError> {
     let mut taken: BTreeSet<u16> = settings
         .ports
         .iter()
         .flat_map(|p| [p.listen, p.upstream])
+        .chain(declared.iter().copied())
         .chain(Some(template.metrics_port).filter(|&p| p != 0))
         .collect();
     let mut candidates = (template.steer_port..=u16::MAX).chain(1024..template.steer_port);
@@ -267,7 +272,13 @@ pub(crate) fn check_template(template: &SidecarTemplate) -> Result<(), ConfigErr
 }
 
 /// Builds what `settings` asks for with the chart's `config`, checked by the sidecar's parser.
-pub(crate) fn build(settings: &PodSettings, config: &Config) -> Result<Injection, BuildError> {
+/// `declared` are the ports the pod's containers declare: a steered port's sidecar listener
+/// takes none of them.
+pub(crate) fn build(
+    settings: &PodSettings,
+    config: &Config,
+    declared: &[u16],
+) -> Result<Injection, BuildError> {
     let template = &config.sidecar;
     let ebpf = settings.mode == Mode::Ebpf;
     let transparent = settings.mode == Mode::Transparent;
@@ -282,7 +293,7 @@ pub(crate) fn build(settings: &PodSettings, config: &Config) -> Result<Injection
     }) {
         return Err(BuildError::PortTaken { port });
     }
-    let planned = plan(settings, template)?;
+    let planned = plan(settings, template, declared)?;
     let steered = planned.iter().any(|l| l.steer);
     let config_yaml = serde_norway::to_string(&sidecar_file(settings, &planned, template))?;
     trueip_sidecar_app::Config::from_yaml(&config_yaml).map_err(|source| BuildError::Refused {
@@ -513,6 +524,7 @@ mod tests {
         let got = build(
             &settings("8080:80,9090", Mode::Ebpf, HeaderPolicy::Optional),
             &config(),
+            &[],
         )
         .unwrap();
         let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
@@ -569,13 +581,18 @@ mod tests {
                 (HeaderPolicy::Required, H::Required),
                 (HeaderPolicy::Optional, H::Optional),
             ] {
-                let got = build(&settings("8080:80", mode, header), &config()).unwrap();
+                let got = build(&settings("8080:80", mode, header), &config(), &[]).unwrap();
                 let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
                 assert_eq!(parsed.listeners[0].mode, theirs);
                 assert_eq!(parsed.listeners[0].header, their_header);
             }
         }
-        let got = build(&settings("80", Mode::None, HeaderPolicy::Off), &config()).unwrap();
+        let got = build(
+            &settings("80", Mode::None, HeaderPolicy::Off),
+            &config(),
+            &[],
+        )
+        .unwrap();
         let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
         assert_eq!(parsed.listeners[0].header, H::Off);
     }
@@ -585,6 +602,7 @@ mod tests {
         let got = build(
             &settings("8080:80,9090", Mode::Http, HeaderPolicy::Required),
             &config(),
+            &[],
         )
         .unwrap();
         let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
@@ -623,7 +641,12 @@ mod tests {
 
         // Without the chart's section, the sidecar's defaults.
         let bare = Config::from_yaml("sidecar: {image: x}", Path::new("c")).unwrap();
-        let got = build(&settings("80", Mode::Http, HeaderPolicy::Required), &bare).unwrap();
+        let got = build(
+            &settings("80", Mode::Http, HeaderPolicy::Required),
+            &bare,
+            &[],
+        )
+        .unwrap();
         assert!(!got.config_yaml.contains("http:"), "{}", got.config_yaml);
         let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
         assert_eq!(parsed.listeners[0].http.limits, HttpLimits::default());
@@ -641,6 +664,7 @@ mod tests {
             let got = build(
                 &settings("8080:80", mode, HeaderPolicy::Required),
                 &config(),
+                &[],
             )
             .unwrap();
             for key in ["http:", "limits", "client_headers", "x-client-chain"] {
@@ -667,7 +691,12 @@ mod tests {
             .replace("metricsPort: 9902", "metricsPort: 0")
             .replace("allowLoopbackClients: true", "allowLoopbackClients: false");
         let config = Config::from_yaml(&text, Path::new("config.yaml")).unwrap();
-        let got = build(&settings("80", Mode::Http, HeaderPolicy::Required), &config).unwrap();
+        let got = build(
+            &settings("80", Mode::Http, HeaderPolicy::Required),
+            &config,
+            &[],
+        )
+        .unwrap();
         for key in ["admin", "metrics_listen", "allow_loopback_clients"] {
             assert!(!got.config_yaml.contains(key), "{}", got.config_yaml);
         }
@@ -682,7 +711,12 @@ mod tests {
         // The sidecar's defaults when the chart says nothing.
         let bare =
             Config::from_yaml("sidecar: {image: x, metricsPort: 9902}", Path::new("c")).unwrap();
-        let got = build(&settings("80", Mode::Ebpf, HeaderPolicy::Required), &bare).unwrap();
+        let got = build(
+            &settings("80", Mode::Ebpf, HeaderPolicy::Required),
+            &bare,
+            &[],
+        )
+        .unwrap();
         let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
         assert_eq!(
             parsed.admin,
@@ -700,6 +734,7 @@ mod tests {
         let ebpf = build(
             &settings("80", Mode::Ebpf, HeaderPolicy::Required),
             &config(),
+            &[],
         )
         .unwrap();
         let names: Vec<_> = ebpf.volumes.iter().map(|v| v.name.as_str()).collect();
@@ -713,6 +748,7 @@ mod tests {
         let v1 = build(
             &settings("8080:80", Mode::ProxyV1, HeaderPolicy::Required),
             &config(),
+            &[],
         )
         .unwrap();
         assert_eq!(v1.volumes.len(), 1);
@@ -726,6 +762,7 @@ mod tests {
         let got = build(
             &settings("15008:80,9090", Mode::ProxyV2, HeaderPolicy::Required),
             &config(),
+            &[],
         )
         .unwrap();
         let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
@@ -754,12 +791,23 @@ mod tests {
             IntOrString::Int(15008)
         );
 
+        // Nor a port a container of the pod declares.
+        let got = build(
+            &settings("9090", Mode::Ebpf, HeaderPolicy::Required),
+            &config(),
+            &[9090, 15008, 15009],
+        )
+        .unwrap();
+        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        assert_eq!(parsed.listeners[0].listen.port(), 15010);
+
         // `true` steers pairs too: `upstream` is the app's port, `listen` the sidecar's.
         let mut all = settings("15100:8080", Mode::Ebpf, HeaderPolicy::Required);
         all.steer = Steer::True;
-        let parsed =
-            trueip_sidecar_app::Config::from_yaml(&build(&all, &config()).unwrap().config_yaml)
-                .unwrap();
+        let parsed = trueip_sidecar_app::Config::from_yaml(
+            &build(&all, &config(), &[]).unwrap().config_yaml,
+        )
+        .unwrap();
         let l = &parsed.listeners[0];
         assert!(l.steer);
         assert_eq!(
@@ -770,7 +818,7 @@ mod tests {
         // `false`: nothing is steered, and a pair needs no agent outside `ebpf`.
         let mut none = settings("8080:80", Mode::ProxyV1, HeaderPolicy::Required);
         none.steer = Steer::False;
-        let got = build(&none, &config()).unwrap();
+        let got = build(&none, &config(), &[]).unwrap();
         assert!(!got.config_yaml.contains("steer"), "{}", got.config_yaml);
         assert_eq!(got.volumes.len(), 1);
 
@@ -778,6 +826,7 @@ mod tests {
         let e = build(
             &settings("8080", Mode::Transparent, HeaderPolicy::Required),
             &config(),
+            &[],
         )
         .unwrap_err();
         assert!(
@@ -797,7 +846,7 @@ mod tests {
     fn udp_ports_are_udp_listeners() {
         let mut pod = settings("", Mode::ProxyV2, HeaderPolicy::Required);
         pod.udp_ports = settings::parse_udp_ports("5353:53").unwrap();
-        let got = build(&pod, &config()).unwrap();
+        let got = build(&pod, &config(), &[]).unwrap();
         let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
         let l = &parsed.listeners[0];
         assert_eq!(l.name(), "udp-5353");
@@ -823,7 +872,7 @@ mod tests {
         );
         // proxy-v1 cannot describe UDP: refused, naming the mode.
         pod.mode = Mode::ProxyV1;
-        let e = build(&pod, &config()).unwrap_err();
+        let e = build(&pod, &config(), &[]).unwrap_err();
         assert!(e.to_string().contains("trueip.io/mode"), "{e}");
     }
 
@@ -832,6 +881,7 @@ mod tests {
         let got = build(
             &settings("8080:80", Mode::Ebpf, HeaderPolicy::Required),
             &config(),
+            &[],
         )
         .unwrap();
         let c = got.container;
@@ -877,7 +927,12 @@ mod tests {
     #[test]
     fn the_charts_otlp_settings_are_the_sidecars_otel_variables() {
         let config = Config::from_yaml(FULL, Path::new("config.yaml")).unwrap();
-        let got = build(&settings("80", Mode::Ebpf, HeaderPolicy::Required), &config).unwrap();
+        let got = build(
+            &settings("80", Mode::Ebpf, HeaderPolicy::Required),
+            &config,
+            &[],
+        )
+        .unwrap();
         let env: Vec<(String, String)> = got
             .container
             .env
@@ -906,7 +961,12 @@ mod tests {
         assert_eq!(env, want);
         // No endpoint: no variable at all, so the sidecar exports nothing.
         let bare = Config::from_yaml("sidecar: {image: x}", Path::new("c")).unwrap();
-        let got = build(&settings("80", Mode::Ebpf, HeaderPolicy::Required), &bare).unwrap();
+        let got = build(
+            &settings("80", Mode::Ebpf, HeaderPolicy::Required),
+            &bare,
+            &[],
+        )
+        .unwrap();
         assert!(
             !got.container
                 .env
@@ -921,6 +981,7 @@ mod tests {
         let got = build(
             &settings("8080:80", Mode::Transparent, HeaderPolicy::Required),
             &config(),
+            &[],
         )
         .unwrap();
         let sc = got.container.security_context.unwrap();
@@ -938,7 +999,12 @@ mod tests {
         );
 
         for mode in [Mode::None, Mode::ProxyV1, Mode::ProxyV2, Mode::Ebpf] {
-            let got = build(&settings("80", mode, HeaderPolicy::Required), &config()).unwrap();
+            let got = build(
+                &settings("80", mode, HeaderPolicy::Required),
+                &config(),
+                &[],
+            )
+            .unwrap();
             let sc = got.container.security_context.unwrap();
             assert_eq!(sc.capabilities.unwrap().add, None, "{mode}");
             assert_eq!(sc.run_as_non_root, Some(true), "{mode}");
@@ -949,7 +1015,7 @@ mod tests {
     fn refusals_name_the_annotation() {
         let mut no_trust = settings("80", Mode::Ebpf, HeaderPolicy::Required);
         no_trust.trusted.clear();
-        let e = build(&no_trust, &config()).unwrap_err();
+        let e = build(&no_trust, &config(), &[]).unwrap_err();
         assert!(matches!(
             e,
             BuildError::Refused {
@@ -964,6 +1030,7 @@ mod tests {
         let e = build(
             &settings("9902", Mode::Ebpf, HeaderPolicy::Required),
             &config(),
+            &[],
         )
         .unwrap_err();
         assert!(matches!(e, BuildError::PortTaken { port: 9902 }));
@@ -973,7 +1040,12 @@ mod tests {
             "{e}"
         );
 
-        let e = build(&settings("80", Mode::Ebpf, HeaderPolicy::Off), &config()).unwrap_err();
+        let e = build(
+            &settings("80", Mode::Ebpf, HeaderPolicy::Off),
+            &config(),
+            &[],
+        )
+        .unwrap_err();
         assert!(matches!(
             e,
             BuildError::Refused {
