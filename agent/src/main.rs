@@ -18,7 +18,6 @@ mod server;
 mod steer;
 
 use std::{
-    io::IsTerminal as _,
     path::Path,
     process::ExitCode,
     sync::{
@@ -31,6 +30,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser as _;
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 use tokio::signal::unix::{SignalKind, signal};
+use trueip_telemetry::otlp;
 
 use crate::{
     config::{LogFormat, Opt},
@@ -42,8 +42,42 @@ use crate::{
 
 fn main() -> ExitCode {
     let opt = Opt::parse();
-    init_tracing(opt.log_format);
-    match run(&opt) {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trueip-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The OTLP clients live on the runtime, so it is entered before they are built.
+    let _entered = runtime.enter();
+    let (traces, traces_error) = match otlp::provider("trueip-agent", None) {
+        Ok(t) => (t, None),
+        Err(e) => (None, Some(e)),
+    };
+    otlp::init_logging(
+        opt.log_format == LogFormat::Json,
+        traces.as_ref(),
+        "trueip-agent",
+    );
+    if traces.is_some() {
+        tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_*)");
+    }
+    let result = match traces_error {
+        Some(e) => Err(anyhow::Error::from(e)),
+        None => run(&opt, &runtime),
+    };
+    if let Some(provider) = traces
+        && let Err(e) = provider.shutdown()
+    {
+        // Flushes the spans of the last requests before exiting.
+        tracing::warn!(error = %e, "could not flush traces");
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -52,20 +86,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-fn run(opt: &Opt) -> anyhow::Result<()> {
+fn run(opt: &Opt, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "trueip-agent must run as root: it loads eBPF programs (CAP_BPF), attaches them to \
@@ -76,11 +97,6 @@ fn run(opt: &Opt) -> anyhow::Result<()> {
     check_bpffs(&opt.bpffs_dir)?;
     tracing::info!(cgroup_root = %cgroup_root.display(), bpffs = %opt.bpffs_dir.display(), "starting");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     runtime.block_on(serve(opt, cgroup_root))
 }
 

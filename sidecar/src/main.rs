@@ -5,8 +5,6 @@
 
 #![forbid(unsafe_code)]
 
-mod otel;
-
 use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
@@ -17,9 +15,10 @@ use trueip_sidecar_app::{
     Config, Sidecar,
     config::{
         DatagramHeader, FastPathMode, HeaderPolicy, ListenerConfig, MapFullPolicy, Mode,
-        PortInUsePolicy, Protocol, TlvKind, UntrustedPolicy,
+        OtlpConfig, OtlpProtocol, PortInUsePolicy, Protocol, TlvKind, UntrustedPolicy,
     },
 };
+use trueip_telemetry::otlp;
 
 /// Strips and validates PROXY protocol headers (v1 and v2) in front of an unmodified app, and
 /// gives the app the real client address.
@@ -286,24 +285,15 @@ fn raise_fd_limit() {
     }
 }
 
-/// Logs to stderr (human or JSON), plus spans to OTLP when a provider is given.
-fn init_logging(format: &str, traces: Option<&opentelemetry_sdk::trace::SdkTracerProvider>) {
-    use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let fmt = if format == "json" {
-        fmt.json().boxed()
-    } else {
-        fmt.boxed()
-    };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(traces.map(otel::layer))
-        .init();
+/// The config file's `otlp` section, for what the `OTEL_*` variables leave unset.
+fn otlp_fallback(otlp: &OtlpConfig) -> otlp::Fallback<'_> {
+    otlp::Fallback {
+        endpoint: &otlp.endpoint,
+        protocol: match otlp.protocol {
+            OtlpProtocol::Grpc => otlp::Protocol::Grpc,
+            OtlpProtocol::HttpProtobuf => otlp::Protocol::HttpProtobuf,
+        },
+    }
 }
 
 fn main() -> ExitCode {
@@ -319,14 +309,17 @@ fn main() -> ExitCode {
     let _entered = runtime.enter();
     let config = opt.config().context("invalid configuration");
     let traces = match &config {
-        Ok(c) if !opt.check_config => otel::provider(c.otlp.as_ref()),
+        Ok(c) if !opt.check_config => {
+            otlp::provider("trueip-sidecar", c.otlp.as_ref().map(otlp_fallback))
+                .map_err(anyhow::Error::from)
+        }
         _ => Ok(None),
     };
     let (traces, traces_error) = match traces {
         Ok(t) => (t, None),
         Err(e) => (None, Some(e)),
     };
-    init_logging(&opt.log_format, traces.as_ref());
+    otlp::init_logging(opt.log_format == "json", traces.as_ref(), "trueip-sidecar");
     if traces.is_some() {
         tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_* or the config's otlp)");
     }

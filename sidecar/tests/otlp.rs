@@ -2,153 +2,21 @@
 //! HTTP/protobuf, with the semantic-convention attributes operators search by.
 
 use std::{
-    collections::HashMap,
     io::Write,
     net::{SocketAddr, TcpListener, TcpStream},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
-    },
-    common::v1::{AnyValue, any_value::Value},
-    trace::v1::Span,
-};
 use trueip_proxy_header::{
     Addresses, Command as PpCommand, Header, Tlvs, Transport, Version, kind,
 };
+use trueip_sidecar_test_util::otlp::{Collector, attrs};
 
 const BIN: &str = env!("CARGO_BIN_EXE_trueip-sidecar");
 
-/// A received span with its resource's attributes.
-type ResourceSpan = (HashMap<String, String>, Span);
-
-/// Spans received, with their resource attributes.
-#[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<ResourceSpan>>>);
-
-impl Received {
-    fn take(&self, request: ExportTraceServiceRequest) {
-        let mut spans = self.0.lock().unwrap();
-        for rs in request.resource_spans {
-            let resource = rs
-                .resource
-                .map(|r| attrs(&r.attributes))
-                .unwrap_or_default();
-            for ss in rs.scope_spans {
-                spans.extend(ss.spans.into_iter().map(|s| (resource.clone(), s)));
-            }
-        }
-    }
-
-    fn wait_for(&self, n: usize) -> Vec<ResourceSpan> {
-        self.wait_for_named("trueip.connection", n)
-    }
-
-    fn wait_for_named(&self, name: &str, n: usize) -> Vec<ResourceSpan> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            let spans = self.0.lock().unwrap().clone();
-            if spans.iter().filter(|(_, s)| s.name == name).count() >= n {
-                return spans;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("fewer than {n} {name} spans: {:?}", self.0.lock().unwrap());
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for Received {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.take(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-fn text(v: &AnyValue) -> String {
-    match &v.value {
-        Some(Value::StringValue(s)) => s.clone(),
-        Some(Value::IntValue(i)) => i.to_string(),
-        Some(Value::BoolValue(b)) => b.to_string(),
-        Some(Value::DoubleValue(d)) => d.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn attrs(kv: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> HashMap<String, String> {
-    kv.iter()
-        .map(|kv| {
-            (
-                kv.key.clone(),
-                kv.value.as_ref().map(text).unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-/// Starts a receiver on a runtime of its own thread; returns its address.
-fn receiver(grpc: bool, received: Received) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            if grpc {
-                let incoming = tokio_stream(listener);
-                tonic::transport::Server::builder()
-                    .add_service(TraceServiceServer::new(received))
-                    .serve_with_incoming(incoming)
-                    .await
-                    .unwrap();
-            } else {
-                serve_http(listener, received).await;
-            }
-        });
-    });
-    addr
-}
-
-fn tokio_stream(
-    listener: tokio::net::TcpListener,
-) -> impl tonic::codegen::tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tonic::codegen::tokio_stream::wrappers::TcpListenerStream::new(listener)
-}
-
-/// OTLP/HTTP: POST /v1/traces with a protobuf body.
-async fn serve_http(listener: tokio::net::TcpListener, received: Received) {
-    use http_body_util::{BodyExt, Full};
-    use hyper::{Response, body::Bytes, service::service_fn};
-    use prost::Message;
-    loop {
-        let (stream, _) = listener.accept().await.unwrap();
-        let received = received.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let received = received.clone();
-                async move {
-                    assert_eq!(req.uri().path(), "/v1/traces");
-                    let body = req.into_body().collect().await.unwrap().to_bytes();
-                    received.take(ExportTraceServiceRequest::decode(body).unwrap());
-                    let reply = ExportTraceServiceResponse::default().encode_to_vec();
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(reply))))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
+/// The span of one connection.
+const CONNECTION_SPAN: &str = "trueip.connection";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -197,8 +65,7 @@ fn send(port: u16, bytes: &[u8]) {
 }
 
 fn run(grpc: bool) {
-    let received = Received::default();
-    let collector = receiver(grpc, received.clone());
+    let (received, collector) = Collector::start(grpc);
     let (endpoint, protocol) = if grpc {
         (format!("http://{collector}"), "grpc")
     } else {
@@ -240,7 +107,7 @@ fn run(grpc: bool) {
         b"PROXY TCP6 ::ffff:203.0.113.9 ::ffff:198.51.100.1 51235 443\r\nyo",
     );
 
-    let spans = received.wait_for(5);
+    let spans = received.wait_for_named(CONNECTION_SPAN, 5);
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -341,8 +208,7 @@ fn spans_over_http_protobuf() {
 fn http_requests_join_the_callers_trace() {
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const CALLER: &str = "00f067aa0ba902b7";
-    let received = Received::default();
-    let collector = receiver(false, received.clone());
+    let (received, collector) = Collector::start(false);
     let app = TcpListener::bind("127.0.0.1:0").unwrap();
     let app_addr = app.local_addr().unwrap();
     let (seen_tx, seen_rx) = std::sync::mpsc::channel::<String>();
@@ -385,8 +251,8 @@ fn http_requests_join_the_callers_trace() {
     let app_head = seen_rx.recv_timeout(Duration::from_secs(10)).unwrap();
 
     let spans = received.wait_for_named("trueip.request", 1);
-    received.wait_for(1);
-    let spans = [spans, received.0.lock().unwrap().clone()].concat();
+    received.wait_for_named(CONNECTION_SPAN, 1);
+    let spans = [spans, received.spans()].concat();
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -17,7 +17,7 @@ mod settings;
 mod sidecar;
 mod tls;
 
-use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
@@ -90,7 +90,7 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let opt = Opt::parse();
-    init_tracing(opt.log_format);
+    trueip_telemetry::init_logging(opt.log_format == LogFormat::Json);
     match run(&opt) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -110,19 +110,6 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 fn run(opt: &Opt) -> anyhow::Result<()> {

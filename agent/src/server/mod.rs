@@ -248,6 +248,15 @@ impl Server {
         log: &mut LogLimiter,
     ) {
         self.metrics.refused(why);
+        // A span per refused connection (exported over OTLP when configured); the exporter's
+        // bounded queue drops what a flood adds beyond it.
+        let span = tracing::info_span!(
+            "agent.refusal",
+            reason = why.label(),
+            otel.status_code = "ERROR",
+            error.type = %code,
+        );
+        let _entered = span.enter();
         if let Some(suppressed) = log.allow(Instant::now()) {
             tracing::warn!(
                 error = %error_chain(e),
@@ -295,7 +304,19 @@ impl Server {
             } else {
                 Request::decode(&buf[..received.len])
             };
-            let result = self.handle(waiting.conn.as_fd(), &waiting.peer, request, &received.fds);
+            // One span per request (exported over OTLP when configured): its events are the
+            // log lines of this request, its status an error when the caller was refused.
+            let span = tracing::info_span!(
+                "agent.request",
+                request = tracing::field::Empty,
+                process.pid = waiting.peer.pid,
+                enduser.id = waiting.peer.uid,
+                otel.status_code = tracing::field::Empty,
+                error.type = tracing::field::Empty,
+            );
+            let result = span.in_scope(|| {
+                self.handle(waiting.conn.as_fd(), &waiting.peer, request, &received.fds)
+            });
             if let Err(e) = result {
                 tracing::warn!(error = %e, pid = waiting.peer.pid, "could not answer a sidecar");
             }
@@ -332,6 +353,7 @@ impl Server {
             Request::GetFastPath => (RequestKind::FastPath, 0),
             Request::Steer { .. } => (RequestKind::Steer, 1),
         };
+        tracing::Span::current().record("request", kind.label());
         if fds.len() != wanted {
             if wanted == 0 {
                 self.metrics.stray_fds(fds.len());
@@ -552,6 +574,9 @@ fn error_code(e: &ServeError) -> ErrorCode {
 /// Sends an error answer carrying `e` and its sources.
 fn reply_error(conn: BorrowedFd<'_>, code: ErrorCode, e: &dyn std::error::Error) -> io::Result<()> {
     let message = error_chain(e);
+    let span = tracing::Span::current();
+    span.record("otel.status_code", "ERROR");
+    span.record("error.type", code.to_string());
     send(conn, &Response::Error { code, message }.encode(), &[])
 }
 

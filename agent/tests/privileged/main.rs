@@ -11,6 +11,7 @@ mod attacker;
 mod hostile;
 mod roles;
 mod support;
+mod traces;
 
 use std::{net::SocketAddr, process::ExitCode, rc::Rc, time::Instant};
 
@@ -96,6 +97,10 @@ const TESTS: &[(&str, Test)] = &[
     (
         "a_caller_that_is_gone_is_refused",
         hostile::a_caller_that_is_gone_is_refused,
+    ),
+    (
+        "requests_are_traced_over_otlp",
+        traces::requests_are_traced_over_otlp,
     ),
 ];
 

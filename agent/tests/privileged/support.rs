@@ -94,6 +94,7 @@ pub(crate) fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> anyho
 pub(crate) struct Agent {
     child: Option<Child>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     /// Its pin directory.
     pub(crate) bpffs_dir: PathBuf,
     /// Its Unix socket.
@@ -106,6 +107,11 @@ pub(crate) struct Agent {
 impl Agent {
     /// Starts an agent with `extra` flags and waits until `/readyz` says ready.
     pub(crate) fn start(extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// [`Agent::start`] with these environment variables too (the `OTEL_*` ones, say).
+    pub(crate) fn start_with_env(extra: &[&str], vars: &[(&str, &str)]) -> anyhow::Result<Self> {
         let tmp = tempfile::Builder::new()
             .prefix("trueip-agent-test")
             .tempdir()?;
@@ -131,6 +137,10 @@ impl Agent {
         let mut agent = Self {
             child: None,
             args,
+            env: vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             bpffs_dir,
             socket,
             health,
@@ -151,6 +161,7 @@ impl Agent {
         let child = Command::new(AGENT_BIN)
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -178,6 +189,23 @@ impl Agent {
         }
         let healthz = http_get(health, "/healthz")?;
         ensure!(healthz.starts_with("HTTP/1.1 200"), "/healthz: {healthz}");
+        Ok(())
+    }
+
+    /// Stops the agent with SIGTERM, as the kubelet does, and waits for it to exit.
+    pub(crate) fn terminate(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+            let status = wait_for("the agent to exit after SIGTERM", || {
+                child.try_wait().ok().flatten()
+            })?;
+            ensure!(
+                status.success(),
+                "the agent exited with {status}:\n{}",
+                self.log()
+            );
+        }
         Ok(())
     }
 

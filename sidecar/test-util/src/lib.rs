@@ -1,6 +1,8 @@
 //! Test helpers for trueip: an app that records what it received and who it thinks its peer
-//! is, a client that writes in chosen fragments, and deterministic payloads that are cheap to
-//! compare.
+//! is, a client that writes in chosen fragments, deterministic payloads that are cheap to
+//! compare, and an OTLP trace collector ([`otlp`]).
+
+pub mod otlp;
 
 use std::{io, net::SocketAddr, time::Duration};
 

@@ -443,6 +443,64 @@ pub(crate) fn the_agent_socket_belongs_to_the_sidecars_group() -> anyhow::Result
     Ok(())
 }
 
+pub(crate) fn the_agents_otlp_values_are_its_otel_variables() -> anyhow::Result<()> {
+    let tools = Tools::require()?;
+    // Off by default: no OTEL_* variable, but the agent knows its node and pod.
+    let docs = documents(&tools.render(&[], &[])?)?;
+    let env = &find(&docs, "DaemonSet", Some("trueip-agent"))?["spec"]["template"]["spec"]["containers"]
+        [0]["env"];
+    let names: Vec<&str> = env
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with("OTEL_")), "{names:?}");
+    for (name, field) in [
+        ("K8S_NODE_NAME", "spec.nodeName"),
+        ("K8S_POD_NAME", "metadata.name"),
+        ("K8S_NAMESPACE_NAME", "metadata.namespace"),
+        ("K8S_POD_UID", "metadata.uid"),
+    ] {
+        let var = env
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == name)
+            .with_context(|| format!("no {name} in {env}"))?;
+        assert_eq!(var["valueFrom"]["fieldRef"]["fieldPath"], field, "{name}");
+    }
+    let on = [
+        "--set=agent.otlp.endpoint=http://otel-collector.observability:4317",
+        "--set=agent.otlp.protocol=grpc",
+        "--set=agent.otlp.sampler=parentbased_traceidratio",
+        "--set-string=agent.otlp.samplerArg=0.5",
+        "--set=agent.otlp.resourceAttributes.deployment\\.environment=prod",
+        "--set=agent.otlp.resourceAttributes.team=net",
+    ];
+    tools.lint(&[], &on)?;
+    for (name, want) in [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://otel-collector.observability:4317",
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment=prod,team=net",
+        ),
+    ] {
+        assert_eq!(
+            agent_env(&tools, &on, name)?.as_deref(),
+            Some(want),
+            "{name}"
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn pod_monitors_scrape_the_agents_and_the_injected_sidecars() -> anyhow::Result<()> {
     let tools = Tools::require()?;
     let off = documents(&tools.render(&[], &[])?)?;
@@ -988,6 +1046,17 @@ pub(crate) fn the_schema_refuses_bad_values_naming_them() -> anyhow::Result<()> 
             Bad::Set("--set=sidecar.metricsPort=70000"),
             "sidecar.metricsPort",
             "65535",
+        ),
+        // No TLS client is built in: an https collector is refused, not silently unreached.
+        (
+            Bad::Set("--set=sidecar.otlp.endpoint=https://collector:4318"),
+            "sidecar.otlp.endpoint",
+            "http://",
+        ),
+        (
+            Bad::Set("--set=agent.otlp.endpoint=https://collector:4317"),
+            "agent.otlp.endpoint",
+            "http://",
         ),
         (
             Bad::Set("--set=injector.failurePolicy=Maybe"),

@@ -33,7 +33,7 @@ macro_rules! tests {
 }
 
 /// Every test of this binary; a test function left out is dead code, which clippy refuses.
-const TESTS: [(&str, Test); 21] = tests![
+const TESTS: [(&str, Test); 22] = tests![
     chart::bad_sidecar_http_values_stop_the_injector_at_start,
     chart::bad_values_are_refused_at_render,
     chart::dashboard_and_alerts_are_optional_and_name_real_metrics,
@@ -47,6 +47,7 @@ const TESTS: [(&str, Test); 21] = tests![
     chart::pod_monitors_scrape_the_agents_and_the_injected_sidecars,
     chart::sidecar_http_values_are_the_sidecars_defaults,
     chart::the_agent_socket_belongs_to_the_sidecars_group,
+    chart::the_agents_otlp_values_are_its_otel_variables,
     chart::the_schema_covers_every_value,
     chart::the_schema_refuses_bad_values_naming_them,
     images::dockerfiles_build_what_the_chart_runs,
