@@ -88,9 +88,10 @@ pub(crate) struct Opt {
           value_parser = humantime::parse_duration)]
     pub(crate) sweep_interval: Duration,
 
-    /// Log format (the level comes from RUST_LOG, default `info`).
-    #[arg(long, env = "TRUEIP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub(crate) log_format: LogFormat,
+    /// Log format: `text` or `json` (the level comes from RUST_LOG, default `info`).
+    #[arg(long, env = "TRUEIP_LOG_FORMAT", value_name = "FORMAT", default_value = "text",
+          value_parser = |s: &str| trueip_telemetry::LogFormat::parse(s).map(|_| s.to_owned()))]
+    pub(crate) log_format: String,
 }
 
 /// Where a caller's pod cgroup is, relative to the caller's own cgroup.
@@ -112,15 +113,6 @@ pub(crate) enum WhenGone {
     Open,
     /// Fail closed: the connection is refused (reset).
     Closed,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

@@ -30,10 +30,10 @@ use anyhow::{Context as _, bail};
 use clap::Parser as _;
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 use tokio::signal::unix::{SignalKind, signal};
-use trueip_telemetry::otlp;
+use trueip_telemetry::{LogFormat, otlp};
 
 use crate::{
-    config::{LogFormat, Opt},
+    config::Opt,
     metrics::AgentMetrics,
     pods::Registry,
     programs::{Hook, Programs},
@@ -59,11 +59,11 @@ fn main() -> ExitCode {
         Ok(t) => (t, None),
         Err(e) => (None, Some(e)),
     };
-    otlp::init_logging(
-        opt.log_format == LogFormat::Json,
-        traces.as_ref(),
-        "trueip-agent",
-    );
+    let format = LogFormat::parse(&opt.log_format).unwrap_or_default();
+    otlp::init_logging(format, traces.as_ref(), "trueip-agent");
+    if let Some(line) = LogFormat::deprecation(&opt.log_format) {
+        tracing::warn!("{line}");
+    }
     if traces.is_some() {
         tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_*)");
     }

@@ -27,6 +27,7 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData, MapError};
 use trueip_redirect_common::{ConnKey, POD_MAP_FLAGS, RestoreValue};
+use trueip_telemetry::error_chain;
 
 use crate::{
     cgroup,
@@ -650,16 +651,4 @@ fn fs_err(op: &'static str, path: &Path, source: io::Error) -> ProgramsError {
         path: path.to_owned(),
         source,
     }
-}
-
-/// An error and its sources on one line, for logs.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }

@@ -18,7 +18,7 @@ use trueip_sidecar_app::{
         OtlpConfig, OtlpProtocol, PortInUsePolicy, Protocol, TlvKind, UntrustedPolicy,
     },
 };
-use trueip_telemetry::otlp;
+use trueip_telemetry::{LogFormat, otlp};
 
 /// Strips and validates PROXY protocol headers (v1 and v2) in front of an unmodified app, and
 /// gives the app the real client address.
@@ -171,8 +171,10 @@ struct Opt {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     drain_timeout: Option<Duration>,
 
-    /// Log format: human or json. Levels come from RUST_LOG (default: info).
-    #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    /// Log format: text or json (`human`: the old spelling of text). Levels come from RUST_LOG
+    /// (default: info).
+    #[arg(long, value_name = "FORMAT", default_value = "text",
+          value_parser = |s: &str| trueip_telemetry::LogFormat::parse(s).map(|_| s.to_owned()))]
     log_format: String,
 }
 
@@ -319,7 +321,11 @@ fn main() -> ExitCode {
         Ok(t) => (t, None),
         Err(e) => (None, Some(e)),
     };
-    otlp::init_logging(opt.log_format == "json", traces.as_ref(), "trueip-sidecar");
+    let format = LogFormat::parse(&opt.log_format).unwrap_or_default();
+    otlp::init_logging(format, traces.as_ref(), "trueip-sidecar");
+    if let Some(line) = LogFormat::deprecation(&opt.log_format) {
+        tracing::warn!("{line}");
+    }
     if traces.is_some() {
         tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_* or the config's otlp)");
     }

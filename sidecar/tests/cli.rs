@@ -74,6 +74,45 @@ fn check(yaml: &str) -> (bool, String) {
 }
 
 #[test]
+fn log_formats_are_text_and_json_and_the_old_human_says_it_is_deprecated() {
+    let run = |format: &str| {
+        Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:80"])
+            .args([
+                "--trusted",
+                "10.0.0.0/8",
+                "--check-config",
+                "--log-format",
+                format,
+            ])
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap()
+    };
+    for format in ["text", "json"] {
+        let out = run(format);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{format}: {log}");
+        assert!(!log.contains("deprecated"), "{format}: {log}");
+    }
+    let out = run("json");
+    let first = String::from_utf8_lossy(&out.stderr);
+    let first = first.lines().next().unwrap_or_default();
+    assert!(first.starts_with('{'), "json: {first}");
+    let out = run("human");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("--log-format human is deprecated: it is now spelled `text`"),
+        "{log}"
+    );
+    let out = run("yaml");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(log.contains("expected `text` or `json`"), "{log}");
+}
+
+#[test]
 fn check_config_accepts_a_good_file() {
     let (ok, log) = check(
         "listeners:\n  - listen: 127.0.0.1:0\n    upstream: 127.0.0.1:80\n    trusted_sources: [10.0.0.0/8]\n",

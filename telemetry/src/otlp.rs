@@ -131,13 +131,17 @@ pub fn provider(
 
 /// [`crate::init_logging`], plus every span exported through `traces` (when given) under the
 /// instrumentation scope `tracer`.
-pub fn init_logging(json: bool, traces: Option<&SdkTracerProvider>, tracer: &'static str) {
+pub fn init_logging(
+    format: crate::LogFormat,
+    traces: Option<&SdkTracerProvider>,
+    tracer: &'static str,
+) {
     use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let otel =
         traces.map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(tracer)));
     tracing_subscriber::registry()
         .with(crate::filter())
-        .with(crate::stderr(json))
+        .with(crate::stderr(format))
         .with(otel)
         .init();
 }

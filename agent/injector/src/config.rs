@@ -189,7 +189,7 @@ pub(crate) struct AdminTemplate {
 impl Default for AdminTemplate {
     /// The sidecar's own defaults.
     fn default() -> Self {
-        let admin = trueip_sidecar_app::config::AdminConfig::default();
+        let admin = trueip_sidecar_config::AdminConfig::default();
         Self {
             header_timeout: admin.header_timeout,
             max_connections: admin.max_connections,
@@ -238,8 +238,9 @@ pub(crate) enum PullPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum LogFormat {
-    /// Human-readable lines.
-    Human,
+    /// Human-readable lines (`human`: the old spelling, still taken).
+    #[serde(alias = "human")]
+    Text,
     /// One JSON object per line (log collectors).
     #[default]
     Json,
@@ -303,7 +304,7 @@ mod defaults {
     }
 
     pub(super) fn agent_socket() -> PathBuf {
-        PathBuf::from(trueip_sidecar_app::config::DEFAULT_AGENT_SOCKET)
+        PathBuf::from(trueip_sidecar_config::DEFAULT_AGENT_SOCKET)
     }
 
     pub(super) fn listen_address() -> IpAddr {
@@ -468,8 +469,8 @@ impl Config {
 /// The sidecar's refusal of the sample file, under the injector's key. The sidecar names its
 /// own keys in a file nobody sees (`listeners[0].http.limits: unknown field ...` at some line,
 /// or `http.limits.max_request_head: ...`); the `http` section is `sidecar.http` here.
-fn refused_template(path: &Path, error: &trueip_sidecar_app::config::ConfigError) -> ConfigError {
-    use trueip_sidecar_app::config::ConfigError as Sidecar;
+fn refused_template(path: &Path, error: &trueip_sidecar_config::ConfigError) -> ConfigError {
+    use trueip_sidecar_config::ConfigError as Sidecar;
     let (key, problem) = match error {
         Sidecar::Invalid { key, problem, .. } => ((*key).to_owned(), problem.clone()),
         Sidecar::Parse { source, .. } => {
@@ -522,7 +523,7 @@ impl LogFormat {
     /// The sidecar's flag value.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            Self::Human => "human",
+            Self::Text => "text",
             Self::Json => "json",
         }
     }
@@ -548,7 +549,7 @@ sidecar:
   upstreamAddress: 127.0.0.1
   metricsPort: 9902
   fallback: proxy-v1
-  logFormat: human
+  logFormat: text
   logLevel: debug
   allowLoopbackClients: true
   http: {"allow_connect":false,"client_headers":"append","forwarded":false,"limits":{"header_read_timeout":"5s","max_request_head":65536},"strip_headers":["x-internal-user"],"tlv_headers":{"unique_id":"x-request-id"},"x_forwarded_for":"x-client-chain","x_forwarded_proto":"x-forwarded-proto","x_real_ip":false}
@@ -574,7 +575,7 @@ allowedModes: [none, proxy-v1, proxy-v2, ebpf, http]
         assert_eq!(c.sidecar.listen_address, "::".parse::<IpAddr>().unwrap());
         assert_eq!(c.sidecar.fallback, Some(Mode::ProxyV1));
         assert_eq!(c.sidecar.metrics_port, 9902);
-        assert_eq!(c.sidecar.log_format, LogFormat::Human);
+        assert_eq!(c.sidecar.log_format, LogFormat::Text);
         assert_eq!(c.agent_socket_dir(), Path::new("/run/trueip"));
         assert_eq!(
             c.sidecar.resources.limits.unwrap()["memory"].0,
@@ -633,14 +634,14 @@ allowedModes: [none, proxy-v1, proxy-v2, ebpf, http]
         assert_eq!(c.sidecar.run_as_user, 65532);
         assert_eq!(
             c.sidecar.agent_socket,
-            Path::new(trueip_sidecar_app::config::DEFAULT_AGENT_SOCKET)
+            Path::new(trueip_sidecar_config::DEFAULT_AGENT_SOCKET)
         );
         assert_eq!(c.sidecar.log_format, LogFormat::Json);
         assert_eq!(c.sidecar.metrics_port, 0);
         assert_eq!(c.defaults, Defaults::default());
         assert!(!c.sidecar.allow_loopback_clients);
         assert!(c.sidecar.http.is_empty());
-        let admin = trueip_sidecar_app::config::AdminConfig::default();
+        let admin = trueip_sidecar_config::AdminConfig::default();
         assert_eq!(c.sidecar.admin.header_timeout, admin.header_timeout);
         assert_eq!(c.sidecar.admin.max_connections, admin.max_connections);
         // A chart value set to null is an empty section.

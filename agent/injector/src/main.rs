@@ -20,8 +20,9 @@ mod tls;
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
+use trueip_telemetry::LogFormat;
 
 use crate::{config::Config, metrics::Metrics, server::Webhook, tls::ReloadingCert};
 
@@ -74,23 +75,18 @@ struct Opt {
           value_parser = humantime::parse_duration)]
     drain_timeout: std::time::Duration,
 
-    /// Log format (the level comes from RUST_LOG, default `info`).
-    #[arg(long, env = "TRUEIP_INJECTOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
+    /// Log format: `text` or `json` (the level comes from RUST_LOG, default `info`).
+    #[arg(long, env = "TRUEIP_INJECTOR_LOG_FORMAT", value_name = "FORMAT", default_value = "text",
+          value_parser = |s: &str| trueip_telemetry::LogFormat::parse(s).map(|_| s.to_owned()))]
+    log_format: String,
 }
 
 fn main() -> ExitCode {
     let opt = Opt::parse();
-    trueip_telemetry::init_logging(opt.log_format == LogFormat::Json);
+    trueip_telemetry::init_logging(LogFormat::parse(&opt.log_format).unwrap_or_default());
+    if let Some(line) = LogFormat::deprecation(&opt.log_format) {
+        tracing::warn!("{line}");
+    }
     match run(&opt) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -98,18 +94,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// An error with its causes on one line, for log fields and HTTP error bodies.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn run(opt: &Opt) -> anyhow::Result<()> {

@@ -17,7 +17,9 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::{config::Config, error_chain, metrics::Metrics, review};
+use trueip_telemetry::error_chain;
+
+use crate::{config::Config, metrics::Metrics, review};
 
 /// The path the MutatingWebhookConfiguration calls.
 pub(crate) const MUTATE_PATH: &str = "/mutate";

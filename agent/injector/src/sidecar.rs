@@ -20,7 +20,7 @@ use k8s_openapi::{
 };
 use serde::Serialize;
 use serde_norway::Mapping;
-use trueip_sidecar_app::config::ConfigError;
+use trueip_sidecar_config::ConfigError;
 
 use crate::{
     config::{Config, SidecarTemplate},
@@ -95,7 +95,7 @@ pub(crate) enum BuildError {
     Write(#[from] serde_norway::Error),
 }
 
-/// The sidecar's YAML file (`trueip_sidecar_app::Config`), as far as the webhook sets it.
+/// The sidecar's YAML file (`trueip_sidecar_config::Config`), as far as the webhook sets it.
 #[derive(Debug, Serialize)]
 struct SidecarFile<'a> {
     listeners: Vec<ListenerFile<'a>>,
@@ -268,7 +268,7 @@ pub(crate) fn check_template(template: &SidecarTemplate) -> Result<(), ConfigErr
                 source,
             }
         })?;
-    trueip_sidecar_app::Config::from_yaml(&text).map(drop)
+    trueip_sidecar_config::Config::from_yaml(&text).map(drop)
 }
 
 /// Builds what `settings` asks for with the chart's `config`, checked by the sidecar's parser.
@@ -296,9 +296,11 @@ pub(crate) fn build(
     let planned = plan(settings, template, declared)?;
     let steered = planned.iter().any(|l| l.steer);
     let config_yaml = serde_norway::to_string(&sidecar_file(settings, &planned, template))?;
-    trueip_sidecar_app::Config::from_yaml(&config_yaml).map_err(|source| BuildError::Refused {
-        annotation: annotation_of(&source),
-        source,
+    trueip_sidecar_config::Config::from_yaml(&config_yaml).map_err(|source| {
+        BuildError::Refused {
+            annotation: annotation_of(&source),
+            source,
+        }
     })?;
 
     let mut mounts = vec![VolumeMount {
@@ -499,7 +501,7 @@ mod tests {
     use std::{path::Path, time::Duration};
 
     use hyper::header::HeaderName;
-    use trueip_sidecar_app::config::{ClientHeaders, HttpLimits};
+    use trueip_sidecar_config::{ClientHeaders, HttpLimits};
 
     use super::*;
     use crate::{config::tests::FULL, settings::parse_ports};
@@ -527,14 +529,14 @@ mod tests {
             &[],
         )
         .unwrap();
-        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        let parsed = trueip_sidecar_config::Config::from_yaml(&got.config_yaml).unwrap();
         assert_eq!(parsed.listeners.len(), 2);
         let l = &parsed.listeners[0];
         assert_eq!(l.name(), "port-8080");
         assert_eq!(l.listen, "[::]:8080".parse().unwrap());
         assert_eq!(l.upstream, "127.0.0.1:80".parse().unwrap());
-        assert_eq!(l.mode, trueip_sidecar_app::config::Mode::Ebpf);
-        assert_eq!(l.fallback, Some(trueip_sidecar_app::config::Mode::ProxyV1));
+        assert_eq!(l.mode, trueip_sidecar_config::Mode::Ebpf);
+        assert_eq!(l.fallback, Some(trueip_sidecar_config::Mode::ProxyV1));
         assert_eq!(
             parsed.listeners[1].upstream,
             "127.0.0.1:9090".parse().unwrap()
@@ -568,7 +570,7 @@ mod tests {
 
     #[test]
     fn every_mode_and_header_is_understood_by_the_sidecar() {
-        use trueip_sidecar_app::config::{HeaderPolicy as H, Mode as M};
+        use trueip_sidecar_config::{HeaderPolicy as H, Mode as M};
         for (mode, theirs) in [
             (Mode::None, M::None),
             (Mode::ProxyV1, M::ProxyV1),
@@ -582,7 +584,7 @@ mod tests {
                 (HeaderPolicy::Optional, H::Optional),
             ] {
                 let got = build(&settings("8080:80", mode, header), &config(), &[]).unwrap();
-                let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+                let parsed = trueip_sidecar_config::Config::from_yaml(&got.config_yaml).unwrap();
                 assert_eq!(parsed.listeners[0].mode, theirs);
                 assert_eq!(parsed.listeners[0].header, their_header);
             }
@@ -593,7 +595,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        let parsed = trueip_sidecar_config::Config::from_yaml(&got.config_yaml).unwrap();
         assert_eq!(parsed.listeners[0].header, H::Off);
     }
 
@@ -605,10 +607,10 @@ mod tests {
             &[],
         )
         .unwrap();
-        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        let parsed = trueip_sidecar_config::Config::from_yaml(&got.config_yaml).unwrap();
         assert_eq!(parsed.listeners.len(), 2);
         for l in &parsed.listeners {
-            assert_eq!(l.mode, trueip_sidecar_app::config::Mode::Http);
+            assert_eq!(l.mode, trueip_sidecar_config::Mode::Http);
             let http = &l.http;
             // Set by the chart (config::tests::FULL) ...
             assert_eq!(http.limits.max_request_head, 65536);
@@ -648,7 +650,7 @@ mod tests {
         )
         .unwrap();
         assert!(!got.config_yaml.contains("http:"), "{}", got.config_yaml);
-        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        let parsed = trueip_sidecar_config::Config::from_yaml(&got.config_yaml).unwrap();
         assert_eq!(parsed.listeners[0].http.limits, HttpLimits::default());
     }
 
@@ -674,7 +676,7 @@ mod tests {
                     got.config_yaml
                 );
             }
-            let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+            let parsed = trueip_sidecar_config::Config::from_yaml(&got.config_yaml).unwrap();
             assert_eq!(
                 parsed.listeners[0].http.limits,
                 HttpLimits::default(),
@@ -700,7 +702,7 @@ mod tests {
         for key in ["admin", "metrics_listen", "allow_loopback_clients"] {
             assert!(!got.config_yaml.contains(key), "{}", got.config_yaml);
         }
-        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        let parsed = trueip_sidecar_config::Config::from_yaml(&got.config_yaml).unwrap();
         assert!(!parsed.listeners[0].allow_loopback_clients);
         assert_eq!(parsed.metrics_listen, None);
         assert!(
@@ -717,11 +719,8 @@ mod tests {
             &[],
         )
         .unwrap();
-        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
-        assert_eq!(
-            parsed.admin,
-            trueip_sidecar_app::config::AdminConfig::default()
-        );
+        let parsed = trueip_sidecar_config::Config::from_yaml(&got.config_yaml).unwrap();
+        assert_eq!(parsed.admin, trueip_sidecar_config::AdminConfig::default());
         assert!(
             got.config_yaml.contains("header_timeout: 5s"),
             "{}",
@@ -765,7 +764,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        let parsed = trueip_sidecar_config::Config::from_yaml(&got.config_yaml).unwrap();
         let (pair, lone) = (&parsed.listeners[0], &parsed.listeners[1]);
         assert_eq!(pair.listen, "[::]:15008".parse().unwrap());
         assert!(!pair.steer);
@@ -798,13 +797,13 @@ mod tests {
             &[9090, 15008, 15009],
         )
         .unwrap();
-        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        let parsed = trueip_sidecar_config::Config::from_yaml(&got.config_yaml).unwrap();
         assert_eq!(parsed.listeners[0].listen.port(), 15010);
 
         // `true` steers pairs too: `upstream` is the app's port, `listen` the sidecar's.
         let mut all = settings("15100:8080", Mode::Ebpf, HeaderPolicy::Required);
         all.steer = Steer::True;
-        let parsed = trueip_sidecar_app::Config::from_yaml(
+        let parsed = trueip_sidecar_config::Config::from_yaml(
             &build(&all, &config(), &[]).unwrap().config_yaml,
         )
         .unwrap();
@@ -847,10 +846,10 @@ mod tests {
         let mut pod = settings("", Mode::ProxyV2, HeaderPolicy::Required);
         pod.udp_ports = settings::parse_udp_ports("5353:53").unwrap();
         let got = build(&pod, &config(), &[]).unwrap();
-        let parsed = trueip_sidecar_app::Config::from_yaml(&got.config_yaml).unwrap();
+        let parsed = trueip_sidecar_config::Config::from_yaml(&got.config_yaml).unwrap();
         let l = &parsed.listeners[0];
         assert_eq!(l.name(), "udp-5353");
-        assert_eq!(l.protocol, trueip_sidecar_app::config::Protocol::Udp);
+        assert_eq!(l.protocol, trueip_sidecar_config::Protocol::Udp);
         assert_eq!(
             (l.listen.port(), l.upstream.port(), l.steer),
             (5353, 53, false)

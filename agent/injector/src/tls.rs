@@ -7,7 +7,9 @@ use std::{sync::Arc, time::Duration};
 use trueip_tls_reload::Reload;
 pub(crate) use trueip_tls_reload::ReloadingCert;
 
-use crate::{error_chain, metrics::Metrics};
+use trueip_telemetry::error_chain;
+
+use crate::metrics::Metrics;
 
 /// Polls the certificate's files every `interval` for as long as the server presents it.
 pub(crate) async fn watch(cert: &Arc<ReloadingCert>, interval: Duration, metrics: Arc<Metrics>) {

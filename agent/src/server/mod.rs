@@ -33,6 +33,7 @@ use trueip_agent_client::{
     protocol::{self, ErrorCode, ProtocolError, Request, Response},
     wire,
 };
+use trueip_telemetry::error_chain;
 
 use self::limits::{Exceeded, Limits, LogLimiter};
 pub(crate) use self::{reaper::Reaper, socket::bind_socket};
@@ -42,7 +43,7 @@ use crate::{
     fast_path::FastPathError,
     identify::{self, Caller, IdentifyError, NodeNamespaces, Peer},
     metrics::{AgentMetrics, Refusal, RequestKind},
-    pods::{Registry, ServeError, error_chain},
+    pods::{Registry, ServeError},
     programs::ProgramsError,
     steer::SteerError,
 };

@@ -10,7 +10,8 @@
 
 mod admin;
 pub mod client;
-pub mod config;
+/// The configuration schema (its own crate, which the injector uses too).
+pub use trueip_sidecar_config as config;
 mod connection;
 pub mod detect;
 pub mod forward;

@@ -1133,9 +1133,9 @@ pub(crate) fn the_schema_refuses_bad_values_naming_them() -> anyhow::Result<()> 
             "boolean",
         ),
         (
-            Bad::Set("--set=sidecar.logFormat=text"),
+            Bad::Set("--set=sidecar.logFormat=yaml"),
             "sidecar.logFormat",
-            "human",
+            "text",
         ),
         (
             Bad::Set("--set=sidecar.fallback=ebpf"),
@@ -1413,7 +1413,7 @@ pub(crate) fn the_schema_covers_every_value() -> anyhow::Result<()> {
         ensure!(ours == sidecar_http_keys(section)?, "{path}: {ours:?}");
     }
     // ... with the sidecar's bounds.
-    use trueip_sidecar_app::config::HttpLimits;
+    use trueip_sidecar_config::HttpLimits;
     let bounds = |path: &str| {
         let n = resolve(&schema, node(path));
         (n["minimum"].as_u64(), n["maximum"].as_u64())
@@ -1563,7 +1563,7 @@ pub(crate) fn bad_sidecar_http_values_stop_the_injector_at_start() -> anyhow::Re
 }
 
 pub(crate) fn sidecar_http_values_are_the_sidecars_defaults() -> anyhow::Result<()> {
-    use trueip_sidecar_app::config::{AdminConfig, HttpConfig};
+    use trueip_sidecar_config::{AdminConfig, HttpConfig};
 
     let tools = Tools::require()?;
     let docs = documents(&tools.render(&[], &[])?)?;
@@ -1613,8 +1613,8 @@ pub(crate) fn sidecar_http_values_are_the_sidecars_defaults() -> anyhow::Result<
 }
 
 /// The sidecar's reading of one `http` listener with `http` (YAML) as its section.
-fn sample(http: &str) -> anyhow::Result<trueip_sidecar_app::Config> {
-    Ok(trueip_sidecar_app::Config::from_yaml(&format!(
+fn sample(http: &str) -> anyhow::Result<trueip_sidecar_config::Config> {
+    Ok(trueip_sidecar_config::Config::from_yaml(&format!(
         "listeners:\n  - listen: 0.0.0.0:8080\n    upstream: 127.0.0.1:80\n    mode: http\n    \
          trusted_sources: [0.0.0.0/0]\n    http: {http}\n"
     ))?)

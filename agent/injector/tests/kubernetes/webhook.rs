@@ -612,11 +612,11 @@ pub(crate) fn apiserver_calls_the_webhook_and_applies_its_patch() -> anyhow::Res
     let file = mutated["metadata"]["annotations"]["trueip.io/sidecar-config"]
         .as_str()
         .context("no sidecar-config annotation")?;
-    let sidecar_config = trueip_sidecar_app::Config::from_yaml(file)?;
+    let sidecar_config = trueip_sidecar_config::Config::from_yaml(file)?;
     let listener = &sidecar_config.listeners[0];
     assert_eq!(listener.listen, "0.0.0.0:8080".parse()?);
     assert_eq!(listener.upstream, "127.0.0.1:80".parse()?);
-    assert_eq!(listener.mode, trueip_sidecar_app::config::Mode::Ebpf);
+    assert_eq!(listener.mode, trueip_sidecar_config::Mode::Ebpf);
     assert!(listener.is_trusted("10.1.2.3".parse()?));
     assert_eq!(
         sidecar_config.agent_socket,
@@ -1076,7 +1076,7 @@ pub(crate) fn transparent_is_injected_once_the_operator_allows_it() -> anyhow::R
 }
 
 pub(crate) fn http_pods_get_the_charts_http_section() -> anyhow::Result<()> {
-    use trueip_sidecar_app::config::{ClientHeaders, HttpLimits, Mode};
+    use trueip_sidecar_config::{ClientHeaders, HttpLimits, Mode};
 
     let tools = Tools::require()?;
     let installed = Installed::new(
@@ -1092,11 +1092,11 @@ pub(crate) fn http_pods_get_the_charts_http_section() -> anyhow::Result<()> {
             "--set=sidecar.admin.maxConnections=32",
         ],
     )?;
-    let file = |pod: &Value| -> anyhow::Result<trueip_sidecar_app::Config> {
+    let file = |pod: &Value| -> anyhow::Result<trueip_sidecar_config::Config> {
         let text = pod["metadata"]["annotations"]["trueip.io/sidecar-config"]
             .as_str()
             .context("no sidecar-config annotation")?;
-        Ok(trueip_sidecar_app::Config::from_yaml(text)?)
+        Ok(trueip_sidecar_config::Config::from_yaml(text)?)
     };
 
     // An http pod: every listener gets the chart's section, read by the sidecar's own parser.

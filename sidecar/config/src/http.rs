@@ -4,7 +4,7 @@
 
 use std::{fmt, path::PathBuf, time::Duration};
 
-use hyper::header::HeaderName;
+use ::http::HeaderName;
 use serde::{Deserialize, Deserializer, de};
 
 use super::limits::HttpLimits;
@@ -219,9 +219,9 @@ fn default_reload_interval() -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use hyper::header::HeaderName;
+    use ::http::HeaderName;
 
-    use crate::config::{Config, Mode};
+    use crate::{Config, Mode};
 
     const BASE: &str = "listeners:\n  - name: web\n    listen: 0.0.0.0:8080\n    upstream: 127.0.0.1:80\n    trusted_sources: [10.0.0.0/8]\n";
 

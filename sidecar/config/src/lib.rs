@@ -21,11 +21,12 @@ use trueip_proxy_header::kind;
 pub use self::{
     http::{ClientHeaders, HeaderSlot, HttpConfig, PROXY_HEADERS, TlsConfig, TlvHeaders},
     limits::{AdminConfig, HttpLimits},
+    udp::{DatagramHeader, Protocol},
 };
-pub use crate::udp::{DatagramHeader, Protocol};
 
 mod http;
 mod limits;
+mod udp;
 
 /// The largest v2 header the protocol can express: 16 fixed bytes and a 16-bit length.
 const MAX_V2_WIRE_LEN: usize = 16 + u16::MAX as usize;
@@ -200,12 +201,12 @@ pub struct ListenerConfig {
     pub reply_header: bool,
     /// `udp`: a client flow with no datagram either way for this long is closed.
     #[serde(
-        default = "crate::udp::defaults::flow_idle_timeout",
+        default = "udp::defaults::flow_idle_timeout",
         deserialize_with = "duration"
     )]
     pub flow_idle_timeout: Duration,
     /// `udp`: client flows served at once; a new one beyond it closes the flow idle the longest.
-    #[serde(default = "crate::udp::defaults::max_flows")]
+    #[serde(default = "udp::defaults::max_flows")]
     pub max_flows: NonZeroUsize,
     /// `http`: forwarding headers, TLV headers and TLS termination.
     #[serde(default)]
@@ -514,8 +515,8 @@ impl ListenerConfig {
             protocol: Protocol::default(),
             datagram_header: DatagramHeader::default(),
             reply_header: false,
-            flow_idle_timeout: crate::udp::defaults::flow_idle_timeout(),
-            max_flows: crate::udp::defaults::max_flows(),
+            flow_idle_timeout: udp::defaults::flow_idle_timeout(),
+            max_flows: udp::defaults::max_flows(),
             http: HttpConfig::default(),
             fast_path: FastPathMode::default(),
         }
@@ -623,7 +624,7 @@ impl ListenerConfig {
         if let Some((key, problem)) = self.http.limits.problem() {
             return Err(invalid(key, problem));
         }
-        crate::udp::validate(self).map_err(|(key, problem)| invalid(key, problem))
+        udp::validate(self).map_err(|(key, problem)| invalid(key, problem))
     }
 }
 
