@@ -48,14 +48,11 @@ impl Cgroup {
         Ok(Self { path })
     }
 
-    /// Creates the cgroup `name` below `parent` (a directory of the cgroup v2 file system), as a
-    /// kubelet nests QoS classes, pods and containers. A leftover of that name from a killed
-    /// run is removed first, with everything below it.
+    /// Creates the cgroup `name` below `parent`, a cgroup this crate created (a kubelet nests
+    /// QoS classes, pods and containers so). Fails if it exists: nothing of anybody else's is
+    /// taken over or removed.
     pub fn create_in(parent: &Path, name: &str) -> Result<Self> {
         let path = parent.join(name);
-        if path.exists() {
-            remove_tree(&path)?;
-        }
         fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
         Ok(Self { path })
     }
@@ -120,8 +117,9 @@ fn remove_stale(root: &Path) {
     };
     for entry in entries.flatten() {
         if is_stale(&entry.file_name().to_string_lossy()) {
-            // Best effort: a stale cgroup that cannot go yet is retried by the next run.
-            let _ = remove(&entry.path());
+            // Best effort: a stale cgroup that cannot go yet is retried by the next run. Ours,
+            // by its name, with what this crate nested below it.
+            let _ = remove_tree(&entry.path());
         }
     }
 }

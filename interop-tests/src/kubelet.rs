@@ -164,19 +164,41 @@ pub struct Node<'a> {
     objects: Vec<Value>,
     /// The QoS parents (deepest last), removed after every pod.
     qos: Vec<Cgroup>,
+    /// The process holding the node's cgroup namespace, whose root is [`Node::cgroup_root`]:
+    /// every container joins it.
+    cgroupns: Proc,
+    /// Where the node's cgroup tree starts: a `tip-<pid>-<n>` cgroup of this run, never the
+    /// machine's own `kubepods` (a real node's pods live there).
+    root: Cgroup,
 }
 
 impl<'a> Node<'a> {
     /// A node whose kubelet uses `driver`, making probes from `network` and keeping volumes in
-    /// `scratch`; it creates the `kubepods` cgroup and the QoS classes' below the cgroup v2 root.
+    /// `scratch`. Its cgroup tree — the `kubepods` cgroup and the QoS classes' — is made below a
+    /// cgroup of this run, the root of a cgroup namespace every container joins: inside it the
+    /// paths are the kubelet's (`/kubepods.slice/…`), and the machine's own cgroups (a real
+    /// node's pods) are never touched.
     pub fn new(
         name: &str,
         driver: CgroupDriver,
         network: &'a Netns,
         scratch: &Path,
     ) -> Result<Self> {
-        let root = Cgroup::mount_point()?;
-        let top = Cgroup::create_in(&root, driver.top())?;
+        let root = Cgroup::create()?;
+        let mut cgroupns = Launch::new("cgroup-namespace", "unshare")
+            .args(["--cgroup", "--", "sleep", "infinity"])
+            .cgroup(&root)
+            .spawn(scratch)?;
+        let own = fs::read_link("/proc/self/ns/cgroup")?;
+        let holder = PathBuf::from(format!("/proc/{}/ns/cgroup", cgroupns.pid()));
+        process::wait_for("the node's cgroup namespace", PROBE_TIMEOUT * 10, || {
+            cgroupns.ensure_running()?;
+            Ok(fs::read_link(&holder)
+                .ok()
+                .filter(|ns| *ns != own)
+                .map(drop))
+        })?;
+        let top = Cgroup::create_in(root.path(), driver.top())?;
         let mut qos = Vec::new();
         for class in ["burstable", "besteffort"] {
             qos.push(Cgroup::create_in(top.path(), &driver.qos_dir(class))?);
@@ -191,7 +213,14 @@ impl<'a> Node<'a> {
             host_images: Vec::new(),
             objects: Vec::new(),
             qos,
+            cgroupns,
+            root,
         })
+    }
+
+    /// The node's cgroup root (what the agent DaemonSet's `hostPaths.cgroup` must be here).
+    pub fn cgroup_root(&self) -> &Path {
+        self.root.path()
     }
 
     /// Makes `image` available under its reference.
@@ -210,7 +239,7 @@ impl<'a> Node<'a> {
         self.objects.extend(objects);
     }
 
-    /// The cgroup of a pod of class `qos` with `uid`, below the cgroup v2 root.
+    /// The cgroup of a pod of class `qos` with `uid`, below [`Node::cgroup_root`].
     pub fn pod_cgroup_path(&self, qos: Qos, uid: &str) -> PathBuf {
         let mut path = self.qos[0].path().to_owned();
         if let Some(q) = qos.name() {
@@ -295,11 +324,17 @@ impl<'a> Node<'a> {
             let path = if let Some(host) = volume.get("hostPath") {
                 let path = PathBuf::from(text(&host["path"], "hostPath.path")?);
                 match host["type"].as_str().unwrap_or_default() {
-                    "DirectoryOrCreate" => {
+                    // As the kubelet: 0755 for a directory it creates, an existing one as it is.
+                    "DirectoryOrCreate" if !path.exists() => {
                         fs::create_dir_all(&path)
                             .with_context(|| format!("creating {}", path.display()))?;
                         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
                     }
+                    "DirectoryOrCreate" => ensure!(
+                        path.is_dir(),
+                        "hostPath {} of volume {name} is not a directory",
+                        path.display()
+                    ),
                     "" | "Directory" | "Socket" | "File" => ensure!(
                         path.exists(),
                         "hostPath {} of volume {name} does not exist",
@@ -430,7 +465,10 @@ impl<'a> Node<'a> {
         )?;
         let script = container_script(&root, image.is_some(), &mounts, &env, &user, &argv);
         let proc = Launch::new(&format!("{}-{name}", pod.name), "nsenter")
-            .args([format!("--net={}", pod.netns.display())])
+            .args([
+                format!("--net={}", pod.netns.display()),
+                format!("--cgroup=/proc/{}/ns/cgroup", self.cgroupns.pid()),
+            ])
             .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
             .args(["sh", "-c", &script, "trueip-kubelet"])
             .cgroup(&cgroup)
@@ -512,6 +550,7 @@ impl Drop for Node<'_> {
         while let Some(cgroup) = self.qos.pop() {
             drop(cgroup);
         }
+        self.cgroupns.kill();
     }
 }
 
@@ -777,7 +816,7 @@ fn container_script(
             }
         }
     }
-    s.push_str("exec env -i");
+    s.push_str("exec env -i --");
     for (k, v) in env {
         let _ = write!(s, " {}", quote(&format!("{k}={v}")));
     }

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use trueip_interop_tests::{
-    Cgroup, Family, Need, Topology,
+    Family, Need, Topology,
     app::{Conn, Served},
     cluster::{self, Helm, Webhook},
     haproxy::{self, Route, SendProxy},
@@ -91,9 +91,13 @@ fn install_and_serve(driver: CgroupDriver) -> Result<()> {
     let topo = Topology::with_two_pods()?;
     let dir = topo.dir().to_owned();
 
+    // The node (its kubelet's cgroup tree below a cgroup of this run, the root of the node's
+    // cgroup namespace).
+    let mut node = Node::new("node-1", driver, &topo.lb, &dir)?;
+
     // The operator: `helm install` with the webhook's certificate from a Secret, sidecars that
     // serve IPv4 and IPv6 and trust the load balancer, the agent's socket and pins where this
-    // run cleans up, and the cgroup v2 mount of this machine.
+    // run cleans up, and the node's cgroup root.
     let pki = Pki::generate_for(&dir, "trueip-injector.trueip.svc")?;
     let ca_b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&pki.ca_cert)?);
     let pins = format!("{PREFIX}{}", unique_suffix());
@@ -113,7 +117,7 @@ fn install_and_serve(driver: CgroupDriver) -> Result<()> {
         format!("--set=agent.bpffsSubdir={pins}"),
         format!(
             "--set=agent.hostPaths.cgroup={}",
-            Cgroup::mount_point()?.display()
+            node.cgroup_root().display()
         ),
         "--set=sidecar.listenAddress=::".into(),
         "--set=sidecar.upstreamAddress=::1".into(),
@@ -122,8 +126,7 @@ fn install_and_serve(driver: CgroupDriver) -> Result<()> {
     let docs = helm.template(&flags)?;
     let _pins = RemoveOnDrop(std::path::Path::new(prereq::BPFFS).join(&pins));
 
-    // The node, its images, and the objects the control plane holds.
-    let mut node = Node::new("node-1", driver, &topo.lb, &dir)?;
+    // The node's images, and the objects the control plane holds.
     for name in IMAGES {
         let unpacked = dir.join("images").join(name);
         node.load_image(Image::unpack(
@@ -270,23 +273,25 @@ fn install_and_serve(driver: CgroupDriver) -> Result<()> {
 
     // A pod the webhook missed (down, with `failurePolicy: Ignore`): `web`'s Service targets
     // the app's own port, so its traffic still reaches the app, as the load balancer sent it
-    // (the PROXY header in front, which no sidecar strips) — no hole where nothing listens.
-    drop(pods.remove(0));
+    // (the PROXY header in front, which no sidecar strips) — no hole where nothing listens. It
+    // runs where `api` ran (a pair: no steering was ever attached in that network namespace),
+    // behind the same frontend.
+    drop(pods.remove(1));
     let missed = cluster::pod_from_template(
         &deployment(&APPS[0], &echo_app),
         "web-7f8b9c-m1ss3",
         "0b6e7c4d-1111-4222-8333-0000000000ff",
     );
-    let mut missed = node.run_pod(&missed, &topo.pod, Family::V4.pod())?;
+    let mut missed = node.run_pod(&missed, topo.pod2()?, Family::V4.pod2())?;
     let reply = Conn::open(
         &topo.client,
-        SocketAddr::new(Family::V4.lb_front(), LB_PORT),
+        SocketAddr::new(Family::V4.lb_front(), LB_PORT + 1),
     )?
     .finish(b"no hole")?;
     let served = served(&mut missed, "web", 1)?;
     let peer = served[0].accept.map(canonical).map(|a| a.ip());
     ensure!(
-        peer == Some(Family::V4.lb_back())
+        peer == Some(Family::V4.lb_back2())
             && reply.bytes.starts_with(&trueip_proxy_header::V2_SIGNATURE)
             && reply.bytes.ends_with(b"no hole"),
         "without the sidecar the app should get the load balancer's bytes: peer {peer:?}, \
@@ -363,7 +368,7 @@ fn check_cgroups(node: &Node<'_>, pod: &RunningPod, driver: CgroupDriver) -> Res
         pod_cgroup.display()
     );
     let shape = pod_cgroup
-        .strip_prefix(Cgroup::mount_point()?)
+        .strip_prefix(node.cgroup_root())
         .context("pod cgroup")?
         .display()
         .to_string();
