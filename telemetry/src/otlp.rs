@@ -111,7 +111,7 @@ pub fn provider(
 
     let mut resource = Resource::builder();
     if env("OTEL_SERVICE_NAME").is_none()
-        && !env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| a.contains("service.name="))
+        && !env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| names_the_service(&a))
     {
         resource = resource.with_service_name(service);
     }
@@ -146,6 +146,15 @@ pub fn init_logging(
         .init();
 }
 
+/// Whether `OTEL_RESOURCE_ATTRIBUTES` (`key=value,…`) has the key `service.name` itself (not
+/// one that merely ends so, like `my.service.name`).
+fn names_the_service(attributes: &str) -> bool {
+    attributes
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .any(|(key, _)| key.trim() == "service.name")
+}
+
 /// Refuses what the exporter cannot reach: an `https://` endpoint (no TLS client is built in).
 fn check_endpoint(endpoint: &str) -> Result<(), OtlpError> {
     if endpoint
@@ -171,6 +180,14 @@ fn http_traces_url(endpoint: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_service_name_key_names_the_service() {
+        assert!(names_the_service("service.name=shop-web"));
+        assert!(names_the_service("team=net, service.name = shop-web"));
+        assert!(!names_the_service("my.service.name=x,team=net"));
+        assert!(!names_the_service("deployment.environment=prod"));
+    }
 
     #[test]
     fn an_https_endpoint_is_refused_saying_what_to_do() {

@@ -27,7 +27,14 @@ pub(crate) struct Config {
     /// at admission, so that an annotation alone never gives a container root and CAP_NET_ADMIN
     /// (`transparent`) unless the operator allowed it.
     pub(crate) allowed_modes: Vec<Mode>,
+    /// Whether pods may be steered (chart value [`ALLOW_STEERING_VALUE`], off without the
+    /// agent): steering attaches a program to the pod's network namespace and mounts the
+    /// agent's socket, in any mode.
+    pub(crate) allow_steering: bool,
 }
+
+/// The chart value behind `allowSteering`, which refusals name.
+pub(crate) const ALLOW_STEERING_VALUE: &str = "injector.allowSteering";
 
 /// The chart value behind `allowedModes`, which refusals name so the user knows whom to ask.
 pub(crate) const ALLOWED_MODES_VALUE: &str = "injector.allowedModes";
@@ -42,6 +49,9 @@ struct ConfigFile {
     /// The modes pods may use; default: all but `transparent`.
     #[serde(default = "defaults::allowed_modes")]
     allowed_modes: Vec<Mode>,
+    /// Whether pods may be steered; default: yes.
+    #[serde(default = "defaults::allow_steering")]
+    allow_steering: bool,
 }
 
 /// The `defaults` section, in the annotations' syntax.
@@ -311,8 +321,12 @@ mod defaults {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     }
 
+    pub(super) fn allow_steering() -> bool {
+        true
+    }
+
     pub(super) fn steer_port() -> u16 {
-        15008
+        14008
     }
 
     pub(super) fn upstream_address() -> IpAddr {
@@ -454,6 +468,7 @@ impl Config {
             },
             sidecar,
             allowed_modes,
+            allow_steering: file.allow_steering,
         })
     }
 

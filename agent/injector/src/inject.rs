@@ -135,6 +135,20 @@ pub(crate) fn decide(pod: &Pod, config: &Config) -> Decision {
             settings::INJECT,
         ));
     }
+    if let Some(steered) = settings.ports.iter().find(|p| p.steered(settings.steer))
+        && !config.allow_steering
+    {
+        return Decision::Refuse(format!(
+            "trueip: annotation {}: port {} would be steered by the node agent (a port listed \
+             alone, or {}), and steering is not allowed in this cluster (chart value {}, off \
+             when the agent is not deployed); give `listen:upstream` pairs and {}: \"false\"",
+            settings::PORTS,
+            steered.upstream,
+            settings::STEER,
+            crate::config::ALLOW_STEERING_VALUE,
+            settings::STEER,
+        ));
+    }
     if spec.and_then(|s| s.host_network) == Some(true)
         && settings.ports.iter().any(|p| p.steered(settings.steer))
     {
@@ -178,7 +192,8 @@ pub(crate) fn decide(pod: &Pod, config: &Config) -> Decision {
         Err(
             e @ (BuildError::Refused { .. }
             | BuildError::PortTaken { .. }
-            | BuildError::NoSteerPort),
+            | BuildError::NoSteerPort
+            | BuildError::ListenIsAppPort { .. }),
         ) => Decision::Refuse(format!("trueip: {e}")),
         Err(e @ BuildError::Write(_)) => Decision::Refuse(format!("trueip: internal error: {e}")),
     }
@@ -447,6 +462,21 @@ mod tests {
             message.contains("steered") && message.contains("hostNetwork"),
             "{message}"
         );
+
+        // Steering off (injector.allowSteering, or no agent): a lone port is refused.
+        let mut lone = bare();
+        lone["metadata"]["annotations"] = json!({"trueip.io/ports": "8080"});
+        let text = FULL.replace("allowedModes:", "allowSteering: false\nallowedModes:");
+        let no_steering = Config::from_yaml(&text, Path::new("config.yaml")).unwrap();
+        let Decision::Refuse(message) = decide(&pod(lone.clone()), &no_steering) else {
+            panic!()
+        };
+        assert!(message.contains("injector.allowSteering"), "{message}");
+        lone["metadata"]["annotations"] = json!({"trueip.io/ports": "8080:80"});
+        assert!(matches!(
+            decide(&pod(lone), &no_steering),
+            Decision::Inject(_)
+        ));
 
         let mut clash = bare();
         clash["spec"]["volumes"] = json!([{"name": sidecar::CONFIG_VOLUME, "emptyDir": {}}]);

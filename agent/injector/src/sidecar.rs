@@ -83,6 +83,16 @@ pub(crate) enum BuildError {
         /// The port.
         port: u16,
     },
+    /// A sidecar listener would take the port a steered app keeps.
+    #[error(
+        "annotation {}: port {port} is the port a steered app keeps (the `upstream` of a steered \
+         port), so the sidecar cannot listen on it too; choose another `listen` port",
+        settings::PORTS
+    )]
+    ListenIsAppPort {
+        /// The port.
+        port: u16,
+    },
     /// Every port from `sidecar.steerPort` on (and from 1024) is taken.
     #[error(
         "annotation {}: no free port is left for the sidecar of a steered port (chart value \
@@ -184,6 +194,13 @@ fn plan(
             steer,
             udp: false,
         });
+    }
+    // A steered app keeps its port: no sidecar listener may take it.
+    if let Some(clash) = planned
+        .iter()
+        .find(|l| planned.iter().any(|s| s.steer && s.upstream == l.listen))
+    {
+        return Err(BuildError::ListenIsAppPort { port: clash.listen });
     }
     planned.extend(settings.udp_ports.iter().map(|pair| Planned {
         listen: pair.listen,
@@ -561,8 +578,8 @@ mod tests {
             ports,
             [
                 ("trueip-8080".to_owned(), 8080),
-                // 9090 alone: the app keeps it, steered to the sidecar's 15008.
-                ("trueip-15008".to_owned(), 15008),
+                // 9090 alone: the app keeps it, steered to the sidecar's 14008.
+                ("trueip-14008".to_owned(), 14008),
                 ("trueip-metrics".to_owned(), 9902)
             ]
         );
@@ -757,19 +774,19 @@ mod tests {
     #[test]
     fn a_lone_port_stays_the_apps_and_is_steered_to_the_sidecar() {
         // `9090` alone: the app keeps 9090; the sidecar takes the first free port from
-        // sidecar.steerPort (15008) on, skipping the pod's other ports.
+        // sidecar.steerPort (14008) on, skipping the pod's other ports.
         let got = build(
-            &settings("15008:80,9090", Mode::ProxyV2, HeaderPolicy::Required),
+            &settings("14008:80,9090", Mode::ProxyV2, HeaderPolicy::Required),
             &config(),
             &[],
         )
         .unwrap();
         let parsed = trueip_sidecar_config::Config::from_yaml(&got.config_yaml).unwrap();
         let (pair, lone) = (&parsed.listeners[0], &parsed.listeners[1]);
-        assert_eq!(pair.listen, "[::]:15008".parse().unwrap());
+        assert_eq!(pair.listen, "[::]:14008".parse().unwrap());
         assert!(!pair.steer);
         assert_eq!(lone.name(), "port-9090");
-        assert_eq!(lone.listen, "[::]:15009".parse().unwrap());
+        assert_eq!(lone.listen, "[::]:14009".parse().unwrap());
         assert_eq!(lone.upstream, "127.0.0.1:9090".parse().unwrap());
         assert!(lone.steer);
         // Steering needs the agent, in any mode: the socket is mounted.
@@ -783,22 +800,22 @@ mod tests {
             .flatten()
             .map(|p| p.container_port)
             .collect();
-        assert_eq!(ports, [15008, 15009, 9902]);
+        assert_eq!(ports, [14008, 14009, 9902]);
         let probe = got.container.startup_probe.as_ref().unwrap();
         assert_eq!(
             probe.tcp_socket.as_ref().unwrap().port,
-            IntOrString::Int(15008)
+            IntOrString::Int(14008)
         );
 
         // Nor a port a container of the pod declares.
         let got = build(
             &settings("9090", Mode::Ebpf, HeaderPolicy::Required),
             &config(),
-            &[9090, 15008, 15009],
+            &[9090, 14008, 14009],
         )
         .unwrap();
         let parsed = trueip_sidecar_config::Config::from_yaml(&got.config_yaml).unwrap();
-        assert_eq!(parsed.listeners[0].listen.port(), 15010);
+        assert_eq!(parsed.listeners[0].listen.port(), 14010);
 
         // `true` steers pairs too: `upstream` is the app's port, `listen` the sidecar's.
         let mut all = settings("15100:8080", Mode::Ebpf, HeaderPolicy::Required);
@@ -812,6 +829,15 @@ mod tests {
         assert_eq!(
             (l.listen.port(), l.upstream.port(), l.name()),
             (15100, 8080, "port-8080".into())
+        );
+
+        // ... but no listener may take the port a steered app keeps.
+        let mut clash = settings("8080:80,9090:8080", Mode::Ebpf, HeaderPolicy::Required);
+        clash.steer = Steer::True;
+        let e = build(&clash, &config(), &[]).unwrap_err();
+        assert!(
+            matches!(e, BuildError::ListenIsAppPort { port: 8080 }),
+            "{e}"
         );
 
         // `false`: nothing is steered, and a pair needs no agent outside `ebpf`.

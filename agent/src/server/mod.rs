@@ -249,16 +249,18 @@ impl Server {
         log: &mut LogLimiter,
     ) {
         self.metrics.refused(why);
-        // A span per refused connection (exported over OTLP when configured); the exporter's
-        // bounded queue drops what a flood adds beyond it.
-        let span = tracing::info_span!(
-            "agent.refusal",
-            reason = why.label(),
-            otel.status_code = "ERROR",
-            error.type = %code,
-        );
-        let _entered = span.enter();
+        // A span per refusal that is logged (exported over OTLP when configured): a flood gets
+        // the log's bound, its `suppressed` count on the next span, and the counter above, so
+        // it cannot crowd the other pods' request spans out of the exporter's queue.
         if let Some(suppressed) = log.allow(Instant::now()) {
+            let span = tracing::info_span!(
+                "agent.refusal",
+                trueip.agent.refusal.reason = why.label(),
+                trueip.agent.refusal.suppressed = suppressed,
+                otel.status_code = "ERROR",
+                error.type = %code,
+            );
+            let _entered = span.enter();
             tracing::warn!(
                 error = %error_chain(e),
                 reason = why.label(),
@@ -309,9 +311,9 @@ impl Server {
             // log lines of this request, its status an error when the caller was refused.
             let span = tracing::info_span!(
                 "agent.request",
-                request = tracing::field::Empty,
-                process.pid = waiting.peer.pid,
-                enduser.id = waiting.peer.uid,
+                trueip.agent.request = tracing::field::Empty,
+                trueip.peer.pid = waiting.peer.pid,
+                trueip.peer.uid = waiting.peer.uid,
                 otel.status_code = tracing::field::Empty,
                 error.type = tracing::field::Empty,
             );
@@ -354,7 +356,7 @@ impl Server {
             Request::GetFastPath => (RequestKind::FastPath, 0),
             Request::Steer { .. } => (RequestKind::Steer, 1),
         };
-        tracing::Span::current().record("request", kind.label());
+        tracing::Span::current().record("trueip.agent.request", kind.label());
         if fds.len() != wanted {
             if wanted == 0 {
                 self.metrics.stray_fds(fds.len());

@@ -64,12 +64,12 @@ pub(crate) fn requests_are_traced_over_otlp(env: &Result<Env, String>) -> anyhow
     let served = requests
         .iter()
         .find(|(_, a, s)| {
-            a.get("request").map(String::as_str) == Some("get-map")
+            a.get("trueip.agent.request").map(String::as_str) == Some("get-map")
                 && s.status.as_ref().is_none_or(|st| st.code != 2)
         })
         .with_context(|| format!("no served get-map span in {requests:?}"))?;
     ensure!(
-        served.1.contains_key("process.pid"),
+        served.1.contains_key("trueip.peer.pid") && served.1.contains_key("trueip.peer.uid"),
         "the caller's pid: {:?}",
         served.1
     );
@@ -90,7 +90,7 @@ pub(crate) fn requests_are_traced_over_otlp(env: &Result<Env, String>) -> anyhow
         .context("no refusal span")?;
     ensure!(
         refused.0.get("error.type").map(String::as_str) == Some("denied")
-            && refused.0.contains_key("reason"),
+            && refused.0.contains_key("trueip.agent.refusal.reason"),
         "the refusal's code and reason: {:?}",
         refused.0
     );

@@ -92,6 +92,8 @@ defaults:
   header: {{ .Values.sidecar.header | quote }}
   trustedCIDRs: {{ toJson .Values.sidecar.trustedCIDRs }}
 allowedModes: {{ toJson .Values.injector.allowedModes }}
+{{- /* Steering needs the agent. */}}
+allowSteering: {{ and .Values.injector.allowSteering .Values.agent.enabled }}
 {{- end }}
 
 {{/* Fails rendering on values the chart cannot work with that values.schema.json cannot judge:

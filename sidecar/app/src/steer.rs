@@ -13,19 +13,10 @@ use std::{net::SocketAddr, os::fd::AsFd as _, path::Path};
 use tokio::net::TcpListener;
 use trueip_agent_client::ClientError;
 
-/// Steering could not be set up.
+/// Steering could not be set up (the configuration already checked that the app is on
+/// loopback).
 #[derive(Debug, thiserror::Error)]
 pub enum SteerError {
-    /// The app is not on loopback: the sidecar's own connections to it would be steered back to
-    /// the sidecar.
-    #[error(
-        "steer: the upstream {upstream} must be on loopback (127.0.0.1 or ::1), or the sidecar's \
-         own connections to the app would be steered back to the sidecar"
-    )]
-    NotLoopback {
-        /// The configured upstream.
-        upstream: SocketAddr,
-    },
     /// The agent did not take the listener.
     #[error("steer: cannot hand the listener to the agent at {socket}: {source}")]
     Agent {
@@ -44,9 +35,6 @@ pub(crate) fn register(
     upstream: SocketAddr,
     agent_socket: &Path,
 ) -> Result<(), SteerError> {
-    if !upstream.ip().is_loopback() {
-        return Err(SteerError::NotLoopback { upstream });
-    }
     trueip_agent_client::steer(agent_socket, upstream.port(), listener.as_fd()).map_err(|source| {
         SteerError::Agent {
             socket: agent_socket.display().to_string(),
@@ -58,14 +46,6 @@ pub(crate) fn register(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn a_non_loopback_upstream_is_refused_before_asking_the_agent() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let upstream: SocketAddr = "10.0.0.5:8080".parse().unwrap();
-        let err = register(&listener, upstream, Path::new("/nonexistent/agent.sock")).unwrap_err();
-        assert!(matches!(err, SteerError::NotLoopback { .. }), "{err:?}");
-    }
 
     #[tokio::test]
     async fn a_missing_agent_is_reported() {

@@ -612,6 +612,16 @@ impl ListenerConfig {
         if self.http.tls.is_some() && self.mode != Mode::Http {
             return Err(invalid("http.tls", "applies to `mode: http` only".into()));
         }
+        if self.steer && !self.upstream.ip().is_loopback() {
+            return Err(invalid(
+                "steer",
+                format!(
+                    "needs the upstream on loopback (127.0.0.1 or ::1), not {}: the sidecar's own \
+                     connections to the app would be steered back to the sidecar",
+                    self.upstream
+                ),
+            ));
+        }
         if self.steer && self.mode == Mode::Transparent {
             return Err(invalid(
                 "steer",
@@ -931,6 +941,11 @@ drain_timeout: 10s
             "{base}    trusted_sources: [0.0.0.0/0]\n    mode: transparent\n    steer: true\n"
         ));
         assert!(e.contains("a: steer") && e.contains("transparent"), "{e}");
+        let e = parse_err(&base.replace("127.0.0.1:2", "10.0.0.5:2").replace(
+            "upstream: 10.0.0.5:2\n",
+            "upstream: 10.0.0.5:2\n    trusted_sources: [0.0.0.0/0]\n    steer: true\n",
+        ));
+        assert!(e.contains("a: steer") && e.contains("loopback"), "{e}");
         let e = parse_err(&format!(
             "{base}    trusted_sources: [0.0.0.0/0]\n  - listen: 0.0.0.0:1\n    upstream: 127.0.0.1:3\n    trusted_sources: [0.0.0.0/0]\n"
         ));
