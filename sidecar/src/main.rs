@@ -32,6 +32,12 @@ struct Opt {
           conflicts_with_all = ["listen", "upstream"])]
     config: Option<PathBuf>,
 
+    /// The SHA-256 (hex) the --config file must have; otherwise the sidecar refuses to start.
+    /// The injector sets it: the file comes from a pod annotation, which anyone who may edit
+    /// the pod can change after admission, while the container's arguments cannot change.
+    #[arg(long, value_name = "HEX", requires = "config")]
+    config_sha256: Option<String>,
+
     /// Validate the configuration, print a summary and exit (non-zero when invalid).
     #[arg(long)]
     check_config: bool,
@@ -191,7 +197,7 @@ impl Opt {
     /// The configuration: the file, or one listener from the flags; explicit flags win.
     fn config(&self) -> Result<Config> {
         let mut config = match (&self.config, self.listen, self.upstream) {
-            (Some(path), _, _) => Config::from_file(path)?,
+            (Some(path), _, _) => read_config(path, self.config_sha256.as_deref())?,
             (None, Some(listen), Some(upstream)) => Config::single(self.listener(listen, upstream)),
             _ => anyhow::bail!("give --config FILE, or --listen ADDR with --upstream ADDR"),
         };
@@ -285,6 +291,37 @@ fn raise_fd_limit() {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not read the open-files limit"),
     }
+}
+
+/// Reads the configuration file once, checks its digest against `sha256` when given (before
+/// anything of it is used), and parses what was checked.
+fn read_config(path: &std::path::Path, sha256: Option<&str>) -> Result<Config> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if let Some(want) = sha256 {
+        let got: String = ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        anyhow::ensure!(
+            got.eq_ignore_ascii_case(want.trim()),
+            "{} does not have the SHA-256 of --config-sha256 ({got}, not {want}): the \
+             configuration was changed after the pod was admitted (its trueip.io/sidecar-config \
+             annotation); refusing to start. Recreate the pod to change it.",
+            path.display()
+        );
+    }
+    Config::from_yaml(&text).map_err(|e| match e {
+        trueip_sidecar_app::config::ConfigError::Parse { source, .. } => {
+            trueip_sidecar_app::config::ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            }
+            .into()
+        }
+        other => other.into(),
+    })
 }
 
 /// The config file's `otlp` section, for what the `OTEL_*` variables leave unset.

@@ -113,6 +113,67 @@ fn log_formats_are_text_and_json_and_the_old_human_says_it_is_deprecated() {
 }
 
 #[test]
+fn a_configuration_changed_after_admission_is_refused() {
+    let yaml = "listeners:\n  - listen: 127.0.0.1:0\n    upstream: 127.0.0.1:80\n    trusted_sources: [10.0.0.0/8]\n";
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(yaml.as_bytes()).unwrap();
+    let run = |sha: &str| {
+        Command::new(BIN)
+            .args(["--check-config", "--config"])
+            .arg(file.path())
+            .args(["--config-sha256", sha])
+            .output()
+            .unwrap()
+    };
+    // A digest of another file: what the sidecar sees when the annotation was edited.
+    let other = "1e0e8f8d51d8fda6f43e22bd3c6cd51bb6bd5e3e4c8c4b2c6e0d0fa0e8e6f3a1";
+    let out = run(other);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a wrong digest must be refused: {log}"
+    );
+    assert!(
+        log.contains("does not have the SHA-256 of --config-sha256")
+            && log.contains("refusing to start"),
+        "{log}"
+    );
+    // The message names the file's own digest; with it the file is accepted.
+    let actual = log
+        .split('(')
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap()
+        .to_owned();
+    let out = run(&actual);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_start_up_failure_names_each_cause_once() {
+    // No agent at that path: the error goes through the listener, the restore map, the agent
+    // client and the OS; each says its part once.
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:80"])
+        .args(["--trusted", "10.0.0.0/8", "--mode", "ebpf"])
+        .args(["--agent-socket", "/nonexistent/trueip/agent.sock"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    for part in [
+        "cannot connect to the trueip agent at /nonexistent/trueip/agent.sock",
+        "No such file or directory",
+    ] {
+        assert_eq!(log.matches(part).count(), 1, "{part:?} in {log}");
+    }
+}
+
+#[test]
 fn check_config_accepts_a_good_file() {
     let (ok, log) = check(
         "listeners:\n  - listen: 127.0.0.1:0\n    upstream: 127.0.0.1:80\n    trusted_sources: [10.0.0.0/8]\n",

@@ -114,7 +114,7 @@ pub enum InsertError {
 pub enum ClientError {
     /// The agent's socket could not be reached: the agent is not running here, or its socket is
     /// not mounted into the pod.
-    #[error("cannot connect to the trueip agent at {}: {source} (is trueip-agent running on this node and its socket mounted?)", socket.display())]
+    #[error("cannot connect to the trueip agent at {} (is trueip-agent running on this node and its socket mounted?)", socket.display())]
     Connect {
         /// The agent's socket path.
         socket: PathBuf,
@@ -123,7 +123,7 @@ pub enum ClientError {
         source: io::Error,
     },
     /// Sending the request or receiving the answer failed (including a timeout).
-    #[error("talking to the trueip agent at {}: {source}", socket.display())]
+    #[error("talking to the trueip agent at {}", socket.display())]
     Io {
         /// The agent's socket path.
         socket: PathBuf,

@@ -269,7 +269,7 @@ pub(crate) enum ConfigError {
         source: std::io::Error,
     },
     /// Malformed YAML, an unknown key or a bad value; the message names key and line.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Parse {
         /// The file.
         path: PathBuf,
@@ -717,7 +717,7 @@ allowedModes: [none, proxy-v1, proxy-v2, ebpf, http]
             ),
         ] {
             let text = format!("sidecar: {{image: x, metricsPort: 9902, http: {http}}}");
-            let e = parse(&text).unwrap_err().to_string();
+            let e = trueip_telemetry::error_chain(&parse(&text).unwrap_err());
             assert!(e.contains(expected), "{http}: {e}");
             if http != "5" {
                 assert!(!e.contains("line"), "{http}: {e}");
@@ -802,7 +802,7 @@ allowedModes: [none, proxy-v1, proxy-v2, ebpf, http]
             ),
         ];
         for (text, expected) in cases {
-            let e = parse(text).unwrap_err().to_string();
+            let e = trueip_telemetry::error_chain(&parse(text).unwrap_err());
             assert!(e.contains(expected), "{text}: {e}");
         }
     }

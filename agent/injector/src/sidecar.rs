@@ -63,14 +63,15 @@ pub(crate) struct Injection {
 pub(crate) enum BuildError {
     /// The settings make a configuration the sidecar would refuse at start.
     #[error(
-        "the trueip sidecar would refuse this configuration ({source}); fix the annotation \
-         {annotation} (or the chart's default for it)"
+        "the trueip sidecar would refuse this configuration ({}); fix the annotation \
+         {annotation} (or the chart's default for it)",
+        trueip_telemetry::error_chain(source)
     )]
     Refused {
         /// The annotation that sets the key at fault.
         annotation: &'static str,
-        /// The sidecar's own error.
-        #[source]
+        /// The sidecar's own error, in the message (what the pod's creator reads), not a
+        /// source: a message or a source, not both.
         source: ConfigError,
     },
     /// A listen port is the sidecar's own metrics port.
@@ -379,6 +380,10 @@ pub(crate) fn build(
         args: Some(vec![
             "--config".into(),
             format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+            // The file is the pod's annotation, which can change after admission; the
+            // container's arguments cannot: the sidecar refuses a file with another digest.
+            "--config-sha256".into(),
+            sha256_hex(config_yaml.as_bytes()),
             "--log-format".into(),
             template.log_format.as_str().into(),
         ]),
@@ -466,6 +471,15 @@ pub(crate) fn build(
         volumes,
         mode: settings.mode,
     })
+}
+
+/// The SHA-256 of `bytes`, in hex (what the sidecar's `--config-sha256` takes).
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// What the kubelet waits for before it starts the app containers.
@@ -865,6 +879,24 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("trueip.io/steer"), "{e}");
+    }
+
+    #[test]
+    fn the_container_pins_the_digest_of_its_configuration() {
+        let got = build(
+            &settings("8080:80", Mode::Ebpf, HeaderPolicy::Required),
+            &config(),
+            &[],
+        )
+        .unwrap();
+        let args = got.container.args.unwrap();
+        let at = args.iter().position(|a| a == "--config-sha256").unwrap();
+        assert_eq!(args[at + 1], sha256_hex(got.config_yaml.as_bytes()));
+        assert_eq!(args[at + 1].len(), 64);
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

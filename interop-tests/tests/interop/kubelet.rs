@@ -211,6 +211,9 @@ fn install_and_serve(driver: CgroupDriver) -> Result<()> {
             app.name,
             mutated["metadata"]["labels"]
         );
+        if i == 0 {
+            edited_configuration_is_refused(&node, mutated, netns[1], addrs[1](Family::V4))?;
+        }
         let running = node
             .run_pod(mutated, netns[i], addrs[i](Family::V4))
             .with_context(|| format!("running {}", app.name))?;
@@ -297,6 +300,36 @@ fn install_and_serve(driver: CgroupDriver) -> Result<()> {
         "without the sidecar the app should get the load balancer's bytes: peer {peer:?}, \
          {} bytes back",
         reply.bytes.len()
+    );
+    Ok(())
+}
+
+/// A tenant who may edit its pod changes the sidecar's configuration annotation after
+/// admission (here: trusting everyone), and the kubelet writes it to the file: the sidecar
+/// refuses to start, since the file no longer has the digest its arguments pin.
+fn edited_configuration_is_refused(
+    node: &Node<'_>,
+    admitted: &Value,
+    netns: &trueip_interop_tests::Netns,
+    ip: IpAddr,
+) -> Result<()> {
+    let mut edited = admitted.clone();
+    let annotation = &mut edited["metadata"]["annotations"]["trueip.io/sidecar-config"];
+    let text = annotation
+        .as_str()
+        .context("no sidecar-config annotation")?;
+    let forged = text.replace("trusted_sources:", "trusted_sources:\n  - 0.0.0.0/0");
+    ensure!(forged != text, "nothing to edit in {text}");
+    *annotation = Value::String(forged);
+    edited["metadata"]["name"] = json!("web-edited");
+    edited["metadata"]["uid"] = json!("0b6e7c4d-1111-4222-8333-0000000000ee");
+    let refused = node
+        .run_pod(&edited, netns, ip)
+        .err()
+        .context("a sidecar ran a configuration changed after admission")?;
+    ensure!(
+        format!("{refused:?}").contains("refusing to start"),
+        "the sidecar should say why it refuses: {refused:?}"
     );
     Ok(())
 }

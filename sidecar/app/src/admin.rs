@@ -27,6 +27,8 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 
+use trueip_telemetry::Chain;
+
 use crate::{config::AdminConfig, metrics::SidecarMetrics};
 
 /// What Prometheus is told the body is (prometheus-client writes OpenMetrics text).
@@ -83,7 +85,7 @@ pub(crate) async fn serve(
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(error = %e, "admin endpoint cannot start");
+            tracing::error!(error = %Chain(&e), "admin endpoint cannot start");
             return;
         }
     };
@@ -99,7 +101,7 @@ pub(crate) async fn serve(
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!(error = %e, "admin endpoint: accept failed");
+                tracing::warn!(error = %Chain(&e), "admin endpoint: accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
@@ -124,7 +126,7 @@ pub(crate) async fn serve(
                 if e.is_timeout() {
                     metrics.admin_refused("header_timeout");
                 }
-                tracing::debug!(%peer, error = %e, "admin endpoint: connection ended");
+                tracing::debug!(%peer, error = %Chain(&e), "admin endpoint: connection ended");
             }
             drop(slot);
         });

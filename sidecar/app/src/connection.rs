@@ -6,6 +6,8 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::{net::TcpStream, sync::watch};
 use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 
+use trueip_telemetry::Chain;
+
 use crate::{
     config::canonical,
     detect::{self, Detection},
@@ -67,7 +69,7 @@ pub(crate) async fn serve(
         let local = match client.local_addr() {
             Ok(local) => local,
             Err(e) => {
-                warn!(reason = "read_error", error = %e, "connection rejected");
+                warn!(reason = "read_error", error = %Chain(&e), "connection rejected");
                 metrics.rejected("read_error");
                 return;
             }
@@ -115,7 +117,7 @@ pub(crate) async fn serve(
             Err(e) => {
                 let reason = e.reason();
                 failed(reason);
-                warn!(reason, error = %e, "connection rejected");
+                warn!(reason, error = %Chain(&e), "connection rejected");
                 metrics.rejected(reason);
                 if matches!(e, restore::ConnectError::Connect { .. }) {
                     metrics.upstream_error();
@@ -200,9 +202,9 @@ pub(crate) async fn serve(
                 Span::current().record("trueip.bytes.to_client", e.to_client);
                 metrics.upstream_error();
                 if fast_path {
-                    warn!(error = %e, fast_path_bytes = redirected, "connection broken");
+                    warn!(error = %Chain(&e), fast_path_bytes = redirected, "connection broken");
                 } else {
-                    warn!(error = %e, "connection broken");
+                    warn!(error = %Chain(&e), "connection broken");
                 }
             }
         }

@@ -21,6 +21,8 @@ use tokio::{
     net::TcpStream,
 };
 
+use trueip_telemetry::Chain;
+
 use crate::metrics::ListenerMetrics;
 
 /// The most moved by one splice(2) call; the pipe's capacity bounds it further.
@@ -52,9 +54,7 @@ pub enum Side {
 
 /// A forwarding failure; both connections have been reset.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "{side:?} side failed after {to_app} bytes to the app and {to_client} to the client: {source}"
-)]
+#[error("{side:?} side failed after {to_app} bytes to the app and {to_client} to the client")]
 pub struct ForwardError {
     /// The side whose socket failed.
     pub side: Side,
@@ -104,7 +104,7 @@ impl Pipe {
         // (fs.pipe-user-pages-soft) the kernel refuses and the default size still works.
         let asked = i32::try_from(size).unwrap_or(i32::MAX);
         if let Err(e) = fcntl(&write, FcntlArg::F_SETPIPE_SZ(asked)) {
-            tracing::debug!(error = %e, size, "pipe size not raised");
+            tracing::debug!(error = %Chain(&e), size, "pipe size not raised");
         }
         Ok(Self { read, write, size })
     }

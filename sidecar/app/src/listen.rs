@@ -9,6 +9,8 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use trueip_telemetry::Chain;
+
 use crate::{
     config::{ListenerConfig, Mode},
     connection,
@@ -26,7 +28,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     /// The address could not be bound.
-    #[error("listener {listener}: cannot listen on {addr}: {source}")]
+    #[error("listener {listener}: cannot listen on {addr}")]
     Bind {
         /// The listener's name.
         listener: String,
@@ -37,7 +39,7 @@ pub enum ListenError {
         source: io::Error,
     },
     /// The admin endpoint (`metrics_listen`) could not be bound.
-    #[error("cannot serve /metrics on {addr}: {source}")]
+    #[error("cannot serve /metrics on {addr}")]
     Admin {
         /// The address.
         addr: SocketAddr,
@@ -46,7 +48,7 @@ pub enum ListenError {
         source: io::Error,
     },
     /// `steer: true` and the agent did not take the listener.
-    #[error("listener {listener}: {source}")]
+    #[error("listener {listener}")]
     Steer {
         /// The listener's name.
         listener: String,
@@ -58,7 +60,7 @@ pub enum ListenError {
     #[error(transparent)]
     Routing(crate::routing::RoutingError),
     /// The `ebpf` mode of a UDP listener could not be set up and no fallback is configured.
-    #[error("listener {listener}: {source}")]
+    #[error("listener {listener}")]
     Udp {
         /// The listener's name.
         listener: String,
@@ -68,7 +70,7 @@ pub enum ListenError {
     },
     /// The restore mode could not be set up: `ebpf` without the agent and without a fallback,
     /// `http` with a TLS certificate that does not load.
-    #[error("listener {listener}: {source}")]
+    #[error("listener {listener}")]
     Restore {
         /// The listener's name.
         listener: String,
@@ -198,7 +200,7 @@ impl Listener {
                 accepted = self.socket.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        warn!(listener = %self.shared.name, error = %e, "accept failed");
+                        warn!(listener = %self.shared.name, error = %Chain(&e), "accept failed");
                         tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                         continue;
                     }
@@ -206,7 +208,7 @@ impl Listener {
                 () = stopped(&mut shutdown) => break,
             };
             if let Err(e) = stream.set_nodelay(true) {
-                warn!(listener = %self.shared.name, error = %e, "TCP_NODELAY not set");
+                warn!(listener = %self.shared.name, error = %Chain(&e), "TCP_NODELAY not set");
             }
             let shared = Arc::clone(&self.shared);
             let shutdown = shutdown.clone();

@@ -37,6 +37,8 @@ use netlink_packet_route::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
+use trueip_telemetry::Chain;
+
 use crate::config::TransparentConfig;
 
 /// `CAP_NET_ADMIN`'s bit in the capability sets (linux/capability.h).
@@ -107,7 +109,7 @@ pub enum RoutingError {
     #[error("cannot read this process's capabilities from /proc/self/status: {0}")]
     Capabilities(#[source] io::Error),
     /// Talking to the kernel failed.
-    #[error("cannot {what} over rtnetlink: {source}")]
+    #[error("cannot {what} over rtnetlink")]
     Netlink {
         /// The step.
         what: String,
@@ -116,7 +118,7 @@ pub enum RoutingError {
         source: io::Error,
     },
     /// The kernel refused a rule or route.
-    #[error("cannot add `{command}`: {source}{hint}")]
+    #[error("cannot add `{command}`{hint}")]
     Add {
         /// The piece, as the `ip` command that adds it.
         command: String,
@@ -301,7 +303,7 @@ impl PolicyRouting {
                 tracing::info!(rule = %self.command("del", piece), "policy routing was gone already");
             }
             Err(e) => tracing::warn!(
-                rule = %self.command("del", piece), error = %e,
+                rule = %self.command("del", piece), error = %Chain(&e),
                 "could not remove the policy routing; remove it by hand with this command"
             ),
         }

@@ -18,7 +18,7 @@ use trueip_agent_client::ClientError;
 #[derive(Debug, thiserror::Error)]
 pub enum SteerError {
     /// The agent did not take the listener.
-    #[error("steer: cannot hand the listener to the agent at {socket}: {source}")]
+    #[error("steer: cannot hand the listener to the agent at {socket}")]
     Agent {
         /// The agent's socket.
         socket: String,

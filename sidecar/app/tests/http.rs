@@ -672,8 +672,9 @@ async fn a_missing_certificate_stops_the_listener_from_starting() {
         key: "/nonexistent/tls.key".into(),
         reload_interval: Duration::from_secs(10),
     });
-    let err = trueip_sidecar_app::Sidecar::bind(&trueip_sidecar_app::Config::single(listener))
-        .unwrap_err()
-        .to_string();
+    let err = trueip_telemetry::error_chain(
+        &trueip_sidecar_app::Sidecar::bind(&trueip_sidecar_app::Config::single(listener))
+            .unwrap_err(),
+    );
     assert!(err.contains("/nonexistent/tls.crt"), "{err}");
 }

@@ -286,9 +286,9 @@ mod tests {
                 "web: http.tls",
             ),
         ] {
-            let e = Config::from_yaml(&format!("{BASE}{extra}"))
-                .unwrap_err()
-                .to_string();
+            let e = trueip_telemetry::error_chain(
+                &Config::from_yaml(&format!("{BASE}{extra}")).unwrap_err(),
+            );
             assert!(e.contains(needle), "{extra} => {e}");
         }
     }

@@ -346,7 +346,7 @@ const TLV_NAMES: &[(&str, u8)] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -355,7 +355,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The YAML is malformed, has an unknown key or a bad value; the message names key and line.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Parse {
         /// The file.
         path: PathBuf,
@@ -855,7 +855,7 @@ drain_timeout: 10s
     }
 
     fn parse_err(yaml: &str) -> String {
-        Config::from_yaml(yaml).unwrap_err().to_string()
+        trueip_telemetry::error_chain(&Config::from_yaml(yaml).unwrap_err())
     }
 
     #[test]
@@ -922,7 +922,7 @@ drain_timeout: 10s
         assert_eq!(l("    fast_path: sk-msg\n").unwrap(), FastPathMode::SkMsg);
         assert_eq!(l("    fast_path: sk_msg\n").unwrap(), FastPathMode::SkMsg);
         assert_eq!(l("    fast_path: off\n").unwrap(), FastPathMode::Off);
-        let e = l("    fast_path: sockmap\n").unwrap_err().to_string();
+        let e = trueip_telemetry::error_chain(&l("    fast_path: sockmap\n").unwrap_err());
         assert!(e.contains("fast_path") && e.contains("sk-msg"), "{e}");
     }
 

@@ -1301,7 +1301,7 @@ fn sidecar_http_keys(section: &str) -> anyhow::Result<BTreeSet<String>> {
     } else {
         format!("{{{section}: {{\"~\": 0}}}}")
     };
-    let e = sample(&inner).expect_err("an unknown key").to_string();
+    let e = format!("{:#}", sample(&inner).expect_err("an unknown key"));
     let names = expected_names(&e);
     ensure!(!names.is_empty(), "no keys in: {e}");
     Ok(names)
@@ -1473,9 +1473,7 @@ pub(crate) fn the_schema_covers_every_value() -> anyhow::Result<()> {
             "{path}: the injector accepts {names:?}"
         );
     }
-    let e = sample("{client_headers: \"~\"}")
-        .expect_err("`~`")
-        .to_string();
+    let e = format!("{:#}", sample("{client_headers: \"~\"}").expect_err("`~`"));
     ensure!(
         enum_of("sidecar.http.client_headers")? == expected_names(&e),
         "{e}"

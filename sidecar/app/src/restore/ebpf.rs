@@ -11,6 +11,8 @@ use trueip_agent_client::{
 };
 
 use super::{ConnectError, Endpoints, Upstream, ports::PortCycle};
+use trueip_telemetry::Chain;
+
 use crate::{
     config::{FastPathMode, MapFullPolicy},
     metrics::{FastPathOutcome, RestoreOutcome},
@@ -22,7 +24,7 @@ const PORT_ATTEMPTS: u32 = 64;
 
 /// The pod's map could not be obtained from the agent.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot obtain this pod's restore map from the agent at {socket}: {source}")]
+#[error("cannot obtain this pod's restore map from the agent at {socket}")]
 pub struct EbpfError {
     /// The agent's socket.
     pub socket: String,
@@ -59,7 +61,7 @@ impl FastWire {
 
     fn unwire(&self) -> u64 {
         self.fast.unwire(&self.conn).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, conn = ?self.conn, "could not unwire the fast path");
+            tracing::warn!(error = %Chain(&e), conn = ?self.conn, "could not unwire the fast path");
             0
         })
     }
@@ -83,7 +85,7 @@ pub struct Entry {
 impl Drop for Entry {
     fn drop(&mut self) {
         if let Err(e) = self.map.remove(&self.conn) {
-            tracing::warn!(error = %e, conn = ?self.conn, "could not remove the eBPF entry");
+            tracing::warn!(error = %Chain(&e), conn = ?self.conn, "could not remove the eBPF entry");
         }
     }
 }
@@ -98,7 +100,7 @@ pub(crate) fn clear_stale(map: &PodMap) {
             "removed entries a previous sidecar of this pod left in its map (it was killed)"
         ),
         Err(e) => tracing::error!(
-            error = %e,
+            error = %Chain(&e),
             "could not remove a previous sidecar's entries: an app may see a stale client"
         ),
     }
@@ -129,7 +131,7 @@ impl Ebpf {
                 }
                 Err(e) => {
                     tracing::error!(
-                        %listener, error = %e,
+                        %listener, error = %Chain(&e),
                         "kernel fast path unavailable; the sidecar relays the app's bytes to the load balancer"
                     );
                     Some(None)
@@ -247,7 +249,7 @@ impl Ebpf {
                 (None, Some(FastPathOutcome::Skipped))
             }
             Err(WireError::Other(e)) => {
-                tracing::warn!(?conn, error = %e, "could not wire the fast path; the sidecar relays this connection");
+                tracing::warn!(?conn, error = %Chain(&e), "could not wire the fast path; the sidecar relays this connection");
                 (None, Some(FastPathOutcome::Failed))
             }
         }
@@ -284,7 +286,7 @@ impl Ebpf {
                 (None, RestoreOutcome::MapFull)
             }
             Err(e) => {
-                tracing::warn!(?conn, error = %e, "could not write the eBPF entry; delivering without restoration");
+                tracing::warn!(?conn, error = %Chain(&e), "could not write the eBPF entry; delivering without restoration");
                 (None, RestoreOutcome::Failed)
             }
         }))

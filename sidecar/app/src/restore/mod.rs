@@ -17,6 +17,8 @@ pub use self::{
     ebpf::{EbpfError, FastWire},
     http::TlsError,
 };
+use trueip_telemetry::Chain;
+
 use crate::{
     config::{ListenerConfig, Mode, canonical},
     detect::Detection,
@@ -88,7 +90,7 @@ pub struct Upstream {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// connect(2) to the app failed.
-    #[error("cannot connect to the app at {upstream}: {source}")]
+    #[error("cannot connect to the app at {upstream}")]
     Connect {
         /// The app's address.
         upstream: SocketAddr,
@@ -177,7 +179,7 @@ impl Restorer {
                 Err(e) => match config.fallback {
                     Some(mode) => {
                         tracing::error!(
-                            listener = %config.name(), error = %e, fallback = ?mode,
+                            listener = %config.name(), error = %Chain(&e), fallback = ?mode,
                             "eBPF restore unavailable; using the fallback mode"
                         );
                         let fallback = ListenerConfig {

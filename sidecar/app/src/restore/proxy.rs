@@ -4,6 +4,8 @@
 use trueip_proxy_header::{Addresses, Command, Header, Tlvs, Transport, Version};
 
 use super::Endpoints;
+use trueip_telemetry::Chain;
+
 use crate::{
     config::{ListenerConfig, Mode},
     detect::Detection,
@@ -64,7 +66,7 @@ impl Reemit {
             Version::V2 => header.to_v2(self.crc32c).unwrap_or_else(|e| {
                 // Only a LOCAL/UNSPEC header near the 64 KiB limit, re-emitted with addresses,
                 // can overflow; the app still gets the addresses.
-                tracing::warn!(error = %e, "re-emitted header too long; its TLVs are dropped");
+                tracing::warn!(error = %Chain(&e), "re-emitted header too long; its TLVs are dropped");
                 let bare = Header {
                     tlvs: Tlvs::default(),
                     ..header

@@ -10,6 +10,8 @@ use socket2::SockRef;
 use tokio::net::{TcpSocket, TcpStream};
 
 use super::{ConnectError, Endpoints, Upstream};
+use trueip_telemetry::Chain;
+
 use crate::{
     config::{ListenerConfig, PortInUsePolicy, canonical},
     metrics::RestoreOutcome,
@@ -64,11 +66,11 @@ impl Transparent {
         let (result, restored) = match first {
             Err(AttemptError::PortInUse(e)) => match self.on_port_in_use {
                 PortInUsePolicy::Refuse => {
-                    tracing::debug!(%client, error = %e, "client port in use");
+                    tracing::debug!(%client, error = %Chain(&e), "client port in use");
                     return Err(ConnectError::PortInUse { client });
                 }
                 PortInUsePolicy::AnyPort => {
-                    tracing::debug!(%client, error = %e, "client port in use; binding another port");
+                    tracing::debug!(%client, error = %Chain(&e), "client port in use; binding another port");
                     let any = SocketAddr::new(client.ip(), 0);
                     (attempt(upstream, any).await, RestoreOutcome::PortChanged)
                 }
@@ -87,7 +89,7 @@ impl Transparent {
             Err(AttemptError::Connect(source)) => Err(ConnectError::Connect { upstream, source }),
             Err(AttemptError::Bind(e) | AttemptError::PortInUse(e)) => {
                 tracing::warn!(
-                    %client, error = %e,
+                    %client, error = %Chain(&e),
                     "cannot connect from the client's address; delivering without restoration"
                 );
                 plain(upstream, RestoreOutcome::Failed).await

@@ -7,13 +7,13 @@ use std::{net::SocketAddr, path::Path, sync::Arc};
 use trueip_agent_client::{ClientError, InsertError, PodMap, UdpFlow};
 
 use super::inbound::Dropped;
+use trueip_telemetry::Chain;
+
 use crate::{config::MapFullPolicy, metrics::RestoreOutcome};
 
 /// The pod's map could not be obtained for a UDP listener.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot obtain this pod's restore map (with UDP hooks) from the agent at {socket}: {source}"
-)]
+#[error("cannot obtain this pod's restore map (with UDP hooks) from the agent at {socket}")]
 pub struct UdpEbpfError {
     /// The agent's socket.
     pub socket: String,
@@ -39,7 +39,7 @@ pub(super) struct FlowEntry {
 impl Drop for FlowEntry {
     fn drop(&mut self) {
         if let Err(e) = self.map.remove_udp_flow(&self.flow) {
-            tracing::warn!(error = %e, flow = ?self.flow, "could not remove a UDP flow's eBPF entries");
+            tracing::warn!(error = %Chain(&e), flow = ?self.flow, "could not remove a UDP flow's eBPF entries");
         }
     }
 }
@@ -91,7 +91,7 @@ impl UdpEbpf {
                 Ok((None, RestoreOutcome::MapFull))
             }
             Err(e) => {
-                tracing::warn!(?flow, error = %e, "could not write a UDP flow's eBPF entries; relaying without restoration");
+                tracing::warn!(?flow, error = %Chain(&e), "could not write a UDP flow's eBPF entries; relaying without restoration");
                 Ok((None, RestoreOutcome::Failed))
             }
         }

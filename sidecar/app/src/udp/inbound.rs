@@ -11,6 +11,8 @@ use trueip_proxy_header::{
 };
 
 use super::DatagramHeader;
+use trueip_telemetry::Chain;
+
 use crate::{
     config::{HeaderPolicy, ListenerConfig, UntrustedPolicy, canonical},
     metrics::RestoreOutcome,
@@ -168,7 +170,7 @@ fn encode(source: SocketAddr, destination: SocketAddr, tlvs: Tlvs, crc32c: bool)
     };
     header.to_v2(crc32c).unwrap_or_else(|e| {
         // Only TLVs near 64 KiB can overflow (and the listener caps received headers far below).
-        tracing::warn!(error = %e, "re-emitted header too long; its TLVs are dropped");
+        tracing::warn!(error = %Chain(&e), "re-emitted header too long; its TLVs are dropped");
         Header {
             tlvs: Tlvs::default(),
             ..header

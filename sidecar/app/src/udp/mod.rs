@@ -42,6 +42,8 @@ pub use self::{
     metrics::{FlowClosed, UdpMetrics, UdpSnapshot},
 };
 pub use crate::config::{DatagramHeader, Protocol};
+use trueip_telemetry::Chain;
+
 use crate::{
     config::{ListenerConfig, Mode},
     listen::ListenError,
@@ -87,7 +89,7 @@ impl Restore {
                 Err(e) => match config.fallback {
                     Some(mode) => {
                         tracing::error!(
-                            listener = %config.name(), error = %e, fallback = ?mode,
+                            listener = %config.name(), error = %Chain(&e), fallback = ?mode,
                             "eBPF restore unavailable for UDP; using the fallback mode"
                         );
                         Self::new(

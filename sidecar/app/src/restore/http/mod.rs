@@ -35,6 +35,8 @@ use self::{
     proxy::{AppPool, ClientSlots, ConnCtx, Progress},
 };
 use super::Endpoints;
+use trueip_telemetry::Chain;
+
 use crate::{
     config::{HttpConfig, HttpLimits, ListenerConfig},
     detect::Detection,
@@ -253,9 +255,9 @@ impl Http {
                 reject(&metrics, "not_http", &e);
             } else if parse {
                 metrics.http_response(400);
-                warn!(error = %e, requests, "malformed HTTP request; connection closed");
+                warn!(error = %Chain(&*e), requests, "malformed HTTP request; connection closed");
             } else {
-                debug!(error = %e, requests, "HTTP connection ended");
+                debug!(error = %Chain(&*e), requests, "HTTP connection ended");
             }
         }
     }

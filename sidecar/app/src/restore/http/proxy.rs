@@ -39,6 +39,8 @@ use tracing::{Instrument as _, Span, debug, field::Empty, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::headers::{self, ClientFacts};
+use trueip_telemetry::Chain;
+
 use crate::{config::HttpConfig, metrics::ListenerMetrics};
 
 /// The body of every response the sidecar sends: the app's, streamed, or its own short text.
@@ -452,7 +454,7 @@ async fn forward(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
             return app_connections_exhausted(ctx);
         }
         Err(e) => {
-            warn!(error = %e, "request not delivered to the app");
+            warn!(error = %Chain(&e), "request not delivered to the app");
             ctx.metrics.upstream_error();
             return text(StatusCode::BAD_GATEWAY, "trueip: the app is unreachable\n");
         }
@@ -500,7 +502,7 @@ async fn tunnel(client: OnUpgrade, app: OnUpgrade, metrics: Arc<ListenerMetrics>
     let (client, app) = match tokio::try_join!(client, app) {
         Ok(pair) => pair,
         Err(e) => {
-            warn!(error = %e, "upgrade failed");
+            warn!(error = %Chain(&e), "upgrade failed");
             return;
         }
     };
@@ -511,7 +513,7 @@ async fn tunnel(client: OnUpgrade, app: OnUpgrade, metrics: Arc<ListenerMetrics>
             metrics.to_client(to_client);
             debug!(to_app, to_client, "upgraded connection closed");
         }
-        Err(e) => debug!(error = %e, "upgraded connection broken"),
+        Err(e) => debug!(error = %Chain(&e), "upgraded connection broken"),
     }
 }
 
@@ -596,7 +598,7 @@ fn version_label(v: Version) -> &'static str {
 #[derive(Debug, thiserror::Error)]
 pub(super) enum SendError {
     /// connect(2) to the app failed.
-    #[error("cannot connect to the app at {upstream}: {source}")]
+    #[error("cannot connect to the app at {upstream}")]
     Connect {
         upstream: SocketAddr,
         #[source]
@@ -701,7 +703,7 @@ impl AppPool {
                     source,
                 })?;
         if let Err(e) = stream.set_nodelay(true) {
-            debug!(error = %e, "TCP_NODELAY not set on the app connection");
+            debug!(error = %Chain(&e), "TCP_NODELAY not set on the app connection");
         }
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -709,7 +711,7 @@ impl AppPool {
             .map_err(SendError::Http)?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
-                debug!(error = %e, "app connection failed");
+                debug!(error = %Chain(&e), "app connection failed");
             }
             drop(slot);
         });

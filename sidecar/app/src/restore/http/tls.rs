@@ -8,6 +8,8 @@ use tokio_rustls::TlsAcceptor;
 pub use trueip_tls_reload::TlsError;
 use trueip_tls_reload::{Reload, ReloadingCert, watch};
 
+use trueip_telemetry::Chain;
+
 use crate::config::TlsConfig;
 
 /// Loads the pair in `config` and returns an acceptor that presents it; a task polls the files
@@ -29,7 +31,7 @@ pub(crate) fn acceptor(config: &TlsConfig, listener: &str) -> Result<TlsAcceptor
                 "the certificate files changed but do not load; still serving the previous one"
             ),
             Reload::TaskFailed(e) => {
-                tracing::error!(%listener, error = %e, "the certificate reload task failed");
+                tracing::error!(%listener, error = %Chain(&e), "the certificate reload task failed");
             }
         },
     ));
