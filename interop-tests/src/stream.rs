@@ -21,11 +21,12 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{IpAddr, Shutdown, SocketAddr, TcpStream},
+    net::{Shutdown, SocketAddr, TcpStream},
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use trueip_proxy_header::Transport;
 
 use crate::topology::Netns;
 
@@ -68,32 +69,6 @@ impl PatternCheck {
     }
 }
 
-/// A PROXY v2 header (`PROXY`, TCP) naming `client` → `dest`, both of the same family.
-pub fn proxy_v2(client: SocketAddr, dest: SocketAddr) -> Vec<u8> {
-    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    h.push(0x21);
-    let addrs: Vec<u8> = match (client.ip(), dest.ip()) {
-        (IpAddr::V4(c), IpAddr::V4(d)) => {
-            h.push(0x11);
-            [c.octets().as_slice(), &d.octets()].concat()
-        }
-        (c, d) => {
-            h.push(0x21);
-            let v6 = |ip: IpAddr| match ip {
-                IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-                IpAddr::V6(v6) => v6.octets(),
-            };
-            [v6(c).as_slice(), &v6(d)].concat()
-        }
-    };
-    let len = addrs.len() + 4;
-    h.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes());
-    h.extend_from_slice(&addrs);
-    h.extend_from_slice(&client.port().to_be_bytes());
-    h.extend_from_slice(&dest.port().to_be_bytes());
-    h
-}
-
 /// A client connection to a sidecar from `ns`, its header and command already sent.
 #[derive(Debug)]
 pub struct StreamConn {
@@ -111,7 +86,9 @@ impl StreamConn {
         stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
         stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
         let mut conn = Self { stream };
-        let mut first = proxy_v2(conn.stream.local_addr()?, to);
+        // Encoded by the codec under test: the streams here test the relay, not the decoder
+        // (the differential test and the fuzzers check the codec against HAProxy's).
+        let mut first = crate::udp::header(Transport::Stream, conn.stream.local_addr()?, to);
         first.extend_from_slice(command.as_bytes());
         first.push(b'\n');
         conn.stream
