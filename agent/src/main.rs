@@ -30,7 +30,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser as _;
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 use tokio::signal::unix::{SignalKind, signal};
-use trueip_telemetry::{LogFormat, otlp};
+use trueip_telemetry::otlp;
 
 use crate::{
     config::Opt,
@@ -55,28 +55,13 @@ fn main() -> ExitCode {
     };
     // The OTLP clients live on the runtime, so it is entered before they are built.
     let _entered = runtime.enter();
-    let (traces, traces_error) = match otlp::provider("trueip-agent", None) {
-        Ok(t) => (t, None),
-        Err(e) => (None, Some(e)),
-    };
-    let format = LogFormat::parse(&opt.log_format).unwrap_or_default();
-    otlp::init_logging(format, traces.as_ref(), "trueip-agent");
-    if let Some(line) = LogFormat::deprecation(&opt.log_format) {
-        tracing::warn!("{line}");
-    }
-    if traces.is_some() {
-        tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_*)");
-    }
+    let (telemetry, traces_error) =
+        otlp::Telemetry::start("trueip-agent", &opt.log_format, true, None);
     let result = match traces_error {
         Some(e) => Err(anyhow::Error::from(e)),
         None => run(&opt, &runtime),
     };
-    if let Some(provider) = traces
-        && let Err(e) = provider.shutdown()
-    {
-        // Flushes the spans of the last requests before exiting.
-        tracing::warn!(error = %e, "could not flush traces");
-    }
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -180,7 +180,7 @@ struct Opt {
     /// Log format: text or json (`human`: the old spelling of text). Levels come from RUST_LOG
     /// (default: info).
     #[arg(long, value_name = "FORMAT", default_value = "text",
-          value_parser = |s: &str| trueip_telemetry::LogFormat::parse(s).map(|_| s.to_owned()))]
+          value_parser = |s: &str| LogFormat::parse(s).map(|_| s.to_owned()))]
     log_format: String,
 }
 
@@ -347,35 +347,20 @@ fn main() -> ExitCode {
     // The OTLP clients live on the runtime, so it is entered before they are built.
     let _entered = runtime.enter();
     let config = opt.config().context("invalid configuration");
-    let traces = match &config {
-        Ok(c) if !opt.check_config => {
-            otlp::provider("trueip-sidecar", c.otlp.as_ref().map(otlp_fallback))
-                .map_err(anyhow::Error::from)
-        }
-        _ => Ok(None),
-    };
-    let (traces, traces_error) = match traces {
-        Ok(t) => (t, None),
-        Err(e) => (None, Some(e)),
-    };
-    let format = LogFormat::parse(&opt.log_format).unwrap_or_default();
-    otlp::init_logging(format, traces.as_ref(), "trueip-sidecar");
-    if let Some(line) = LogFormat::deprecation(&opt.log_format) {
-        tracing::warn!("{line}");
-    }
-    if traces.is_some() {
-        tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_* or the config's otlp)");
-    }
+    // Traces only for a configuration that runs (not for --check-config).
+    let fallback = config.as_ref().ok().and_then(|c| c.otlp.as_ref());
+    let (telemetry, traces_error) = otlp::Telemetry::start(
+        "trueip-sidecar",
+        &opt.log_format,
+        config.is_ok() && !opt.check_config,
+        fallback.map(otlp_fallback),
+    );
     let result = match (config, traces_error) {
-        (Err(e), _) | (Ok(_), Some(e)) => Err(e),
+        (Err(e), _) => Err(e),
+        (Ok(_), Some(e)) => Err(e.into()),
         (Ok(config), None) => run(&opt, &config, &runtime),
     };
-    if let Some(provider) = traces {
-        // Flushes the spans of the last connections before exiting.
-        if let Err(e) = provider.shutdown() {
-            tracing::warn!(error = %e, "could not flush traces");
-        }
-    }
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

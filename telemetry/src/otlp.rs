@@ -73,7 +73,7 @@ fn env(name: &str) -> Option<String> {
 /// `fallback`); `service` names the service unless `OTEL_SERVICE_NAME` or
 /// `OTEL_RESOURCE_ATTRIBUTES` does. Must run inside a Tokio runtime: the gRPC and HTTP clients
 /// and the batch exporter live on it.
-pub fn provider(
+fn provider(
     service: &'static str,
     fallback: Option<Fallback<'_>>,
 ) -> Result<Option<SdkTracerProvider>, OtlpError> {
@@ -129,9 +129,57 @@ pub fn provider(
     ))
 }
 
+/// What a binary sets up first: its logging, and its traces when an OTLP endpoint is configured;
+/// kept to flush the last spans at exit.
+#[derive(Debug)]
+pub struct Telemetry {
+    traces: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Logs in `log_format` (a `--log-format` word; a deprecated spelling is logged as such),
+    /// and, when `wanted`, exports spans as `service` to the endpoint of the `OTEL_*` variables
+    /// or `fallback`. Runs inside a Tokio runtime (the exporter lives on it). Logging is set up
+    /// whatever happens; the error says why traces that were asked for cannot start, for the
+    /// binary to report as its start-up failure.
+    pub fn start(
+        service: &'static str,
+        log_format: &str,
+        wanted: bool,
+        fallback: Option<Fallback<'_>>,
+    ) -> (Self, Option<OtlpError>) {
+        let (traces, error) = if wanted {
+            match provider(service, fallback) {
+                Ok(traces) => (traces, None),
+                Err(e) => (None, Some(e)),
+            }
+        } else {
+            (None, None)
+        };
+        let format = crate::LogFormat::parse(log_format).unwrap_or_default();
+        init_logging(format, traces.as_ref(), service);
+        if let Some(line) = crate::LogFormat::deprecation(log_format) {
+            tracing::warn!("{line}");
+        }
+        if traces.is_some() {
+            tracing::info!("exporting traces over OTLP");
+        }
+        (Self { traces }, error)
+    }
+
+    /// Flushes the spans not exported yet (at exit).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.traces
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "could not flush traces");
+        }
+    }
+}
+
 /// [`crate::init_logging`], plus every span exported through `traces` (when given) under the
 /// instrumentation scope `tracer`.
-pub fn init_logging(
+fn init_logging(
     format: crate::LogFormat,
     traces: Option<&SdkTracerProvider>,
     tracer: &'static str,
