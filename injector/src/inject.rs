@@ -102,63 +102,8 @@ pub(crate) fn decide(pod: &Pod, config: &Config) -> Decision {
             return Decision::Refuse(format!("trueip: {}", list.join("; ")));
         }
     };
-    if !config.allowed_modes.contains(&settings.mode) {
-        return Decision::Refuse(format!(
-            "trueip: annotation {}: the {} mode is not allowed in this cluster{}: the chart value \
-             {ALLOWED_MODES_VALUE} allows {}; use one of those, or ask the cluster operator to \
-             add {} to {ALLOWED_MODES_VALUE}",
-            settings::MODE,
-            settings.mode,
-            if settings.mode == Mode::Transparent {
-                " (it runs the sidecar as root with CAP_NET_ADMIN)"
-            } else {
-                ""
-            },
-            settings::list_modes(&config.allowed_modes),
-            settings.mode,
-        ));
-    }
-    if matches!(settings.mode, Mode::Ebpf | Mode::Transparent)
-        && spec.and_then(|s| s.host_network) == Some(true)
-    {
-        return Decision::Refuse(format!(
-            "trueip: annotation {}: the {} mode cannot serve a hostNetwork pod (it shares the \
-             node's network namespace{}); use proxy-v1, proxy-v2 or none, or opt the pod out \
-             with {}: disabled",
-            settings::MODE,
-            settings.mode,
-            if settings.mode == Mode::Transparent {
-                ", whose routing it would change"
-            } else {
-                ""
-            },
-            settings::INJECT,
-        ));
-    }
-    if let Some(steered) = settings.ports.iter().find(|p| p.steered(settings.steer))
-        && !config.allow_steering
-    {
-        return Decision::Refuse(format!(
-            "trueip: annotation {}: port {} would be steered by the node agent (a port listed \
-             alone, or {}), and steering is not allowed in this cluster (chart value {}, off \
-             when the agent is not deployed); give `listen:upstream` pairs and {}: \"false\"",
-            settings::PORTS,
-            steered.upstream,
-            settings::STEER,
-            crate::config::ALLOW_STEERING_VALUE,
-            settings::STEER,
-        ));
-    }
-    if spec.and_then(|s| s.host_network) == Some(true)
-        && settings.ports.iter().any(|p| p.steered(settings.steer))
-    {
-        return Decision::Refuse(format!(
-            "trueip: annotation {}: a port listed alone is steered by the node agent inside the \
-             pod's network namespace, which a hostNetwork pod does not have (it shares the \
-             node's); give `listen:upstream` pairs (and {}: \"false\")",
-            settings::PORTS,
-            settings::STEER,
-        ));
+    if let Some(why) = policy_refusal(&settings, config, spec) {
+        return Decision::Refuse(why);
     }
     let taken = spec
         .and_then(|s| s.volumes.as_ref())
@@ -197,6 +142,75 @@ pub(crate) fn decide(pod: &Pod, config: &Config) -> Decision {
         ) => Decision::Refuse(format!("trueip: {e}")),
         Err(e @ BuildError::Write(_)) => Decision::Refuse(format!("trueip: internal error: {e}")),
     }
+}
+
+/// What the cluster's operator forbids that `settings` ask for: a mode outside
+/// `injector.allowedModes`, a mode or steering that cannot serve a hostNetwork pod, steering
+/// when `injector.allowSteering` is off. The message says what to change and whom to ask.
+fn policy_refusal(
+    settings: &PodSettings,
+    config: &Config,
+    spec: Option<&k8s_openapi::api::core::v1::PodSpec>,
+) -> Option<String> {
+    if !config.allowed_modes.contains(&settings.mode) {
+        return Some(format!(
+            "trueip: annotation {}: the {} mode is not allowed in this cluster{}: the chart value \
+             {ALLOWED_MODES_VALUE} allows {}; use one of those, or ask the cluster operator to \
+             add {} to {ALLOWED_MODES_VALUE}",
+            settings::MODE,
+            settings.mode,
+            if settings.mode == Mode::Transparent {
+                " (it runs the sidecar as root with CAP_NET_ADMIN)"
+            } else {
+                ""
+            },
+            settings::list_modes(&config.allowed_modes),
+            settings.mode,
+        ));
+    }
+    if matches!(settings.mode, Mode::Ebpf | Mode::Transparent)
+        && spec.and_then(|s| s.host_network) == Some(true)
+    {
+        return Some(format!(
+            "trueip: annotation {}: the {} mode cannot serve a hostNetwork pod (it shares the \
+             node's network namespace{}); use proxy-v1, proxy-v2 or none, or opt the pod out \
+             with {}: disabled",
+            settings::MODE,
+            settings.mode,
+            if settings.mode == Mode::Transparent {
+                ", whose routing it would change"
+            } else {
+                ""
+            },
+            settings::INJECT,
+        ));
+    }
+    if let Some(steered) = settings.ports.iter().find(|p| p.steered(settings.steer))
+        && !config.allow_steering
+    {
+        return Some(format!(
+            "trueip: annotation {}: port {} would be steered by the node agent (a port listed \
+             alone, or {}), and steering is not allowed in this cluster (chart value {}, off \
+             when the agent is not deployed); give `listen:upstream` pairs and {}: \"false\"",
+            settings::PORTS,
+            steered.upstream,
+            settings::STEER,
+            crate::config::ALLOW_STEERING_VALUE,
+            settings::STEER,
+        ));
+    }
+    if spec.and_then(|s| s.host_network) == Some(true)
+        && settings.ports.iter().any(|p| p.steered(settings.steer))
+    {
+        return Some(format!(
+            "trueip: annotation {}: a port listed alone is steered by the node agent inside the \
+             pod's network namespace, which a hostNetwork pod does not have (it shares the \
+             node's); give `listen:upstream` pairs (and {}: \"false\")",
+            settings::PORTS,
+            settings::STEER,
+        ));
+    }
+    None
 }
 
 /// Decides on debug containers being added to a running pod (`pods/ephemeralcontainers`): they

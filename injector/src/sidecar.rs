@@ -321,6 +321,59 @@ pub(crate) fn build(
         }
     })?;
 
+    let (mounts, volumes) = volumes(config, ebpf || steered);
+    let container = Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(template.image.clone()),
+        image_pull_policy: Some(template.image_pull_policy.as_str().into()),
+        args: Some(vec![
+            "--config".into(),
+            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+            // The file is the pod's annotation, which can change after admission; the
+            // container's arguments cannot: the sidecar refuses a file with another digest.
+            "--config-sha256".into(),
+            sha256_hex(config_yaml.as_bytes()),
+            "--log-format".into(),
+            template.log_format.as_str().into(),
+        ]),
+        env: Some(env(template)),
+        ports: Some(container_ports(&planned, metrics_port)),
+        // A native sidecar: started before the app containers, stopped after them.
+        restart_policy: Some("Always".into()),
+        // The app containers start once the first TCP listener accepts (a bare connect is a
+        // health check for the sidecar, logged at debug), or, with UDP listeners only, once
+        // `/readyz` says every listener is set up.
+        startup_probe: startup_probe(&planned, metrics_port),
+        // `/readyz` is 503 from SIGTERM on: the pod leaves its Service's endpoints while the
+        // sidecar drains. Without the metrics port there is nothing to ask.
+        readiness_probe: metrics_port.map(|port| Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/readyz".into()),
+                port: IntOrString::Int(i32::from(port)),
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(5),
+            failure_threshold: Some(1),
+            ..Probe::default()
+        }),
+        resources: Some(template.resources.clone()),
+        security_context: Some(security_context(template, transparent)),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    Ok(Injection {
+        config_yaml,
+        container,
+        volumes,
+        mode: settings.mode,
+    })
+}
+
+/// The sidecar's volumes and where it mounts them: its configuration file (the annotation, by
+/// the downward API), and, when it talks to the agent (`ebpf` or steered), the agent's socket
+/// directory — read-only is enough: connecting to a Unix socket does not write to the
+/// filesystem. Other pods need no host path at all.
+fn volumes(config: &Config, agent: bool) -> (Vec<VolumeMount>, Vec<Volume>) {
     let mut mounts = vec![VolumeMount {
         name: CONFIG_VOLUME.into(),
         mount_path: CONFIG_DIR.into(),
@@ -342,9 +395,7 @@ pub(crate) fn build(
         }),
         ..Volume::default()
     }];
-    if ebpf || steered {
-        // Only `ebpf` and steered pods talk to the agent; the others need no host path at all. Read-only is
-        // enough: connecting to a Unix socket does not write to the filesystem.
+    if agent {
         let dir = config.agent_socket_dir().display().to_string();
         mounts.push(VolumeMount {
             name: SOCKET_VOLUME.into(),
@@ -361,7 +412,12 @@ pub(crate) fn build(
             ..Volume::default()
         });
     }
+    (mounts, volumes)
+}
 
+/// The pod's identity from the downward API (the traces' `k8s.*` resource), the log level,
+/// and the chart's OTLP settings as `OTEL_*` variables.
+fn env(template: &SidecarTemplate) -> Vec<EnvVar> {
     let field = |name: &str, path: &str| EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
@@ -373,104 +429,69 @@ pub(crate) fn build(
         }),
         ..EnvVar::default()
     };
-    let container = Container {
-        name: CONTAINER_NAME.into(),
-        image: Some(template.image.clone()),
-        image_pull_policy: Some(template.image_pull_policy.as_str().into()),
-        args: Some(vec![
-            "--config".into(),
-            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
-            // The file is the pod's annotation, which can change after admission; the
-            // container's arguments cannot: the sidecar refuses a file with another digest.
-            "--config-sha256".into(),
-            sha256_hex(config_yaml.as_bytes()),
-            "--log-format".into(),
-            template.log_format.as_str().into(),
-        ]),
-        env: Some(
-            vec![
-                field("K8S_POD_NAME", "metadata.name"),
-                field("K8S_NAMESPACE_NAME", "metadata.namespace"),
-                field("K8S_POD_UID", "metadata.uid"),
-                field("K8S_NODE_NAME", "spec.nodeName"),
-                EnvVar {
-                    name: "RUST_LOG".into(),
-                    value: Some(template.log_level.clone()),
-                    ..EnvVar::default()
-                },
-            ]
-            .into_iter()
-            .chain(template.otlp.env().into_iter().map(|(name, value)| EnvVar {
-                name: name.into(),
-                value: Some(value),
-                ..EnvVar::default()
-            }))
-            .collect(),
-        ),
-        ports: Some(
-            planned
-                .iter()
-                .map(|l| match l.udp {
-                    false => (format!("trueip-{}", l.listen), l.listen, "TCP"),
-                    true => (format!("trueipu-{}", l.listen), l.listen, "UDP"),
-                })
-                .chain(metrics_port.map(|port| ("trueip-metrics".to_owned(), port, "TCP")))
-                .map(|(name, port, protocol)| ContainerPort {
-                    name: Some(name),
-                    container_port: i32::from(port),
-                    protocol: Some(protocol.into()),
-                    ..ContainerPort::default()
-                })
-                .collect(),
-        ),
-        // A native sidecar: started before the app containers, stopped after them.
-        restart_policy: Some("Always".into()),
-        // The app containers start once the first TCP listener accepts (a bare connect is a
-        // health check for the sidecar, logged at debug), or, with UDP listeners only, once
-        // `/readyz` says every listener is set up.
-        startup_probe: startup_probe(&planned, metrics_port),
-        // `/readyz` is 503 from SIGTERM on: the pod leaves its Service's endpoints while the
-        // sidecar drains. Without the metrics port there is nothing to ask.
-        readiness_probe: metrics_port.map(|port| Probe {
-            http_get: Some(HTTPGetAction {
-                path: Some("/readyz".into()),
-                port: IntOrString::Int(i32::from(port)),
-                ..HTTPGetAction::default()
-            }),
-            period_seconds: Some(5),
-            failure_threshold: Some(1),
-            ..Probe::default()
-        }),
-        resources: Some(template.resources.clone()),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(!transparent),
-            run_as_user: Some(if transparent { 0 } else { template.run_as_user }),
-            run_as_group: Some(template.run_as_group),
-            privileged: Some(false),
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                // `transparent` binds sockets to the clients' addresses and installs the pod's
-                // policy routing: CAP_NET_ADMIN, which Kubernetes grants to user 0 only (a
-                // non-root container's added capabilities are not effective).
-                add: transparent.then(|| vec!["NET_ADMIN".into()]),
-                drop: Some(vec!["ALL".into()]),
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..SeccompProfile::default()
-            }),
-            ..SecurityContext::default()
-        }),
-        volume_mounts: Some(mounts),
-        ..Container::default()
+    let value = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..EnvVar::default()
     };
-    Ok(Injection {
-        config_yaml,
-        container,
-        volumes,
-        mode: settings.mode,
-    })
+    vec![
+        field("K8S_POD_NAME", "metadata.name"),
+        field("K8S_NAMESPACE_NAME", "metadata.namespace"),
+        field("K8S_POD_UID", "metadata.uid"),
+        field("K8S_NODE_NAME", "spec.nodeName"),
+        value("RUST_LOG", template.log_level.clone()),
+    ]
+    .into_iter()
+    .chain(
+        template
+            .otlp
+            .env()
+            .into_iter()
+            .map(|(name, v)| value(name, v)),
+    )
+    .collect()
+}
+
+/// One named port per listener (`trueip-<port>`, `trueipu-<port>` for UDP: at most 13
+/// characters), then the metrics port.
+fn container_ports(planned: &[Planned], metrics_port: Option<u16>) -> Vec<ContainerPort> {
+    planned
+        .iter()
+        .map(|l| match l.udp {
+            false => (format!("trueip-{}", l.listen), l.listen, "TCP"),
+            true => (format!("trueipu-{}", l.listen), l.listen, "UDP"),
+        })
+        .chain(metrics_port.map(|port| ("trueip-metrics".to_owned(), port, "TCP")))
+        .map(|(name, port, protocol)| ContainerPort {
+            name: Some(name),
+            container_port: i32::from(port),
+            protocol: Some(protocol.into()),
+            ..ContainerPort::default()
+        })
+        .collect()
+}
+
+/// Unprivileged, every capability dropped, a read-only root; `transparent` runs as user 0 with
+/// CAP_NET_ADMIN only: it binds sockets to the clients' addresses and installs the pod's policy
+/// routing, and Kubernetes makes added capabilities effective for user 0 only.
+fn security_context(template: &SidecarTemplate, transparent: bool) -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(!transparent),
+        run_as_user: Some(if transparent { 0 } else { template.run_as_user }),
+        run_as_group: Some(template.run_as_group),
+        privileged: Some(false),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            add: transparent.then(|| vec!["NET_ADMIN".into()]),
+            drop: Some(vec!["ALL".into()]),
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
 }
 
 /// The SHA-256 of `bytes`, in hex (what the sidecar's `--config-sha256` takes).

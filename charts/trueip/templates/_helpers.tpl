@@ -61,7 +61,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-tls" (include "trueip.injector.name" .)) .Values.injector.tls.secretName }}
 {{- end }}
 
-{{/* The injector's configuration file (agent/injector/src/config.rs reads it). */}}
+{{/* The injector's configuration file (injector/src/config.rs reads it). */}}
 {{- define "trueip.injector.config" -}}
 sidecar:
   image: {{ include "trueip.image" (dict "root" . "image" .Values.sidecar.image) | quote }}

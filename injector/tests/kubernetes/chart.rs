@@ -588,7 +588,7 @@ fn metric_sources() -> anyhow::Result<String> {
     let mut text = String::new();
     let mut dirs: Vec<PathBuf> = [
         "agent/src",
-        "agent/injector/src",
+        "injector/src",
         "sidecar/app/src",
         "sidecar/src",
     ]

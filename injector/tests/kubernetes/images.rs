@@ -12,12 +12,7 @@ use crate::support::{chart_dir, workspace_root};
 const IMAGES: [(&str, &str, &str, bool); 3] = [
     ("agent/Dockerfile", "trueip-agent", "agent", false),
     ("sidecar/Dockerfile", "trueip-sidecar", "sidecar", true),
-    (
-        "agent/injector/Dockerfile",
-        "trueip-injector",
-        "injector",
-        true,
-    ),
+    ("injector/Dockerfile", "trueip-injector", "injector", true),
 ];
 
 pub(crate) fn dockerfiles_build_what_the_chart_runs() -> anyhow::Result<()> {

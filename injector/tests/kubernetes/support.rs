@@ -24,8 +24,8 @@ pub(crate) fn workspace_root() -> PathBuf {
     let injector = Path::new(env!("CARGO_MANIFEST_DIR"));
     injector
         .ancestors()
-        .nth(2)
-        .map_or_else(|| injector.join("../.."), Path::to_path_buf)
+        .nth(1)
+        .map_or_else(|| injector.join(".."), Path::to_path_buf)
 }
 
 /// The chart under test.
