@@ -76,9 +76,10 @@ pub(crate) struct Opt {
     pub(crate) udp: bool,
 
     /// Steering: what connections to a steered app port get while the pod's sidecar listener is
-    /// gone (the sidecar stopped or crashed): `open` lets them reach the app directly (without
-    /// the client address), `closed` refuses them. Both are counted and logged every
-    /// --sweep-interval.
+    /// gone (the sidecar stopped or crashed): `open` lets them reach the app directly, as the
+    /// load balancer sent them (its PROXY header in front, which an app that parses PROXY
+    /// believes: anyone who can reach the pod could then name any client), `closed` refuses
+    /// them (the Helm chart's default). Both are counted and logged every --sweep-interval.
     #[arg(long, env = "TRUEIP_STEER_WHEN_GONE", value_enum, default_value_t = WhenGone::Open)]
     pub(crate) steer_when_gone: WhenGone,
 

@@ -84,9 +84,6 @@ pub(crate) fn decide(pod: &Pod, config: &Config) -> Decision {
             .chain(&spec.containers)
             .any(|c| c.name == sidecar::CONTAINER_NAME)
     });
-    if injected {
-        return Decision::Unchanged(Skip::AlreadyInjected);
-    }
     let empty = BTreeMap::new();
     let meta = &pod.metadata;
     let settings = match PodSettings::resolve(
@@ -95,8 +92,9 @@ pub(crate) fn decide(pod: &Pod, config: &Config) -> Decision {
         &config.defaults,
     ) {
         Ok(Resolution::Inject(settings)) => settings,
-        Ok(Resolution::OptedOut) => return Decision::Unchanged(Skip::OptedOut),
-        Ok(Resolution::NoPorts) => return Decision::Unchanged(Skip::NoPorts),
+        Ok(Resolution::OptedOut) if !injected => return Decision::Unchanged(Skip::OptedOut),
+        Ok(Resolution::NoPorts) if !injected => return Decision::Unchanged(Skip::NoPorts),
+        Ok(Resolution::OptedOut | Resolution::NoPorts) => return Decision::Refuse(not_ours()),
         Err(errors) => {
             let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
             return Decision::Refuse(format!("trueip: {}", list.join("; ")));
@@ -110,7 +108,7 @@ pub(crate) fn decide(pod: &Pod, config: &Config) -> Decision {
         .into_iter()
         .flatten()
         .find(|v| v.name == sidecar::CONFIG_VOLUME || v.name == sidecar::SOCKET_VOLUME);
-    if let Some(volume) = taken {
+    if let Some(volume) = taken.filter(|_| !injected) {
         return Decision::Refuse(format!(
             "trueip: the pod already has a volume named {}, which the trueip sidecar needs; \
              rename it or opt the pod out with {}: disabled",
@@ -126,10 +124,22 @@ pub(crate) fn decide(pod: &Pod, config: &Config) -> Decision {
                 .iter()
                 .chain(s.init_containers.iter().flatten())
         })
+        .filter(|c| c.name != sidecar::CONTAINER_NAME)
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|p| u16::try_from(p.container_port).ok())
         .collect();
     match sidecar::build(&settings, config, &declared) {
+        // The webhook is called once per pod (`reinvocationPolicy: Never`): a sidecar already
+        // there is a copy of an injected pod, or a tenant's own. Only exactly what this
+        // webhook writes is let through; anything else could run a configuration nobody
+        // checked next to the agent's socket.
+        Ok(injection) if injected => {
+            if is_this_injection(pod, &injection) {
+                Decision::Unchanged(Skip::AlreadyInjected)
+            } else {
+                Decision::Refuse(not_ours())
+            }
+        }
         Ok(injection) => match patch(pod, injection) {
             Ok(patch) => Decision::Inject(patch),
             Err(e) => Decision::Refuse(format!("trueip: {e}")),
@@ -142,6 +152,58 @@ pub(crate) fn decide(pod: &Pod, config: &Config) -> Decision {
         ) => Decision::Refuse(format!("trueip: {e}")),
         Err(e @ BuildError::Write(_)) => Decision::Refuse(format!("trueip: internal error: {e}")),
     }
+}
+
+/// Why a pod whose `trueip-sidecar` is not exactly what this webhook writes is refused.
+fn not_ours() -> String {
+    format!(
+        "trueip: the pod already has a {} container, and it is not the one this webhook would \
+         inject for its annotations (its image, command, arguments, environment, mounts, \
+         volumes or its {} annotation differ): remove the container, its volumes and the \
+         annotation, and the webhook injects the sidecar",
+        sidecar::CONTAINER_NAME,
+        sidecar::CONFIG_ANNOTATION,
+    )
+}
+
+/// Whether `pod` carries exactly `injection`: the sidecar container, its volumes and its
+/// configuration annotation, as this webhook writes them.
+fn is_this_injection(pod: &Pod, injection: &sidecar::Injection) -> bool {
+    fn as_json<T: serde::Serialize>(v: &T) -> Option<Value> {
+        serde_json::to_value(v).ok()
+    }
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    let theirs = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .filter(|c| c.name == sidecar::CONTAINER_NAME)
+        .collect::<Vec<_>>();
+    let [container] = theirs.as_slice() else {
+        return false;
+    };
+    let in_init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .any(|c| c.name == sidecar::CONTAINER_NAME);
+    let volumes = spec.volumes.as_deref().unwrap_or_default();
+    let annotation = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(sidecar::CONFIG_ANNOTATION));
+    in_init
+        && as_json(*container) == as_json(&injection.container)
+        && annotation == Some(&injection.config_yaml)
+        && injection.volumes.iter().all(|wanted| {
+            volumes
+                .iter()
+                .any(|v| v.name == wanted.name && as_json(v) == as_json(wanted))
+        })
 }
 
 /// What the cluster's operator forbids that `settings` ask for: a mode outside
@@ -603,6 +665,58 @@ mod tests {
             ),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_sidecar_the_webhook_did_not_write_is_refused() {
+        let value = json!({
+            "metadata": {"name": "web",
+                         "annotations": {"trueip.io/ports": "8080:80", "trueip.io/mode": "ebpf"}},
+            "spec": {"containers": [{"name": "app", "image": "nginx"}]},
+        });
+        let decision = decide(&pod(value.clone()), &config());
+        let injected = apply(&value, &decision);
+        // The right image and mounts, but its own flags: no pinned digest, its own listener
+        // trusting everyone.
+        let mut own_flags = injected.clone();
+        own_flags["spec"]["initContainers"][0]["args"] = json!([
+            "--listen",
+            "[::]:14008",
+            "--upstream",
+            "127.0.0.1:80",
+            "--steer",
+            "--mode",
+            "proxy-v2",
+            "--trusted",
+            "0.0.0.0/0"
+        ]);
+        // The pinned digest of an edited configuration.
+        let mut edited = injected.clone();
+        edited["metadata"]["annotations"][sidecar::CONFIG_ANNOTATION] = json!("listeners: []\n");
+        // An environment of its own.
+        let mut env = injected.clone();
+        env["spec"]["initContainers"][0]["env"][0] =
+            json!({"name": "TRUEIP_CONFIG", "value": "/x"});
+        // Opted out, yet carrying a sidecar.
+        let mut opted_out = injected.clone();
+        opted_out["metadata"]["annotations"]["trueip.io/inject"] = json!("disabled");
+        for (what, forged) in [
+            ("own flags", own_flags),
+            ("edited configuration", edited),
+            ("own environment", env),
+            ("opted out", opted_out),
+        ] {
+            let message = refusal(&forged, &config());
+            assert!(
+                message.contains("is not the one this webhook would inject"),
+                "{what}: {message}"
+            );
+        }
+        // The exact copy is admitted unchanged.
+        assert!(matches!(
+            decide(&pod(injected), &config()),
+            Decision::Unchanged(Skip::AlreadyInjected)
+        ));
     }
 
     #[test]

@@ -124,10 +124,11 @@ async fn mutate(req: Request<Incoming>, webhook: &Webhook) -> Response<Full<Byte
         Ok(body) => body.to_bytes(),
         Err(e) => {
             webhook.metrics.bad_request();
-            tracing::warn!(error = %e, "could not read an admission request");
+            let why = error_chain(&*e);
+            tracing::warn!(error = %why, "could not read an admission request");
             return text(
                 StatusCode::BAD_REQUEST,
-                format!("cannot read the body: {e}\n"),
+                format!("cannot read the body: {why}\n"),
             );
         }
     };

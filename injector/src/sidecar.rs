@@ -65,14 +65,14 @@ pub(crate) enum BuildError {
     #[error(
         "the trueip sidecar would refuse this configuration ({}); fix the annotation \
          {annotation} (or the chart's default for it)",
-        trueip_telemetry::error_chain(source)
+        trueip_telemetry::error_chain(error)
     )]
     Refused {
         /// The annotation that sets the key at fault.
         annotation: &'static str,
         /// The sidecar's own error, in the message (what the pod's creator reads), not a
         /// source: a message or a source, not both.
-        source: ConfigError,
+        error: ConfigError,
     },
     /// A listen port is the sidecar's own metrics port.
     #[error(
@@ -314,10 +314,10 @@ pub(crate) fn build(
     let planned = plan(settings, template, declared)?;
     let steered = planned.iter().any(|l| l.steer);
     let config_yaml = serde_norway::to_string(&sidecar_file(settings, &planned, template))?;
-    trueip_sidecar_config::Config::from_yaml(&config_yaml).map_err(|source| {
+    trueip_sidecar_config::Config::from_yaml(&config_yaml).map_err(|error| {
         BuildError::Refused {
-            annotation: annotation_of(&source),
-            source,
+            annotation: annotation_of(&error),
+            error,
         }
     })?;
 

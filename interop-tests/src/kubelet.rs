@@ -582,7 +582,7 @@ impl RunningPod {
             .with_context(|| format!("pod {}: no running container {name}", self.name))
     }
 
-    /// The cgroup of container `name`, below the cgroup v2 root.
+    /// The cgroup of container `name`, below [`Node::cgroup_root`].
     pub fn container_cgroup(&self, name: &str) -> Option<&Path> {
         self.containers
             .iter()

@@ -132,7 +132,7 @@ struct Opt {
 
     /// Steering (needs the node agent): the app keeps its port (--upstream's, e.g. on
     /// 0.0.0.0:8080) and the agent hands the pod's connections to it from outside the pod to
-    /// this listener (sk_lookup); --listen is then any free address, e.g. [::]:15008.
+    /// this listener (sk_lookup); --listen is then any free address, e.g. [::]:14008.
     #[arg(long)]
     steer: bool,
 

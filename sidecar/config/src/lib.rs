@@ -180,7 +180,7 @@ pub struct ListenerConfig {
     /// port, e.g. `0.0.0.0:8080`) and the agent hands the pod's TCP connections to that port
     /// that come from outside the pod (not over loopback, not from the pod's own address) to
     /// this listener instead, with an sk_lookup program on the pod's network namespace; no
-    /// iptables. `listen` is then any free sidecar address, typically `[::]:15008` (dual-stack,
+    /// iptables. `listen` is then any free sidecar address, typically `[::]:14008` (dual-stack,
     /// so both IPv4 and IPv6 connections can be handed over). `upstream` must be on loopback.
     /// Node probes without a header reach the app through the sidecar only with
     /// `header: optional`. While the sidecar is not running, connections reach the app directly
