@@ -155,9 +155,12 @@ pub(crate) fn stray_descriptors_are_closed_and_refused(
     // The kernel's maximum in one message.
     let answer = hostile.cmd("get-map 253")?;
     ensure!(answer.contains("got 253"), "{answer}");
+    // None of the 313 stray descriptors may stay: the count returns to the baseline or below
+    // (a descriptor that was open when it was taken, e.g. the connection of the warm-up
+    // request still being closed, may be gone since; a leak is more, never fewer).
     wait_for(
         "the agent's descriptors to return to where they were",
-        || (agent.open_fds().ok()? == before).then_some(()),
+        || (agent.open_fds().ok()? <= before).then_some(()),
     )
     .with_context(|| format!("agent fds: before {before}, now {:?}", agent.open_fds()))?;
     let m = agent.metrics()?;
