@@ -332,7 +332,7 @@ pub(crate) fn build(
             // The file is the pod's annotation, which can change after admission; the
             // container's arguments cannot: the sidecar refuses a file with another digest.
             "--config-sha256".into(),
-            sha256_hex(config_yaml.as_bytes()),
+            trueip_sidecar_config::Config::digest(&config_yaml),
             "--log-format".into(),
             template.log_format.as_str().into(),
         ]),
@@ -492,15 +492,6 @@ fn security_context(template: &SidecarTemplate, transparent: bool) -> SecurityCo
         }),
         ..SecurityContext::default()
     }
-}
-
-/// The SHA-256 of `bytes`, in hex (what the sidecar's `--config-sha256` takes).
-fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// What the kubelet waits for before it starts the app containers.
@@ -912,10 +903,13 @@ mod tests {
         .unwrap();
         let args = got.container.args.unwrap();
         let at = args.iter().position(|a| a == "--config-sha256").unwrap();
-        assert_eq!(args[at + 1], sha256_hex(got.config_yaml.as_bytes()));
+        assert_eq!(
+            args[at + 1],
+            trueip_sidecar_config::Config::digest(&got.config_yaml)
+        );
         assert_eq!(args[at + 1].len(), 64);
         assert_eq!(
-            sha256_hex(b"abc"),
+            trueip_sidecar_config::Config::digest("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

@@ -299,11 +299,7 @@ fn read_config(path: &std::path::Path, sha256: Option<&str>) -> Result<Config> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     if let Some(want) = sha256 {
-        let got: String = ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let got = Config::digest(&text);
         anyhow::ensure!(
             got.eq_ignore_ascii_case(want.trim()),
             "{} does not have the SHA-256 of --config-sha256 ({got}, not {want}): the \
@@ -312,16 +308,7 @@ fn read_config(path: &std::path::Path, sha256: Option<&str>) -> Result<Config> {
             path.display()
         );
     }
-    Config::from_yaml(&text).map_err(|e| match e {
-        trueip_sidecar_app::config::ConfigError::Parse { source, .. } => {
-            trueip_sidecar_app::config::ConfigError::Parse {
-                path: path.to_owned(),
-                source,
-            }
-            .into()
-        }
-        other => other.into(),
-    })
+    Ok(Config::from_file_text(path, &text)?)
 }
 
 /// The config file's `otlp` section, for what the `OTEL_*` variables leave unset.

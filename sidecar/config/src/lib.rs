@@ -387,7 +387,23 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_yaml(&text).map_err(|e| match e {
+        Self::from_file_text(path, &text)
+    }
+
+    /// The SHA-256 of a configuration file's text, in hex: what the injector pins in the
+    /// sidecar's `--config-sha256` and what the sidecar checks, computed by one function.
+    pub fn digest(text: &str) -> String {
+        ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Parses and validates `text`, read from `path` (which parse errors name): for a caller
+    /// that checks the bytes it read before parsing them.
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::from_yaml(text).map_err(|e| match e {
             ConfigError::Parse { source, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 source,
