@@ -55,7 +55,7 @@ struct ConfigFile {
 }
 
 /// The `defaults` section, in the annotations' syntax.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct DefaultsFile {
     /// Like `trueip.io/ports`; empty (and no `udpPorts`): pods without the annotation are not
@@ -68,8 +68,8 @@ struct DefaultsFile {
     /// Like `trueip.io/steer`.
     #[serde(default)]
     steer: Steer,
-    /// Like `trueip.io/mode`.
-    #[serde(default)]
+    /// Like `trueip.io/mode`; default: `ebpf`, the mode that needs nothing of the app.
+    #[serde(default = "defaults::mode")]
     mode: Mode,
     /// Like `trueip.io/header`.
     #[serde(default)]
@@ -77,6 +77,19 @@ struct DefaultsFile {
     /// Like `trueip.io/trusted-cidrs`, one CIDR or address per item.
     #[serde(default, rename = "trustedCIDRs")]
     trusted_cidrs: Vec<String>,
+}
+
+impl Default for DefaultsFile {
+    fn default() -> Self {
+        Self {
+            ports: String::new(),
+            udp_ports: String::new(),
+            steer: Steer::default(),
+            mode: defaults::mode(),
+            header: HeaderPolicy::default(),
+            trusted_cidrs: Vec::new(),
+        }
+    }
 }
 
 /// Everything about the injected container that is the same for every pod.
@@ -295,7 +308,12 @@ mod defaults {
         path::PathBuf,
     };
 
-    use crate::settings::Mode;
+    use crate::settings::{self, Mode};
+
+    /// See [`settings::DEFAULT_MODE`].
+    pub(super) fn mode() -> Mode {
+        settings::DEFAULT_MODE
+    }
 
     /// distroless' `nonroot` user and group.
     pub(super) fn run_as() -> i64 {

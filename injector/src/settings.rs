@@ -4,7 +4,7 @@
 //! and says what it accepts, so `kubectl apply` shows the user what to fix instead of a pod whose
 //! sidecar crash-loops.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -27,38 +27,13 @@ pub(crate) const TRUSTED_CIDRS: &str = "trueip.io/trusted-cidrs";
 /// The header policy: `required`, `optional` or `off`.
 pub(crate) const HEADER: &str = "trueip.io/header";
 
-/// How the app learns the client address (the sidecar's `mode`, same spelling).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum Mode {
-    /// Strip the header; the app sees the sidecar as its peer.
-    None,
-    /// Re-emit a clean v1 header for apps that parse PROXY.
-    ProxyV1,
-    /// Re-emit a clean v2 header.
-    ProxyV2,
-    /// The app's `accept()`/`getpeername()` return the client, through the node agent.
-    #[default]
-    Ebpf,
-    /// The sidecar connects to the app from the client's address; it gets CAP_NET_ADMIN.
-    Transparent,
-    /// The sidecar speaks HTTP and tells the app the client in forwarding headers (the
-    /// sidecar's defaults: client copies stripped, `X-Forwarded-For`, `X-Real-IP`, `Forwarded`).
-    Http,
-}
+/// The restore mode and header policy, as the sidecar's file spells them: the injector writes
+/// them there, so it takes the sidecar's own types.
+pub(crate) use trueip_sidecar_config::{HeaderPolicy, Mode};
 
-/// Whether a PROXY header is expected (the sidecar's `header`, same spelling).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum HeaderPolicy {
-    /// Every connection must start with a header.
-    #[default]
-    Required,
-    /// Connections without a header are served too (health checks).
-    Optional,
-    /// No detection.
-    Off,
-}
+/// A pod's mode when neither its annotation nor the chart names one: `ebpf`, which needs
+/// nothing of the app (the sidecar's own default, `none`, hides the client).
+pub(crate) const DEFAULT_MODE: Mode = Mode::Ebpf;
 
 /// Whether a pod's TCP listeners are steered: the app keeps its port (the Service's
 /// `targetPort` stays the app's), and the node agent's sk_lookup program hands connections from
@@ -106,7 +81,7 @@ pub(crate) struct PodSettings {
 }
 
 /// The chart's defaults for pods without the matching annotation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Defaults {
     /// Ports for pods without `trueip.io/ports` (nor `trueip.io/udp-ports`); empty: such pods
     /// are not injected.
@@ -146,18 +121,18 @@ pub(crate) enum Resolution {
     Inject(PodSettings),
 }
 
-// === impl Mode ===
+// === impl Defaults ===
 
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::None => "none",
-            Self::ProxyV1 => "proxy-v1",
-            Self::ProxyV2 => "proxy-v2",
-            Self::Ebpf => "ebpf",
-            Self::Transparent => "transparent",
-            Self::Http => "http",
-        })
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            ports: Vec::new(),
+            udp_ports: Vec::new(),
+            steer: Steer::default(),
+            mode: DEFAULT_MODE,
+            header: HeaderPolicy::default(),
+            trusted: Vec::new(),
+        }
     }
 }
 

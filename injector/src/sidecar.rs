@@ -578,8 +578,8 @@ mod tests {
         assert_eq!(l.name(), "port-8080");
         assert_eq!(l.listen, "[::]:8080".parse().unwrap());
         assert_eq!(l.upstream, "127.0.0.1:80".parse().unwrap());
-        assert_eq!(l.mode, trueip_sidecar_config::Mode::Ebpf);
-        assert_eq!(l.fallback, Some(trueip_sidecar_config::Mode::ProxyV1));
+        assert_eq!(l.mode, Mode::Ebpf);
+        assert_eq!(l.fallback, Some(Mode::ProxyV1));
         assert_eq!(
             parsed.listeners[1].upstream,
             "127.0.0.1:9090".parse().unwrap()
@@ -653,7 +653,7 @@ mod tests {
         let parsed = trueip_sidecar_config::Config::from_yaml(&got.config_yaml).unwrap();
         assert_eq!(parsed.listeners.len(), 2);
         for l in &parsed.listeners {
-            assert_eq!(l.mode, trueip_sidecar_config::Mode::Http);
+            assert_eq!(l.mode, Mode::Http);
             let http = &l.http;
             // Set by the chart (config::tests::FULL) ...
             assert_eq!(http.limits.max_request_head, 65536);

@@ -15,7 +15,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer, Serialize, de};
 use trueip_proxy_header::kind;
 
 pub use self::{
@@ -243,8 +243,9 @@ impl FastPathMode {
     }
 }
 
-/// How the app learns the real client address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+/// How the app learns the real client address. `Serialize` too: the injector writes it into
+/// the sidecar's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Strip the header and forward the payload only: the app sees the sidecar as its peer.
@@ -278,8 +279,15 @@ impl Mode {
     }
 }
 
-/// Whether a PROXY header is expected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Whether a PROXY header is expected. `Serialize` too: the injector writes it into the
+/// sidecar's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum HeaderPolicy {
     /// Every connection must start with a header; others are closed.
