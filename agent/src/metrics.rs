@@ -15,10 +15,7 @@ use prometheus_client::{
 };
 use trueip_agent_client::protocol::ErrorCode;
 
-use crate::{
-    pods::{self, Registry},
-    steer::SteerStats,
-};
+use crate::pods::{self, Observed, Registry};
 
 /// What Prometheus is told the body is (prometheus-client writes OpenMetrics text).
 pub(crate) const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -86,33 +83,6 @@ impl Refusal {
             Self::Timeout => "timeout",
         }
     }
-}
-
-/// One pod's map, read at scrape time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct PodMapUse {
-    /// The `pod` label: the pod cgroup's path below the cgroup2 mount.
-    pub(crate) pod: String,
-    /// Entries in the pod's restore map (live restored connections).
-    pub(crate) entries: u64,
-    /// The map's capacity.
-    pub(crate) capacity: u64,
-}
-
-/// What a scrape reads from the pods and the kernel.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Observed {
-    /// Whether the agent reports ready.
-    pub(crate) ready: bool,
-    /// Programs loaded, by name: each configured cgroup hook once, `sk_lookup` once per
-    /// steering pod.
-    pub(crate) programs: Vec<(&'static str, u64)>,
-    /// How many pods are served.
-    pub(crate) pods_served: u64,
-    /// The maps of the pods that could be read.
-    pub(crate) maps: Vec<PodMapUse>,
-    /// The steering counters of every pod, summed (those of removed pods included).
-    pub(crate) steering: SteerStats,
 }
 
 /// The agent's metrics: counters kept as things happen, and the pods to read at scrape time.
@@ -316,6 +286,7 @@ fn gauge_value(n: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{pods::PodMapUse, steer::SteerStats};
 
     fn parse(text: &str) -> prometheus_parse::Scrape {
         prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))

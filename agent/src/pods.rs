@@ -34,7 +34,6 @@ use crate::{
     config::WhenGone,
     fast_path::{self, FastPathError, FastPathMaps},
     identify::Caller,
-    metrics::{Observed, PodMapUse},
     programs::{Hook, Programs, ProgramsError, remove_if_exists},
     steer::{self, SteerError, SteerStats},
 };
@@ -588,6 +587,33 @@ impl Registry {
     fn link_pin(&self, id: u64, hook: Hook) -> PathBuf {
         self.dir.join(id.to_string()).join(hook.name())
     }
+}
+
+/// One pod's map, read at scrape time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PodMapUse {
+    /// The `pod` label: the pod cgroup's path below the cgroup2 mount.
+    pub(crate) pod: String,
+    /// Entries in the pod's restore map (live restored connections).
+    pub(crate) entries: u64,
+    /// The map's capacity.
+    pub(crate) capacity: u64,
+}
+
+/// What a scrape reads from the pods and the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Observed {
+    /// Whether the agent reports ready.
+    pub(crate) ready: bool,
+    /// Programs loaded, by name: each configured cgroup hook once, `sk_lookup` once per
+    /// steering pod.
+    pub(crate) programs: Vec<(&'static str, u64)>,
+    /// How many pods are served.
+    pub(crate) pods_served: u64,
+    /// The maps of the pods that could be read.
+    pub(crate) maps: Vec<PodMapUse>,
+    /// The steering counters of every pod, summed (those of removed pods included).
+    pub(crate) steering: SteerStats,
 }
 
 /// Reads what `view` points at: the pods' maps (counting their keys, at most their capacity, so
