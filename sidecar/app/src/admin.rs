@@ -29,7 +29,8 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 use trueip_telemetry::Chain;
 
-use crate::{config::AdminConfig, metrics::SidecarMetrics};
+use crate::metrics::SidecarMetrics;
+use trueip_sidecar_config::{AdminConfig, Mode};
 
 /// What Prometheus is told the body is (prometheus-client writes OpenMetrics text).
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -153,4 +154,22 @@ async fn respond(
         .body(Full::new(Bytes::from(body)))
         .expect("static status and header are valid");
     Ok(response)
+}
+
+/// One `/readyz` line: `<name>: <protocol> <mode>[ (fallback for <configured>)][, steered]`.
+pub(crate) fn describe(
+    name: &str,
+    protocol: &str,
+    configured: Mode,
+    in_use: Mode,
+    steer: bool,
+) -> String {
+    let mut line = format!("{name}: {protocol} {}", in_use.label());
+    if in_use != configured {
+        line.push_str(&format!(" (fallback for {})", configured.label()));
+    }
+    if steer {
+        line.push_str(", steered");
+    }
+    line
 }

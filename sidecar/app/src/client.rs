@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::canonical;
+use trueip_sidecar_config::canonical;
 
 /// Why a header's client address cannot be a relayed client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

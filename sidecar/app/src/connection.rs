@@ -1,41 +1,107 @@
-//! One connection from accept to close: detect the header, connect to the app in the
-//! listener's restore mode, forward, and account for every outcome in a log line and a metric.
+//! One connection from accept to close, in four steps: detect the header, restore (connect to
+//! the app in the listener's restore mode), relay, and record every outcome in a log line, a
+//! metric and the connection's span. An `http` listener hands the connection to
+//! [`crate::http`] after the first step instead.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Instant};
 
 use tokio::{net::TcpStream, sync::watch};
 use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 
+use trueip_sidecar_config::{ListenerConfig, Mode, canonical};
 use trueip_telemetry::Chain;
 
 use crate::{
-    config::canonical,
     detect::{self, Detection},
-    listen::Shared,
-    metrics::RestoreOutcome,
-    restore::{self, ConnAddrs},
+    endpoints::{ConnAddrs, Endpoints},
+    forward::{self, Transfer},
+    http::{Http, TlsError},
+    metrics::{ListenerMetrics, RestoreOutcome},
+    restore::{self, EbpfError, Restorer, Upstream},
 };
+
+/// What serves a listener's connections once the header is read: a relay to the app in a
+/// restore mode, or the http mode's proxy, which reads requests.
+#[derive(Debug)]
+pub(crate) enum Handler {
+    /// The stream is relayed; the restorer opens the app connection.
+    Relay(Restorer),
+    /// Requests are proxied one by one (boxed: TLS state).
+    Http(Box<Http>),
+}
+
+/// Why a listener's handler could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SetupError {
+    /// `ebpf` without the agent and without a fallback.
+    #[error(transparent)]
+    Ebpf(EbpfError),
+    /// `http` with a TLS certificate that does not load (boxed: paths and rustls' error).
+    #[error(transparent)]
+    Tls(Box<TlsError>),
+}
+
+impl Handler {
+    /// Prepares the mode of `config`; when `ebpf` cannot get the pod's map from the agent at
+    /// `agent_socket`, the configured fallback mode (which may be `http`) serves instead.
+    pub(crate) fn new(config: &ListenerConfig, agent_socket: &Path) -> Result<Self, SetupError> {
+        if config.mode == Mode::Http {
+            let http = Http::new(config).map_err(|e| SetupError::Tls(Box::new(e)))?;
+            return Ok(Self::Http(Box::new(http)));
+        }
+        match Restorer::new(config, agent_socket) {
+            Ok(restorer) => Ok(Self::Relay(restorer)),
+            Err(e) => {
+                let fallback = restore::fallback(config, e).map_err(SetupError::Ebpf)?;
+                Self::new(&fallback, agent_socket)
+            }
+        }
+    }
+
+    /// The mode actually in use (after any fallback), for logs.
+    pub(crate) fn mode(&self) -> Mode {
+        match self {
+            Self::Relay(restorer) => restorer.mode(),
+            Self::Http(_) => Mode::Http,
+        }
+    }
+}
+
+/// What every connection of a listener shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) config: ListenerConfig,
+    pub(crate) handler: Handler,
+    pub(crate) metrics: Arc<ListenerMetrics>,
+}
 
 /// Serves one accepted connection; never fails: everything that goes wrong is logged and
 /// counted, and the connection is closed. `shutdown` turns true when the sidecar stops: a relayed
 /// stream runs on until either side closes it (or the drain deadline), while an HTTP connection
 /// is closed as soon as its requests in flight are answered.
 pub(crate) async fn serve(
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let listener = shared.name.as_str();
-    // One span per connection with OpenTelemetry semantic-convention attributes; the ones only
-    // known later are recorded as the connection progresses.
-    let span = info_span!(
+    let span = span(&shared, peer);
+    handle(client, peer, shared, shutdown)
+        .instrument(span)
+        .await;
+}
+
+/// One span per connection with OpenTelemetry semantic-convention attributes; the ones only
+/// known later are recorded as the connection progresses.
+fn span(shared: &Shared, peer: SocketAddr) -> Span {
+    info_span!(
         "conn",
         otel.name = "trueip.connection",
         otel.kind = "server",
         otel.status_code = Empty,
         otel.status_description = Empty,
-        %listener,
+        listener = %shared.name,
         %peer,
         network.peer.address = %canonical(peer.ip()),
         network.peer.port = peer.port(),
@@ -53,48 +119,41 @@ pub(crate) async fn serve(
         trueip.tlv.gcp_psc_connection_id = Empty,
         trueip.tlv.ssl_version = Empty,
         trueip.tlv.ssl_cn = Empty,
-        trueip.restore.mode = shared.restorer.mode().label(),
+        trueip.restore.mode = shared.handler.mode().label(),
         trueip.restore.outcome = Empty,
         tls.client.server_name = Empty,
         tls.protocol.version = Empty,
         trueip.http.requests = Empty,
         trueip.bytes.to_app = Empty,
         trueip.bytes.to_client = Empty,
-    );
-    async move {
-        let started = Instant::now();
-        let metrics = &shared.metrics;
-        metrics.accepted();
-        let _closed = OnDrop(|| metrics.closed());
-        let local = match client.local_addr() {
-            Ok(local) => local,
-            Err(e) => {
-                warn!(reason = "read_error", error = %Chain(&e), "connection rejected");
-                metrics.rejected("read_error");
-                return;
-            }
-        };
-        let detection = match detect::detect(&mut client, peer, &shared.config).await {
-            Ok(d) => {
-                metrics.header_decided(started.elapsed());
-                d
-            }
-            Err(rejection) => {
-                let reason = rejection.reason();
-                failed(reason);
-                if matches!(rejection, detect::Rejection::Empty) {
-                    // Connect-and-close is how TCP health checks probe a port: not worth a warning.
-                    debug!(reason, "connection closed before any byte");
-                } else {
-                    warn!(reason, error = %rejection, "connection rejected");
-                }
-                metrics.rejected(reason);
-                return;
-            }
-        };
-        let conn = ConnAddrs { peer, local };
-        if let restore::Restorer::Http(http) = &shared.restorer {
-            let endpoints = restore::Endpoints::of(&detection, conn);
+    )
+}
+
+/// The connection's steps, inside its span.
+async fn handle(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let started = Instant::now();
+    let metrics = &shared.metrics;
+    metrics.accepted();
+    let _closed = OnDrop(|| metrics.closed());
+    let local = match client.local_addr() {
+        Ok(local) => local,
+        Err(e) => {
+            reject("read_error", &Chain(&e), metrics);
+            return;
+        }
+    };
+    let Some(detection) = detect_header(&mut client, peer, &shared, started).await else {
+        return;
+    };
+    let conn = ConnAddrs { peer, local };
+    let endpoints = Endpoints::of(&detection, conn);
+    match &shared.handler {
+        Handler::Http(http) => {
             let outcome = if endpoints.from_header {
                 RestoreOutcome::Restored
             } else {
@@ -104,113 +163,180 @@ pub(crate) async fn serve(
             record_connection(&detection, endpoints, outcome);
             // Boxed: an HTTP connection's state is 8 KiB, which would otherwise be the size of
             // every connection's task, idle relayed streams included.
-            Box::pin(http.serve(client, detection, endpoints, Arc::clone(metrics), shutdown))
-                .await;
-            return;
+            Box::pin(http.serve(client, detection, endpoints, Arc::clone(metrics), shutdown)).await;
         }
-        let upstream = match shared
-            .restorer
-            .connect(shared.config.upstream, &detection, conn, &client)
-            .await
-        {
-            Ok(u) => u,
-            Err(e) => {
-                let reason = e.reason();
-                failed(reason);
-                warn!(reason, error = %Chain(&e), "connection rejected");
-                metrics.rejected(reason);
-                if matches!(e, restore::ConnectError::Connect { .. }) {
-                    metrics.upstream_error();
-                }
+        Handler::Relay(restorer) => {
+            let Some(upstream) = restore_client(restorer, &shared, &detection, conn, &client).await
+            else {
                 return;
-            }
-        };
-        metrics.restore(upstream.outcome);
-        if let Some(fast) = upstream.fast_outcome {
-            metrics.fast_path(fast);
-        }
-        let endpoints = restore::Endpoints::of(&detection, conn);
-        record_connection(&detection, endpoints, upstream.outcome);
-        let client_addr = endpoints.client;
-        match &detection {
-            Detection::Header { header, len, .. } => debug!(
-                client = %client_addr, version = ?header.version, command = restore::command(header),
-                header_len = len, tlvs = header.tlvs.len(), outcome = upstream.outcome.label(),
-                "header accepted"
-            ),
-            Detection::NoHeader { cause, .. } => debug!(?cause, "serving without a header"),
-            Detection::Passthrough { .. } => {
-                warn!("PROXY header from an untrusted source passed through unhonoured");
-            }
-        }
-        let rest = match &detection {
-            Detection::Header { rest, .. }
-            | Detection::NoHeader { rest, .. }
-            | Detection::Passthrough { rest } => rest.as_slice(),
-        };
-        let mut app = upstream.stream;
-        let result = crate::forward::forward(
-            &client,
-            &mut app,
-            &upstream.preamble,
-            rest,
-            shared
-                .config
-                .pipe_size
-                .map_or(crate::forward::DEFAULT_PIPE_SIZE, usize::from),
-            upstream.fast.is_some(),
-            metrics,
-        )
-        .await;
-        // The entries go while the sidecar's socket still holds its port: once the socket
-        // closes, the port may serve a new connection, whose entries must not be touched. The
-        // bytes the kernel redirected count like the ones the sidecar moved.
-        let fast_path = upstream.fast.is_some();
-        let redirected = upstream.fast.map_or(0, restore::FastWire::finish);
-        metrics.to_client(redirected);
-        let result = result
-            .map(|mut t| {
-                t.to_client += redirected;
-                t
-            })
-            .map_err(|mut e| {
-                e.to_client += redirected;
-                e
-            });
-        drop(upstream.entry);
-        drop(app);
-        drop(client);
-        match result {
-            Ok(t) => {
-                Span::current().record("trueip.bytes.to_app", t.to_app);
-                Span::current().record("trueip.bytes.to_client", t.to_client);
-                if fast_path {
-                    debug!(
-                        to_app = t.to_app, to_client = t.to_client, fast_path_bytes = redirected,
-                        duration_ms = started.elapsed().as_millis() as u64, "connection closed"
-                    );
-                } else {
-                    debug!(
-                        to_app = t.to_app, to_client = t.to_client,
-                        duration_ms = started.elapsed().as_millis() as u64, "connection closed"
-                    );
-                }
-            }
-            Err(e) => {
-                failed("forward_error");
-                Span::current().record("trueip.bytes.to_app", e.to_app);
-                Span::current().record("trueip.bytes.to_client", e.to_client);
-                metrics.upstream_error();
-                if fast_path {
-                    warn!(error = %Chain(&e), fast_path_bytes = redirected, "connection broken");
-                } else {
-                    warn!(error = %Chain(&e), "connection broken");
-                }
-            }
+            };
+            record_connection(&detection, endpoints, upstream.outcome);
+            log_header(&detection, endpoints, upstream.outcome);
+            relay(client, upstream, &detection, &shared, started).await;
         }
     }
-    .instrument(span)
+}
+
+/// Step one: reads and judges the PROXY header; `None` when the connection was rejected (and
+/// counted).
+async fn detect_header(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    started: Instant,
+) -> Option<Detection> {
+    match detect::detect(client, peer, &shared.config).await {
+        Ok(detection) => {
+            shared.metrics.header_decided(started.elapsed());
+            Some(detection)
+        }
+        Err(rejection) => {
+            let reason = rejection.reason();
+            if matches!(rejection, detect::Rejection::Empty) {
+                failed(reason);
+                // Connect-and-close is how TCP health checks probe a port: not worth a warning.
+                debug!(reason, "connection closed before any byte");
+                shared.metrics.rejected(reason);
+            } else {
+                reject(reason, &rejection, &shared.metrics);
+            }
+            None
+        }
+    }
+}
+
+/// Step two: connects to the app in the listener's restore mode; `None` when the app could
+/// not be reached or the mode refused the connection (logged and counted).
+async fn restore_client(
+    restorer: &Restorer,
+    shared: &Shared,
+    detection: &Detection,
+    conn: ConnAddrs,
+    client: &TcpStream,
+) -> Option<Upstream> {
+    match restorer
+        .connect(shared.config.upstream, detection, conn, client)
+        .await
+    {
+        Ok(upstream) => {
+            shared.metrics.restore(upstream.outcome);
+            if let Some(fast) = upstream.fast_outcome {
+                shared.metrics.fast_path(fast);
+            }
+            Some(upstream)
+        }
+        Err(e) => {
+            reject(e.reason(), &Chain(&e), &shared.metrics);
+            if matches!(e, restore::ConnectError::Connect { .. }) {
+                shared.metrics.upstream_error();
+            }
+            None
+        }
+    }
+}
+
+/// Logs, at debug level, what the header said (a warning for an untrusted one passed through).
+fn log_header(detection: &Detection, endpoints: Endpoints, outcome: RestoreOutcome) {
+    match detection {
+        Detection::Header { header, len, .. } => debug!(
+            client = %endpoints.client, version = ?header.version,
+            command = detect::command(header), header_len = len, tlvs = header.tlvs.len(),
+            outcome = outcome.label(), "header accepted"
+        ),
+        Detection::NoHeader { cause, .. } => debug!(?cause, "serving without a header"),
+        Detection::Passthrough { .. } => {
+            warn!("PROXY header from an untrusted source passed through unhonoured");
+        }
+    }
+}
+
+/// Steps three and four: relays the bytes both ways until either side closes, then records
+/// what moved (the kernel fast path's bytes included).
+async fn relay(
+    client: TcpStream,
+    upstream: Upstream,
+    detection: &Detection,
+    shared: &Shared,
+    started: Instant,
+) {
+    let metrics = &shared.metrics;
+    let rest = match detection {
+        Detection::Header { rest, .. }
+        | Detection::NoHeader { rest, .. }
+        | Detection::Passthrough { rest } => rest.as_slice(),
+    };
+    let Upstream {
+        stream: mut app,
+        preamble,
+        entry,
+        fast,
+        ..
+    } = upstream;
+    let pipe_size = shared
+        .config
+        .pipe_size
+        .map_or(forward::DEFAULT_PIPE_SIZE, usize::from);
+    let result = forward::forward(
+        &client,
+        &mut app,
+        &preamble,
+        rest,
+        pipe_size,
+        fast.is_some(),
+        metrics,
+    )
     .await;
+    // The entries go while the sidecar's socket still holds its port: once the socket
+    // closes, the port may serve a new connection, whose entries must not be touched. The
+    // bytes the kernel redirected count like the ones the sidecar moved.
+    let fast_path = fast.is_some();
+    let redirected = fast.map_or(0, restore::FastWire::finish);
+    metrics.to_client(redirected);
+    drop(entry);
+    drop(app);
+    drop(client);
+    let (transfer, error) = match result {
+        Ok(t) => (
+            Transfer {
+                to_client: t.to_client + redirected,
+                ..t
+            },
+            None,
+        ),
+        Err(mut e) => {
+            e.to_client += redirected;
+            let t = Transfer {
+                to_app: e.to_app,
+                to_client: e.to_client,
+            };
+            (t, Some(e))
+        }
+    };
+    let span = Span::current();
+    span.record("trueip.bytes.to_app", transfer.to_app);
+    span.record("trueip.bytes.to_client", transfer.to_client);
+    let fast_path_bytes = fast_path.then_some(redirected);
+    match error {
+        None => debug!(
+            to_app = transfer.to_app,
+            to_client = transfer.to_client,
+            fast_path_bytes,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "connection closed"
+        ),
+        Some(e) => {
+            failed("forward_error");
+            metrics.upstream_error();
+            warn!(error = %Chain(&e), fast_path_bytes, "connection broken");
+        }
+    }
+}
+
+/// A connection closed for `reason`: the span's status, a warning and the rejection counter.
+fn reject(reason: &'static str, error: &dyn std::fmt::Display, metrics: &ListenerMetrics) {
+    failed(reason);
+    warn!(reason, error = %error, "connection rejected");
+    metrics.rejected(reason);
 }
 
 /// Marks the connection's span as failed, with the reason as its status message.
@@ -221,11 +347,7 @@ fn failed(reason: &'static str) {
 }
 
 /// Records on the connection's span who the client is and what the header said.
-fn record_connection(
-    detection: &Detection,
-    endpoints: restore::Endpoints,
-    outcome: RestoreOutcome,
-) {
+fn record_connection(detection: &Detection, endpoints: Endpoints, outcome: RestoreOutcome) {
     let span = Span::current();
     // Canonical, as in the HTTP headers: an IPv4-mapped `::ffff:a.b.c.d` is `a.b.c.d`.
     span.record(
@@ -249,7 +371,7 @@ fn record_connection(
             trueip_proxy_header::Version::V2 => 2,
         },
     );
-    span.record("trueip.proxy.command", restore::command(header));
+    span.record("trueip.proxy.command", detect::command(header));
     let tlvs = &header.tlvs;
     if let Some(v) = tlvs.authority() {
         span.record("trueip.tlv.authority", v);

@@ -15,10 +15,8 @@ use trueip_proxy_header::{
     self as header, Command, DecodeError, Detect, Header, Limits, Transport,
 };
 
-use crate::{
-    client::{self, ImplausibleClient},
-    config::{HeaderPolicy, ListenerConfig, UntrustedPolicy},
-};
+use crate::client::{self, ImplausibleClient};
+use trueip_sidecar_config::{HeaderPolicy, ListenerConfig, UntrustedPolicy};
 
 /// How much is read from the socket at a time while looking for the header.
 const READ_CHUNK: usize = 2048;
@@ -206,4 +204,12 @@ fn judge(header: &Header, config: &ListenerConfig) -> Result<(), Rejection> {
         client::check(client.ip(), config.allow_loopback_clients)?;
     }
     Ok(())
+}
+
+/// The header's command, for logs: `LOCAL` connections are health checks.
+pub fn command(header: &Header) -> &'static str {
+    match header.command {
+        Command::Local => "local",
+        Command::Proxy => "proxy",
+    }
 }

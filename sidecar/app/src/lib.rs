@@ -2,9 +2,14 @@
 //! the PROXY header, and hands the plain stream to the app on loopback while the app learns the
 //! real client address by the listener's restore mode.
 //!
-//! The modules follow the data path: [`listen`] → [`detect`] (which judges the header's
-//! [`client`]) → [`restore`] → [`forward`], with the per-connection glue in `connection` and the
-//! [`config`] that drives them.
+//! The modules follow the data path and depend downward only: [`listen`] accepts and hands each
+//! connection to `connection`, which runs its steps: [`detect`] (which judges the header's
+//! [`client`]) → [`endpoints`] (who the app is told it talks to) → [`restore`] (the app
+//! connection in the listener's mode) → [`forward`]; an `http` listener's connections go to
+//! the http proxy (`http`) after detection instead. [`udp`] is the datagram path beside it, using
+//! the same restore core for its `ebpf` fallback and map. [`metrics`] (TCP and UDP counters),
+//! [`routing`] (`transparent`'s policy routing) and [`steer`] sit below them all, and the
+//! [`config`] schema is its own crate.
 
 #![forbid(unsafe_code)]
 
@@ -14,11 +19,14 @@ pub mod client;
 pub use trueip_sidecar_config as config;
 mod connection;
 pub mod detect;
+pub mod endpoints;
 pub mod forward;
+mod http;
 pub mod listen;
 pub mod metrics;
 pub mod restore;
 pub mod routing;
+mod shutdown;
 pub mod steer;
 pub mod udp;
 

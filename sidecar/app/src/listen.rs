@@ -12,12 +12,15 @@ use tracing::{info, warn};
 use trueip_telemetry::Chain;
 
 use crate::{
-    config::{ListenerConfig, Mode},
-    connection,
+    admin,
+    connection::{self, Handler, SetupError, Shared},
+    http::TlsError,
     metrics::{ListenerMetrics, SidecarMetrics},
-    restore::{Restorer, SetupError},
+    restore::EbpfError,
+    shutdown::stopped,
     steer::{self, SteerError},
 };
+use trueip_sidecar_config::ListenerConfig;
 
 /// The kernel's accept queue; connections over `max_connections` wait here.
 const BACKLOG: i32 = 4096;
@@ -59,34 +62,24 @@ pub enum ListenError {
     /// The `transparent` mode's policy routing could not be set up.
     #[error(transparent)]
     Routing(crate::routing::RoutingError),
-    /// The `ebpf` mode of a UDP listener could not be set up and no fallback is configured.
+    /// `ebpf` without the agent and without a fallback (TCP and UDP listeners alike).
     #[error("listener {listener}")]
-    Udp {
+    Ebpf {
         /// The listener's name.
         listener: String,
         /// Why.
         #[source]
-        source: crate::udp::UdpEbpfError,
+        source: EbpfError,
     },
-    /// The restore mode could not be set up: `ebpf` without the agent and without a fallback,
     /// `http` with a TLS certificate that does not load.
     #[error("listener {listener}")]
-    Restore {
+    Tls {
         /// The listener's name.
         listener: String,
-        /// Why.
+        /// Why (boxed: paths and rustls' error).
         #[source]
-        source: SetupError,
+        source: Box<TlsError>,
     },
-}
-
-/// What every connection of a listener shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) name: String,
-    pub(crate) config: ListenerConfig,
-    pub(crate) restorer: Restorer,
-    pub(crate) metrics: Arc<ListenerMetrics>,
 }
 
 /// A bound listener, ready to serve.
@@ -106,11 +99,16 @@ impl Listener {
         metrics: &SidecarMetrics,
     ) -> Result<Self, ListenError> {
         let name = config.name();
-        let restorer =
-            Restorer::new(&config, agent_socket).map_err(|source| ListenError::Restore {
+        let handler = Handler::new(&config, agent_socket).map_err(|e| match e {
+            SetupError::Ebpf(source) => ListenError::Ebpf {
                 listener: name.clone(),
                 source,
-            })?;
+            },
+            SetupError::Tls(source) => ListenError::Tls {
+                listener: name.clone(),
+                source,
+            },
+        })?;
         let socket = bind(config.listen).map_err(|source| ListenError::Bind {
             listener: name.clone(),
             addr: config.listen,
@@ -127,7 +125,7 @@ impl Listener {
         info!(
             listener = %name, listen = %socket.local_addr().map_err(|source| ListenError::Bind {
                 listener: name.clone(), addr: config.listen, source })?,
-            upstream = %config.upstream, mode = ?restorer.mode(), header = ?config.header,
+            upstream = %config.upstream, mode = ?handler.mode(), header = ?config.header,
             steer = config.steer, "listening"
         );
         let limit = Arc::new(Semaphore::new(config.max_connections.get()));
@@ -136,7 +134,7 @@ impl Listener {
                 metrics: Arc::new(metrics.listener(&name)),
                 name,
                 config,
-                restorer,
+                handler,
             }),
             socket,
             limit,
@@ -162,11 +160,11 @@ impl Listener {
     /// fallback replaced it.
     pub(crate) fn readiness(&self) -> String {
         let config = &self.shared.config;
-        describe(
+        admin::describe(
             &self.shared.name,
             "tcp",
             config.mode,
-            self.shared.restorer.mode(),
+            self.shared.handler.mode(),
             config.steer,
         )
     }
@@ -234,31 +232,8 @@ impl Listener {
     }
 }
 
-/// Completes once shutdown is requested (or the sender is gone).
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
 /// A listening socket: SO_REUSEADDR so a restart does not wait for TIME_WAIT, dual-stack on
 /// `[::]` so IPv4 load balancers reach it too.
-/// One `/readyz` line: `<name>: <protocol> <mode>[ (fallback for <configured>)][, steered]`.
-pub(crate) fn describe(
-    name: &str,
-    protocol: &str,
-    configured: Mode,
-    in_use: Mode,
-    steer: bool,
-) -> String {
-    let mut line = format!("{name}: {protocol} {}", in_use.label());
-    if in_use != configured {
-        line.push_str(&format!(" (fallback for {})", configured.label()));
-    }
-    if steer {
-        line.push_str(", steered");
-    }
-    line
-}
-
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;

@@ -39,7 +39,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use trueip_telemetry::Chain;
 
-use crate::config::TransparentConfig;
+use trueip_sidecar_config::TransparentConfig;
 
 /// `CAP_NET_ADMIN`'s bit in the capability sets (linux/capability.h).
 const CAP_NET_ADMIN: u32 = 12;

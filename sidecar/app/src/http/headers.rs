@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use trueip_proxy_header::{Header, Ssl};
 
-use crate::config::{ClientHeaders, HttpConfig, PROXY_HEADERS, canonical};
+use trueip_sidecar_config::{ClientHeaders, HttpConfig, PROXY_HEADERS, canonical};
 
 /// What every request of one downstream connection is told about its client: the client is a
 /// property of the connection, so this is computed once, after the PROXY header.
@@ -284,7 +284,7 @@ mod tests {
     use trueip_proxy_header::{Addresses, Command, Tlvs, Transport, Version, kind};
 
     use super::*;
-    use crate::config::HeaderSlot;
+    use trueip_sidecar_config::HeaderSlot;
 
     fn header(client: &str, tlvs: Tlvs) -> Header {
         let client: std::net::SocketAddr = client.parse().unwrap();

@@ -28,23 +28,19 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tracing::{Span, debug, warn};
 
-pub use self::tls::TlsError;
+pub(crate) use self::tls::TlsError;
 use self::{
     headers::ClientFacts,
     io::{FirstBytes, Prefixed},
     proxy::{AppPool, ClientSlots, ConnCtx, Progress},
 };
-use super::Endpoints;
 use trueip_telemetry::Chain;
 
-use crate::{
-    config::{HttpConfig, HttpLimits, ListenerConfig},
-    detect::Detection,
-    metrics::ListenerMetrics,
-};
+use crate::{detect::Detection, endpoints::Endpoints, metrics::ListenerMetrics};
+use trueip_sidecar_config::{HttpConfig, HttpLimits, ListenerConfig};
 
 /// A listener's `http` mode, ready to serve connections.
-pub struct Http {
+pub(crate) struct Http {
     config: Arc<HttpConfig>,
     tls: Option<TlsAcceptor>,
     /// `max_requests_in_flight`, shared by the listener's connections.
@@ -67,7 +63,7 @@ impl std::fmt::Debug for Http {
 
 impl Http {
     /// Prepares the mode; with `http.tls`, loads the certificate (and starts watching its files).
-    pub(super) fn new(config: &ListenerConfig) -> Result<Self, TlsError> {
+    pub(crate) fn new(config: &ListenerConfig) -> Result<Self, TlsError> {
         let tls = config
             .http
             .tls
@@ -203,7 +199,7 @@ impl Http {
         tokio::pin!(conn);
         let result = tokio::select! {
             result = conn.as_mut() => result,
-            () = crate::listen::stopped(&mut shutdown) => {
+            () = crate::shutdown::stopped(&mut shutdown) => {
                 debug!("shutting down: closing the HTTP connection once its requests are answered");
                 conn.as_mut().graceful_shutdown();
                 conn.await

@@ -41,7 +41,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use super::headers::{self, ClientFacts};
 use trueip_telemetry::Chain;
 
-use crate::{config::HttpConfig, metrics::ListenerMetrics};
+use crate::metrics::ListenerMetrics;
+use trueip_sidecar_config::HttpConfig;
 
 /// The body of every response the sidecar sends: the app's, streamed, or its own short text.
 pub(super) type Body = UnsyncBoxBody<Bytes, hyper::Error>;

@@ -5,12 +5,12 @@
 use std::{error::Error, sync::Arc};
 
 use tokio_rustls::TlsAcceptor;
-pub use trueip_tls_reload::TlsError;
+pub(crate) use trueip_tls_reload::TlsError;
 use trueip_tls_reload::{Reload, ReloadingCert, watch};
 
 use trueip_telemetry::Chain;
 
-use crate::config::TlsConfig;
+use trueip_sidecar_config::TlsConfig;
 
 /// Loads the pair in `config` and returns an acceptor that presents it; a task polls the files
 /// every `reload_interval` for as long as the acceptor lives. Must run inside the runtime.

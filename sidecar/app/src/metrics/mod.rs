@@ -2,6 +2,9 @@
 //! the `/metrics` endpoint and the tests read the same numbers. Handles for the data path are
 //! resolved once per listener; a connection only touches atomics.
 
+mod outcome;
+pub mod udp;
+
 use std::{
     collections::BTreeSet,
     sync::{Mutex, PoisonError},
@@ -18,88 +21,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-/// What happened to the client address of a served connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum RestoreOutcome {
-    /// The app learns the client from the header (re-emitted header, eBPF entry, or a
-    /// connection from the client's own address).
-    Restored,
-    /// The header carried no client (LOCAL, UNSPEC) or there was none: real addresses used.
-    NoClient,
-    /// The header came from an untrusted source and was passed through unhonoured.
-    Passthrough,
-    /// The pod's map was full; the connection was delivered without restoration.
-    MapFull,
-    /// Restoring failed (the eBPF entry could not be written; `transparent`: no socket could
-    /// be bound to the client's address, or its address family differs from the app's): the
-    /// connection was delivered without restoration.
-    Failed,
-    /// `transparent`: the client's port was taken, so the app sees the client's address with
-    /// a port the kernel chose.
-    PortChanged,
-}
-
-impl RestoreOutcome {
-    /// Every outcome, for exporting zeros too.
-    pub const ALL: [Self; 6] = [
-        Self::Restored,
-        Self::NoClient,
-        Self::Passthrough,
-        Self::MapFull,
-        Self::Failed,
-        Self::PortChanged,
-    ];
-
-    /// A stable label for logs and metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Restored => "restored",
-            Self::NoClient => "no_client",
-            Self::Passthrough => "passthrough",
-            Self::MapFull => "map_full",
-            Self::Failed => "failed",
-            Self::PortChanged => "port_changed",
-        }
-    }
-}
-
-/// What the kernel fast path did for a connection of an `ebpf` listener with `fast_path: sk-msg`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum FastPathOutcome {
-    /// Wired: the app's bytes to the load balancer are redirected by the kernel.
-    Wired,
-    /// The agent did not set the fast path up at start: the sidecar relays them.
-    Unavailable,
-    /// The fast-path maps were full: the sidecar relays them.
-    Full,
-    /// The load balancer had already half-closed (or closed) its connection when it was to be
-    /// wired (the kernel only takes established sockets): the sidecar relays them.
-    Skipped,
-    /// Wiring failed otherwise: the sidecar relays them.
-    Failed,
-}
-
-impl FastPathOutcome {
-    /// Every outcome, for exporting zeros too.
-    pub const ALL: [Self; 5] = [
-        Self::Wired,
-        Self::Unavailable,
-        Self::Full,
-        Self::Skipped,
-        Self::Failed,
-    ];
-
-    /// A stable label for logs and metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Wired => "wired",
-            Self::Unavailable => "unavailable",
-            Self::Full => "full",
-            Self::Skipped => "skipped",
-            Self::Failed => "failed",
-        }
-    }
-}
+pub use self::outcome::{FastPathOutcome, RestoreOutcome};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -125,7 +47,7 @@ pub struct SidecarMetrics {
     bytes: Family<Labels, Counter>,
     upstream_errors: Family<Labels, Counter>,
     header_duration: Family<Labels, Histogram, HeaderBuckets>,
-    udp: crate::udp::metrics::UdpFamilies,
+    udp: udp::UdpFamilies,
     http_requests: Family<Labels, Counter>,
     http_headers_removed: Family<Labels, Counter>,
     http_limits: Family<Labels, Counter>,
@@ -145,7 +67,7 @@ impl Default for SidecarMetrics {
             bytes: Family::default(),
             upstream_errors: Family::default(),
             header_duration: Family::new_with_constructor(HeaderBuckets),
-            udp: crate::udp::metrics::UdpFamilies::default(),
+            udp: udp::UdpFamilies::default(),
             http_requests: Family::default(),
             http_headers_removed: Family::default(),
             http_limits: Family::default(),
@@ -253,7 +175,7 @@ impl SidecarMetrics {
     }
 
     /// The handles of one UDP listener.
-    pub fn udp_listener(&self, name: &str) -> crate::udp::UdpMetrics {
+    pub fn udp_listener(&self, name: &str) -> udp::UdpMetrics {
         self.udp.listener(name)
     }
 

@@ -12,7 +12,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::metrics::RestoreOutcome;
+use super::outcome::RestoreOutcome;
 
 type Labels = Vec<(&'static str, String)>;
 

@@ -10,13 +10,17 @@ use trueip_agent_client::{
     ClientError, FastPath, InsertError, LoopbackConn, PodMap, Restored, WireError,
 };
 
-use super::{ConnectError, Endpoints, Upstream, ports::PortCycle};
+use super::{
+    ports::PortCycle,
+    upstream::{ConnectError, Entry, FastWire, Upstream},
+};
 use trueip_telemetry::Chain;
 
 use crate::{
-    config::{FastPathMode, MapFullPolicy},
+    endpoints::Endpoints,
     metrics::{FastPathOutcome, RestoreOutcome},
 };
+use trueip_sidecar_config::{FastPathMode, MapFullPolicy};
 
 /// How many loopback ports one connection tries before it is refused: each try costs a socket
 /// and a bind, and only a range nearly full of live connections needs more than a few.
@@ -41,53 +45,6 @@ pub struct Ebpf {
     /// The kernel fast path: `Some(Some(..))` when configured and set up by the agent,
     /// `Some(None)` when configured but unavailable, `None` when off.
     fast: Option<Option<Arc<FastPath>>>,
-}
-
-/// A connection wired into the kernel fast path; dropping it (or [`FastWire::finish`])
-/// unwires it. Finish or drop it before the loopback socket closes, like [`Entry`].
-#[derive(Debug)]
-pub struct FastWire {
-    fast: Arc<FastPath>,
-    conn: LoopbackConn,
-    done: bool,
-}
-
-impl FastWire {
-    /// Unwires the connection and returns the bytes the kernel sent to the load balancer.
-    pub fn finish(mut self) -> u64 {
-        self.done = true;
-        self.unwire()
-    }
-
-    fn unwire(&self) -> u64 {
-        self.fast.unwire(&self.conn).unwrap_or_else(|e| {
-            tracing::warn!(error = %Chain(&e), conn = ?self.conn, "could not unwire the fast path");
-            0
-        })
-    }
-}
-
-impl Drop for FastWire {
-    fn drop(&mut self) {
-        if !self.done {
-            self.unwire();
-        }
-    }
-}
-
-/// A live entry in the pod's map; dropping it removes the entry.
-#[derive(Debug)]
-pub struct Entry {
-    map: Arc<PodMap>,
-    conn: LoopbackConn,
-}
-
-impl Drop for Entry {
-    fn drop(&mut self) {
-        if let Err(e) = self.map.remove(&self.conn) {
-            tracing::warn!(error = %Chain(&e), conn = ?self.conn, "could not remove the eBPF entry");
-        }
-    }
 }
 
 /// Removes what a killed predecessor left in the pod's map (see [`PodMap::clear`]). Runs while

@@ -3,13 +3,10 @@
 
 use trueip_proxy_header::{Addresses, Command, Header, Tlvs, Transport, Version};
 
-use super::Endpoints;
 use trueip_telemetry::Chain;
 
-use crate::{
-    config::{ListenerConfig, Mode},
-    detect::Detection,
-};
+use crate::{detect::Detection, endpoints::Endpoints};
+use trueip_sidecar_config::{ListenerConfig, Mode};
 
 /// Builds the header re-emitted to the app.
 #[derive(Debug)]

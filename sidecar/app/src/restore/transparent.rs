@@ -9,13 +9,11 @@ use std::{io, net::SocketAddr, time::Duration};
 use socket2::SockRef;
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::{ConnectError, Endpoints, Upstream};
+use super::upstream::{ConnectError, Upstream};
 use trueip_telemetry::Chain;
 
-use crate::{
-    config::{ListenerConfig, PortInUsePolicy, canonical},
-    metrics::RestoreOutcome,
-};
+use crate::{endpoints::Endpoints, metrics::RestoreOutcome};
+use trueip_sidecar_config::{ListenerConfig, PortInUsePolicy, canonical};
 
 /// A connection to an app on loopback completes at once; one that does not within this is
 /// missing its replies (the policy routing was removed by hand, or another tool replaced it).
@@ -78,14 +76,7 @@ impl Transparent {
             other => (other, RestoreOutcome::Restored),
         };
         match result {
-            Ok(stream) => Ok(Upstream {
-                stream,
-                preamble: Vec::new(),
-                outcome: restored,
-                entry: None,
-                fast: None,
-                fast_outcome: None,
-            }),
+            Ok(stream) => Ok(Upstream::plain(stream, Vec::new(), restored)),
             Err(AttemptError::Connect(source)) => Err(ConnectError::Connect { upstream, source }),
             Err(AttemptError::Bind(e) | AttemptError::PortInUse(e)) => {
                 tracing::warn!(
@@ -103,14 +94,7 @@ async fn plain(upstream: SocketAddr, outcome: RestoreOutcome) -> Result<Upstream
     let stream = TcpStream::connect(upstream)
         .await
         .map_err(|source| ConnectError::Connect { upstream, source })?;
-    Ok(Upstream {
-        stream,
-        preamble: Vec::new(),
-        outcome,
-        entry: None,
-        fast: None,
-        fast_outcome: None,
-    })
+    Ok(Upstream::plain(stream, Vec::new(), outcome))
 }
 
 /// One connection to `upstream` from `from` (port 0: a port the kernel picks on that address).

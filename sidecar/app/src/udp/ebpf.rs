@@ -4,23 +4,13 @@
 
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
-use trueip_agent_client::{ClientError, InsertError, PodMap, UdpFlow};
+use trueip_agent_client::{InsertError, PodMap, UdpFlow};
 
 use super::inbound::Dropped;
 use trueip_telemetry::Chain;
 
-use crate::{config::MapFullPolicy, metrics::RestoreOutcome};
-
-/// The pod's map could not be obtained for a UDP listener.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot obtain this pod's restore map (with UDP hooks) from the agent at {socket}")]
-pub struct UdpEbpfError {
-    /// The agent's socket.
-    pub socket: String,
-    /// Why.
-    #[source]
-    pub source: ClientError,
-}
+use crate::{metrics::RestoreOutcome, restore::EbpfError};
+use trueip_sidecar_config::MapFullPolicy;
 
 /// The eBPF restore mode of one UDP listener.
 #[derive(Debug)]
@@ -45,8 +35,8 @@ impl Drop for FlowEntry {
 }
 
 impl UdpEbpf {
-    pub(super) fn open(socket: &Path, on_full: MapFullPolicy) -> Result<Self, UdpEbpfError> {
-        let map = PodMap::connect_udp(socket).map_err(|source| UdpEbpfError {
+    pub(super) fn open(socket: &Path, on_full: MapFullPolicy) -> Result<Self, EbpfError> {
+        let map = PodMap::connect_udp(socket).map_err(|source| EbpfError {
             socket: socket.display().to_string(),
             source,
         })?;

@@ -10,13 +10,11 @@ use trueip_proxy_header::{
     decode_datagram,
 };
 
-use super::DatagramHeader;
+use trueip_sidecar_config::DatagramHeader;
 use trueip_telemetry::Chain;
 
-use crate::{
-    config::{HeaderPolicy, ListenerConfig, UntrustedPolicy, canonical},
-    metrics::RestoreOutcome,
-};
+use crate::metrics::RestoreOutcome;
+use trueip_sidecar_config::{HeaderPolicy, ListenerConfig, UntrustedPolicy, canonical};
 
 /// A datagram to relay.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,7 +19,6 @@
 mod ebpf;
 mod flows;
 mod inbound;
-pub(crate) mod metrics;
 
 use std::{
     collections::HashMap,
@@ -36,19 +35,20 @@ use tracing::{debug, info, warn};
 use trueip_proxy_header::Limits;
 
 pub use self::{
-    ebpf::UdpEbpfError,
     flows::{Activity, FlowTable},
     inbound::{Dropped, Endpoints, Inbound, app_header, classify, reply_header},
-    metrics::{FlowClosed, UdpMetrics, UdpSnapshot},
 };
-pub use crate::config::{DatagramHeader, Protocol};
-use trueip_telemetry::Chain;
+/// The UDP listeners' counters (kept with the TCP ones in [`crate::metrics`]).
+pub use crate::metrics::udp::{FlowClosed, UdpMetrics, UdpSnapshot};
+pub use trueip_sidecar_config::{DatagramHeader, Protocol};
 
 use crate::{
-    config::{ListenerConfig, Mode},
     listen::ListenError,
     metrics::RestoreOutcome,
+    restore::{self, EbpfError},
+    shutdown::stopped,
 };
+use trueip_sidecar_config::{ListenerConfig, Mode};
 
 /// The largest UDP payload (65 535 minus the 8-byte UDP header; IPv4 allows 20 bytes less).
 const MAX_DATAGRAM: usize = 65_527;
@@ -70,7 +70,7 @@ enum Restore {
 }
 
 impl Restore {
-    fn new(config: &ListenerConfig, agent_socket: &Path) -> Result<Self, UdpEbpfError> {
+    fn new(config: &ListenerConfig, agent_socket: &Path) -> Result<Self, EbpfError> {
         Ok(match config.mode {
             // Refused by `validate`: neither can describe a datagram's client.
             Mode::None | Mode::ProxyV1 | Mode::Transparent | Mode::Http => Self::None,
@@ -86,22 +86,7 @@ impl Restore {
             }
             Mode::Ebpf => match ebpf::UdpEbpf::open(agent_socket, config.on_map_full) {
                 Ok(ebpf) => Self::Ebpf(ebpf),
-                Err(e) => match config.fallback {
-                    Some(mode) => {
-                        tracing::error!(
-                            listener = %config.name(), error = %Chain(&e), fallback = ?mode,
-                            "eBPF restore unavailable for UDP; using the fallback mode"
-                        );
-                        Self::new(
-                            &ListenerConfig {
-                                mode,
-                                ..config.clone()
-                            },
-                            agent_socket,
-                        )?
-                    }
-                    None => return Err(e),
-                },
+                Err(e) => Self::new(&restore::fallback(config, e)?, agent_socket)?,
             },
         })
     }
@@ -202,10 +187,10 @@ impl UdpListener {
     pub fn bind(
         config: ListenerConfig,
         agent_socket: &Path,
-        metrics: &crate::SidecarMetrics,
+        metrics: &crate::metrics::SidecarMetrics,
     ) -> Result<Self, ListenError> {
         let name = config.name();
-        let restore = Restore::new(&config, agent_socket).map_err(|source| ListenError::Udp {
+        let restore = Restore::new(&config, agent_socket).map_err(|source| ListenError::Ebpf {
             listener: name.clone(),
             source,
         })?;
@@ -257,7 +242,7 @@ impl UdpListener {
     /// What `/readyz` says of this listener (see [`crate::listen::describe`]).
     pub(crate) fn readiness(&self) -> String {
         let config = &self.shared.config;
-        crate::listen::describe(
+        crate::admin::describe(
             &self.shared.name,
             "udp",
             config.mode,
@@ -508,9 +493,4 @@ fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
-}
-
-/// Completes once shutdown is requested (or the sender is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
