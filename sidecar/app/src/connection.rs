@@ -150,8 +150,7 @@ async fn handle(
     let Some(detection) = detect_header(&mut client, peer, &shared, started).await else {
         return;
     };
-    let conn = ConnAddrs { peer, local };
-    let endpoints = Endpoints::of(&detection, conn);
+    let endpoints = Endpoints::of(&detection, ConnAddrs { peer, local });
     match &shared.handler {
         Handler::Http(http) => {
             let outcome = if endpoints.from_header {
@@ -166,7 +165,8 @@ async fn handle(
             Box::pin(http.serve(client, detection, endpoints, Arc::clone(metrics), shutdown)).await;
         }
         Handler::Relay(restorer) => {
-            let Some(upstream) = restore_client(restorer, &shared, &detection, conn, &client).await
+            let Some(upstream) =
+                restore_client(restorer, &shared, &detection, endpoints, &client).await
             else {
                 return;
             };
@@ -211,11 +211,11 @@ async fn restore_client(
     restorer: &Restorer,
     shared: &Shared,
     detection: &Detection,
-    conn: ConnAddrs,
+    endpoints: Endpoints,
     client: &TcpStream,
 ) -> Option<Upstream> {
     match restorer
-        .connect(shared.config.upstream, detection, conn, client)
+        .connect(shared.config.upstream, detection, endpoints, client)
         .await
     {
         Ok(upstream) => {

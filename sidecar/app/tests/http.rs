@@ -234,6 +234,30 @@ async fn spoofed_forwarding_headers_are_replaced_with_the_client() {
 }
 
 #[tokio::test]
+async fn an_ebpf_listener_without_the_agent_falls_back_to_http() {
+    let app = EchoApp::start().await;
+    // No agent answers at the configuration's socket here: `fallback: http` serves instead.
+    let sidecar = Harness::start(app.addr, |l| {
+        l.mode = Mode::Ebpf;
+        l.fallback = Some(Mode::Http);
+    })
+    .await;
+    sidecar
+        .logs
+        .wait_for(&["eBPF restore unavailable; using the fallback mode"])
+        .await;
+    let echo = exchange(
+        sidecar.addr,
+        &support::v2_header(Tlvs::default(), false),
+        b"GET / HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n",
+        "body-bytes",
+    )
+    .await;
+    assert!(echo.starts_with("HTTP/1.1 200 OK"), "{echo}");
+    assert_eq!(seen(&echo, "x-forwarded-for"), [CLIENT_IP]);
+}
+
+#[tokio::test]
 async fn append_policy_extends_the_chain_behind_a_trusted_header() {
     let app = EchoApp::start().await;
     let sidecar = http_sidecar(&app, |l| l.http.client_headers = ClientHeaders::Append).await;

@@ -18,11 +18,7 @@ pub use self::{
 };
 use trueip_telemetry::Chain;
 
-use crate::{
-    detect::Detection,
-    endpoints::{ConnAddrs, Endpoints},
-    metrics::RestoreOutcome,
-};
+use crate::{detect::Detection, endpoints::Endpoints, metrics::RestoreOutcome};
 use trueip_sidecar_config::{ListenerConfig, Mode};
 
 /// `ebpf` could not be set up: the listener's configuration with its `fallback` mode (logged as
@@ -60,20 +56,17 @@ pub enum Restorer {
 
 impl Restorer {
     /// Prepares the mode of `config`; `ebpf` asks the agent at `agent_socket` for the pod's map
-    /// and, if that fails, uses the configured fallback or gives up.
+    /// and fails without it: the caller applies [`fallback`], whose mode may not be a relay.
     pub fn new(config: &ListenerConfig, agent_socket: &Path) -> Result<Self, EbpfError> {
         Ok(match config.mode {
             Mode::ProxyV1 | Mode::ProxyV2 => Self::Reemit(Box::new(Reemit::new(config))),
             Mode::Transparent => Self::Transparent(Transparent::new(config)),
-            Mode::Ebpf => match Ebpf::open(
+            Mode::Ebpf => Self::Ebpf(Ebpf::open(
                 agent_socket,
                 config.on_map_full,
                 config.fast_path,
                 &config.name(),
-            ) {
-                Ok(ebpf) => Self::Ebpf(ebpf),
-                Err(e) => Self::new(&fallback(config, e)?, agent_socket)?,
-            },
+            )?),
             // `http` is served by `crate::http`, never relayed: its connections reach no
             // restorer.
             Mode::None | Mode::Http => Self::None,
@@ -91,15 +84,14 @@ impl Restorer {
     }
 
     /// Connects to the app at `upstream` for one connection from the load balancer's socket
-    /// `lb`.
+    /// `lb`, telling the app `endpoints` (see [`Endpoints::of`]).
     pub async fn connect(
         &self,
         upstream: SocketAddr,
         detection: &Detection,
-        conn: ConnAddrs,
+        endpoints: Endpoints,
         lb: &TcpStream,
     ) -> Result<Upstream, ConnectError> {
-        let endpoints = Endpoints::of(detection, conn);
         let plain_outcome = match detection {
             Detection::Passthrough { .. } => RestoreOutcome::Passthrough,
             _ if endpoints.from_header => RestoreOutcome::Restored,
