@@ -7,7 +7,13 @@
 //! (`TCP4`/`TCP6`): a header that says "TCP" on a UDP socket was built for something else, and
 //! honouring it would show the app a client of another protocol.
 
-use crate::{Command, DecodeError, Detect, Header, Limits, Transport, detect, v2};
+use crate::{
+    detect::{Detect, detect},
+    error::DecodeError,
+    header::{Command, Header, Transport},
+    limits::Limits,
+    v2,
+};
 
 /// Why a datagram's header was refused; every variant has a stable [`reason`](Self::reason) for
 /// logs and the drop counter.

@@ -1,8 +1,8 @@
-//! The decoded header, shared by both versions, and its encoders.
+//! The decoded header, shared by both versions; each version's module adds its encoder.
 
 use std::net::SocketAddr;
 
-use crate::{EncodeError, Tlvs, v1, v2};
+use crate::tlv::Tlvs;
 
 /// Which version of the protocol a header arrived in. Both decode to the same [`Header`];
 /// the version is kept so logs and metrics can tell what the load balancer speaks.
@@ -135,54 +135,8 @@ impl Header {
         self.inet().map(|(_, destination)| destination)
     }
 
-    /// Encodes this header as a v1 line, for apps that parse v1 themselves: `PROXY TCP4 ...`
-    /// or `PROXY TCP6 ...` when [`stream_client`](Self::stream_client) is `Some`, i.e. a
-    /// `Proxy` header with IP addresses and a [`Transport::Stream`] transport;
-    /// `PROXY UNKNOWN\r\n` otherwise. v1 can only say TCP, so a `Datagram` (UDP) header, or
-    /// one with an `Unspec` transport, is written as `UNKNOWN`, never as TCP. An IPv4/IPv6 mix
-    /// (only possible in a header built by hand) is written as TCP6 with the IPv4 side
-    /// IPv4-mapped. The result is at most [`V1_MAX_LEN`](crate::V1_MAX_LEN) bytes.
-    #[must_use]
-    pub fn to_v1(&self) -> Vec<u8> {
-        v1::encode(self.stream_inet())
-    }
-
-    /// Encodes this header as v2, for apps that parse v2 themselves. Writes [`tlvs`](Self::tlvs)
-    /// in order except any CRC32c TLV (a stale checksum would be wrong for the new bytes),
-    /// then, when `with_crc32c`, a CRC32c TLV computed over the result. An IPv4/IPv6 mix is
-    /// written as INET6 with the IPv4 side IPv4-mapped; UNIX paths shorter than 108 bytes are
-    /// NUL-padded.
-    ///
-    /// ```
-    /// use trueip_proxy_header::{decode, Addresses, Command, Header, Limits, Tlvs, Transport, Version, kind};
-    ///
-    /// let mut tlvs = Tlvs::default();
-    /// tlvs.push(kind::AUTHORITY, b"example.com".to_vec());
-    /// let header = Header {
-    ///     version: Version::V2,
-    ///     command: Command::Proxy,
-    ///     transport: Transport::Stream,
-    ///     addresses: Addresses::Inet {
-    ///         source: "203.0.113.7:51234".parse().unwrap(),
-    ///         destination: "198.51.100.1:443".parse().unwrap(),
-    ///     },
-    ///     tlvs,
-    /// };
-    /// let wire = header.to_v2(true)?;
-    /// assert_eq!(wire.len(), 16 + 12 + (3 + 11) + (3 + 4));
-    ///
-    /// let (decoded, consumed) = decode(&wire, &Limits::default()).unwrap().expect("complete");
-    /// assert_eq!(consumed, wire.len());
-    /// assert_eq!(decoded.tlvs.authority(), Some("example.com"));
-    /// assert!(decoded.tlvs.crc32c().is_some()); // verified by decode
-    /// # Ok::<(), trueip_proxy_header::EncodeError>(())
-    /// ```
-    pub fn to_v2(&self, with_crc32c: bool) -> Result<Vec<u8>, EncodeError> {
-        v2::encode(self, with_crc32c)
-    }
-
     /// The source and destination when this header names a relayed IP client over TCP.
-    fn stream_inet(&self) -> Option<(SocketAddr, SocketAddr)> {
+    pub(crate) fn stream_inet(&self) -> Option<(SocketAddr, SocketAddr)> {
         self.inet().filter(|_| self.transport == Transport::Stream)
     }
 

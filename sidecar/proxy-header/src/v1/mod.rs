@@ -23,16 +23,29 @@
 //! Addresses are parsed with the standard library, as ppp does (dotted quads without leading
 //! zeros, IPv6 literals without zone or brackets).
 
-mod error;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-pub use error::{Endpoint, Error};
+pub use crate::error::v1::{Endpoint, Error};
 
 use crate::{
-    Addresses, Command, Header, Tlvs, Transport, V1_MAX_LEN, V1_SIGNATURE, Version,
-    header::same_family,
+    detect::{V1_MAX_LEN, V1_SIGNATURE},
+    header::{Addresses, Command, Header, Transport, Version, same_family},
+    tlv::Tlvs,
 };
+
+impl Header {
+    /// Encodes this header as a v1 line, for apps that parse v1 themselves: `PROXY TCP4 ...`
+    /// or `PROXY TCP6 ...` when [`stream_client`](Self::stream_client) is `Some`, i.e. a
+    /// `Proxy` header with IP addresses and a [`Transport::Stream`] transport;
+    /// `PROXY UNKNOWN\r\n` otherwise. v1 can only say TCP, so a `Datagram` (UDP) header, or
+    /// one with an `Unspec` transport, is written as `UNKNOWN`, never as TCP. An IPv4/IPv6 mix
+    /// (only possible in a header built by hand) is written as TCP6 with the IPv4 side
+    /// IPv4-mapped. The result is at most [`V1_MAX_LEN`](crate::V1_MAX_LEN) bytes.
+    #[must_use]
+    pub fn to_v1(&self) -> Vec<u8> {
+        encode(self.stream_inet())
+    }
+}
 
 /// Protocol word for TCP over IPv4.
 const TCP4: &[u8] = b"TCP4";

@@ -28,21 +28,56 @@
 //!   ignore the addresses and use the real connection endpoints, as for family UNSPEC. The
 //!   12- or 36-byte block is still skipped, and the TLVs after it read.
 
-mod error;
-pub(crate) mod tlv;
-
 #[cfg(test)]
 mod tests;
 
 use std::net::SocketAddr;
 
-pub use error::Error;
+pub use crate::error::v2::Error;
 use ppp::v2 as wire;
 
 use crate::{
-    Addresses, Command, DecodeError, EncodeError, Header, Limits, Transport, Version,
-    header::same_family, kind,
+    error::{DecodeError, EncodeError},
+    header::{Addresses, Command, Header, Transport, Version, same_family},
+    limits::Limits,
+    tlv::{self, kind},
 };
+
+impl Header {
+    /// Encodes this header as v2, for apps that parse v2 themselves. Writes [`tlvs`](Self::tlvs)
+    /// in order except any CRC32c TLV (a stale checksum would be wrong for the new bytes),
+    /// then, when `with_crc32c`, a CRC32c TLV computed over the result. An IPv4/IPv6 mix is
+    /// written as INET6 with the IPv4 side IPv4-mapped; UNIX paths shorter than 108 bytes are
+    /// NUL-padded.
+    ///
+    /// ```
+    /// use trueip_proxy_header::{decode, Addresses, Command, Header, Limits, Tlvs, Transport, Version, kind};
+    ///
+    /// let mut tlvs = Tlvs::default();
+    /// tlvs.push(kind::AUTHORITY, b"example.com".to_vec());
+    /// let header = Header {
+    ///     version: Version::V2,
+    ///     command: Command::Proxy,
+    ///     transport: Transport::Stream,
+    ///     addresses: Addresses::Inet {
+    ///         source: "203.0.113.7:51234".parse().unwrap(),
+    ///         destination: "198.51.100.1:443".parse().unwrap(),
+    ///     },
+    ///     tlvs,
+    /// };
+    /// let wire = header.to_v2(true)?;
+    /// assert_eq!(wire.len(), 16 + 12 + (3 + 11) + (3 + 4));
+    ///
+    /// let (decoded, consumed) = decode(&wire, &Limits::default()).unwrap().expect("complete");
+    /// assert_eq!(consumed, wire.len());
+    /// assert_eq!(decoded.tlvs.authority(), Some("example.com"));
+    /// assert!(decoded.tlvs.crc32c().is_some()); // verified by decode
+    /// # Ok::<(), trueip_proxy_header::EncodeError>(())
+    /// ```
+    pub fn to_v2(&self, with_crc32c: bool) -> Result<Vec<u8>, EncodeError> {
+        encode(self, with_crc32c)
+    }
+}
 
 /// Offset of the version (high nibble) / command (low nibble) byte.
 const VERSION_COMMAND: usize = 12;

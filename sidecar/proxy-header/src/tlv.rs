@@ -12,7 +12,7 @@
 
 use std::sync::OnceLock;
 
-use crate::{EncodeError, v2::Error};
+use crate::error::{EncodeError, v2::Error};
 
 /// TLV type numbers: the spec's (section 2.2) and the cloud load balancers'.
 pub mod kind {

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::V1_MAX_LEN;
+use crate::detect::V1_MAX_LEN;
 
 /// Which side of the connection a v1 field describes, so a log line says which one was bad.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! The crate-level errors: one for decoding either version, one for encoding.
 
-use crate::{v1, v2};
+pub(crate) mod v1;
+pub(crate) mod v2;
 
 /// Why [`decode`](crate::decode) rejected a buffer. The sidecar turns it into one log line
 /// and one metric increment (by [`reason`](Self::reason)), then closes the connection.
