@@ -7,7 +7,7 @@ use std::{fmt, path::PathBuf, time::Duration};
 use ::http::HeaderName;
 use serde::{Deserialize, Deserializer, de};
 
-use super::limits::HttpLimits;
+use crate::limits::HttpLimits;
 
 /// Request headers an app (or a framework's "trusted proxy" setting) may read as written by a
 /// proxy, besides the three the sidecar writes: a client's copies are always removed with
@@ -207,7 +207,7 @@ pub struct TlsConfig {
     /// cert-manager renewals).
     #[serde(
         default = "default_reload_interval",
-        deserialize_with = "super::duration"
+        deserialize_with = "crate::duration::deserialize"
     )]
     pub reload_interval: Duration,
 }

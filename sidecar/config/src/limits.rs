@@ -19,17 +19,17 @@ pub struct HttpLimits {
     /// How long a client has for the TLS handshake, for the first bytes of a connection and for
     /// each whole request head (slowloris). HTTP/1.1: the timer starts when the connection
     /// goes idle after a response, so an idle keep-alive connection is closed after it too.
-    #[serde(deserialize_with = "super::duration")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed gracefully (HTTP/2 gets
     /// a GOAWAY; pings do not keep it open). HTTP/1.1 is closed sooner when
     /// `header_read_timeout` is shorter.
-    #[serde(deserialize_with = "super::duration")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub keep_alive_timeout: Duration,
     /// A connection whose requests in flight make no progress for this long (no request
     /// started, no body frame either way: a client that stopped reading or sending) is closed,
     /// so that its slots of `max_requests_in_flight` come back.
-    #[serde(deserialize_with = "super::duration")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub stream_idle_timeout: Duration,
     /// HTTP/2: streams one connection may have open at once.
     pub h2_max_concurrent_streams: u32,
@@ -101,7 +101,7 @@ impl HttpLimits {
     pub const MIN_H2_WINDOW: u32 = 65_535;
 
     /// What is wrong with the values, as (key, problem).
-    pub(super) fn problem(&self) -> Option<(&'static str, String)> {
+    pub(crate) fn problem(&self) -> Option<(&'static str, String)> {
         if !(Self::MIN_REQUEST_HEAD..=Self::MAX_REQUEST_HEAD).contains(&self.max_request_head) {
             return Some((
                 "http.limits.max_request_head",
@@ -156,7 +156,7 @@ impl HttpLimits {
 pub struct AdminConfig {
     /// How long a scraper or probe has to send its request head; idle connections are closed
     /// after it too.
-    #[serde(deserialize_with = "super::duration")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub header_timeout: Duration,
     /// Connections served at once; further ones are closed at accept (counted).
     pub max_connections: NonZeroUsize,

@@ -1,9 +1,7 @@
-//! The UDP keys of a listener (`protocol: udp`): the protocol and header placement, their
-//! defaults, and the combinations a UDP listener refuses.
+//! The UDP keys of a listener (`protocol: udp`): the protocol and header placement and their
+//! defaults (what a UDP listener refuses is checked in `validate`).
 
 use serde::Deserialize;
-
-use crate::{HeaderPolicy, ListenerConfig, Mode};
 
 /// What a listener receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
@@ -43,45 +41,4 @@ pub(crate) mod defaults {
     pub(crate) fn max_flows() -> NonZeroUsize {
         NonZeroUsize::new(4096).expect("non-zero")
     }
-}
-
-/// Checks the keys of a UDP listener (and that TCP-only keys are not asked of one): the key at
-/// fault and what is wrong.
-pub(crate) fn validate(config: &ListenerConfig) -> Result<(), (&'static str, String)> {
-    if config.protocol != Protocol::Udp {
-        return Ok(());
-    }
-    if config.mode == Mode::ProxyV1 || config.fallback == Some(Mode::ProxyV1) {
-        return Err((
-            "mode",
-            "proxy-v1 cannot describe UDP (v1 only has TCP4/TCP6); use proxy-v2, ebpf or none"
-                .into(),
-        ));
-    }
-    if matches!(config.mode, Mode::Transparent | Mode::Http) {
-        return Err((
-            "mode",
-            format!(
-                "{} applies to TCP listeners only; for UDP use proxy-v2, ebpf or none",
-                config.mode.label()
-            ),
-        ));
-    }
-    if config.steer {
-        return Err((
-            "steer",
-            "applies to TCP listeners only (for UDP, point the load balancer at the sidecar's port)"
-                .into(),
-        ));
-    }
-    if config.flow_idle_timeout.is_zero() {
-        return Err(("flow_idle_timeout", "must be longer than 0s".into()));
-    }
-    if config.datagram_header == DatagramHeader::First && config.header != HeaderPolicy::Required {
-        return Err((
-            "datagram_header",
-            "`first` needs `header: required` (a flow starts with its header)".into(),
-        ));
-    }
-    Ok(())
 }
