@@ -3,18 +3,15 @@
 //! so each setting has one source (values.yaml) and the chart tests feed the rendered file to
 //! this parser.
 
-use std::{
-    net::IpAddr,
-    num::NonZeroUsize,
-    path::{Component, Path, PathBuf},
-    time::Duration,
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{
+    file::check_template,
+    settings::{self, Defaults, HeaderPolicy, Mode, Steer},
+    template::SidecarTemplate,
 };
-
-use k8s_openapi::api::core::v1::ResourceRequirements;
-use serde::{Deserialize, Deserializer};
-use serde_norway::Mapping;
-
-use crate::settings::{self, Defaults, HeaderPolicy, Mode, Steer};
 
 /// The parsed, checked configuration.
 #[derive(Debug, Clone)]
@@ -92,183 +89,6 @@ impl Default for DefaultsFile {
     }
 }
 
-/// Everything about the injected container that is the same for every pod.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(crate) struct SidecarTemplate {
-    /// The sidecar image, with its tag or digest.
-    pub(crate) image: String,
-    /// The container's `imagePullPolicy`.
-    #[serde(default)]
-    pub(crate) image_pull_policy: PullPolicy,
-    /// Requests and limits of the sidecar container.
-    #[serde(default)]
-    pub(crate) resources: ResourceRequirements,
-    /// The unprivileged user the sidecar runs as.
-    #[serde(default = "defaults::run_as")]
-    pub(crate) run_as_user: i64,
-    /// The group the sidecar runs as.
-    #[serde(default = "defaults::run_as")]
-    pub(crate) run_as_group: i64,
-    /// The node agent's socket on the node; its directory is mounted at the same path in pods
-    /// that use the `ebpf` mode.
-    #[serde(default = "defaults::agent_socket")]
-    pub(crate) agent_socket: PathBuf,
-    /// The address the sidecar's listeners bind (`0.0.0.0`, or `::` for IPv6 and dual-stack).
-    #[serde(default = "defaults::listen_address")]
-    pub(crate) listen_address: IpAddr,
-    /// The app's address, on loopback.
-    #[serde(default = "defaults::upstream_address")]
-    pub(crate) upstream_address: IpAddr,
-    /// The first port the sidecar may take for a steered port listed alone (the app keeps the
-    /// listed port; the sidecar's own listener needs another).
-    #[serde(default = "defaults::steer_port")]
-    pub(crate) steer_port: u16,
-    /// Port of the sidecar's `/metrics`, `/healthz` and `/readyz`; 0: not served.
-    #[serde(default)]
-    pub(crate) metrics_port: u16,
-    /// `ebpf` mode: the mode to use when the agent cannot be reached at start; unset: the
-    /// sidecar refuses to start (the pod shows it) rather than silently not restoring.
-    #[serde(default)]
-    pub(crate) fallback: Option<Mode>,
-    /// The sidecar's log format.
-    #[serde(default)]
-    pub(crate) log_format: LogFormat,
-    /// The sidecar's `RUST_LOG`.
-    #[serde(default = "defaults::log_level")]
-    pub(crate) log_level: String,
-    /// Every listener's `allow_loopback_clients`: honour PROXY headers that name a loopback
-    /// client. Only a load balancer on the node itself relays such clients.
-    #[serde(default)]
-    pub(crate) allow_loopback_clients: bool,
-    /// The `http` section of every listener in `http` mode, in the sidecar's own keys
-    /// (`client_headers`, `limits.max_request_head`, ...). Passed through as it is; the
-    /// sidecar's parser checks it when the file is read ([`Config::from_yaml`] does it once
-    /// with a sample listener). `tls` is refused: the injector mounts no certificate.
-    #[serde(default, deserialize_with = "mapping_or_null")]
-    pub(crate) http: Mapping,
-    /// Bounds of the sidecar's `/metrics`, `/healthz`, `/readyz` endpoint (when served).
-    #[serde(default)]
-    pub(crate) admin: AdminTemplate,
-    /// Where the sidecars export traces; no endpoint: none.
-    #[serde(default)]
-    pub(crate) otlp: OtlpTemplate,
-}
-
-/// The sidecars' OTLP export, passed as the standard `OTEL_*` variables (which the sidecar
-/// reads, as any OpenTelemetry SDK does).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
-pub(crate) struct OtlpTemplate {
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, e.g. `http://otel-collector.observability:4318`; empty:
-    /// no traces.
-    pub(crate) endpoint: String,
-    /// `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf` or `grpc`; empty: the sidecar's default.
-    pub(crate) protocol: String,
-    /// `OTEL_TRACES_SAMPLER` (`parentbased_traceidratio`, `always_on`, ...); empty: the SDK's.
-    pub(crate) sampler: String,
-    /// `OTEL_TRACES_SAMPLER_ARG` (the ratio of `*traceidratio` samplers).
-    pub(crate) sampler_arg: String,
-    /// `OTEL_RESOURCE_ATTRIBUTES`, e.g. `{deployment.environment: prod}`.
-    pub(crate) resource_attributes: std::collections::BTreeMap<String, String>,
-}
-
-impl OtlpTemplate {
-    /// The sidecar container's `OTEL_*` variables; none without an endpoint.
-    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
-        if self.endpoint.trim().is_empty() {
-            return Vec::new();
-        }
-        let attributes = self
-            .resource_attributes
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        [
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", self.endpoint.clone()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", self.protocol.clone()),
-            ("OTEL_TRACES_SAMPLER", self.sampler.clone()),
-            ("OTEL_TRACES_SAMPLER_ARG", self.sampler_arg.clone()),
-            ("OTEL_RESOURCE_ATTRIBUTES", attributes),
-        ]
-        .into_iter()
-        .filter(|(_, value)| !value.is_empty())
-        .collect()
-    }
-}
-
-/// The sidecar's `admin` section: bounds of its metrics endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
-pub(crate) struct AdminTemplate {
-    /// How long a scraper or probe has to send its request head (`5s`).
-    #[serde(deserialize_with = "duration")]
-    pub(crate) header_timeout: Duration,
-    /// Connections served at once.
-    pub(crate) max_connections: NonZeroUsize,
-}
-
-impl Default for AdminTemplate {
-    /// The sidecar's own defaults.
-    fn default() -> Self {
-        let admin = trueip_sidecar_config::AdminConfig::default();
-        Self {
-            header_timeout: admin.header_timeout,
-            max_connections: admin.max_connections,
-        }
-    }
-}
-
-/// A mapping; `null` (a chart value set to `null`) is an empty one.
-fn mapping_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Mapping, D::Error> {
-    Option::<Mapping>::deserialize(d).map(Option::unwrap_or_default)
-}
-
-/// `5s`, `250ms`, `1m 30s`, as the sidecar spells durations. A visitor, so that an error
-/// carries the key and the line.
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    struct Visitor;
-    impl serde::de::Visitor<'_> for Visitor {
-        type Value = Duration;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a duration such as 5s or 250ms")
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
-            humantime::parse_duration(v).map_err(|e| {
-                E::custom(format!(
-                    "`{v}` is not a duration ({e}); write e.g. 5s or 250ms"
-                ))
-            })
-        }
-    }
-    d.deserialize_str(Visitor)
-}
-
-/// A container's `imagePullPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-pub(crate) enum PullPolicy {
-    /// Pull every time the container starts.
-    Always,
-    /// Pull when the node does not have the image.
-    #[default]
-    IfNotPresent,
-    /// Never pull.
-    Never,
-}
-
-/// The sidecar's `--log-format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum LogFormat {
-    /// Human-readable lines (`human`: the old spelling, still taken).
-    #[serde(alias = "human")]
-    Text,
-    /// One JSON object per line (log collectors).
-    #[default]
-    Json,
-}
-
 /// A configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConfigError {
@@ -303,21 +123,11 @@ pub(crate) enum ConfigError {
 }
 
 mod defaults {
-    use std::{
-        net::{IpAddr, Ipv4Addr},
-        path::PathBuf,
-    };
-
     use crate::settings::{self, Mode};
 
     /// See [`settings::DEFAULT_MODE`].
     pub(super) fn mode() -> Mode {
         settings::DEFAULT_MODE
-    }
-
-    /// distroless' `nonroot` user and group.
-    pub(super) fn run_as() -> i64 {
-        65532
     }
 
     /// Every mode but `transparent`, the one that gives the sidecar root and CAP_NET_ADMIN.
@@ -331,28 +141,8 @@ mod defaults {
         ]
     }
 
-    pub(super) fn agent_socket() -> PathBuf {
-        PathBuf::from(trueip_sidecar_config::DEFAULT_AGENT_SOCKET)
-    }
-
-    pub(super) fn listen_address() -> IpAddr {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    }
-
     pub(super) fn allow_steering() -> bool {
         true
-    }
-
-    pub(super) fn steer_port() -> u16 {
-        14008
-    }
-
-    pub(super) fn upstream_address() -> IpAddr {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
-    }
-
-    pub(super) fn log_level() -> String {
-        "info".to_owned()
     }
 }
 
@@ -375,115 +165,21 @@ impl Config {
                 path: path.to_owned(),
                 source,
             })?;
-        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+        let invalid = |(key, problem): (&str, String)| ConfigError::Invalid {
             path: path.to_owned(),
             key: key.to_owned(),
             problem,
         };
         let sidecar = file.sidecar;
-        if sidecar.image.trim().is_empty() {
-            return Err(invalid("sidecar.image", "is empty".into()));
-        }
-        let socket_dir = sidecar.agent_socket.parent();
-        // `..` is refused too: the webhook compares pods' host paths with this directory.
-        if !sidecar.agent_socket.is_absolute()
-            || socket_dir.is_none_or(|dir| dir == Path::new("/"))
-            || sidecar
-                .agent_socket
-                .components()
-                .any(|c| c == Component::ParentDir)
-        {
-            return Err(invalid(
-                "sidecar.agentSocket",
-                format!(
-                    "{} must be an absolute path without `..`, in a directory of its own (that \
-                     directory is mounted into pods)",
-                    sidecar.agent_socket.display()
-                ),
-            ));
-        }
-        if let Some(mode @ (Mode::Ebpf | Mode::Transparent)) = sidecar.fallback {
-            return Err(invalid(
-                "sidecar.fallback",
-                format!(
-                    "cannot be {mode} (it needs set-up at start); use none, proxy-v1 or proxy-v2"
-                ),
-            ));
-        }
-        if sidecar.http.contains_key("tls") {
-            return Err(invalid(
-                "sidecar.http.tls",
-                "cannot be set here: the injector mounts no certificate into pods".into(),
-            ));
-        }
-        if sidecar.admin.header_timeout.is_zero() {
-            return Err(invalid(
-                "sidecar.admin.headerTimeout",
-                "must be longer than 0s".into(),
-            ));
-        }
+        sidecar.check().map_err(invalid)?;
         // What every sidecar gets from here (`http`, `admin`, ...) is checked once now, by the
         // sidecar's parser, so that a bad chart value stops the injector at start instead of
         // refusing every pod.
-        crate::sidecar::check_template(&sidecar).map_err(|e| refused_template(path, &e))?;
-        let mut allowed_modes: Vec<Mode> = Vec::new();
-        for mode in file.allowed_modes {
-            if !allowed_modes.contains(&mode) {
-                allowed_modes.push(mode);
-            }
-        }
-        if allowed_modes.is_empty() {
-            return Err(invalid(
-                "allowedModes",
-                format!("is empty: no pod could be injected (chart value {ALLOWED_MODES_VALUE})"),
-            ));
-        }
-        let defaults = &file.defaults;
-        if !allowed_modes.contains(&defaults.mode) {
-            return Err(invalid(
-                "defaults.mode",
-                format!(
-                    "{} is not in allowedModes ({}; chart value {ALLOWED_MODES_VALUE}): every pod \
-                     without a {} annotation would be refused",
-                    defaults.mode,
-                    settings::list_modes(&allowed_modes),
-                    settings::MODE,
-                ),
-            ));
-        }
-        let ports =
-            settings::parse_ports(&defaults.ports).map_err(|p| invalid("defaults.ports", p))?;
-        let udp_ports = settings::parse_udp_ports(&defaults.udp_ports)
-            .map_err(|p| invalid("defaults.udpPorts", p))?;
-        if defaults.steer == Steer::False
-            && let Some(lone) = ports.iter().find(|p| p.listen == p.upstream)
-        {
-            return Err(invalid(
-                "defaults.ports",
-                format!(
-                    "port {} is listed alone, which needs steering (defaults.steer is false): \
-                     give `listen:upstream`",
-                    lone.listen
-                ),
-            ));
-        }
-        if sidecar.steer_port == 0 {
-            return Err(invalid(
-                "sidecar.steerPort",
-                "must be a port, 1-65535".into(),
-            ));
-        }
-        let trusted = settings::parse_cidrs(&defaults.trusted_cidrs.join(","))
-            .map_err(|p| invalid("defaults.trustedCIDRs", p))?;
+        check_template(&sidecar).map_err(|e| refused_template(path, &e))?;
+        let allowed_modes = allowed_modes(file.allowed_modes).map_err(invalid)?;
+        let defaults = file.defaults.resolve(&allowed_modes).map_err(invalid)?;
         Ok(Self {
-            defaults: Defaults {
-                ports,
-                udp_ports,
-                steer: defaults.steer,
-                mode: defaults.mode,
-                header: defaults.header,
-                trusted,
-            },
+            defaults,
             sidecar,
             allowed_modes,
             allow_steering: file.allow_steering,
@@ -496,6 +192,69 @@ impl Config {
             .agent_socket
             .parent()
             .unwrap_or(Path::new("/run"))
+    }
+}
+
+/// `allowedModes` without repeats; empty is refused, since no pod could be injected.
+fn allowed_modes(listed: Vec<Mode>) -> Result<Vec<Mode>, (&'static str, String)> {
+    let mut allowed: Vec<Mode> = Vec::new();
+    for mode in listed {
+        if !allowed.contains(&mode) {
+            allowed.push(mode);
+        }
+    }
+    if allowed.is_empty() {
+        return Err((
+            "allowedModes",
+            format!("is empty: no pod could be injected (chart value {ALLOWED_MODES_VALUE})"),
+        ));
+    }
+    Ok(allowed)
+}
+
+// === impl DefaultsFile ===
+
+impl DefaultsFile {
+    /// The settings of pods that leave an annotation out, parsed as the annotations are, and
+    /// usable under `allowed_modes`.
+    fn resolve(&self, allowed_modes: &[Mode]) -> Result<Defaults, (&'static str, String)> {
+        if !allowed_modes.contains(&self.mode) {
+            return Err((
+                "defaults.mode",
+                format!(
+                    "{} is not in allowedModes ({}; chart value {ALLOWED_MODES_VALUE}): every pod \
+                     without a {} annotation would be refused",
+                    self.mode,
+                    settings::list_modes(allowed_modes),
+                    settings::MODE,
+                ),
+            ));
+        }
+        let ports = settings::parse_ports(&self.ports).map_err(|p| ("defaults.ports", p))?;
+        let udp_ports =
+            settings::parse_udp_ports(&self.udp_ports).map_err(|p| ("defaults.udpPorts", p))?;
+        if self.steer == Steer::False
+            && let Some(lone) = ports.iter().find(|p| p.listen == p.upstream)
+        {
+            return Err((
+                "defaults.ports",
+                format!(
+                    "port {} is listed alone, which needs steering (defaults.steer is false): \
+                     give `listen:upstream`",
+                    lone.listen
+                ),
+            ));
+        }
+        let trusted = settings::parse_cidrs(&self.trusted_cidrs.join(","))
+            .map_err(|p| ("defaults.trustedCIDRs", p))?;
+        Ok(Defaults {
+            ports,
+            udp_ports,
+            steer: self.steer,
+            mode: self.mode,
+            header: self.header,
+            trusted,
+        })
     }
 }
 
@@ -537,35 +296,15 @@ fn refused_template(path: &Path, error: &trueip_sidecar_config::ConfigError) -> 
     }
 }
 
-// === impl PullPolicy ===
-
-impl PullPolicy {
-    /// The spelling Kubernetes uses.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Always => "Always",
-            Self::IfNotPresent => "IfNotPresent",
-            Self::Never => "Never",
-        }
-    }
-}
-
-// === impl LogFormat ===
-
-impl LogFormat {
-    /// The sidecar's flag value.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Text => "text",
-            Self::Json => "json",
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::{net::IpAddr, num::NonZeroUsize, time::Duration};
+
     use super::*;
-    use crate::settings::PortPair;
+    use crate::{
+        settings::PortPair,
+        template::{AdminTemplate, LogFormat, PullPolicy},
+    };
 
     /// A complete configuration, as the chart renders it.
     pub(crate) const FULL: &str = r#"

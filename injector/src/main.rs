@@ -9,12 +9,14 @@
 
 mod config;
 mod exposure;
+mod file;
 mod inject;
 mod metrics;
 mod review;
 mod server;
 mod settings;
 mod sidecar;
+mod template;
 mod tls;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
