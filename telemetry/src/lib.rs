@@ -5,102 +5,13 @@
 //! OpenTelemetry collector too ([`otlp`]). The webhook leaves the feature off: it needs no
 //! OpenTelemetry SDK.
 
+mod chain;
+mod logs;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 
-use tracing_subscriber::{
-    EnvFilter, Layer, layer::SubscriberExt as _, util::SubscriberInitExt as _,
-};
-
-/// How the binaries write their logs: the one spelling of `--log-format` (and the chart's
-/// `logFormat` values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    /// Human-readable lines (coloured on a terminal).
-    #[default]
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
-
-impl LogFormat {
-    /// Parses `text` or `json`; `human`, the sidecar's old spelling of `text`, is taken too and
-    /// reported by [`LogFormat::deprecation`].
-    ///
-    /// # Errors
-    /// Any other word, with the accepted ones.
-    pub fn parse(word: &str) -> Result<Self, String> {
-        match word {
-            "text" | "human" => Ok(Self::Text),
-            "json" => Ok(Self::Json),
-            other => Err(format!("{other:?}: expected `text` or `json`")),
-        }
-    }
-
-    /// The line to log once logging is set up when `word` is a deprecated spelling.
-    pub fn deprecation(word: &str) -> Option<&'static str> {
-        (word == "human").then_some("--log-format human is deprecated: it is now spelled `text`")
-    }
-
-    /// The word [`LogFormat::parse`] reads back.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Text => "text",
-            Self::Json => "json",
-        }
-    }
-}
-
-/// Installs the global subscriber: logs to stderr in `format`.
-pub fn init_logging(format: LogFormat) {
-    tracing_subscriber::registry()
-        .with(filter())
-        .with(stderr(format))
-        .init();
-}
-
-/// An error and its causes on one line (`outer: inner: innermost`), for log fields and error
-/// answers: a message says only its own part (trueip's errors never repeat their source), the
-/// chain adds the causes once each.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    Chain(e).to_string()
-}
-
-/// [`error_chain`] as a `Display`, for a log field: `error = %Chain(&e)`.
-#[derive(Debug, Clone, Copy)]
-pub struct Chain<'a>(pub &'a dyn std::error::Error);
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
-}
-
-/// `RUST_LOG`, or `info`.
-fn filter() -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
-}
-
-/// The stderr layer of [`init_logging`].
-fn stderr<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if format == LogFormat::Json {
-        fmt.json().boxed()
-    } else {
-        fmt.boxed()
-    }
-}
+pub use chain::{Chain, error_chain};
+pub use logs::{LogFormat, init_logging};
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,8 @@ use opentelemetry_sdk::{
     trace::{SdkTracerProvider, span_processor_with_async_runtime::BatchSpanProcessor},
 };
 
+use crate::logs::{self, LogFormat};
+
 /// Downward-API variables → resource attributes (semantic conventions `k8s.*`).
 const K8S_ENV: [(&str, &str); 4] = [
     ("K8S_POD_NAME", "k8s.pod.name"),
@@ -156,9 +158,9 @@ impl Telemetry {
         } else {
             (None, None)
         };
-        let format = crate::LogFormat::parse(log_format).unwrap_or_default();
+        let format = LogFormat::parse(log_format).unwrap_or_default();
         init_logging(format, traces.as_ref(), service);
-        if let Some(line) = crate::LogFormat::deprecation(log_format) {
+        if let Some(line) = LogFormat::deprecation(log_format) {
             tracing::warn!("{line}");
         }
         if traces.is_some() {
@@ -179,17 +181,13 @@ impl Telemetry {
 
 /// [`crate::init_logging`], plus every span exported through `traces` (when given) under the
 /// instrumentation scope `tracer`.
-fn init_logging(
-    format: crate::LogFormat,
-    traces: Option<&SdkTracerProvider>,
-    tracer: &'static str,
-) {
+fn init_logging(format: LogFormat, traces: Option<&SdkTracerProvider>, tracer: &'static str) {
     use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let otel =
         traces.map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(tracer)));
     tracing_subscriber::registry()
-        .with(crate::filter())
-        .with(crate::stderr(format))
+        .with(logs::filter())
+        .with(logs::stderr(format))
         .with(otel)
         .init();
 }

@@ -17,9 +17,11 @@ use aya::maps::{HashMap, Map, MapData, MapError, SockHash};
 use trueip_redirect_common::{ConnKey, FastPathKey, FastPathPeer};
 
 use crate::{
-    ClientError, E2BIG, ENOENT, ENOSPC, LoopbackConn, errno, exchange,
+    errno::{E2BIG, ENOENT, ENOSPC, errno},
+    error::ClientError,
+    exchange::{exchange, unexpected},
+    pod_map::LoopbackConn,
     protocol::{Request, Response},
-    unexpected,
 };
 
 /// `bpf_map_update_elem` of a socket that is not established (or listening) into a socket map.

@@ -12,7 +12,7 @@ use std::{
     path::Path,
 };
 
-use crate::ClientError;
+use crate::error::ClientError;
 
 /// Group- or other-writable permission bits.
 const WRITABLE_BY_OTHERS: u32 = 0o022;
