@@ -10,9 +10,11 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
+    names::{PREFIX, is_stale, unique_suffix},
     prereq::{BPFFS, trueip_binary},
-    process::{Launch, Proc, wait_for},
-    topology::{PREFIX, Topology, is_stale, unique_suffix},
+    process::{Launch, Proc},
+    run::{self, wait_for},
+    topology::Topology,
 };
 
 /// How long the agent gets to load its programs and open its socket.
@@ -183,7 +185,7 @@ impl Drop for Agent {
         if self.pins.exists()
             && let Err(e) = std::fs::remove_dir_all(&self.pins)
         {
-            crate::prereq::note(&format!("could not remove {}: {e}", self.pins.display()));
+            run::note(&format!("could not remove {}: {e}", self.pins.display()));
         }
     }
 }

@@ -14,7 +14,8 @@ use anyhow::{Context, Result, bail};
 use crate::{
     cgroup::Cgroup,
     prereq::own_binary,
-    process::{Launch, Proc, wait_for},
+    process::{Launch, Proc},
+    run::wait_for,
     topology::{Netns, Topology},
 };
 
@@ -177,7 +178,7 @@ impl EchoApp {
         }
         let mut proc = launch.spawn(topo.dir())?;
         for &addr in addrs {
-            netns.wait_listening(&mut proc, addr, START_TIMEOUT)?;
+            proc.wait_listening(netns, addr, START_TIMEOUT)?;
         }
         Ok(Self { proc })
     }

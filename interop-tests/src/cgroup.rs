@@ -11,8 +11,8 @@ use anyhow::{Context, Result};
 use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
 
 use crate::{
-    process::wait_for,
-    topology::{PREFIX, is_stale, unique_suffix},
+    names::{PREFIX, is_stale, unique_suffix},
+    run::{self, wait_for},
 };
 
 /// Where cgroup v2 is mounted: `/sys/fs/cgroup` on unified hosts (Kubernetes nodes),
@@ -73,7 +73,7 @@ impl Cgroup {
 impl Drop for Cgroup {
     fn drop(&mut self) {
         if let Err(e) = remove(&self.path) {
-            crate::prereq::note(&format!("{e:#}"));
+            run::note(&format!("{e:#}"));
         }
     }
 }

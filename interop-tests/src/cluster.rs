@@ -17,7 +17,7 @@ use base64::Engine as _;
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
-use crate::{Netns, oci::workspace_root, prereq::skip, process};
+use crate::{oci::workspace_root, prereq::skip, run, topology::Netns};
 
 /// The Kubernetes version the chart is rendered for.
 pub const KUBE_VERSION: &str = "1.33.0";
@@ -51,7 +51,7 @@ impl Helm {
     /// The objects `helm install` would create from `charts/trueip` with `flags` (each whole,
     /// e.g. `--set=sidecar.mode=ebpf`).
     pub fn template(&self, flags: &[String]) -> Result<Vec<Value>> {
-        let out = process::output(
+        let out = run::output(
             Command::new(&self.0)
                 .args(["template", RELEASE])
                 .arg(workspace_root().join("charts/trueip"))
@@ -249,7 +249,7 @@ impl<'a> Webhook<'a> {
                 "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
             }
         });
-        let out = process::output(
+        let out = run::output(
             self.network
                 .command("curl")
                 .args(["-sS", "--fail-with-body", "--cacert"])

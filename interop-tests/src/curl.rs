@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{process, topology::Netns};
+use crate::{run, topology::Netns};
 
 /// curl's own limit for a whole request; the process is killed a little later regardless.
 const MAX_TIME: Duration = Duration::from_secs(10);
@@ -53,7 +53,7 @@ pub fn get_url(ns: &Netns, flags: &[&str], url: &str) -> Result<Response> {
         .args(["--write-out", "\n%{http_code} %{local_ip} %{local_port}"])
         .args(flags)
         .arg(url);
-    let out = process::output(&mut cmd, MAX_TIME + Duration::from_secs(5))?;
+    let out = run::output(&mut cmd, MAX_TIME + Duration::from_secs(5))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let (body, summary) = stdout
         .rsplit_once('\n')

@@ -8,7 +8,8 @@ use std::{fmt::Write as _, net::SocketAddr, time::Duration};
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    process::{self, Launch, Proc},
+    process::{Launch, Proc},
+    run,
     topology::{Netns, Topology},
 };
 
@@ -91,7 +92,7 @@ pub fn start_config(
     std::fs::write(&path, cfg).with_context(|| format!("writing {}", path.display()))?;
     let mut check = netns.command("haproxy");
     check.arg("-c").arg("-f").arg(&path);
-    let out = process::output(&mut check, START_TIMEOUT)?;
+    let out = run::output(&mut check, START_TIMEOUT)?;
     if !out.status.success() {
         bail!(
             "haproxy rejects {}: {}{}",
@@ -106,7 +107,7 @@ pub fn start_config(
         .netns(netns)
         .spawn(topo.dir())?;
     for &bind in binds {
-        netns.wait_listening(&mut haproxy, bind, START_TIMEOUT)?;
+        haproxy.wait_listening(netns, bind, START_TIMEOUT)?;
     }
     Ok(haproxy)
 }

@@ -42,7 +42,13 @@ use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::{Cgroup, Launch, Netns, Proc, oci::Image, process};
+use crate::{
+    cgroup::Cgroup,
+    oci::Image,
+    process::{Launch, Proc},
+    run,
+    topology::Netns,
+};
 
 /// How long the stand-in waits between two tries of a probe (the kubelet waits
 /// `periodSeconds`; the bound on the total wait is the same).
@@ -191,7 +197,7 @@ impl<'a> Node<'a> {
             .spawn(scratch)?;
         let own = fs::read_link("/proc/self/ns/cgroup")?;
         let holder = PathBuf::from(format!("/proc/{}/ns/cgroup", cgroupns.pid()));
-        process::wait_for("the node's cgroup namespace", PROBE_TIMEOUT * 10, || {
+        run::wait_for("the node's cgroup namespace", PROBE_TIMEOUT * 10, || {
             cgroupns.ensure_running()?;
             Ok(fs::read_link(&holder)
                 .ok()
@@ -528,7 +534,7 @@ impl<'a> Node<'a> {
             .unwrap_or("HTTP")
             .to_ascii_lowercase();
         let path = http["path"].as_str().unwrap_or("/");
-        let out = process::output(
+        let out = run::output(
             self.network
                 .command("curl")
                 .args(["-sS", "-k", "-o", "/dev/null", "-w", "%{http_code}"])

@@ -15,7 +15,8 @@ use anyhow::{Context, Result};
 
 use crate::{
     cgroup::Cgroup,
-    process::{Launch, Proc, wait_for},
+    process::{Launch, Proc},
+    run::wait_for,
     topology::Topology,
 };
 
@@ -68,7 +69,7 @@ impl Nginx {
         let plain_v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PLAIN_PORT);
         let plain_v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), PLAIN_PORT);
         for addr in [PROXY_PROTOCOL, plain_v4, plain_v6, REALIP] {
-            topo.pod.wait_listening(&mut proc, addr, TIMEOUT)?;
+            proc.wait_listening(&topo.pod, addr, TIMEOUT)?;
         }
         Ok(Self { proc, prefix })
     }

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
-use crate::process;
+use crate::run;
 
 /// Unpacking one small image takes well under this.
 const TAR_TIMEOUT: Duration = Duration::from_secs(60);
@@ -106,7 +106,7 @@ fn json(path: &Path) -> Result<Value> {
 }
 
 fn untar(archive: &Path, into: &Path) -> Result<()> {
-    let out = process::output(
+    let out = run::output(
         Command::new("tar")
             .arg("-xf")
             .arg(archive)

@@ -4,7 +4,6 @@
 
 use std::{
     env, fmt,
-    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -14,7 +13,7 @@ use nix::{
     unistd::geteuid,
 };
 
-use crate::Cgroup;
+use crate::cgroup::Cgroup;
 
 /// Overrides where the trueip binaries are looked up (`make` sets it).
 pub const BIN_DIR_ENV: &str = "TRUEIP_BIN_DIR";
@@ -104,13 +103,6 @@ pub fn require(needs: &[Need]) -> Result<(), Skip> {
 /// `return Err(skip(why));`.
 pub fn skip(reason: impl Into<String>) -> anyhow::Error {
     Skip(reason.into()).into()
-}
-
-/// Writes a line straight to stderr, unbuffered and in one piece, so skips and kept-log notes
-/// are seen whatever a test harness does with `eprintln!`.
-pub fn note(line: &str) {
-    // Nothing sensible is left to do if stderr itself is gone.
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// A program on `PATH` or in the sbin directories.

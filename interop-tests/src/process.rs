@@ -5,10 +5,11 @@
 use std::{
     ffi::{OsStr, OsString},
     fs::File,
-    io::{Read, Write},
+    io::Write,
+    net::SocketAddr,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Output, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -19,10 +20,11 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::{cgroup::Cgroup, topology::Netns};
-
-/// How often [`wait_for`] probes.
-const POLL: Duration = Duration::from_millis(20);
+use crate::{
+    cgroup::Cgroup,
+    run::{POLL, wait_for, wait_with_deadline},
+    topology::Netns,
+};
 
 /// How long a stopped process gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -166,6 +168,20 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Waits until this process listens on `addr` in `netns`; fails early if it exits.
+    pub fn wait_listening(
+        &mut self,
+        netns: &Netns,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<()> {
+        let what = format!("{} to listen on {addr}", self.name());
+        wait_for(&what, timeout, || {
+            self.ensure_running()?;
+            Ok(netns.is_listening(addr)?.then_some(()))
+        })
+    }
+
     /// The name it was launched with.
     pub fn name(&self) -> &str {
         &self.name
@@ -261,78 +277,5 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// Runs `cmd` to completion and returns its output; killed (and an error) after `timeout`.
-pub fn output(cmd: &mut Command, timeout: Duration) -> Result<Output> {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting {what}"))?;
-    let stdout = child.stdout.take().context("the child's stdout")?;
-    let stderr = child.stderr.take().context("the child's stderr")?;
-    std::thread::scope(|s| {
-        let out = s.spawn(|| read_all(stdout));
-        let err = s.spawn(|| read_all(stderr));
-        let status = wait_with_deadline(&mut child, timeout);
-        let output = Output {
-            status: status.unwrap_or_else(|| {
-                if let Ok(pgid) = i32::try_from(child.id()).map(Pid::from_raw) {
-                    let _ = killpg(pgid, Signal::SIGKILL);
-                }
-                child.wait().unwrap_or_default()
-            }),
-            stdout: out.join().unwrap_or_default(),
-            stderr: err.join().unwrap_or_default(),
-        };
-        match status {
-            Some(_) => Ok(output),
-            None => bail!(
-                "{what} did not finish within {timeout:?}; stderr: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-        }
-    })
-}
-
-fn read_all(mut from: impl Read) -> Vec<u8> {
-    let mut buf = Vec::new();
-    // A read error only shortens the output, which the caller then reports.
-    let _ = from.read_to_end(&mut buf);
-    buf
-}
-
-/// The exit status, or `None` if the child still runs at the deadline.
-fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => sleep(POLL),
-            Ok(None) | Err(_) => return None,
-        }
-    }
-}
-
-/// Probes until `probe` returns a value, fails, or `timeout` passes.
-pub fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe()? {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        sleep(POLL);
     }
 }

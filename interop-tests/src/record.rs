@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 
 use crate::{
     prereq::own_binary,
-    process::{Launch, Proc, wait_for},
+    process::{Launch, Proc},
+    run::wait_for,
     topology::{Netns, Topology},
 };
 
@@ -90,7 +91,7 @@ impl RecordApp {
             .netns(netns)
             .spawn(topo.dir())?;
         for &addr in addrs {
-            netns.wait_listening(&mut proc, addr, START_TIMEOUT)?;
+            proc.wait_listening(netns, addr, START_TIMEOUT)?;
         }
         Ok(Self { proc })
     }

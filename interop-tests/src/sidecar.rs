@@ -53,6 +53,6 @@ pub fn start<'a>(
     listen: SocketAddr,
 ) -> Result<Proc> {
     let mut proc = launch.netns(netns).spawn(topo.dir())?;
-    netns.wait_listening(&mut proc, listen, START_TIMEOUT)?;
+    proc.wait_listening(netns, listen, START_TIMEOUT)?;
     Ok(proc)
 }

@@ -29,11 +29,12 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::{
-    Family, Topology,
     app::{EchoApp, Fnv1a},
     haproxy::{self, Route, SendProxy},
+    process::Proc,
     sidecar,
     stats::{Usage, quantile},
+    topology::{Family, Topology},
 };
 
 /// Largest RSS growth of a sidecar between the two quiet points, in KiB (allocator slack and
@@ -213,51 +214,85 @@ fn seed() -> u64 {
     u64::from(t.subsec_nanos()) | 1
 }
 
+/// The soak's processes: two apps behind two sidecars behind one HAProxy.
+struct Rig {
+    app_short: EchoApp,
+    _app_long: EchoApp,
+    side_short: Proc,
+    side_long: Proc,
+    _haproxy: Proc,
+    lb_short: SocketAddr,
+    lb_long: SocketAddr,
+}
+
+impl Rig {
+    /// Starts every process of the soak in `topo`.
+    fn start(topo: &Topology) -> Result<Self> {
+        let app_short = EchoApp::start_named(topo, "app-short", &topo.pod, &[APP_SHORT], None)?;
+        let app_long = EchoApp::start_named(topo, "app-long", &topo.pod, &[APP_LONG], None)?;
+        let short_listen = SocketAddr::new(Family::V4.pod(), 8080);
+        let long_listen = SocketAddr::new(Family::V4.pod(), 8081);
+        let side_short = sidecar::start(
+            topo,
+            &topo.pod,
+            sidecar::launch(
+                "sidecar-short",
+                short_listen,
+                APP_SHORT,
+                "none",
+                &TRUSTED_LB,
+            )?
+            .env("RUST_LOG", "warn"),
+            short_listen,
+        )?;
+        let side_long = sidecar::start(
+            topo,
+            &topo.pod,
+            sidecar::launch("sidecar-long", long_listen, APP_LONG, "none", &TRUSTED_LB)?
+                .env("RUST_LOG", "info"),
+            long_listen,
+        )?;
+        let lb_short = SocketAddr::new(Family::V4.lb_front(), 80);
+        let lb_long = SocketAddr::new(Family::V4.lb_front(), 81);
+        let haproxy = haproxy::start(
+            topo,
+            &[
+                Route {
+                    bind: lb_short,
+                    server: short_listen,
+                    send_proxy: SendProxy::V2,
+                },
+                Route {
+                    bind: lb_long,
+                    server: long_listen,
+                    send_proxy: SendProxy::V2,
+                },
+            ],
+        )?;
+        Ok(Self {
+            app_short,
+            _app_long: app_long,
+            side_short,
+            side_long,
+            _haproxy: haproxy,
+            lb_short,
+            lb_long,
+        })
+    }
+}
+
 /// Runs the soak; fails with the first broken promise (see the module docs).
 pub fn run(cfg: Config) -> Result<Report> {
     let topo = Topology::new()?;
-    let mut app_short = EchoApp::start_named(&topo, "app-short", &topo.pod, &[APP_SHORT], None)?;
-    let _app_long = EchoApp::start_named(&topo, "app-long", &topo.pod, &[APP_LONG], None)?;
-    let short_listen = SocketAddr::new(Family::V4.pod(), 8080);
-    let long_listen = SocketAddr::new(Family::V4.pod(), 8081);
-    let side_short = sidecar::start(
-        &topo,
-        &topo.pod,
-        sidecar::launch(
-            "sidecar-short",
-            short_listen,
-            APP_SHORT,
-            "none",
-            &TRUSTED_LB,
-        )?
-        .env("RUST_LOG", "warn"),
-        short_listen,
-    )?;
-    let mut side_long = sidecar::start(
-        &topo,
-        &topo.pod,
-        sidecar::launch("sidecar-long", long_listen, APP_LONG, "none", &TRUSTED_LB)?
-            .env("RUST_LOG", "info"),
-        long_listen,
-    )?;
-    let lb_short = SocketAddr::new(Family::V4.lb_front(), 80);
-    let lb_long = SocketAddr::new(Family::V4.lb_front(), 81);
-    let _haproxy = haproxy::start(
-        &topo,
-        &[
-            Route {
-                bind: lb_short,
-                server: short_listen,
-                send_proxy: SendProxy::V2,
-            },
-            Route {
-                bind: lb_long,
-                server: long_listen,
-                send_proxy: SendProxy::V2,
-            },
-        ],
-    )?;
-
+    let Rig {
+        mut app_short,
+        _app_long,
+        side_short,
+        mut side_long,
+        _haproxy,
+        lb_short,
+        lb_long,
+    } = Rig::start(&topo)?;
     let t0 = Instant::now();
     let stop_short = AtomicBool::new(false);
     let pause_short = AtomicBool::new(false);
@@ -309,26 +344,14 @@ pub fn run(cfg: Config) -> Result<Report> {
             }
         });
 
-        let quiet = |pause: &AtomicBool| -> Result<(Usage, Usage)> {
-            pause.store(true, Ordering::SeqCst);
-            // In-flight short connections finish well within this.
-            thread::sleep(Duration::from_millis(1500));
-            let u = (Usage::of(short_pid)?, Usage::of(long_pid)?);
-            pause.store(false, Ordering::SeqCst);
-            Ok(u)
-        };
+        let quiet = |pause: &AtomicBool| quiet(pause, short_pid, long_pid);
         let warmup = (cfg.duration / 10).max(Duration::from_secs(2));
         thread::sleep(warmup);
         let (short_start, long_start) = quiet(&pause_short)?;
 
         // The fault: the app dies half-way and comes back.
         thread::sleep((cfg.duration / 2).saturating_sub(t0.elapsed()));
-        let killed = t0.elapsed();
-        app_short.kill();
-        thread::sleep(APP_DOWN);
-        app_short = EchoApp::start_named(&topo, "app-short", &topo.pod, &[APP_SHORT], None)?;
-        let back = t0.elapsed();
-        report.restart = (killed.as_secs_f64(), back.as_secs_f64());
+        report.restart = restart(&topo, &mut app_short, t0)?;
 
         thread::sleep(
             cfg.duration
@@ -341,116 +364,167 @@ pub fn run(cfg: Config) -> Result<Report> {
             .map_err(|_| anyhow::anyhow!("the short traffic panicked"))??;
 
         // The drain: SIGTERM while the long streams still send.
-        side_long.terminate();
-        let sigterm = Instant::now();
-        thread::sleep(AFTER_SIGTERM);
-        stop_long.store(true, Ordering::SeqCst);
-        let mut after = 0;
-        for stream in streams {
-            let (bytes, sent_after) = stream
-                .join()
-                .map_err(|_| anyhow::anyhow!("a long stream panicked"))??;
-            report.long_bytes.push(bytes);
-            after += sent_after;
-        }
-        let closed = Instant::now();
-        let status = side_long
-            .wait_exit(Duration::from_secs(10))
-            .context("sidecar-long still runs 10 s after its streams closed")?;
-        report.drain_exit_ms = closed.elapsed().as_millis();
-        ensure!(sigterm.elapsed() >= AFTER_SIGTERM, "timing");
-        ensure!(
-            status.success() || status.code().is_some(),
-            "sidecar-long: {status}"
-        );
-        report.bytes_after_sigterm = after;
+        drain(&mut side_long, streams, &stop_long, &mut report)?;
 
         sampling.store(false, Ordering::Relaxed);
         sampler
             .join()
             .map_err(|_| anyhow::anyhow!("the sampler panicked"))?;
         let samples = samples.lock().expect("no panics while locked");
-        let fds = samples.iter().map(|u| u.fds);
-        report.short_fds = (
-            short_start.fds,
-            short_end.fds,
-            fds.clone().min().unwrap_or(0),
-            fds.max().unwrap_or(0),
-        );
-        report.short_rss = (
-            short_start.rss_kib,
-            short_end.rss_kib,
-            samples.iter().map(|u| u.rss_kib).max().unwrap_or(0),
-        );
-        report.long_fds = (long_start.fds, long_end.fds);
-        report.long_rss = (long_start.rss_kib, long_end.rss_kib);
+        report.record_usage((short_start, short_end), (long_start, long_end), &samples);
         Ok(())
     });
     outcome?;
 
     let attempts = attempts.into_inner().expect("no panics while locked");
-    let (killed, back) = (
-        Duration::from_secs_f64(report.restart.0),
-        Duration::from_secs_f64(report.restart.1),
-    );
-    let window_start = killed.saturating_sub(FAULT_MARGIN);
-    let window_end = back + FAULT_MARGIN;
-    let mut times: Vec<f64> = Vec::new();
-    for a in &attempts {
-        match a.outcome {
-            Outcome::Ok => times.push((a.ended - a.started).as_secs_f64() * 1000.0),
-            Outcome::CleanFail if a.ended >= window_start && a.started <= window_end => {
-                report.short_failed_in_restart += 1;
-            }
-            other => bail!(
-                "a short connection started at {:.2} s ended {other:?} at {:.2} s, outside the \
-                 app restart ({:.2} s – {:.2} s)",
-                a.started.as_secs_f64(),
-                a.ended.as_secs_f64(),
-                killed.as_secs_f64(),
-                back.as_secs_f64()
-            ),
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    report.short_total = attempts.len();
-    report.short_ok = times.len();
-    report.short_bytes = short_bytes.load(Ordering::Relaxed);
-    report.short_p50_ms = quantile(&times, 0.5).unwrap_or(0.0);
-    report.short_p99_ms = quantile(&times, 0.99).unwrap_or(0.0);
-    ensure!(
-        report.short_failed_in_restart > 0,
-        "no connection failed while the app was down: the restart was not exercised"
-    );
-    ensure!(
-        attempts
-            .iter()
-            .any(|a| a.started > window_end && a.outcome == Outcome::Ok),
-        "no connection succeeded after the app restart"
-    );
-    ensure!(
-        report.short_fds.0 == report.short_fds.1,
-        "sidecar-short descriptors grew: {} at the start, {} at the end",
-        report.short_fds.0,
-        report.short_fds.1
-    );
-    ensure!(
-        report.long_fds.0 == report.long_fds.1,
-        "sidecar-long descriptors changed with the same streams open: {:?}",
-        report.long_fds
-    );
-    ensure!(
-        report.short_rss.1 <= report.short_rss.0 + RSS_GROWTH_KIB,
-        "sidecar-short RSS grew from {} to {} KiB (bound +{RSS_GROWTH_KIB})",
-        report.short_rss.0,
-        report.short_rss.1
-    );
-    ensure!(
-        report.bytes_after_sigterm > 0,
-        "the long streams sent nothing after the SIGTERM"
-    );
+    report.judge(&attempts, short_bytes.load(Ordering::Relaxed))?;
     drop(app_short);
     Ok(report)
+}
+
+/// The two sidecars' usage at a quiet point: short traffic paused until in-flight
+/// connections have finished, long streams still open.
+fn quiet(pause: &AtomicBool, short_pid: u32, long_pid: u32) -> Result<(Usage, Usage)> {
+    pause.store(true, Ordering::SeqCst);
+    // In-flight short connections finish well within this.
+    thread::sleep(Duration::from_millis(1500));
+    let usage = (Usage::of(short_pid)?, Usage::of(long_pid)?);
+    pause.store(false, Ordering::SeqCst);
+    Ok(usage)
+}
+
+/// Kills the short app and starts it again after [`APP_DOWN`]: when it died and when it was
+/// back, in seconds since `t0`.
+fn restart(topo: &Topology, app: &mut EchoApp, t0: Instant) -> Result<(f64, f64)> {
+    let killed = t0.elapsed();
+    app.kill();
+    thread::sleep(APP_DOWN);
+    *app = EchoApp::start_named(topo, "app-short", &topo.pod, &[APP_SHORT], None)?;
+    Ok((killed.as_secs_f64(), t0.elapsed().as_secs_f64()))
+}
+
+/// SIGTERM to `side_long` while its streams still send, then the streams stopped and joined:
+/// their bytes, what they sent after the signal, and how long the sidecar took to exit.
+fn drain(
+    side_long: &mut Proc,
+    streams: Vec<thread::ScopedJoinHandle<'_, Result<(u64, u64)>>>,
+    stop_long: &AtomicBool,
+    report: &mut Report,
+) -> Result<()> {
+    side_long.terminate();
+    let sigterm = Instant::now();
+    thread::sleep(AFTER_SIGTERM);
+    stop_long.store(true, Ordering::SeqCst);
+    let mut after = 0;
+    for stream in streams {
+        let (bytes, sent_after) = stream
+            .join()
+            .map_err(|_| anyhow::anyhow!("a long stream panicked"))??;
+        report.long_bytes.push(bytes);
+        after += sent_after;
+    }
+    let closed = Instant::now();
+    let status = side_long
+        .wait_exit(Duration::from_secs(10))
+        .context("sidecar-long still runs 10 s after its streams closed")?;
+    report.drain_exit_ms = closed.elapsed().as_millis();
+    ensure!(sigterm.elapsed() >= AFTER_SIGTERM, "timing");
+    ensure!(
+        status.success() || status.code().is_some(),
+        "sidecar-long: {status}"
+    );
+    report.bytes_after_sigterm = after;
+    Ok(())
+}
+
+// === impl Report ===
+
+impl Report {
+    /// The descriptors and RSS of the two sidecars at the quiet points (`short`, `long`: start
+    /// and end), and the short sidecar's extremes over `samples`.
+    fn record_usage(&mut self, short: (Usage, Usage), long: (Usage, Usage), samples: &[Usage]) {
+        let ((short_start, short_end), (long_start, long_end)) = (short, long);
+        let fds = samples.iter().map(|u| u.fds);
+        self.short_fds = (
+            short_start.fds,
+            short_end.fds,
+            fds.clone().min().unwrap_or(0),
+            fds.max().unwrap_or(0),
+        );
+        self.short_rss = (
+            short_start.rss_kib,
+            short_end.rss_kib,
+            samples.iter().map(|u| u.rss_kib).max().unwrap_or(0),
+        );
+        self.long_fds = (long_start.fds, long_end.fds);
+        self.long_rss = (long_start.rss_kib, long_end.rss_kib);
+    }
+
+    /// Sorts the short connections into delivered, failed during the restart and broken, and
+    /// checks the promises on them and on the sidecars' descriptors, RSS and drain.
+    fn judge(&mut self, attempts: &[Attempt], short_bytes: u64) -> Result<()> {
+        let (killed, back) = (
+            Duration::from_secs_f64(self.restart.0),
+            Duration::from_secs_f64(self.restart.1),
+        );
+        let window_start = killed.saturating_sub(FAULT_MARGIN);
+        let window_end = back + FAULT_MARGIN;
+        let mut times: Vec<f64> = Vec::new();
+        for a in attempts {
+            match a.outcome {
+                Outcome::Ok => times.push((a.ended - a.started).as_secs_f64() * 1000.0),
+                Outcome::CleanFail if a.ended >= window_start && a.started <= window_end => {
+                    self.short_failed_in_restart += 1;
+                }
+                other => bail!(
+                    "a short connection started at {:.2} s ended {other:?} at {:.2} s, outside the \
+                     app restart ({:.2} s – {:.2} s)",
+                    a.started.as_secs_f64(),
+                    a.ended.as_secs_f64(),
+                    killed.as_secs_f64(),
+                    back.as_secs_f64()
+                ),
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        self.short_total = attempts.len();
+        self.short_ok = times.len();
+        self.short_bytes = short_bytes;
+        self.short_p50_ms = quantile(&times, 0.5).unwrap_or(0.0);
+        self.short_p99_ms = quantile(&times, 0.99).unwrap_or(0.0);
+        ensure!(
+            self.short_failed_in_restart > 0,
+            "no connection failed while the app was down: the restart was not exercised"
+        );
+        ensure!(
+            attempts
+                .iter()
+                .any(|a| a.started > window_end && a.outcome == Outcome::Ok),
+            "no connection succeeded after the app restart"
+        );
+        ensure!(
+            self.short_fds.0 == self.short_fds.1,
+            "sidecar-short descriptors grew: {} at the start, {} at the end",
+            self.short_fds.0,
+            self.short_fds.1
+        );
+        ensure!(
+            self.long_fds.0 == self.long_fds.1,
+            "sidecar-long descriptors changed with the same streams open: {:?}",
+            self.long_fds
+        );
+        ensure!(
+            self.short_rss.1 <= self.short_rss.0 + RSS_GROWTH_KIB,
+            "sidecar-short RSS grew from {} to {} KiB (bound +{RSS_GROWTH_KIB})",
+            self.short_rss.0,
+            self.short_rss.1
+        );
+        ensure!(
+            self.bytes_after_sigterm > 0,
+            "the long streams sent nothing after the SIGTERM"
+        );
+        Ok(())
+    }
 }
 
 /// Short connections at `cfg.rate` per second until `stop`, skipping while `pause`.

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::process;
+use crate::run;
 
 /// The server name clients send (SNI) and the server certificate is for.
 pub const SERVER_NAME: &str = "lb.trueip.test";
@@ -123,7 +123,7 @@ impl Pki {
 }
 
 fn openssl(cmd: &mut Command) -> Result<()> {
-    let out = process::output(cmd, OPENSSL_TIMEOUT)?;
+    let out = run::output(cmd, OPENSSL_TIMEOUT)?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}): {}",

@@ -21,7 +21,6 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
@@ -33,10 +32,10 @@ use nix::{
 };
 use tempfile::TempDir;
 
-use crate::process::{self, Proc};
-
-/// Prefix of every namespace and cgroup this crate creates.
-pub const PREFIX: &str = "tip-";
+use crate::{
+    names::{PREFIX, is_stale, unique_suffix},
+    run,
+};
 
 /// Where `ip netns` keeps its namespace handles.
 const NETNS_DIR: &str = "/run/netns";
@@ -206,23 +205,6 @@ impl Netns {
         }))
     }
 
-    /// Waits until `proc` listens on `addr` in this namespace; fails early if it exits.
-    pub fn wait_listening(
-        &self,
-        proc: &mut Proc,
-        addr: SocketAddr,
-        timeout: Duration,
-    ) -> Result<()> {
-        process::wait_for(
-            &format!("{} to listen on {addr}", proc.name()),
-            timeout,
-            || {
-                proc.ensure_running()?;
-                Ok(self.is_listening(addr)?.then_some(()))
-            },
-        )
-    }
-
     /// Runs `ip -n <this namespace> args...`.
     fn ip<S: AsRef<str>>(&self, args: &[S]) -> Result<()> {
         let mut all = vec!["-n", &self.name];
@@ -348,7 +330,7 @@ impl Drop for Topology {
             && let Some(dir) = self.dir.take()
         {
             let kept = dir.keep();
-            crate::prereq::note(&format!("logs kept in {}", kept.display()));
+            run::note(&format!("logs kept in {}", kept.display()));
         }
     }
 }
@@ -402,7 +384,7 @@ fn link(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> Result<()> {
 fn ip(args: &[&str]) -> Result<()> {
     let mut cmd = Command::new("ip");
     cmd.args(args);
-    let out = process::output(&mut cmd, IP_TIMEOUT)?;
+    let out = run::output(&mut cmd, IP_TIMEOUT)?;
     if !out.status.success() {
         bail!(
             "`ip {}` failed ({}): {}",
@@ -412,24 +394,6 @@ fn ip(args: &[&str]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// `<pid>-<n>`: unique among the namespaces and cgroups of all processes alive at once.
-pub fn unique_suffix() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Whether a name made by [`unique_suffix`] belongs to a process that no longer runs.
-pub(crate) fn is_stale(name: &str) -> bool {
-    name.strip_prefix(PREFIX)
-        .and_then(|rest| rest.split('-').next())
-        .and_then(|pid| pid.parse::<u32>().ok())
-        .is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists())
 }
 
 /// Removes namespaces left behind by runs that were killed before they could clean up.
@@ -450,7 +414,7 @@ fn remove_stale() {
 fn remove_netns(name: &str) {
     let mut pids = Command::new("ip");
     pids.args(["netns", "pids", name]);
-    if let Ok(out) = process::output(&mut pids, IP_TIMEOUT) {
+    if let Ok(out) = run::output(&mut pids, IP_TIMEOUT) {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             if let Ok(pid) = pid.parse() {
                 // Already gone is fine.
@@ -459,7 +423,7 @@ fn remove_netns(name: &str) {
         }
     }
     if let Err(e) = ip(&["netns", "del", name]) {
-        crate::prereq::note(&format!("could not delete network namespace {name}: {e:#}"));
+        run::note(&format!("could not delete network namespace {name}: {e:#}"));
     }
 }
 

@@ -22,7 +22,8 @@ use trueip_proxy_header::{
 use crate::{
     cgroup::Cgroup,
     prereq::own_binary,
-    process::{Launch, Proc, wait_for},
+    process::{Launch, Proc},
+    run::wait_for,
     topology::{Netns, Topology},
 };
 

@@ -57,7 +57,7 @@ impl Machine {
             mem_gib: mem_kib / 1024.0 / 1024.0,
             versions,
             date: utc_now(),
-            nofile: crate::fd_limit(),
+            nofile: crate::fds::fd_limit(),
         }
     }
 }

@@ -3,8 +3,10 @@
 //! the same workloads, and writes `RESULTS.md` and the plot.
 
 pub mod machine;
+mod plan;
 pub mod plot;
 pub mod report;
+mod results;
 pub mod variant;
 
 use std::{
@@ -19,8 +21,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use trueip_interop_tests::{Cgroup, Launch, Need, Proc, Topology, agent::Agent, prereq, process};
+use serde::de::DeserializeOwned;
+use trueip_interop_tests::{Cgroup, Launch, Need, Proc, Topology, agent::Agent, prereq};
 
 use crate::{
     loadgen::{self, BulkResult, ConnResult, IdleResult, RrResult},
@@ -28,6 +30,8 @@ use crate::{
     udp::UdpResult,
     wire::AppStats,
 };
+pub use plan::{Pins, Plan};
+pub use results::{Results, Samples, idle_label};
 pub use variant::Variant;
 use variant::{APP_PORT, EBPF_APP_PORT, Ebpf, Hop, Programs, STEERED_APP_PORTS};
 
@@ -43,142 +47,6 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// Head room over a workload's own duration before its load generator is killed.
 const LOADGEN_SLACK: Duration = Duration::from_secs(60);
 
-/// What one run measures and how long.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
-    /// Measured repetitions per variant (after the warm-up pass).
-    pub reps: usize,
-    /// Duration of each bulk, request/response and short-connection workload.
-    pub secs: f64,
-    /// Duration of the warm-up pass per variant.
-    pub warmup_secs: f64,
-    /// Parallel streams of the "many streams" bulk workloads.
-    pub streams: usize,
-    /// Keep-alive connections of the request/response workload.
-    pub rr_conns: usize,
-    /// Request (= response) size, bytes.
-    pub msg_size: usize,
-    /// Concurrent loops of the short-connection workload.
-    pub conn_concurrency: usize,
-    /// Idle connection counts for the memory workload.
-    pub idle: Vec<usize>,
-    /// `taskset -c` CPU lists: load generator, app, hop (`None`: not pinned).
-    pub pin: Pins,
-    /// Variants to run.
-    pub variants: Vec<Variant>,
-    /// Whether this is the quick mode.
-    pub quick: bool,
-    /// `trueip-sidecar` to run (default: found like the interop tests find it).
-    pub sidecar: Option<PathBuf>,
-    /// Extra arguments for every `trueip-sidecar` (experiments such as `--pipe-size`).
-    pub sidecar_args: Vec<String>,
-    /// Extra `KEY=VALUE` environment for every `trueip-sidecar` (e.g. `TOKIO_WORKER_THREADS=1`).
-    pub sidecar_env: Vec<String>,
-    /// Deviations from the plan the machine forced, for the method section.
-    pub caveats: Vec<String>,
-    /// Workload groups to run: `idle`, `bulk`, `rr`, `conn`, `http`, `udp` (all by default; fewer for
-    /// profiling one of them).
-    pub workloads: Vec<String>,
-}
-
-impl Plan {
-    fn runs(&self, workload: &str) -> bool {
-        self.workloads.iter().any(|w| w == workload)
-    }
-}
-
-/// CPU pinning of the three parties (`taskset -c` lists).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Pins {
-    /// The load generator.
-    pub client: Option<String>,
-    /// The app.
-    pub app: Option<String>,
-    /// The middle hop.
-    pub hop: Option<String>,
-}
-
-impl Plan {
-    /// The full plan: 5 repetitions of 3-second workloads, 1 000 and 10 000 idle connections.
-    #[must_use]
-    pub fn full() -> Self {
-        Self {
-            reps: 5,
-            secs: 3.0,
-            warmup_secs: 1.0,
-            streams: 8,
-            rr_conns: 16,
-            msg_size: 64,
-            conn_concurrency: 16,
-            idle: vec![1_000, 10_000],
-            pin: Pins::default(),
-            variants: Variant::ALL.to_vec(),
-            quick: false,
-            sidecar: None,
-            sidecar_args: Vec::new(),
-            sidecar_env: Vec::new(),
-            caveats: Vec::new(),
-            workloads: ["idle", "bulk", "rr", "conn", "http", "udp"]
-                .map(str::to_owned)
-                .to_vec(),
-        }
-    }
-
-    /// The smoke-test plan: one repetition of short workloads, fewer idle connections.
-    #[must_use]
-    pub fn quick() -> Self {
-        Self {
-            reps: 1,
-            secs: 0.5,
-            warmup_secs: 0.2,
-            idle: vec![100, 1_000],
-            quick: true,
-            ..Self::full()
-        }
-    }
-}
-
-/// The metrics of one variant: samples per metric, plus notes (failures, skips, checks).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Samples {
-    /// Metric key → one sample per repetition.
-    pub values: BTreeMap<String, Vec<f64>>,
-    /// Why something is missing, or what was checked.
-    pub notes: Vec<String>,
-    /// Why the whole variant did not run.
-    pub skipped: Option<String>,
-}
-
-impl Samples {
-    fn push(&mut self, key: &str, value: f64) {
-        self.values.entry(key.to_owned()).or_default().push(value);
-    }
-
-    fn note(&mut self, note: String) {
-        if !self.notes.contains(&note) {
-            self.notes.push(note);
-        }
-    }
-}
-
-/// Everything a run produced (also saved as JSON, so the report can be rendered again).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Results {
-    /// The plan it ran.
-    pub plan: Plan,
-    /// Samples per variant, in [`Variant::ALL`] order.
-    pub variants: Vec<(Variant, Samples)>,
-    /// The machine and peer versions.
-    pub machine: machine::Machine,
-    /// Wall time of the whole run, seconds.
-    pub wall_secs: f64,
-    /// Load average before the run (1 minute).
-    pub load_before: f64,
-    /// Load average at the end of the run (1 minute; includes the run itself).
-    #[serde(default)]
-    pub load_after: Option<f64>,
-}
-
 /// The programs the run needs.
 #[derive(Debug)]
 struct Bins {
@@ -192,7 +60,7 @@ const HOP_FDS_PER_CONN: u64 = 6;
 
 /// Lowers idle connection counts the open-file limit cannot hold, and says so.
 fn cap_idle(plan: &mut Plan) {
-    let limit = crate::fd_limit();
+    let limit = crate::fds::fd_limit();
     let cap = usize::try_from((limit.saturating_sub(1000) / HOP_FDS_PER_CONN) / 500 * 500)
         .unwrap_or(usize::MAX)
         .max(100);
@@ -219,7 +87,7 @@ pub fn run(mut plan: Plan) -> Result<Results> {
     if let Some(reason) = prereq::missing(&[Need::Haproxy, Need::Nginx]) {
         bail!("cannot run the benchmark: {reason}");
     }
-    crate::raise_fd_limit_hard();
+    crate::fds::raise_fd_limit_hard();
     cap_idle(&mut plan);
     let bins = Bins {
         loadgen: prereq::trueip_binary("trueip-loadgen")?,
@@ -239,6 +107,42 @@ pub fn run(mut plan: Plan) -> Result<Results> {
     tune(&topo)?;
     let mut app = start_app(&topo, &bins, &plan, None, APP_PORT, "app")?;
 
+    let mut samples = initial_samples(&plan, &programs);
+    // The eBPF pieces live for the whole run; without them the rows say why.
+    let (ebpf, ebpf_apps) = ebpf_if_wanted(&topo, &bins, &plan, &mut samples);
+    let ctx = Ctx {
+        topo: &topo,
+        bins: &bins,
+        programs: &programs,
+        ebpf: ebpf.as_ref(),
+        plan: &plan,
+    };
+    ctx.measure_all(&mut samples, &mut app)?;
+    // Sanity checks from the app's own counters.
+    check_app(&topo, APP_PORT, &mut samples, &plan);
+    if ebpf.is_some() {
+        check_ebpf(&topo, &mut samples);
+    }
+    drop(ebpf_apps);
+    drop(ebpf);
+    drop(app);
+    Ok(Results {
+        variants: plan
+            .variants
+            .iter()
+            .map(|v| (*v, samples.remove(v).unwrap_or_default()))
+            .collect(),
+        plan,
+        machine: machine_running(&programs),
+        wall_secs: started.elapsed().as_secs_f64(),
+        load_before,
+        load_after: Some(machine::load_average()),
+    })
+}
+
+/// An empty sample set per planned variant; the variants whose programs are missing are
+/// marked skipped, with why.
+fn initial_samples(plan: &Plan, programs: &Programs) -> BTreeMap<Variant, Samples> {
     let mut samples: BTreeMap<Variant, Samples> = plan
         .variants
         .iter()
@@ -266,79 +170,36 @@ pub fn run(mut plan: Plan) -> Result<Results> {
             }
         }
     }
-    // The eBPF pieces live for the whole run; without them the rows say why.
-    let mut ebpf_apps = Vec::new();
-    let ebpf = if samples
+    samples
+}
+
+/// The agent and the eBPF apps, when an eBPF variant is to run; if they cannot start, every
+/// eBPF variant is marked skipped with why.
+fn ebpf_if_wanted(
+    topo: &Topology,
+    bins: &Bins,
+    plan: &Plan,
+    samples: &mut BTreeMap<Variant, Samples>,
+) -> (Option<Ebpf>, Vec<Proc>) {
+    if !samples
         .iter()
         .any(|(v, s)| v.is_ebpf() && s.skipped.is_none())
     {
-        match start_ebpf(&topo, &bins, &plan) {
-            Ok((e, apps)) => {
-                ebpf_apps = apps;
-                Some(e)
+        return (None, Vec::new());
+    }
+    match start_ebpf(topo, bins, plan) {
+        Ok((e, apps)) => (Some(e), apps),
+        Err(e) => {
+            for (_, s) in samples.iter_mut().filter(|(v, _)| v.is_ebpf()) {
+                s.skipped = Some(format!("{e:#}"));
             }
-            Err(e) => {
-                for (_, s) in samples.iter_mut().filter(|(v, _)| v.is_ebpf()) {
-                    s.skipped = Some(format!("{e:#}"));
-                }
-                None
-            }
+            (None, Vec::new())
         }
-    } else {
-        None
-    };
+    }
+}
 
-    let ctx = Ctx {
-        topo: &topo,
-        bins: &bins,
-        programs: &programs,
-        ebpf: ebpf.as_ref(),
-        plan: &plan,
-    };
-    let runnable: Vec<Variant> = plan
-        .variants
-        .iter()
-        .copied()
-        .filter(|v| samples.get(v).is_some_and(|s| s.skipped.is_none()))
-        .collect();
-    log(&format!(
-        "variants: {}",
-        runnable
-            .iter()
-            .map(|v| v.slug())
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
-    // Warm-up: every variant once, short, nothing recorded (page cache, allocators, ARP).
-    for v in &runnable {
-        log(&format!("warm-up {}", v.slug()));
-        if let Err(e) = ctx.warm_up(*v) {
-            log(&format!("warm-up of {} failed: {e:#}", v.slug()));
-        }
-    }
-    for rep in 0..plan.reps {
-        // Rotate the order, so no variant always runs first or right after the same one.
-        let mut order = runnable.clone();
-        let len = order.len().max(1);
-        order.rotate_left(rep % len);
-        for v in order {
-            log(&format!("rep {}/{} {}", rep + 1, plan.reps, v.slug()));
-            let s = samples.get_mut(&v).context("a sample set per variant")?;
-            if let Err(e) = ctx.measure(v, s) {
-                log(&format!("{}: {e:#}", v.slug()));
-                s.note(format!("rep {}: {e:#}", rep + 1));
-            }
-            app.ensure_running()?;
-        }
-    }
-    // Sanity checks from the app's own counters.
-    check_app(&topo, APP_PORT, &mut samples, &plan);
-    if ebpf.is_some() {
-        check_ebpf(&topo, &mut samples);
-    }
-    drop(ebpf_apps);
-    drop(ebpf);
-    drop(app);
+/// The machine, with the version of the sidecar that ran.
+fn machine_running(programs: &Programs) -> machine::Machine {
     let mut machine = machine::Machine::read();
     if let Ok(path) = &programs.sidecar {
         let version = Command::new(path)
@@ -350,23 +211,12 @@ pub fn run(mut plan: Plan) -> Result<Results> {
             .versions
             .push(format!("{version} (`{}`)", path.display()));
     }
-    Ok(Results {
-        variants: plan
-            .variants
-            .iter()
-            .map(|v| (*v, samples.remove(v).unwrap_or_default()))
-            .collect(),
-        plan,
-        machine,
-        wall_secs: started.elapsed().as_secs_f64(),
-        load_before,
-        load_after: Some(machine::load_average()),
-    })
+    machine
 }
 
 /// Progress on stderr.
 fn log(line: &str) {
-    prereq::note(&format!("[bench] {line}"));
+    trueip_interop_tests::run::note(&format!("[bench] {line}"));
 }
 
 /// Sysctls of the namespaces we own: the client reuses TIME_WAIT ports (tens of thousands of
@@ -440,7 +290,7 @@ fn start_app_at(
         launch = launch.cgroup(cg);
     }
     let mut proc = launch.spawn(topo.dir())?;
-    topo.pod.wait_listening(&mut proc, addr, START_TIMEOUT)?;
+    proc.wait_listening(&topo.pod, addr, START_TIMEOUT)?;
     Ok(proc)
 }
 
@@ -561,6 +411,49 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Every variant that is not skipped: once as a warm-up, then [`Plan::reps`] times in a
+    /// rotating order, checking between variants that the shared app still runs.
+    fn measure_all(&self, samples: &mut BTreeMap<Variant, Samples>, app: &mut Proc) -> Result<()> {
+        let plan = self.plan;
+        let runnable: Vec<Variant> = plan
+            .variants
+            .iter()
+            .copied()
+            .filter(|v| samples.get(v).is_some_and(|s| s.skipped.is_none()))
+            .collect();
+        log(&format!(
+            "variants: {}",
+            runnable
+                .iter()
+                .map(|v| v.slug())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        // Warm-up: every variant once, short, nothing recorded (page cache, allocators, ARP).
+        for v in &runnable {
+            log(&format!("warm-up {}", v.slug()));
+            if let Err(e) = self.warm_up(*v) {
+                log(&format!("warm-up of {} failed: {e:#}", v.slug()));
+            }
+        }
+        for rep in 0..plan.reps {
+            // Rotate the order, so no variant always runs first or right after the same one.
+            let mut order = runnable.clone();
+            let len = order.len().max(1);
+            order.rotate_left(rep % len);
+            for v in order {
+                log(&format!("rep {}/{} {}", rep + 1, plan.reps, v.slug()));
+                let s = samples.get_mut(&v).context("a sample set per variant")?;
+                if let Err(e) = self.measure(v, s) {
+                    log(&format!("{}: {e:#}", v.slug()));
+                    s.note(format!("rep {}: {e:#}", rep + 1));
+                }
+                app.ensure_running()?;
+            }
+        }
+        Ok(())
+    }
+
     fn loadgen(&self, variant: Variant) -> Command {
         self.loadgen_to(variant, variant.target())
     }
@@ -593,7 +486,7 @@ impl Ctx<'_> {
     fn workload_to<T: DeserializeOwned>(&self, mut cmd: Command, args: &[String]) -> Result<T> {
         cmd.args(args);
         let limit = Duration::from_secs_f64(self.plan.secs) * 2 + LOADGEN_SLACK;
-        let out = process::output(&mut cmd, limit)?;
+        let out = trueip_interop_tests::run::output(&mut cmd, limit)?;
         if !out.status.success() {
             bail!(
                 "trueip-loadgen {} failed: {}",
@@ -672,6 +565,19 @@ impl Ctx<'_> {
                 s.note(format!("idle {n}: {e:#}"));
             }
         }
+        self.bulk(variant, &hop, &secs, s);
+        self.rr(variant, &hop, &secs, s);
+        self.conn(variant, &hop, &secs, s);
+        self.udp_into(variant, &secs, s);
+        self.http(variant, &hop, &http, s);
+        if let Some(mut proc) = hop.proc {
+            proc.ensure_running()?;
+        }
+        Ok(())
+    }
+
+    /// Bulk transfers each way, over one stream and over [`Plan::streams`]: Gbit/s and CPU per GB.
+    fn bulk(&self, variant: Variant, hop: &Hop, secs: &str, s: &mut Samples) {
         let streams = self.plan.streams.to_string();
         let dirs: &[(&str, &str)] = if self.plan.runs("bulk") {
             &[("upload", "up"), ("download", "down")]
@@ -680,9 +586,9 @@ impl Ctx<'_> {
         };
         for &(dir, key) in dirs {
             for (n, tag) in [("1", "1"), (streams.as_str(), "n")] {
-                let args = strings(&["bulk", "--direction", dir, "--streams", n, "--secs", &secs]);
+                let args = strings(&["bulk", "--direction", dir, "--streams", n, "--secs", secs]);
                 let key = format!("{key}{tag}");
-                match self.timed_cpu::<BulkResult>(variant, &hop, &args) {
+                match self.timed_cpu::<BulkResult>(variant, hop, &args) {
                     Ok((r, cpu)) => {
                         s.push(&format!("{key}_gbps"), r.gbps);
                         if let Some(cpu) = cpu {
@@ -693,6 +599,10 @@ impl Ctx<'_> {
                 }
             }
         }
+    }
+
+    /// Small requests over keep-alive connections: rate, latency quantiles, CPU per request.
+    fn rr(&self, variant: Variant, hop: &Hop, secs: &str, s: &mut Samples) {
         let rr = strings(&[
             "rr",
             "--conns",
@@ -700,9 +610,9 @@ impl Ctx<'_> {
             "--size",
             &self.plan.msg_size.to_string(),
             "--secs",
-            &secs,
+            secs,
         ]);
-        match self.run_if("rr", || self.timed_cpu::<RrResult>(variant, &hop, &rr)) {
+        match self.run_if("rr", || self.timed_cpu::<RrResult>(variant, hop, &rr)) {
             None => {}
             Some(Ok((r, cpu))) => {
                 s.push("rr_rps", r.rps);
@@ -715,6 +625,10 @@ impl Ctx<'_> {
             }
             Some(Err(e)) => s.note(format!("rr: {e:#}")),
         }
+    }
+
+    /// Short connections, one request each: rate, p99 and CPU per connection.
+    fn conn(&self, variant: Variant, hop: &Hop, secs: &str, s: &mut Samples) {
         let conn = strings(&[
             "conn",
             "--concurrency",
@@ -722,11 +636,9 @@ impl Ctx<'_> {
             "--size",
             &self.plan.msg_size.to_string(),
             "--secs",
-            &secs,
+            secs,
         ]);
-        match self.run_if("conn", || {
-            self.timed_cpu::<ConnResult>(variant, &hop, &conn)
-        }) {
+        match self.run_if("conn", || self.timed_cpu::<ConnResult>(variant, hop, &conn)) {
             None => {}
             Some(Ok((r, cpu))) => {
                 s.push("conn_cps", r.cps);
@@ -737,7 +649,11 @@ impl Ctx<'_> {
             }
             Some(Err(e)) => s.note(format!("conn: {e:#}")),
         }
-        match self.run_if("udp", || self.udp(variant, &secs)) {
+    }
+
+    /// Datagrams through the UDP listener: rate, latency and losses.
+    fn udp_into(&self, variant: Variant, secs: &str, s: &mut Samples) {
+        match self.run_if("udp", || self.udp(variant, secs)) {
             None | Some(Ok(None)) => {}
             Some(Ok(Some(r))) => {
                 s.push("udp_dps", r.dps);
@@ -753,11 +669,6 @@ impl Ctx<'_> {
             }
             Some(Err(e)) => s.note(format!("udp: {e:#}")),
         }
-        self.http(variant, &hop, &http, s);
-        if let Some(mut proc) = hop.proc {
-            proc.ensure_running()?;
-        }
-        Ok(())
     }
 
     /// HTTP/1.1 GETs over keep-alive connections, the PROXY header once per connection.
@@ -896,16 +807,6 @@ impl Ctx<'_> {
                 said => e.context(said.to_owned()),
             }
         })
-    }
-}
-
-/// `1k`, `10k`, or the plain number.
-#[must_use]
-pub fn idle_label(n: usize) -> String {
-    if n >= 1000 && n.is_multiple_of(1000) {
-        format!("{}k", n / 1000)
-    } else {
-        n.to_string()
     }
 }
 

@@ -13,7 +13,10 @@ use plotters::{
     style::{FontStyle, register_font},
 };
 
-use super::{Results, Samples, Variant, idle_label};
+use super::{
+    results::{Results, Samples, idle_label},
+    variant::Variant,
+};
 use crate::stats::Summary;
 
 /// Where the font is looked for, first found wins.
@@ -62,32 +65,14 @@ fn load_font() -> Result<()> {
 /// Draws the plot of `results` into `path`.
 pub fn draw(results: &Results, path: &Path) -> Result<()> {
     load_font()?;
-    let ran: Vec<(Variant, &Samples)> = results
+    let ran = Ran(results
         .variants
         .iter()
         .filter(|(_, s)| s.skipped.is_none())
         .map(|(v, s)| (*v, s))
-        .collect();
-    let pick = |key: &str| -> Vec<Option<Summary>> {
-        ran.iter()
-            .map(|(_, s)| s.values.get(key).and_then(|v| Summary::of(v)))
-            .collect()
-    };
-    let scaled = |key: &str, by: f64| -> Vec<Option<Summary>> {
-        pick(key)
-            .into_iter()
-            .map(|s| {
-                s.map(|s| Summary {
-                    median: s.median / by,
-                    min: s.min / by,
-                    max: s.max / by,
-                    n: s.n,
-                })
-            })
-            .collect()
-    };
-    let names: Vec<&str> = ran.iter().map(|(v, _)| v.label()).collect();
-    let n = results.plan.streams;
+        .collect());
+    let names: Vec<&str> = ran.0.iter().map(|(v, _)| v.label()).collect();
+    let (n, conns) = (results.plan.streams, results.plan.rr_conns);
     let big = results
         .plan
         .idle
@@ -119,45 +104,21 @@ pub fn draw(results: &Results, path: &Path) -> Result<()> {
         "Gbit/s",
         &names,
         &[
-            Series {
-                name: "upload ×1".into(),
-                values: pick("up1_gbps"),
-            },
-            Series {
-                name: format!("upload ×{n}"),
-                values: pick("upn_gbps"),
-            },
-            Series {
-                name: "download ×1".into(),
-                values: pick("down1_gbps"),
-            },
-            Series {
-                name: format!("download ×{n}"),
-                values: pick("downn_gbps"),
-            },
+            series("upload ×1", ran.pick("up1_gbps")),
+            series(format!("upload ×{n}"), ran.pick("upn_gbps")),
+            series("download ×1", ran.pick("down1_gbps")),
+            series(format!("download ×{n}"), ran.pick("downn_gbps")),
         ],
     )?;
     panel(
         &panels[1],
-        &format!(
-            "Request/response latency, {} keep-alive conns",
-            results.plan.rr_conns
-        ),
+        &format!("Request/response latency, {conns} keep-alive conns"),
         "µs",
         &names,
         &[
-            Series {
-                name: "p50".into(),
-                values: pick("rr_p50_us"),
-            },
-            Series {
-                name: "p99".into(),
-                values: pick("rr_p99_us"),
-            },
-            Series {
-                name: "p99.9".into(),
-                values: pick("rr_p999_us"),
-            },
+            series("p50", ran.pick("rr_p50_us")),
+            series("p99", ran.pick("rr_p99_us")),
+            series("p99.9", ran.pick("rr_p999_us")),
         ],
     )?;
     panel(
@@ -166,18 +127,15 @@ pub fn draw(results: &Results, path: &Path) -> Result<()> {
         "thousands per second",
         &names,
         &[
-            Series {
-                name: format!("requests/s ({} conns)", results.plan.rr_conns),
-                values: scaled("rr_rps", 1e3),
-            },
-            Series {
-                name: "new connections/s".into(),
-                values: scaled("conn_cps", 1e3),
-            },
-            Series {
-                name: format!("HTTP requests/s ({} conns)", results.plan.rr_conns),
-                values: scaled("http_rps", 1e3),
-            },
+            series(
+                format!("requests/s ({conns} conns)"),
+                ran.scaled("rr_rps", 1e3),
+            ),
+            series("new connections/s", ran.scaled("conn_cps", 1e3)),
+            series(
+                format!("HTTP requests/s ({conns} conns)"),
+                ran.scaled("http_rps", 1e3),
+            ),
         ],
     )?;
     panel(
@@ -186,26 +144,53 @@ pub fn draw(results: &Results, path: &Path) -> Result<()> {
         "KiB / MiB / CPU s",
         &names,
         &[
-            Series {
-                name: format!("RSS KiB per idle conn @{big}"),
-                values: pick(&format!("per_conn_{big}_kib")),
-            },
-            Series {
-                name: "RSS idle, MiB".into(),
-                values: pick("rss_idle_mib"),
-            },
-            Series {
-                name: "CPU s per GB (download ×1)".into(),
-                values: pick("down1_cpu_per_gb"),
-            },
-            Series {
-                name: "CPU s per 10k conns".into(),
-                values: pick("conn_cpu_per_10k"),
-            },
+            series(
+                format!("RSS KiB per idle conn @{big}"),
+                ran.pick(&format!("per_conn_{big}_kib")),
+            ),
+            series("RSS idle, MiB", ran.pick("rss_idle_mib")),
+            series("CPU s per GB (download ×1)", ran.pick("down1_cpu_per_gb")),
+            series("CPU s per 10k conns", ran.pick("conn_cpu_per_10k")),
         ],
     )?;
     root.present().context("writing the PNG")?;
     Ok(())
+}
+
+/// The variants that ran, in plot order: each panel's groups.
+struct Ran<'a>(Vec<(Variant, &'a Samples)>);
+
+impl Ran<'_> {
+    /// The summary of metric `key` per variant (`None` where it was not measured).
+    fn pick(&self, key: &str) -> Vec<Option<Summary>> {
+        self.0
+            .iter()
+            .map(|(_, s)| s.values.get(key).and_then(|v| Summary::of(v)))
+            .collect()
+    }
+
+    /// [`Ran::pick`], divided by `by` (a unit change).
+    fn scaled(&self, key: &str, by: f64) -> Vec<Option<Summary>> {
+        self.pick(key)
+            .into_iter()
+            .map(|s| {
+                s.map(|s| Summary {
+                    median: s.median / by,
+                    min: s.min / by,
+                    max: s.max / by,
+                    n: s.n,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One bar per variant in a panel, under `name`.
+fn series(name: impl Into<String>, values: Vec<Option<Summary>>) -> Series {
+    Series {
+        name: name.into(),
+        values,
+    }
 }
 
 /// The top of a panel's axis: 1.25 × the largest value, unless one group's value is an outlier

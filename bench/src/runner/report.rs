@@ -3,7 +3,11 @@
 
 use std::fmt::Write as _;
 
-use super::{Plan, Results, Samples, Variant, idle_label};
+use super::{
+    plan::Plan,
+    results::{Results, Samples, idle_label},
+    variant::Variant,
+};
 use crate::stats::Summary;
 
 /// One measured quantity.
@@ -172,10 +176,25 @@ pub fn render(results: &Results, plot_file: &str, notes: Option<&str>) -> String
                 .map_or_else(|| key.clone(), |m| m.label.clone())
         })
         .collect();
-    let direct = find(results, Variant::Direct);
-    let haproxy = find(results, Variant::Haproxy);
-    let m = &results.machine;
     let mut out = String::new();
+    intro(&mut out, results, plot_file);
+    summary_table(&mut out, results, &keys, &labels);
+    ratios(&mut out, results, &keys, &labels);
+    targets(&mut out, results);
+    observability_cost(&mut out, results);
+    every_metric(&mut out, results, &all);
+    run_notes(&mut out, results);
+    method(&mut out, results);
+    if let Some(notes) = notes {
+        let _ = writeln!(out, "\n{}", notes.trim_end());
+    }
+    out
+}
+
+/// The title, the machine and how the run went.
+fn intro(out: &mut String, results: &Results, plot_file: &str) {
+    let plan = &results.plan;
+    let m = &results.machine;
     let _ = writeln!(
         out,
         "# trueip benchmark results\n\n\
@@ -204,10 +223,13 @@ pub fn render(results: &Results, plot_file: &str, notes: Option<&str>) -> String
             .load_after
             .map_or_else(|| "not recorded".to_owned(), |l| format!("{l:.2}")),
     );
+}
 
+/// One row per variant, one column per headline metric.
+fn summary_table(out: &mut String, results: &Results, keys: &[String], labels: &[String]) {
     // Summary.
     let _ = writeln!(out, "## Summary\n");
-    table_head(&mut out, &labels);
+    table_head(out, labels);
     for (v, s) in &results.variants {
         if let Some(why) = &s.skipped {
             let _ = writeln!(
@@ -222,14 +244,19 @@ pub fn render(results: &Results, plot_file: &str, notes: Option<&str>) -> String
         let cells: Vec<String> = keys.iter().map(|k| cell(summary(s, k))).collect();
         let _ = writeln!(out, "| {} | {} |", v.label(), cells.join(" | "));
     }
+}
 
+/// The headline metrics as ratios to direct and to HAProxy.
+fn ratios(out: &mut String, results: &Results, keys: &[String], labels: &[String]) {
+    let direct = find(results, Variant::Direct);
+    let haproxy = find(results, Variant::Haproxy);
     // Ratios.
     let _ = writeln!(
         out,
         "\n## Ratios\n\nMedian of the variant ÷ median of direct / ÷ median of HAProxy, same column \
          as above (for latency, memory and CPU below 1× is better).\n"
     );
-    table_head(&mut out, &labels);
+    table_head(out, labels);
     for (v, s) in &results.variants {
         if s.skipped.is_some() {
             continue;
@@ -247,16 +274,18 @@ pub fn render(results: &Results, plot_file: &str, notes: Option<&str>) -> String
             .collect();
         let _ = writeln!(out, "| {} | {} |", v.label(), cells.join(" | "));
     }
+}
 
-    targets(&mut out, results);
-    observability_cost(&mut out, results);
-
+/// Every metric of every variant, with its spread and both ratios.
+fn every_metric(out: &mut String, results: &Results, all: &[Metric]) {
+    let direct = find(results, Variant::Direct);
+    let haproxy = find(results, Variant::Haproxy);
     // Everything.
     let _ = writeln!(
         out,
         "\n## Every metric\n\n| metric | variant | median | min–max | n | ×direct | ×HAProxy |\n|---|---|---|---|---|---|---|"
     );
-    for metric in &all {
+    for metric in all {
         for (v, s) in &results.variants {
             let Some(me) = summary(s, &metric.key) else {
                 continue;
@@ -275,7 +304,10 @@ pub fn render(results: &Results, plot_file: &str, notes: Option<&str>) -> String
             );
         }
     }
+}
 
+/// Per-variant notes: failures, skips, checks.
+fn run_notes(out: &mut String, results: &Results) {
     // Per-variant notes: failures, skips, checks.
     let noted: Vec<_> = results
         .variants
@@ -293,12 +325,6 @@ pub fn render(results: &Results, plot_file: &str, notes: Option<&str>) -> String
             }
         }
     }
-
-    method(&mut out, results);
-    if let Some(notes) = notes {
-        let _ = writeln!(out, "\n{}", notes.trim_end());
-    }
-    out
 }
 
 /// The head of a table with a variant column and one column per metric label.

@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use trueip_interop_tests::{Cgroup, Launch, Proc, Topology, agent::Agent, process};
+use trueip_interop_tests::{Cgroup, Launch, Proc, Topology, agent::Agent, run};
 
 use crate::loadgen::HeaderKind;
 
@@ -41,7 +41,7 @@ pub const TRUSTED: &str = "203.0.113.0/24";
 /// when the open-file limit is lower (HAProxy refuses to start when it cannot get the
 /// descriptors its `maxconn` implies).
 fn max_conns() -> u64 {
-    40_000u64.min(crate::fd_limit().saturating_sub(500) / 2)
+    40_000u64.min(crate::fds::fd_limit().saturating_sub(500) / 2)
 }
 
 /// How long a hop gets to listen.
@@ -363,65 +363,7 @@ pub fn start(
         | Variant::TrueipTransparent
         | Variant::TrueipHttp
         | Variant::TrueipEbpfSteering
-        | Variant::TrueipEbpfSkMsg => {
-            let sidecar = programs.sidecar.clone().map_err(anyhow::Error::msg)?;
-            let mut args: Vec<String> = vec![
-                "--listen".into(),
-                variant.listen().to_string(),
-                "--upstream".into(),
-                variant.upstream().to_string(),
-                "--mode".into(),
-                match variant {
-                    Variant::TrueipProxyV1 => "proxy-v1",
-                    Variant::TrueipEbpf
-                    | Variant::TrueipEbpfSteering
-                    | Variant::TrueipEbpfSkMsg => "ebpf",
-                    Variant::TrueipTransparent => "transparent",
-                    Variant::TrueipHttp => "http",
-                    _ => "none",
-                }
-                .into(),
-                "--trusted".into(),
-                TRUSTED.into(),
-                // The idle workload's 10 000 connections must not queue.
-                "--max-connections".into(),
-                max_conns().to_string(),
-            ];
-            let mut launch = pinned(&format!("sidecar-{}", variant.slug()), &sidecar, programs);
-            if variant.is_ebpf() {
-                let ebpf = ebpf.context("the eBPF variant needs the agent")?;
-                args.push("--agent-socket".into());
-                args.push(ebpf.agent.socket().display().to_string());
-                let fast = if variant == Variant::TrueipEbpfSkMsg {
-                    "sk-msg"
-                } else {
-                    "off"
-                };
-                args.extend(["--fast-path".into(), fast.into()]);
-                if variant != Variant::TrueipEbpf {
-                    args.push("--steer".into());
-                }
-                launch = launch.cgroup(&ebpf.cgroup);
-            }
-            if variant == Variant::TrueipMetrics {
-                args.push("--metrics-listen".into());
-                args.push("127.0.0.1:9902".into());
-            }
-            args.extend(programs.sidecar_args.iter().cloned());
-            launch = launch.args(args).env("NO_COLOR", "1");
-            if variant == Variant::TrueipTraces {
-                launch = launch
-                    .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{OTLP_SINK}"))
-                    .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-                    .env("OTEL_TRACES_SAMPLER", "always_on")
-                    .env("OTEL_SERVICE_NAME", "trueip-bench");
-            }
-            for kv in &programs.sidecar_env {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                launch = launch.env(k, v);
-            }
-            launch
-        }
+        | Variant::TrueipEbpfSkMsg => sidecar_launch(variant, programs, ebpf)?,
         Variant::Haproxy => {
             let cfg = dir.join("haproxy.cfg");
             write(&cfg, &haproxy_config(variant))?;
@@ -430,26 +372,7 @@ pub fn start(
                 .args(["-db", "-f"])
                 .args([&cfg])
         }
-        Variant::Nginx | Variant::NginxHttp => {
-            let prefix = dir.join(variant.slug());
-            std::fs::create_dir_all(prefix.join("logs"))
-                .with_context(|| format!("creating {}", prefix.display()))?;
-            let cfg = prefix.join("nginx.conf");
-            let text = if variant == Variant::Nginx {
-                nginx_config(variant, &prefix)
-            } else {
-                nginx_http_config(variant, &prefix)
-            };
-            write(&cfg, &text)?;
-            pinned("nginx", Path::new("nginx"), programs)
-                .args([
-                    "-p".as_ref(),
-                    prefix.as_os_str(),
-                    "-c".as_ref(),
-                    cfg.as_os_str(),
-                ])
-                .args(["-e".as_ref(), prefix.join("logs/error.log").as_os_str()])
-        }
+        Variant::Nginx | Variant::NginxHttp => nginx_launch(variant, dir, programs)?,
         Variant::Socat => {
             let listen = variant.target();
             let up = variant.upstream();
@@ -464,9 +387,95 @@ pub fn start(
         }
     };
     let mut proc = launch.netns(&topo.pod).spawn(dir)?;
-    topo.pod
-        .wait_listening(&mut proc, variant.listen(), START_TIMEOUT)?;
+    proc.wait_listening(&topo.pod, variant.listen(), START_TIMEOUT)?;
     Ok(Hop { proc: Some(proc) })
+}
+
+/// `trueip-sidecar` as `variant` runs it: its mode, the agent for the eBPF variants, the
+/// metrics endpoint or the trace export, and the run's extra arguments and environment.
+fn sidecar_launch<'a>(
+    variant: Variant,
+    programs: &Programs,
+    ebpf: Option<&'a Ebpf>,
+) -> Result<Launch<'a>> {
+    let sidecar = programs.sidecar.clone().map_err(anyhow::Error::msg)?;
+    let mut args: Vec<String> = vec![
+        "--listen".into(),
+        variant.listen().to_string(),
+        "--upstream".into(),
+        variant.upstream().to_string(),
+        "--mode".into(),
+        match variant {
+            Variant::TrueipProxyV1 => "proxy-v1",
+            Variant::TrueipEbpf | Variant::TrueipEbpfSteering | Variant::TrueipEbpfSkMsg => "ebpf",
+            Variant::TrueipTransparent => "transparent",
+            Variant::TrueipHttp => "http",
+            _ => "none",
+        }
+        .into(),
+        "--trusted".into(),
+        TRUSTED.into(),
+        // The idle workload's 10 000 connections must not queue.
+        "--max-connections".into(),
+        max_conns().to_string(),
+    ];
+    let mut launch = pinned(&format!("sidecar-{}", variant.slug()), &sidecar, programs);
+    if variant.is_ebpf() {
+        let ebpf = ebpf.context("the eBPF variant needs the agent")?;
+        args.push("--agent-socket".into());
+        args.push(ebpf.agent.socket().display().to_string());
+        let fast = if variant == Variant::TrueipEbpfSkMsg {
+            "sk-msg"
+        } else {
+            "off"
+        };
+        args.extend(["--fast-path".into(), fast.into()]);
+        if variant != Variant::TrueipEbpf {
+            args.push("--steer".into());
+        }
+        launch = launch.cgroup(&ebpf.cgroup);
+    }
+    if variant == Variant::TrueipMetrics {
+        args.push("--metrics-listen".into());
+        args.push("127.0.0.1:9902".into());
+    }
+    args.extend(programs.sidecar_args.iter().cloned());
+    launch = launch.args(args).env("NO_COLOR", "1");
+    if variant == Variant::TrueipTraces {
+        launch = launch
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{OTLP_SINK}"))
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+            .env("OTEL_TRACES_SAMPLER", "always_on")
+            .env("OTEL_SERVICE_NAME", "trueip-bench");
+    }
+    for kv in &programs.sidecar_env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        launch = launch.env(k, v);
+    }
+    Ok(launch)
+}
+
+/// nginx with the stream (or, for [`Variant::NginxHttp`], http) configuration of `variant`,
+/// its prefix under `dir`.
+fn nginx_launch<'a>(variant: Variant, dir: &Path, programs: &Programs) -> Result<Launch<'a>> {
+    let prefix = dir.join(variant.slug());
+    std::fs::create_dir_all(prefix.join("logs"))
+        .with_context(|| format!("creating {}", prefix.display()))?;
+    let cfg = prefix.join("nginx.conf");
+    let text = if variant == Variant::Nginx {
+        nginx_config(variant, &prefix)
+    } else {
+        nginx_http_config(variant, &prefix)
+    };
+    write(&cfg, &text)?;
+    Ok(pinned("nginx", Path::new("nginx"), programs)
+        .args([
+            "-p".as_ref(),
+            prefix.as_os_str(),
+            "-c".as_ref(),
+            cfg.as_os_str(),
+        ])
+        .args(["-e".as_ref(), prefix.join("logs/error.log").as_os_str()]))
 }
 
 /// A launch of `program`, behind `taskset` when the hop is pinned.
@@ -504,7 +513,7 @@ fn haproxy_config(variant: Variant) -> String {
 fn check_haproxy(topo: &Topology, cfg: &Path) -> Result<()> {
     let mut check = topo.pod.command("haproxy");
     check.arg("-c").arg("-f").arg(cfg);
-    let out = process::output(&mut check, START_TIMEOUT)?;
+    let out = run::output(&mut check, START_TIMEOUT)?;
     if !out.status.success() {
         bail!(
             "haproxy rejects {}: {}{}",
@@ -525,7 +534,7 @@ fn nginx_config(variant: Variant, prefix: &Path) -> String {
     if Path::new(NGINX_STREAM_MODULE).exists() {
         let _ = writeln!(cfg, "load_module {NGINX_STREAM_MODULE};");
     }
-    let limit = crate::fd_limit();
+    let limit = crate::fds::fd_limit();
     let _ = write!(
         cfg,
         "daemon off;\nmaster_process on;\nworker_processes auto;\n\
@@ -544,7 +553,7 @@ fn nginx_config(variant: Variant, prefix: &Path) -> String {
 /// nginx in the foreground as an HTTP reverse proxy taking the PROXY header, telling the app
 /// the client the way `mode: http` does, with keep-alive connections to the app.
 fn nginx_http_config(variant: Variant, prefix: &Path) -> String {
-    let limit = crate::fd_limit();
+    let limit = crate::fds::fd_limit();
     format!(
         "# Generated by trueip-bench.\ndaemon off;\nmaster_process on;\nworker_processes auto;\n\
          worker_rlimit_nofile {limit};\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log warn;\n\n\

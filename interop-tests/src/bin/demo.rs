@@ -147,7 +147,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            prereq::note(&format!("trueip-demo: {e:#}"));
+            trueip_interop_tests::run::note(&format!("trueip-demo: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -191,43 +191,13 @@ fn run() -> Result<bool> {
         .collect();
     let _haproxy = haproxy::start(&topo, &routes)?;
 
-    writeln!(
-        out,
-        "trueip demo: client {} / {}  →  HAProxy {} / {} \
-         (connects to the pod from {} / {})  →  pod {} / {}\n",
-        Family::V4.client(),
-        Family::V6.client(),
-        Family::V4.lb_front(),
-        Family::V6.lb_front(),
-        Family::V4.lb_back(),
-        Family::V6.lb_back(),
-        Family::V4.pod(),
-        Family::V6.pod(),
-    )?;
-    for route in &routes {
-        let header = match route.send_proxy {
-            SendProxy::Off => "no header",
-            SendProxy::V1 => "send-proxy",
-            SendProxy::V2 => "send-proxy-v2",
-        };
-        writeln!(
-            out,
-            "  on the LB:   haproxy {} → {} ({header})",
-            route.bind, route.server
-        )?;
-    }
+    print_topology(&mut out, &routes)?;
     let mut results = Vec::new();
     // (a) and (b) first: once steering is on, (a)'s connections to nginx's port would be
     // steered to the sidecar too.
     let mut observed = scenarios.clone();
     observed.retain(|s| *s != Scenario::Ebpf);
-    for &scenario in &observed {
-        for family in Family::BOTH {
-            let seen = observe(&topo, &nginx, scenario, family)
-                .with_context(|| format!("{} {family}", scenario.tag()))?;
-            results.push((scenario, family, seen));
-        }
-    }
+    observe_all(&topo, &nginx, observed.iter().copied(), &mut results)?;
     let ebpf = match &cgroup {
         Ok(cgroup) => start_ebpf(&topo, cgroup, &mut commands).map_err(|e| one_line(&e)),
         Err(reason) => Err(reason.clone()),
@@ -239,27 +209,10 @@ fn run() -> Result<bool> {
         .into_iter()
         .filter(|s| *s != Scenario::Ebpf || ebpf.is_ok())
         .collect();
-    for &scenario in scenarios.iter().filter(|s| !observed.contains(s)) {
-        for family in Family::BOTH {
-            let seen = observe(&topo, &nginx, scenario, family)
-                .with_context(|| format!("{} {family}", scenario.tag()))?;
-            results.push((scenario, family, seen));
-        }
-    }
+    let rest = scenarios.iter().copied().filter(|s| !observed.contains(s));
+    observe_all(&topo, &nginx, rest, &mut results)?;
     print_summary(&mut out, &results)?;
-    writeln!(
-        out,
-        "\nnginx's log lines (the unmodified app, examples/nginx/nginx.conf):"
-    )?;
-    for &scenario in &scenarios {
-        writeln!(out, "  {} {}", scenario.tag(), scenario.title())?;
-        for (_, family, seen) in results.iter().filter(|(s, ..)| *s == scenario) {
-            writeln!(out, "      {family}: {}", seen.line)?;
-        }
-    }
-    if let Err(reason) = &ebpf {
-        writeln!(out, "  (c) eBPF mode not shown: {reason}")?;
-    }
+    print_log_lines(&mut out, &scenarios, &results, ebpf.as_ref().err())?;
     let ok = results
         .iter()
         .all(|(scenario, _, seen)| *scenario == Scenario::Direct || seen.is_client);
@@ -279,6 +232,76 @@ fn run() -> Result<bool> {
         }
     }
     Ok(ok)
+}
+
+/// Who is where, and the routes HAProxy was given.
+fn print_topology(out: &mut impl Write, routes: &[Route]) -> Result<()> {
+    writeln!(
+        out,
+        "trueip demo: client {} / {}  →  HAProxy {} / {} \
+         (connects to the pod from {} / {})  →  pod {} / {}\n",
+        Family::V4.client(),
+        Family::V6.client(),
+        Family::V4.lb_front(),
+        Family::V6.lb_front(),
+        Family::V4.lb_back(),
+        Family::V6.lb_back(),
+        Family::V4.pod(),
+        Family::V6.pod(),
+    )?;
+    for route in routes {
+        let header = match route.send_proxy {
+            SendProxy::Off => "no header",
+            SendProxy::V1 => "send-proxy",
+            SendProxy::V2 => "send-proxy-v2",
+        };
+        writeln!(
+            out,
+            "  on the LB:   haproxy {} → {} ({header})",
+            route.bind, route.server
+        )?;
+    }
+    Ok(())
+}
+
+/// Observes each of `scenarios` over both families, in order.
+fn observe_all(
+    topo: &Topology,
+    nginx: &Nginx,
+    scenarios: impl Iterator<Item = Scenario>,
+    results: &mut Vec<(Scenario, Family, Seen)>,
+) -> Result<()> {
+    for scenario in scenarios {
+        for family in Family::BOTH {
+            let seen = observe(topo, nginx, scenario, family)
+                .with_context(|| format!("{} {family}", scenario.tag()))?;
+            results.push((scenario, family, seen));
+        }
+    }
+    Ok(())
+}
+
+/// What nginx logged for each scenario, and why the eBPF one is missing when it is.
+fn print_log_lines(
+    out: &mut impl Write,
+    scenarios: &[Scenario],
+    results: &[(Scenario, Family, Seen)],
+    ebpf_missing: Option<&String>,
+) -> Result<()> {
+    writeln!(
+        out,
+        "\nnginx's log lines (the unmodified app, examples/nginx/nginx.conf):"
+    )?;
+    for &scenario in scenarios {
+        writeln!(out, "  {} {}", scenario.tag(), scenario.title())?;
+        for (_, family, seen) in results.iter().filter(|(s, ..)| *s == scenario) {
+            writeln!(out, "      {family}: {}", seen.line)?;
+        }
+    }
+    if let Some(reason) = ebpf_missing {
+        writeln!(out, "  (c) eBPF mode not shown: {reason}")?;
+    }
+    Ok(())
 }
 
 /// The side-by-side table: one row per family, one column per scenario.

@@ -5,7 +5,7 @@
 use std::{io::Write, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
-use trueip_interop_tests::{Need, prereq, soak};
+use trueip_interop_tests::{Need, prereq, run, soak};
 
 const DEFAULT_SECONDS: u64 = 600;
 
@@ -31,7 +31,7 @@ fn run() -> Result<()> {
     if let Some(why) = prereq::missing(&[Need::Haproxy, Need::Sidecar]) {
         anyhow::bail!("cannot soak: {why}");
     }
-    prereq::note(&format!("soaking for {seconds} s ..."));
+    run::note(&format!("soaking for {seconds} s ..."));
     let report = soak::run(soak::Config::new(Duration::from_secs(seconds)))?;
     let md = format!(
         "# Soak results\n\n\

@@ -14,7 +14,7 @@ use trueip_interop_tests::{
     Family, Need, Topology,
     app::EchoApp,
     prereq::require,
-    process::wait_for,
+    run::wait_for,
     sidecar,
     stats::{Usage, quantile, raise_fd_limit},
 };

@@ -22,7 +22,7 @@ use trueip_interop_tests::{
     Cgroup, Family, Launch, Need, Proc, Topology,
     agent::Agent,
     prereq::{own_binary, require},
-    process::wait_for,
+    run::wait_for,
     sidecar,
     stream::{PatternCheck, StreamConn},
 };
@@ -63,7 +63,7 @@ pub(crate) fn fast_path_on_and_off_deliver_the_same_bytes() -> Result<()> {
         .netns(&topo.pod)
         .cgroup(&cgroup)
         .spawn(topo.dir())?;
-    topo.pod.wait_listening(&mut app, app_addr, TIMEOUT)?;
+    app.wait_listening(&topo.pod, app_addr, TIMEOUT)?;
     let trusted = format!("{}/32", Family::V4.client());
     let mut sidecars = Vec::new();
     for (label, port, metrics, fast) in SIDECARS {

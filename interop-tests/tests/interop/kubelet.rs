@@ -23,11 +23,11 @@ use trueip_interop_tests::{
     cluster::{self, Helm, Webhook},
     haproxy::{self, Route, SendProxy},
     kubelet::{CgroupDriver, Node, Qos, RunningPod},
+    names::{PREFIX, unique_suffix},
     oci::{self, Image},
     prereq::{self, require, skip},
-    process,
+    run,
     tls::Pki,
-    topology::{PREFIX, unique_suffix},
 };
 
 use crate::{LB_PORT, TIMEOUT};
@@ -378,7 +378,7 @@ fn tls_secret(pki: &Pki) -> Result<Value> {
 
 /// Waits until every readiness probe of `pod` passes.
 fn wait_ready(node: &Node<'_>, pod: &RunningPod) -> Result<()> {
-    process::wait_for(&format!("pod {} to be Ready", pod.name), TIMEOUT, || {
+    run::wait_for(&format!("pod {} to be Ready", pod.name), TIMEOUT, || {
         node.ready(pod).map(|ready| ready.then_some(()))
     })
     .with_context(|| pod.logs())
@@ -428,7 +428,7 @@ fn check_cgroups(node: &Node<'_>, pod: &RunningPod, driver: CgroupDriver) -> Res
 /// Waits for `n` connections to have ended in the app container of `pod`.
 fn served(pod: &mut RunningPod, container: &str, n: usize) -> Result<Vec<Served>> {
     let proc = pod.container(container)?;
-    process::wait_for(
+    run::wait_for(
         &format!("{container} to serve {n} connections"),
         TIMEOUT,
         || {

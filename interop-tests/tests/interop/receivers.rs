@@ -16,8 +16,9 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use trueip_interop_tests::{
     Family, Need, Proc, Topology, haproxy,
-    prereq::{self, find_program, require},
-    process::{self, Launch, wait_for},
+    prereq::{find_program, require},
+    process::Launch,
+    run::{self, wait_for},
     sidecar,
 };
 use trueip_proxy_header::{Addresses, Command, Header, Tlvs, Transport, Version, kind};
@@ -133,8 +134,7 @@ fn start_apache(topo: &Topology) -> Result<Proc> {
         .args(["-X".as_ref(), "-f".as_ref(), path.as_os_str()])
         .netns(&topo.pod)
         .spawn(topo.dir())?;
-    topo.pod
-        .wait_listening(&mut proc, Receiver::Apache.addr(), TIMEOUT)?;
+    proc.wait_listening(&topo.pod, Receiver::Apache.addr(), TIMEOUT)?;
     Ok(proc)
 }
 
@@ -164,8 +164,7 @@ fn start_nginx(topo: &Topology) -> Result<Proc> {
         .args([&conf])
         .netns(&topo.pod)
         .spawn(topo.dir())?;
-    topo.pod
-        .wait_listening(&mut proc, Receiver::Nginx.addr(), TIMEOUT)?;
+    proc.wait_listening(&topo.pod, Receiver::Nginx.addr(), TIMEOUT)?;
     Ok(proc)
 }
 
@@ -180,13 +179,13 @@ pub(crate) fn haproxy_apache_nginx_accept_every_reemitted_header_and_tshark_deco
     require(&[Need::Haproxy, Need::Nginx, Need::Sidecar])?;
     let apache = find_program("apache2").is_some();
     if !apache {
-        prereq::note("SKIPPED (Apache part): `apache2` not found (run scripts/setup.sh)");
+        run::note("SKIPPED (Apache part): `apache2` not found (run scripts/setup.sh)");
     }
     let tshark = find_program("tshark").is_some();
     if !tshark {
-        prereq::note("SKIPPED (tshark part): `tshark` not found (run scripts/setup.sh)");
+        run::note("SKIPPED (tshark part): `tshark` not found (run scripts/setup.sh)");
     }
-    prereq::note(
+    run::note(
         "note: nginx 1.22 has no $proxy_protocol_tlv_* variables (nginx >= 1.23.2): \
          nginx checks addresses only",
     );
@@ -301,7 +300,7 @@ fn check_tshark(
         "-e",
         "proxy.srcport",
     ]);
-    let out = process::output(&mut cmd, Duration::from_secs(60))?;
+    let out = run::output(&mut cmd, Duration::from_secs(60))?;
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.success(),

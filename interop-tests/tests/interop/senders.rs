@@ -13,9 +13,9 @@ use anyhow::{Context, Result, bail, ensure};
 use trueip_interop_tests::{
     Family, Need, Topology, curl, haproxy,
     prereq::{self, require},
-    process::{self, Launch},
+    process::Launch,
     record::{RecordApp, Recording},
-    sidecar, tls,
+    run, sidecar, tls,
 };
 use trueip_proxy_header::{Command, Header, Limits, Ssl, decode};
 
@@ -246,11 +246,7 @@ pub(crate) fn nginx_stream_proxy_protocol_v1_sender() -> Result<()> {
         .netns(&topo.lb)
         .spawn(topo.dir())?;
     for family in Family::BOTH {
-        topo.lb.wait_listening(
-            &mut nginx,
-            SocketAddr::new(family.lb_front(), port),
-            TIMEOUT,
-        )?;
+        nginx.wait_listening(&topo.lb, SocketAddr::new(family.lb_front(), port), TIMEOUT)?;
     }
     for (i, family) in Family::BOTH.into_iter().enumerate() {
         let front = SocketAddr::new(family.lb_front(), port);
@@ -273,11 +269,11 @@ pub(crate) fn curl_haproxy_clientip() -> Result<()> {
     require(&[Need::Curl, Need::Sidecar])?;
     let mut help = std::process::Command::new("curl");
     help.args(["--help", "all"]);
-    let out = process::output(&mut help, Duration::from_secs(10))?;
+    let out = run::output(&mut help, Duration::from_secs(10))?;
     if !String::from_utf8_lossy(&out.stdout).contains("--haproxy-clientip") {
         let mut version = std::process::Command::new("curl");
         version.arg("--version");
-        let v = process::output(&mut version, Duration::from_secs(10))?;
+        let v = run::output(&mut version, Duration::from_secs(10))?;
         let v = String::from_utf8_lossy(&v.stdout);
         let v: Vec<&str> = v.split_whitespace().take(2).collect();
         return Err(prereq::skip(format!(

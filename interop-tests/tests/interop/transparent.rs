@@ -25,7 +25,7 @@ use trueip_interop_tests::{
     haproxy::{self, Route, SendProxy},
     nginx::{self, Nginx, logged_remote_addr},
     prereq::{find_program, require, skip, trueip_binary},
-    process,
+    run,
 };
 use trueip_proxy_header::{Addresses, Command as HeaderCommand, Header, Tlvs, Transport, Version};
 
@@ -96,7 +96,7 @@ fn start(topo: &Topology, name: &str, yaml: &str, listens: &[SocketAddr]) -> Res
         .netns(&topo.pod)
         .spawn(topo.dir())?;
     for &listen in listens {
-        topo.pod.wait_listening(&mut proc, listen, TIMEOUT)?;
+        proc.wait_listening(&topo.pod, listen, TIMEOUT)?;
     }
     Ok(proc)
 }
@@ -105,7 +105,7 @@ fn start(topo: &Topology, name: &str, yaml: &str, listens: &[SocketAddr]) -> Res
 fn ip(ns: &Netns, args: &[&str]) -> Result<String> {
     let mut cmd = Command::new("ip");
     cmd.arg("-n").arg(ns.name()).args(args);
-    let out = process::output(&mut cmd, TIMEOUT)?;
+    let out = run::output(&mut cmd, TIMEOUT)?;
     // A table that never held a route does not exist: it is empty.
     if String::from_utf8_lossy(&out.stderr).contains("FIB table does not exist") {
         return Ok(String::new());

@@ -251,16 +251,15 @@ pub(crate) fn udp_bad_datagrams_are_dropped_and_counted_by_reason() -> Result<()
     udp::send_raw(&topo.lb, lb_side, sidecar_addr(family), &good)?;
     let got = app.wait_datagrams(1, TIMEOUT)?;
     let dropped = "trueip_udp_datagrams_dropped_total";
-    let text =
-        trueip_interop_tests::process::wait_for("every drop to be counted", TIMEOUT, || {
-            let text = udp::metrics(&topo.pod, metrics_addr())?;
-            let all = cases
-                .iter()
-                .map(|(reason, _)| *reason)
-                .chain(["untrusted_source"])
-                .all(|reason| udp::metric(&text, dropped, &[("reason", reason)]) == 1);
-            Ok(all.then_some(text))
-        })?;
+    let text = trueip_interop_tests::run::wait_for("every drop to be counted", TIMEOUT, || {
+        let text = udp::metrics(&topo.pod, metrics_addr())?;
+        let all = cases
+            .iter()
+            .map(|(reason, _)| *reason)
+            .chain(["untrusted_source"])
+            .all(|reason| udp::metric(&text, dropped, &[("reason", reason)]) == 1);
+        Ok(all.then_some(text))
+    })?;
     ensure!(
         got.len() == 1 && app.datagrams().len() == 1 && got[0].fnv1a == fnv1a(b"good"),
         "only the good datagram may reach the app: {:?}\n{text}",
