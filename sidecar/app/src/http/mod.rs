@@ -146,35 +146,8 @@ impl Http {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let limits = &self.config.limits;
-        match io.sniff(limits.header_read_timeout).await {
-            Ok(FirstBytes::Http) => {}
-            Ok(FirstBytes::Closed) => {
-                debug!("connection closed before a request");
-                return;
-            }
-            Ok(FirstBytes::Timeout) => {
-                metrics.http_limit("header_read_timeout");
-                return reject(&metrics, "request_timeout", &"no request in time");
-            }
-            Ok(first @ (FirstBytes::NotHttp | FirstBytes::Tls)) => {
-                let why = if first == FirstBytes::Tls {
-                    "a TLS handshake on a cleartext HTTP listener"
-                } else {
-                    "not an HTTP request"
-                };
-                let body = format!("trueip: {why}\n");
-                let response = format!(
-                    "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                // The connection is closed either way; a client that is gone misses the answer.
-                let _ = io.write_all(response.as_bytes()).await;
-                let _ = io.shutdown().await;
-                metrics.http_response(400);
-                return reject(&metrics, "not_http", &why);
-            }
-            Err(e) => return reject(&metrics, "read_error", &e),
+        if !starts_like_http(&mut io, limits, &metrics).await {
+            return;
         }
         let ctx = Arc::new(ConnCtx {
             config: Arc::clone(&self.config),
@@ -226,36 +199,94 @@ impl Http {
         let requests = ctx.requests.load(std::sync::atomic::Ordering::Relaxed);
         Span::current().record("trueip.http.requests", requests);
         if let Err(e) = result {
-            let hyper_error = e.downcast_ref::<hyper::Error>();
-            if hyper_error.is_some_and(hyper::Error::is_parse_too_large) {
-                // hyper answered 431 (request head or header count beyond the limits).
-                metrics.http_response(431);
-                metrics.http_limit("request_head_too_large");
-                return reject(&metrics, "request_head_too_large", &e);
-            }
-            if hyper_error.is_some_and(hyper::Error::is_timeout) {
-                metrics.http_limit("header_read_timeout");
-                if requests == 0 {
-                    return reject(&metrics, "request_timeout", &e);
-                }
-                debug!(
-                    requests,
-                    "no further request head in time; connection closed"
-                );
-                return;
-            }
-            let parse = hyper_error.is_some_and(hyper::Error::is_parse);
-            if parse && requests == 0 {
-                // hyper answered 400 (or 431/414) itself.
-                metrics.http_response(400);
-                reject(&metrics, "not_http", &e);
-            } else if parse {
-                metrics.http_response(400);
-                warn!(error = %Chain(&*e), requests, "malformed HTTP request; connection closed");
-            } else {
-                debug!(error = %Chain(&*e), requests, "HTTP connection ended");
-            }
+            connection_failed(&*e, requests, &metrics);
         }
+    }
+}
+
+/// Whether the stream starts like HTTP. Otherwise the connection is answered (a 400 to bytes
+/// that are not HTTP), logged and counted, and the caller closes it.
+async fn starts_like_http<S>(
+    io: &mut Prefixed<S>,
+    limits: &HttpLimits,
+    metrics: &ListenerMetrics,
+) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match io.sniff(limits.header_read_timeout).await {
+        Ok(FirstBytes::Http) => true,
+        Ok(FirstBytes::Closed) => {
+            debug!("connection closed before a request");
+            false
+        }
+        Ok(FirstBytes::Timeout) => {
+            metrics.http_limit("header_read_timeout");
+            reject(metrics, "request_timeout", &"no request in time");
+            false
+        }
+        Ok(first @ (FirstBytes::NotHttp | FirstBytes::Tls)) => {
+            let why = if first == FirstBytes::Tls {
+                "a TLS handshake on a cleartext HTTP listener"
+            } else {
+                "not an HTTP request"
+            };
+            let body = format!("trueip: {why}\n");
+            let response = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            // The connection is closed either way; a client that is gone misses the answer.
+            let _ = io.write_all(response.as_bytes()).await;
+            let _ = io.shutdown().await;
+            metrics.http_response(400);
+            reject(metrics, "not_http", &why);
+            false
+        }
+        Err(e) => {
+            reject(metrics, "read_error", &e);
+            false
+        }
+    }
+}
+
+/// Logs and counts how a connection that hyper ended with an error failed: a head too large
+/// (hyper answered 431), no head in time, a malformed request (hyper answered 400), or the
+/// client going away.
+fn connection_failed(
+    e: &(dyn std::error::Error + Send + Sync + 'static),
+    requests: u64,
+    metrics: &ListenerMetrics,
+) {
+    let hyper_error = e.downcast_ref::<hyper::Error>();
+    if hyper_error.is_some_and(hyper::Error::is_parse_too_large) {
+        // hyper answered 431 (request head or header count beyond the limits).
+        metrics.http_response(431);
+        metrics.http_limit("request_head_too_large");
+        return reject(metrics, "request_head_too_large", &e);
+    }
+    if hyper_error.is_some_and(hyper::Error::is_timeout) {
+        metrics.http_limit("header_read_timeout");
+        if requests == 0 {
+            return reject(metrics, "request_timeout", &e);
+        }
+        debug!(
+            requests,
+            "no further request head in time; connection closed"
+        );
+        return;
+    }
+    let parse = hyper_error.is_some_and(hyper::Error::is_parse);
+    if parse && requests == 0 {
+        // hyper answered 400 (or 431/414) itself.
+        metrics.http_response(400);
+        reject(metrics, "not_http", &e);
+    } else if parse {
+        metrics.http_response(400);
+        warn!(error = %Chain(e), requests, "malformed HTTP request; connection closed");
+    } else {
+        debug!(error = %Chain(e), requests, "HTTP connection ended");
     }
 }
 

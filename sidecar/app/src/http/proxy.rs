@@ -351,38 +351,8 @@ fn request_span(req: &Request<Incoming>, ctx: &ConnCtx) -> Span {
 /// Sends `req` to the app with the client in its headers and returns the app's answer.
 async fn forward(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
     let connect = req.method() == Method::CONNECT;
-    if connect && !ctx.config.allow_connect {
-        let mut response = refuse(
-            ctx,
-            "connect_refused",
-            StatusCode::METHOD_NOT_ALLOWED,
-            "trueip: CONNECT is not allowed on this listener\n",
-        );
-        // What follows a refused CONNECT on HTTP/1.1 may be tunnel bytes: never a request.
-        if req.version() < Version::HTTP_2 {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        return response;
-    }
-    // HTTP/1.1 counts header fields as it parses; HTTP/2 only bounds the list's size.
-    if req.headers().len() > ctx.config.limits.max_headers {
-        return refuse(
-            ctx,
-            "request_head_too_large",
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "trueip: too many request header fields\n",
-        );
-    }
-    if req.headers().get_all(header::HOST).iter().count() > 1 {
-        // RFC 9112 section 3.2: a request with more than one Host is a 400.
-        return refuse(
-            ctx,
-            "bad_host",
-            StatusCode::BAD_REQUEST,
-            "trueip: more than one Host header\n",
-        );
+    if let Some(refused) = refusal(&req, ctx, connect) {
+        return refused;
     }
     let asked: Vec<String> = if connect {
         Vec::new()
@@ -403,45 +373,7 @@ async fn forward(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
         None
     };
     let downstream: Option<OnUpgrade> = upgrade.then(|| hyper::upgrade::on(&mut req));
-    // The authority the client asked for: the request target's (absolute form, HTTP/2
-    // `:authority`), else Host. The app gets it as Host, so Host and `Forwarded: host=` agree.
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
-
-    let headers = req.headers_mut();
-    remove_hop_by_hop(headers, upgrade && !connect);
-    // Without `Trailer`, hyper's client sends no trailers: a forged header cannot ride in one.
-    headers.remove(header::TRAILER);
-    for name in headers::rewrite(headers, &ctx.config, &ctx.facts, host.as_deref()) {
-        ctx.metrics.http_header_removed(name.as_str());
-    }
-    if let Some(host) = host.as_deref()
-        && let Ok(value) = HeaderValue::from_str(host)
-    {
-        // HTTP/2 carries the host in `:authority`; HTTP/1.1 needs `Host`.
-        headers.insert(header::HOST, value);
-    }
-    let cx = Span::current().context();
-    if cx.span().span_context().is_valid() {
-        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
-    }
-    *req.version_mut() = Version::HTTP_11;
-    if !connect {
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
-    }
+    rewrite(&mut req, ctx, connect, upgrade);
 
     let progress = Arc::clone(&ctx.progress);
     let req = req.map(|body| Tracked {
@@ -496,6 +428,90 @@ async fn forward(mut req: Request<Incoming>, ctx: &ConnCtx) -> Response<Body> {
         status == StatusCode::SWITCHING_PROTOCOLS,
     );
     response.map(BodyExt::boxed_unsync)
+}
+
+/// The answer to a request that is refused before it reaches the app, if it is: a CONNECT where it is
+/// not allowed, too many header fields, more than one Host.
+fn refusal(req: &Request<Incoming>, ctx: &ConnCtx, connect: bool) -> Option<Response<Body>> {
+    if connect && !ctx.config.allow_connect {
+        let mut response = refuse(
+            ctx,
+            "connect_refused",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "trueip: CONNECT is not allowed on this listener\n",
+        );
+        // What follows a refused CONNECT on HTTP/1.1 may be tunnel bytes: never a request.
+        if req.version() < Version::HTTP_2 {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return Some(response);
+    }
+    // HTTP/1.1 counts header fields as it parses; HTTP/2 only bounds the list's size.
+    if req.headers().len() > ctx.config.limits.max_headers {
+        return Some(refuse(
+            ctx,
+            "request_head_too_large",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "trueip: too many request header fields\n",
+        ));
+    }
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        // RFC 9112 section 3.2: a request with more than one Host is a 400.
+        return Some(refuse(
+            ctx,
+            "bad_host",
+            StatusCode::BAD_REQUEST,
+            "trueip: more than one Host header\n",
+        ));
+    }
+    None
+}
+
+/// The request as the app gets it: hop-by-hop and trailer headers gone, the forwarding
+/// headers written, Host set to the authority the client asked for, the trace context
+/// injected, HTTP/1.1 with an origin-form target.
+fn rewrite(req: &mut Request<Incoming>, ctx: &ConnCtx, connect: bool, upgrade: bool) {
+    // The authority the client asked for: the request target's (absolute form, HTTP/2
+    // `:authority`), else Host. The app gets it as Host, so Host and `Forwarded: host=` agree.
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+
+    let headers = req.headers_mut();
+    remove_hop_by_hop(headers, upgrade && !connect);
+    // Without `Trailer`, hyper's client sends no trailers: a forged header cannot ride in one.
+    headers.remove(header::TRAILER);
+    for name in headers::rewrite(headers, &ctx.config, &ctx.facts, host.as_deref()) {
+        ctx.metrics.http_header_removed(name.as_str());
+    }
+    if let Some(host) = host.as_deref()
+        && let Ok(value) = HeaderValue::from_str(host)
+    {
+        // HTTP/2 carries the host in `:authority`; HTTP/1.1 needs `Host`.
+        headers.insert(header::HOST, value);
+    }
+    let cx = Span::current().context();
+    if cx.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+    }
+    *req.version_mut() = Version::HTTP_11;
+    if !connect {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+    }
 }
 
 /// Copies bytes both ways between the upgraded client and app connections until both close.
