@@ -198,7 +198,7 @@ async fn detect_header(
                 debug!(reason, "connection closed before any byte");
                 shared.metrics.rejected(reason);
             } else {
-                reject(reason, &rejection, &shared.metrics);
+                reject(reason, &Chain(&rejection), &shared.metrics);
             }
             None
         }

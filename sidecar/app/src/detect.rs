@@ -68,11 +68,11 @@ pub enum Rejection {
     #[error("PROXY header from untrusted source")]
     Untrusted,
     /// The header is malformed.
-    #[error("invalid PROXY header: {0}")]
+    #[error("invalid PROXY header")]
     Invalid(#[from] DecodeError),
     /// The header names a client no load balancer relays (unspecified, multicast, broadcast,
     /// loopback unless allowed).
-    #[error("PROXY header refused: {0}")]
+    #[error("PROXY header refused")]
     Client(#[from] ImplausibleClient),
     /// The header describes this TCP connection as UDP: its addresses are not a TCP client's.
     #[error("PROXY header refused: it describes a UDP flow, and this is a TCP connection")]
@@ -90,7 +90,7 @@ pub enum Rejection {
     #[error("connection closed before any byte")]
     Empty,
     /// Reading failed.
-    #[error("read failed: {0}")]
+    #[error("read failed")]
     Io(#[source] std::io::Error),
 }
 

@@ -106,7 +106,7 @@ pub enum RoutingError {
     )]
     NoCapability,
     /// The capability sets could not be read.
-    #[error("cannot read this process's capabilities from /proc/self/status: {0}")]
+    #[error("cannot read this process's capabilities from /proc/self/status")]
     Capabilities(#[source] io::Error),
     /// Talking to the kernel failed.
     #[error("cannot {what} over rtnetlink")]

@@ -622,7 +622,7 @@ pub(super) enum SendError {
         source: std::io::Error,
     },
     /// The app's connection failed before or while the request was sent.
-    #[error("the app's connection failed: {0}")]
+    #[error("the app's connection failed")]
     Http(#[source] hyper::Error),
     /// The listener has `max` connections to the app open already.
     #[error("the listener has its {max} connections to the app open already")]
