@@ -47,7 +47,7 @@ fuzz-smoke: setup
 
 # The long form: about two minutes per target (well over 10 million executions each).
 fuzz: setup
-	bash scripts/fuzz.sh $${FUZZ_SECONDS:-120} sidecar/proxy-header/fuzz/RESULTS.md
+	bash scripts/fuzz.sh $${FUZZ_SECONDS:-120} proxy-header/fuzz/RESULTS.md
 
 # The long soak (SOAK_SECONDS, default 600) through HAProxy → sidecar → app with an app restart
 # and a graceful drain; writes interop-tests/SOAK-RESULTS.md. A 20 s form runs in `make test`.

@@ -1,4 +1,4 @@
-//! Builds the eBPF programs (`ebpf-redirect/ebpf`) for the BPF target, as aya-template does; the
+//! Builds the eBPF programs (`redirect/ebpf`) for the BPF target, as aya-template does; the
 //! agent embeds the objects with `aya::include_bytes_aligned!`.
 //!
 //! The programs are compiled by the toolchain that builds the agent (not a floating `nightly`):
@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=RUSTUP_TOOLCHAIN");
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?);
-    let ebpf_dir = manifest_dir.join("../ebpf-redirect/ebpf");
+    let ebpf_dir = manifest_dir.join("../redirect/ebpf");
     let ebpf_dir = ebpf_dir
         .canonicalize()
         .with_context(|| format!("eBPF crate not found at {}", ebpf_dir.display()))?;

@@ -2,11 +2,11 @@
 # Runs every fuzz target of the PROXY header decoder for SECONDS each (default 60), starting
 # from the committed seeds (real senders' headers), and records executions and the outcome.
 # `make test` runs it for a few seconds as a smoke test; `make fuzz` runs the long form and
-# writes sidecar/proxy-header/fuzz/RESULTS.md.
+# writes proxy-header/fuzz/RESULTS.md.
 set -euo pipefail
 seconds=${1:-60}
 results=${2:+$(realpath -m "$2")}
-cd "$(dirname "$0")/../sidecar/proxy-header"
+cd "$(dirname "$0")/../proxy-header"
 targets=$(cargo +nightly fuzz list)
 rows=()
 for t in $targets; do

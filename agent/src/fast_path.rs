@@ -1,5 +1,5 @@
 //! The fast path: an instance of the `fast_path` object per pod (see
-//! `ebpf-redirect/ebpf/src/fast_path.rs`), its sockops program attached to the pod's cgroup
+//! `redirect/ebpf/src/fast_path.rs`), its sockops program attached to the pod's cgroup
 //! through a pinned link, its sk_msg program attached to the pod's socket map, and both maps
 //! pinned in the pod's directory under `fastpath-<netns>/`. The sidecar gets the two maps' fds.
 //!
@@ -24,7 +24,7 @@ use trueip_redirect_common::{
     FastPathKey,
 };
 
-/// The fast_path object, built by build.rs from `ebpf-redirect/ebpf/src/fast_path.rs`.
+/// The fast_path object, built by build.rs from `redirect/ebpf/src/fast_path.rs`.
 static FAST_PATH_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fast_path"));
 
 /// File name of the sockops link pin in a pod's fast-path directory.

@@ -19,14 +19,14 @@ use aya::{
 };
 use trueip_redirect_common::RESTORE_MAP;
 
-/// The getpeername4/6 object, built by build.rs from `ebpf-redirect/ebpf/src/getpeername.rs`.
+/// The getpeername4/6 object, built by build.rs from `redirect/ebpf/src/getpeername.rs`.
 static GETPEERNAME_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/getpeername"));
-/// The getsockname4/6 object, from `ebpf-redirect/ebpf/src/getsockname.rs`.
+/// The getsockname4/6 object, from `redirect/ebpf/src/getsockname.rs`.
 static GETSOCKNAME_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/getsockname"));
 
-/// The recvmsg4/6 + sendmsg4/6 object (UDP flows), from `ebpf-redirect/ebpf/src/udp.rs`.
+/// The recvmsg4/6 + sendmsg4/6 object (UDP flows), from `redirect/ebpf/src/udp.rs`.
 static UDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/udp"));
 
 /// One of the cgroup hooks the agent attaches; its name is the program's and its pins'.

@@ -28,7 +28,7 @@ use trueip_redirect_common::{
 
 use crate::{config::WhenGone, identify::socket_netns_cookie};
 
-/// The sk_lookup object, built by build.rs from `ebpf-redirect/ebpf/src/sk_lookup.rs`.
+/// The sk_lookup object, built by build.rs from `redirect/ebpf/src/sk_lookup.rs`.
 static SK_LOOKUP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sk_lookup"));
 
 /// File name of the link pin in a pod's steering directory.

@@ -3,7 +3,8 @@
 //!
 //! Thin by design: options → configuration and certificate → logging → serve. What a pod gets is
 //! decided in [`inject`] from its annotations ([`settings`]) and the chart's [`config`]; the
-//! sidecar it gets is built in [`sidecar`].
+//! sidecar it gets is built in [`sidecar`], with the configuration file [`file`] writes from the
+//! chart's sidecar section ([`template`]).
 
 #![forbid(unsafe_code)]
 

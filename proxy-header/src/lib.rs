@@ -81,6 +81,13 @@
 //! | v2 encode | `ppp::v2::Builder` | used as is; the CRC32c TLV is patched in after `build` |
 //!
 //! Measured cost of each part is in the crate's `README.md` (criterion, `benches/decode.rs`).
+//!
+//! # Layout
+//!
+//! From the bottom up: `detect` (signatures) and `limits`; `error` (each version's errors and
+//! the crate's); `tlv`; `header` (the decoded header); [`v1`] and [`v2`], each with its decoder
+//! and `Header`'s encoder for it; `datagram`. This root re-exports them and dispatches
+//! [`decode`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -4,6 +4,11 @@
 //! Everything a value can get wrong is caught while deserialising, so the error carries the key
 //! and the line (`listeners[0].mode: unknown variant ... at line 4 column 11`); what needs two
 //! fields at once is checked by [`Config::validate`], which names the listener and the key.
+//!
+//! The schema is split by what it describes, each module below the ones that use it: `config`
+//! (the file and its shared keys), `listener`, `policies` (the per-listener choices), `tlv`,
+//! `udp`, `http` and `limits`; `load` reads and `validate` checks a file. Serde only: the
+//! injector parses the sidecar's file with it too.
 
 mod config;
 mod duration;
