@@ -9,13 +9,13 @@ use tokio::{net::TcpStream, sync::watch};
 use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 
 use trueip_sidecar_config::{ListenerConfig, Mode, canonical};
+use trueip_sidecar_http::{Arrival, Http, TlsError};
 use trueip_telemetry::Chain;
 
 use crate::{
     detect::{self, Detection},
     endpoints::{ConnAddrs, Endpoints},
     forward::{self, Transfer},
-    http::{Http, TlsError},
     metrics::{ListenerMetrics, RestoreOutcome},
     restore::{self, EbpfError, Restorer, Upstream},
 };
@@ -162,7 +162,19 @@ async fn handle(
             record_connection(&detection, endpoints, outcome);
             // Boxed: an HTTP connection's state is 8 KiB, which would otherwise be the size of
             // every connection's task, idle relayed streams included.
-            Box::pin(http.serve(client, detection, endpoints, Arc::clone(metrics), shutdown)).await;
+            let (header, rest) = detection.into_parts();
+            let arrival = Arrival {
+                client: endpoints.client,
+                header,
+                rest,
+            };
+            Box::pin(http.serve(
+                client,
+                arrival,
+                Arc::<ListenerMetrics>::clone(metrics),
+                shutdown,
+            ))
+            .await;
         }
         Handler::Relay(restorer) => {
             let Some(upstream) =

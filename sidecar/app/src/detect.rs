@@ -47,6 +47,18 @@ pub enum Detection {
     },
 }
 
+impl Detection {
+    /// The header, if one is honoured, and the bytes read that the app (or the http mode's
+    /// parser) gets first.
+    #[must_use]
+    pub fn into_parts(self) -> (Option<Box<Header>>, Vec<u8>) {
+        match self {
+            Self::Header { header, rest, .. } => (Some(header), rest),
+            Self::NoHeader { rest, .. } | Self::Passthrough { rest } => (None, rest),
+        }
+    }
+}
+
 /// Why a connection is served without a header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoHeader {

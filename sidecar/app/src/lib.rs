@@ -6,7 +6,8 @@
 //! connection to `connection`, which runs its steps: [`detect`] (which judges the header's
 //! [`client`]) → [`endpoints`] (who the app is told it talks to) → [`restore`] (the app
 //! connection in the listener's mode) → [`forward`]; an `http` listener's connections go to
-//! the http proxy (`http`) after detection instead. [`udp`] is the datagram path beside it, using
+//! the http mode (its own crate, `trueip-sidecar-http`) after detection instead, counting on the
+//! listener's [`metrics`]. [`udp`] is the datagram path beside it, using
 //! the same restore core for its `ebpf` fallback and map. [`metrics`] (TCP and UDP counters),
 //! [`routing`] (`transparent`'s policy routing) and [`steer`] sit below them all, and the
 //! [`config`] schema is its own crate.
@@ -21,7 +22,6 @@ mod connection;
 pub mod detect;
 pub mod endpoints;
 pub mod forward;
-mod http;
 pub mod listen;
 pub mod metrics;
 pub mod restore;

@@ -9,12 +9,12 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use trueip_sidecar_http::TlsError;
 use trueip_telemetry::Chain;
 
 use crate::{
     admin,
     connection::{self, Handler, SetupError, Shared},
-    http::TlsError,
     metrics::{ListenerMetrics, SidecarMetrics},
     restore::EbpfError,
     shutdown::stopped,

@@ -21,6 +21,8 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use trueip_sidecar_http::Counters;
+
 pub use self::outcome::{FastPathOutcome, RestoreOutcome};
 
 type Labels = Vec<(&'static str, String)>;
@@ -286,59 +288,17 @@ impl ListenerMetrics {
         self.restore[outcome as usize].inc();
     }
 
-    /// Counts a response sent to the client in `http` mode.
-    pub(crate) fn http_response(&self, status: u16) {
-        let Some(class) = STATUS_CLASSES.get(usize::from(status / 100).wrapping_sub(1)) else {
-            return;
-        };
-        self.http_requests
-            .get_or_create(&vec![
-                ("listener", self.name.clone()),
-                ("class", (*class).to_owned()),
-            ])
-            .inc();
-    }
-
-    /// Counts a forwarding header the client sent that the sidecar removed.
-    pub(crate) fn http_header_removed(&self, header: &str) {
-        self.removed_headers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(header.to_owned());
-        self.http_headers_removed
-            .get_or_create(&vec![
-                ("listener", self.name.clone()),
-                ("header", header.to_owned()),
-            ])
-            .inc();
-    }
-
-    /// Counts a request refused or a connection closed in `http` mode because of `limit`
-    /// (`request_head_too_large`, `header_read_timeout`, `connect_refused`, ...).
-    pub(crate) fn http_limit(&self, limit: &'static str) {
-        self.limits_hit
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(limit);
-        self.http_limits
-            .get_or_create(&vec![
-                ("listener", self.name.clone()),
-                ("limit", limit.to_owned()),
-            ])
-            .inc();
-    }
-
     /// Counts what the kernel fast path did for a connection.
     pub(crate) fn fast_path(&self, outcome: FastPathOutcome) {
         self.fast_path[outcome as usize].inc();
     }
 
-    pub(crate) fn upstream_error(&self) {
-        self.upstream_errors.inc();
-    }
-
     pub(crate) fn header_decided(&self, after: Duration) {
         self.header_duration.observe(after.as_secs_f64());
+    }
+
+    pub(crate) fn upstream_error(&self) {
+        self.upstream_errors.inc();
     }
 
     pub(crate) fn to_app(&self, n: u64) {
@@ -411,6 +371,67 @@ impl ListenerMetrics {
                 .map(|o| (o.label(), self.fast_path[o as usize].get()))
                 .collect(),
         }
+    }
+}
+
+/// The http mode counts on the same series as the relay (`trueip_sidecar_http::Counters`).
+impl Counters for ListenerMetrics {
+    /// Counts a response sent to the client in `http` mode.
+    fn http_response(&self, status: u16) {
+        let Some(class) = STATUS_CLASSES.get(usize::from(status / 100).wrapping_sub(1)) else {
+            return;
+        };
+        self.http_requests
+            .get_or_create(&vec![
+                ("listener", self.name.clone()),
+                ("class", (*class).to_owned()),
+            ])
+            .inc();
+    }
+
+    /// Counts a forwarding header the client sent that the sidecar removed.
+    fn http_header_removed(&self, header: &str) {
+        self.removed_headers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(header.to_owned());
+        self.http_headers_removed
+            .get_or_create(&vec![
+                ("listener", self.name.clone()),
+                ("header", header.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// Counts a request refused or a connection closed in `http` mode because of `limit`
+    /// (`request_head_too_large`, `header_read_timeout`, `connect_refused`, ...).
+    fn http_limit(&self, limit: &'static str) {
+        self.limits_hit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(limit);
+        self.http_limits
+            .get_or_create(&vec![
+                ("listener", self.name.clone()),
+                ("limit", limit.to_owned()),
+            ])
+            .inc();
+    }
+
+    fn rejected(&self, reason: &'static str) {
+        ListenerMetrics::rejected(self, reason);
+    }
+
+    fn upstream_error(&self) {
+        ListenerMetrics::upstream_error(self);
+    }
+
+    fn to_app(&self, n: u64) {
+        ListenerMetrics::to_app(self, n);
+    }
+
+    fn to_client(&self, n: u64) {
+        ListenerMetrics::to_client(self, n);
     }
 }
 

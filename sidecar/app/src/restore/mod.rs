@@ -56,7 +56,7 @@ pub enum Restorer {
 
 impl Restorer {
     /// Prepares the mode of `config`; `ebpf` asks the agent at `agent_socket` for the pod's map
-    /// and fails without it: the caller applies [`fallback`], whose mode may not be a relay.
+    /// and fails without it: the caller applies `restore::fallback`, whose mode may not be a relay.
     pub fn new(config: &ListenerConfig, agent_socket: &Path) -> Result<Self, EbpfError> {
         Ok(match config.mode {
             Mode::ProxyV1 | Mode::ProxyV2 => Self::Reemit(Box::new(Reemit::new(config))),

@@ -5,7 +5,7 @@
 use std::{error::Error, sync::Arc};
 
 use tokio_rustls::TlsAcceptor;
-pub(crate) use trueip_tls_reload::TlsError;
+pub use trueip_tls_reload::TlsError;
 use trueip_tls_reload::{Reload, ReloadingCert, watch};
 
 use trueip_telemetry::Chain;

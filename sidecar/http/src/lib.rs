@@ -7,7 +7,11 @@
 //! What a connection may cost is bounded by the listener's `http.limits` ([`HttpLimits`]):
 //! request heads (`431` beyond), the time to send one, idle time, HTTP/2 streams, windows and
 //! resets, and, over all connections, requests in flight and connections to the app (`503`).
+//!
+//! The sidecar hands over each connection once its PROXY header is read ([`Http::serve`]), and
+//! counts what happens through [`Counters`], which its listener metrics implement.
 
+mod counters;
 mod headers;
 mod io;
 mod proxy;
@@ -28,7 +32,8 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tracing::{Span, debug, warn};
 
-pub(crate) use self::tls::TlsError;
+pub use self::counters::{Arrival, Counters};
+pub use self::tls::TlsError;
 use self::{
     headers::ClientFacts,
     io::{FirstBytes, Prefixed},
@@ -36,11 +41,10 @@ use self::{
 };
 use trueip_telemetry::Chain;
 
-use crate::{detect::Detection, endpoints::Endpoints, metrics::ListenerMetrics};
 use trueip_sidecar_config::{HttpConfig, HttpLimits, ListenerConfig};
 
 /// A listener's `http` mode, ready to serve connections.
-pub(crate) struct Http {
+pub struct Http {
     config: Arc<HttpConfig>,
     tls: Option<TlsAcceptor>,
     /// `max_requests_in_flight`, shared by the listener's connections.
@@ -63,7 +67,7 @@ impl std::fmt::Debug for Http {
 
 impl Http {
     /// Prepares the mode; with `http.tls`, loads the certificate (and starts watching its files).
-    pub(crate) fn new(config: &ListenerConfig) -> Result<Self, TlsError> {
+    pub fn new(config: &ListenerConfig) -> Result<Self, TlsError> {
         let tls = config
             .http
             .tls
@@ -88,35 +92,31 @@ impl Http {
 
     /// Serves one downstream connection whose PROXY header has been read: TLS (if configured),
     /// then HTTP until the client or the app closes, or until `shutdown` turns true and the
-    /// requests in flight are answered. Everything that goes wrong is logged and counted on the
-    /// connection's span and metrics.
-    pub(crate) async fn serve(
+    /// requests in flight are answered. `client` is who the header named (or the peer without
+    /// one), `header` the header if there was one, and `rest` the bytes read after it. Everything
+    /// that goes wrong is logged and counted on the connection's span and `metrics`.
+    pub async fn serve(
         &self,
-        client: TcpStream,
-        detection: Detection,
-        endpoints: Endpoints,
-        metrics: Arc<ListenerMetrics>,
+        stream: TcpStream,
+        arrival: Arrival,
+        metrics: Arc<dyn Counters>,
         shutdown: watch::Receiver<bool>,
     ) {
-        let (header, rest) = match detection {
-            Detection::Header { header, rest, .. } => (Some(header), rest),
-            Detection::NoHeader { rest, .. } | Detection::Passthrough { rest } => (None, rest),
-        };
-        let io = Prefixed::new(rest, client);
+        let Arrival {
+            client,
+            header,
+            rest,
+        } = arrival;
+        let io = Prefixed::new(rest, stream);
         let Some(acceptor) = &self.tls else {
-            let facts = ClientFacts::new(
-                endpoints.client.ip(),
-                header.as_deref(),
-                false,
-                &self.config,
-            );
+            let facts = ClientFacts::new(client.ip(), header.as_deref(), false, &self.config);
             return self.serve_http(io, facts, metrics, shutdown).await;
         };
         let handshake = self.config.limits.header_read_timeout;
         let stream = match tokio::time::timeout(handshake, acceptor.accept(io)).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return reject(&metrics, "tls_handshake", &e),
-            Err(_) => return reject(&metrics, "tls_handshake_timeout", &"no handshake in time"),
+            Ok(Err(e)) => return reject(&*metrics, "tls_handshake", &e),
+            Err(_) => return reject(&*metrics, "tls_handshake_timeout", &"no handshake in time"),
         };
         let (_, session) = stream.get_ref();
         let span = Span::current();
@@ -126,7 +126,7 @@ impl Http {
         if let Some(version) = session.protocol_version() {
             span.record("tls.protocol.version", tls::version_label(version));
         }
-        let facts = ClientFacts::new(endpoints.client.ip(), header.as_deref(), true, &self.config);
+        let facts = ClientFacts::new(client.ip(), header.as_deref(), true, &self.config);
         // Boxed: the TLS stream makes this state 6 KiB, which cleartext connections need not carry.
         Box::pin(self.serve_http(Prefixed::new(Vec::new(), stream), facts, metrics, shutdown))
             .await;
@@ -140,13 +140,13 @@ impl Http {
         &self,
         mut io: Prefixed<S>,
         facts: ClientFacts,
-        metrics: Arc<ListenerMetrics>,
+        metrics: Arc<dyn Counters>,
         mut shutdown: watch::Receiver<bool>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let limits = &self.config.limits;
-        if !starts_like_http(&mut io, limits, &metrics).await {
+        if !starts_like_http(&mut io, limits, &*metrics).await {
             return;
         }
         let ctx = Arc::new(ConnCtx {
@@ -172,7 +172,7 @@ impl Http {
         tokio::pin!(conn);
         let result = tokio::select! {
             result = conn.as_mut() => result,
-            () = crate::shutdown::stopped(&mut shutdown) => {
+            () = stopped(&mut shutdown) => {
                 debug!("shutting down: closing the HTTP connection once its requests are answered");
                 conn.as_mut().graceful_shutdown();
                 conn.await
@@ -199,7 +199,7 @@ impl Http {
         let requests = ctx.requests.load(std::sync::atomic::Ordering::Relaxed);
         Span::current().record("trueip.http.requests", requests);
         if let Err(e) = result {
-            connection_failed(&*e, requests, &metrics);
+            connection_failed(&*e, requests, &*metrics);
         }
     }
 }
@@ -209,7 +209,7 @@ impl Http {
 async fn starts_like_http<S>(
     io: &mut Prefixed<S>,
     limits: &HttpLimits,
-    metrics: &ListenerMetrics,
+    metrics: &dyn Counters,
 ) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -257,7 +257,7 @@ where
 fn connection_failed(
     e: &(dyn std::error::Error + Send + Sync + 'static),
     requests: u64,
-    metrics: &ListenerMetrics,
+    metrics: &dyn Counters,
 ) {
     let hyper_error = e.downcast_ref::<hyper::Error>();
     if hyper_error.is_some_and(hyper::Error::is_parse_too_large) {
@@ -288,6 +288,12 @@ fn connection_failed(
     } else {
         debug!(error = %Chain(e), requests, "HTTP connection ended");
     }
+}
+
+/// Completes once shutdown is requested (or the sender is gone); the guard `wait_for` returns
+/// is dropped here, so the connection's future stays `Send`.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// hyper's server settings for `limits`.
@@ -343,7 +349,7 @@ async fn idle(ctx: &ConnCtx, limits: &HttpLimits) -> &'static str {
 }
 
 /// Logs, counts and marks the span of a connection closed before a request reached the app.
-fn reject(metrics: &ListenerMetrics, reason: &'static str, error: &dyn std::fmt::Display) {
+fn reject(metrics: &dyn Counters, reason: &'static str, error: &dyn std::fmt::Display) {
     let span = Span::current();
     span.record("otel.status_code", "error");
     span.record("otel.status_description", reason);

@@ -41,7 +41,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use super::headers::{self, ClientFacts};
 use trueip_telemetry::Chain;
 
-use crate::metrics::ListenerMetrics;
+use crate::counters::Counters;
 use trueip_sidecar_config::HttpConfig;
 
 /// The body of every response the sidecar sends: the app's, streamed, or its own short text.
@@ -67,7 +67,7 @@ pub(super) struct ConnCtx {
     pub(super) config: Arc<HttpConfig>,
     pub(super) facts: ClientFacts,
     pub(super) pool: Arc<AppPool>,
-    pub(super) metrics: Arc<ListenerMetrics>,
+    pub(super) metrics: Arc<dyn Counters>,
     /// The connection's span: the parent of request spans without an incoming `traceparent`,
     /// and linked from those with one.
     pub(super) conn_span: Span,
@@ -515,7 +515,7 @@ fn rewrite(req: &mut Request<Incoming>, ctx: &ConnCtx, connect: bool, upgrade: b
 }
 
 /// Copies bytes both ways between the upgraded client and app connections until both close.
-async fn tunnel(client: OnUpgrade, app: OnUpgrade, metrics: Arc<ListenerMetrics>) {
+async fn tunnel(client: OnUpgrade, app: OnUpgrade, metrics: Arc<dyn Counters>) {
     let (client, app) = match tokio::try_join!(client, app) {
         Ok(pair) => pair,
         Err(e) => {
