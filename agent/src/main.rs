@@ -62,13 +62,7 @@ fn main() -> ExitCode {
         None => run(&opt, &runtime),
     };
     telemetry.shutdown();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    trueip_telemetry::exit_code(result)
 }
 
 fn run(opt: &Opt, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {

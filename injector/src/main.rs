@@ -90,13 +90,7 @@ fn main() -> ExitCode {
     if let Some(line) = LogFormat::deprecation(&opt.log_format) {
         tracing::warn!("{line}");
     }
-    match run(&opt) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    trueip_telemetry::exit_code(run(&opt))
 }
 
 fn run(opt: &Opt) -> anyhow::Result<()> {

@@ -348,13 +348,7 @@ fn main() -> ExitCode {
         (Ok(config), None) => run(&opt, &config, &runtime),
     };
     telemetry.shutdown();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    trueip_telemetry::exit_code(result)
 }
 
 fn run(opt: &Opt, config: &Config, runtime: &tokio::runtime::Runtime) -> Result<()> {

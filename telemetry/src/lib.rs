@@ -11,7 +11,7 @@ mod logs;
 pub mod otlp;
 
 pub use chain::{Chain, error_chain};
-pub use logs::{LogFormat, init_logging};
+pub use logs::{LogFormat, exit_code, init_logging};
 
 #[cfg(test)]
 mod tests {

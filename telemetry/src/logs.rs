@@ -70,3 +70,15 @@ where
         fmt.boxed()
     }
 }
+
+/// The process's exit code for how `run` ended: success, or failure with the error (and its
+/// causes, `{:#}`) logged as the last line, so every binary ends alike.
+pub fn exit_code(result: Result<(), impl std::fmt::Display>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
