@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use trueip_sidecar_config::FileError;
 
 use crate::{
     file::check_template,
@@ -92,24 +93,9 @@ impl Default for DefaultsFile {
 /// A configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Malformed YAML, an unknown key or a bad value; the message names key and line.
-    #[error("{path}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's error.
-        #[source]
-        source: serde_norway::Error,
-    },
+    /// The file could not be read or parsed.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// A value that parses but cannot be used.
     #[error("{path}: {key}: {problem}")]
     Invalid {
@@ -151,20 +137,13 @@ mod defaults {
 impl Config {
     /// Reads and checks the file at `path`.
     pub(crate) fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = FileError::read(path)?;
         Self::from_yaml(&text, path)
     }
 
     /// Parses and checks YAML text; `path` names it in errors.
     pub(crate) fn from_yaml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let file: ConfigFile =
-            serde_norway::from_str(text).map_err(|source| ConfigError::Parse {
-                path: path.to_owned(),
-                source,
-            })?;
+        let file: ConfigFile = FileError::parse(path, text)?;
         let invalid = |(key, problem): (&str, String)| ConfigError::Invalid {
             path: path.to_owned(),
             key: key.to_owned(),
@@ -265,7 +244,7 @@ fn refused_template(path: &Path, error: &trueip_sidecar_config::ConfigError) -> 
     use trueip_sidecar_config::ConfigError as Sidecar;
     let (key, problem) = match error {
         Sidecar::Invalid { key, problem, .. } => ((*key).to_owned(), problem.clone()),
-        Sidecar::Parse { source, .. } => {
+        Sidecar::File(FileError::Parse { source, .. }) => {
             let mut text = source.to_string();
             if let Some(at) = source.location() {
                 let mark = format!(" at line {} column {}", at.line(), at.column());

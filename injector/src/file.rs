@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, net::SocketAddr, num::NonZeroUsize, path::Path}
 use ipnet::{IpNet, Ipv4Net};
 use serde::Serialize;
 use serde_norway::Mapping;
-use trueip_sidecar_config::{ConfigError, HeaderPolicy, Mode};
+use trueip_sidecar_config::{ConfigError, FileError, HeaderPolicy, Mode};
 
 use crate::{
     settings::{self, PodSettings, PortPair, Steer},
@@ -246,10 +246,10 @@ pub(crate) fn check_template(template: &SidecarTemplate) -> Result<(), ConfigErr
     }];
     let text =
         serde_norway::to_string(&sidecar_file(&sample, &planned, template)).map_err(|source| {
-            ConfigError::Parse {
+            ConfigError::File(FileError::Parse {
                 path: "<sample sidecar configuration>".into(),
                 source,
-            }
+            })
         })?;
     trueip_sidecar_config::Config::from_yaml(&text).map(drop)
 }

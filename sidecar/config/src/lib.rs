@@ -25,7 +25,7 @@ mod validate;
 pub use self::{
     config::{Config, DEFAULT_AGENT_SOCKET, OtlpConfig, OtlpProtocol, TransparentConfig},
     duration::deserialize as deserialize_duration,
-    error::ConfigError,
+    error::{ConfigError, FileError},
     http::{ClientHeaders, HeaderSlot, HttpConfig, PROXY_HEADERS, TlsConfig, TlvHeaders},
     limits::{AdminConfig, HttpLimits},
     listener::{ListenerConfig, canonical},

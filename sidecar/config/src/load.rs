@@ -1,17 +1,17 @@
 //! Reading a configuration: from a file or YAML text, parsed and then validated, and the digest
 //! the injector pins.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::{config::Config, error::ConfigError};
+use crate::{
+    config::Config,
+    error::{ConfigError, FileError},
+};
 
 impl Config {
     /// Reads, parses and validates a YAML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = FileError::read(path)?;
         Self::from_file_text(path, &text)
     }
 
@@ -28,22 +28,13 @@ impl Config {
     /// Parses and validates `text`, read from `path` (which parse errors name): for a caller
     /// that checks the bytes it read before parsing them.
     pub fn from_file_text(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        Self::from_yaml(text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                source,
-            },
-            other => other,
-        })
+        let config: Self = FileError::parse(path, text)?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Parses and validates YAML text.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = serde_norway::from_str(text).map_err(|source| ConfigError::Parse {
-            path: PathBuf::from("<config>"),
-            source,
-        })?;
-        config.validate()?;
-        Ok(config)
+        Self::from_file_text(Path::new("<config>"), text)
     }
 }
