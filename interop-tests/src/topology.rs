@@ -34,6 +34,7 @@ use tempfile::TempDir;
 
 use crate::{
     names::{PREFIX, is_stale, unique_suffix},
+    prereq::{find_program, skip},
     run,
 };
 
@@ -154,6 +155,16 @@ impl Netns {
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// A namespace of its own, outside any [`Topology`] (`tip-<pid>-<n>-<role>`), with
+    /// loopback up; a [`Skip`](crate::prereq::Skip) when `ip` (iproute2) is missing.
+    pub fn standalone(role: &str) -> Result<Self> {
+        if find_program("ip").is_none() {
+            return Err(skip("the `ip` command (iproute2) is not installed"));
+        }
+        remove_stale();
+        Self::create(format!("{PREFIX}{}-{role}", unique_suffix()))
     }
 
     /// The namespace's name, as `ip netns` knows it.

@@ -96,7 +96,7 @@ pub(crate) fn node_processes_and_host_network_pods_are_refused(
     expect_denied(&host_network.cmd("get-map 0")?, "node's network namespace")?;
 
     // A namespace of its own (`unshare -n` on the node) but no pod cgroup: not a pod.
-    let netns = Netns::create()?;
+    let netns = Netns::standalone("agent")?;
     let scratch = env.cgroup_root.join(unique("trueip-test-notapod-"));
     std::fs::create_dir(&scratch)?;
     let place = Placement {

@@ -197,7 +197,7 @@ impl Pod {
     fn new(env: &Env) -> anyhow::Result<Self> {
         Ok(Self {
             cgroup: PodCgroup::create(env)?,
-            netns: Rc::new(Netns::create()?),
+            netns: Rc::new(Netns::standalone("agent")?),
         })
     }
 
@@ -254,8 +254,9 @@ impl Pod {
         let socket = agent.socket.to_str().context("socket path")?;
         let port = port.to_string();
         let mut args = vec![socket, &port];
-        if let Some(ns) = foreign {
-            args.push(ns.path.to_str().context("netns path")?);
+        let foreign = foreign.map(Netns::path);
+        if let Some(path) = &foreign {
+            args.push(path.to_str().context("netns path")?);
         }
         let mut proc = Proc::spawn(roles::STEER, &args, &place)?;
         let first = proc.line()?;
@@ -929,7 +930,7 @@ fn steering_refuses_another_namespaces_socket(env: &Result<Env, String>) -> anyh
     let env = need(env)?;
     let agent = Agent::start(&[])?;
     let pod = Pod::new(env)?;
-    let other = Netns::create()?;
+    let other = Netns::standalone("agent")?;
     let (_sidecar, first) = pod.steer(&agent, 8080, Some(&other))?;
     ensure!(
         first.starts_with("error ") && first.contains("another network namespace"),

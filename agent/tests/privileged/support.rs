@@ -13,29 +13,19 @@ use std::{
         mpsc::{Receiver, RecvTimeoutError, channel},
     },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail, ensure};
 use nix::sys::statfs::{BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
+pub(crate) use trueip_interop_tests::{Netns, prereq::Skip};
+use trueip_interop_tests::{names, run};
 
 /// The agent binary under test.
 pub(crate) const AGENT_BIN: &str = env!("CARGO_BIN_EXE_trueip-agent");
 
 /// How long any step may take before the test fails instead of hanging.
 pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A test that cannot run here; its reason is printed as `SKIPPED: <why>`.
-#[derive(Debug)]
-pub(crate) struct Skip(pub(crate) String);
-
-impl std::fmt::Display for Skip {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Skip {}
 
 /// What a privileged test needs, found once.
 #[derive(Debug)]
@@ -65,26 +55,14 @@ impl Env {
     }
 }
 
-/// A unique name for this process's test objects.
+/// A unique name for this process's test objects: `prefix` and the kit's unique suffix.
 pub(crate) fn unique(prefix: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{prefix}{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}{}", names::unique_suffix())
 }
 
 /// Polls `f` until it returns `Some` or [`STEP_TIMEOUT`] passes.
 pub(crate) fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
+    run::wait_for(what, STEP_TIMEOUT, || Ok(f()))
 }
 
 // === Agent ===
@@ -364,48 +342,6 @@ impl Drop for PodCgroup {
     }
 }
 
-/// A named network namespace (`ip netns add`) with loopback up.
-#[derive(Debug)]
-pub(crate) struct Netns {
-    name: String,
-    /// Its bind mount, what the children enter.
-    pub(crate) path: PathBuf,
-}
-
-impl Netns {
-    /// Creates the namespace, or asks to skip when `ip` is missing.
-    pub(crate) fn create() -> anyhow::Result<Self> {
-        let name = unique("trueip-t");
-        let added = Command::new("ip").args(["netns", "add", &name]).status();
-        match added {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Skip("the `ip` command (iproute2) is not installed".into()).into());
-            }
-            Err(e) => return Err(e.into()),
-            Ok(s) => ensure!(s.success(), "ip netns add {name}: {s}"),
-        }
-        let netns = Self {
-            path: PathBuf::from("/run/netns").join(&name),
-            name,
-        };
-        let up = Command::new("ip")
-            .args(["-n", &netns.name, "link", "set", "lo", "up"])
-            .status()?;
-        ensure!(up.success(), "bringing lo up in {}: {up}", netns.name);
-        Ok(netns)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        drop(
-            Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .status(),
-        );
-    }
-}
-
 /// A veth pair between the host and a pod namespace, with one IPv4 address on each end, so that
 /// the host reaches the pod from outside (not over the pod's loopback).
 #[derive(Debug)]
@@ -444,20 +380,20 @@ impl Veth {
             "name",
             "eth0",
             "netns",
-            &netns.name,
+            netns.name(),
         ])?;
         run(&["addr", "add", &format!("{host_ip}/30"), "dev", &host])?;
         run(&["link", "set", &host, "up"])?;
         run(&[
             "-n",
-            &netns.name,
+            netns.name(),
             "addr",
             "add",
             &format!("{pod_ip}/30"),
             "dev",
             "eth0",
         ])?;
-        run(&["-n", &netns.name, "link", "set", "eth0", "up"])?;
+        run(&["-n", netns.name(), "link", "set", "eth0", "up"])?;
         Ok(pair)
     }
 }
@@ -513,7 +449,7 @@ impl Proc {
             })
             .transpose()
             .context("opening cgroup.procs")?;
-        let netns = place.netns.map(|n| fs::File::open(&n.path)).transpose()?;
+        let netns = place.netns.map(|n| fs::File::open(n.path())).transpose()?;
         let procs_fd = procs.as_ref().map(AsRawFd::as_raw_fd);
         let netns_fd = netns.as_ref().map(AsRawFd::as_raw_fd);
         let uid = place.uid;
