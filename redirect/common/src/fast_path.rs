@@ -15,7 +15,7 @@
 //!   peers map (whose entry is written after the LB socket's), so it never redirects to an empty
 //!   slot, which would drop the bytes.
 
-use crate::ConnKey;
+use crate::restore::ConnKey;
 
 /// Name of a pod's fast-path socket map (SOCKHASH: [`FastPathKey`] → socket) in the fast_path
 /// object; the agent pins it in the pod's directory.

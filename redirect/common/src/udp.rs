@@ -19,7 +19,10 @@
 
 use core::net::SocketAddr;
 
-use crate::{ConnKey, Endpoint, RestoreValue};
+use crate::{
+    endpoint::Endpoint,
+    restore::{ConnKey, RestoreValue},
+};
 
 /// Family marker of a [`ConnKey::udp_recv`] key (not an address family).
 pub const UDP_RECV_FAMILY: u16 = 0x5501;
@@ -32,11 +35,7 @@ impl ConnKey {
     #[inline(always)]
     pub const fn udp_recv(app_port: u16, source: Endpoint) -> Self {
         Self {
-            app: Endpoint {
-                addr: [0; 4],
-                port: app_port,
-                family: UDP_RECV_FAMILY,
-            },
+            app: Endpoint::tagged(app_port, UDP_RECV_FAMILY),
             peer: source,
         }
     }
@@ -46,11 +45,7 @@ impl ConnKey {
     #[inline(always)]
     pub const fn udp_send(app_port: u16, destination: Endpoint) -> Self {
         Self {
-            app: Endpoint {
-                addr: [0; 4],
-                port: app_port,
-                family: UDP_SEND_FAMILY,
-            },
+            app: Endpoint::tagged(app_port, UDP_SEND_FAMILY),
             peer: destination,
         }
     }
