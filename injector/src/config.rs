@@ -156,7 +156,10 @@ impl Config {
         // refusing every pod.
         check_template(&sidecar).map_err(|e| refused_template(path, &e))?;
         let allowed_modes = allowed_modes(file.allowed_modes).map_err(invalid)?;
-        let defaults = file.defaults.resolve(&allowed_modes).map_err(invalid)?;
+        let defaults = file
+            .defaults
+            .resolve(&allowed_modes, sidecar.steer_port)
+            .map_err(invalid)?;
         Ok(Self {
             defaults,
             sidecar,
@@ -195,8 +198,13 @@ fn allowed_modes(listed: Vec<Mode>) -> Result<Vec<Mode>, (&'static str, String)>
 
 impl DefaultsFile {
     /// The settings of pods that leave an annotation out, parsed as the annotations are, and
-    /// usable under `allowed_modes`.
-    fn resolve(&self, allowed_modes: &[Mode]) -> Result<Defaults, (&'static str, String)> {
+    /// usable under `allowed_modes`; `steer_port` (the template's) is checked where the file
+    /// always checked it, after the ports.
+    fn resolve(
+        &self,
+        allowed_modes: &[Mode],
+        steer_port: u16,
+    ) -> Result<Defaults, (&'static str, String)> {
         if !allowed_modes.contains(&self.mode) {
             return Err((
                 "defaults.mode",
@@ -223,6 +231,9 @@ impl DefaultsFile {
                     lone.listen
                 ),
             ));
+        }
+        if steer_port == 0 {
+            return Err(("sidecar.steerPort", "must be a port, 1-65535".into()));
         }
         let trusted = settings::parse_cidrs(&self.trusted_cidrs.join(","))
             .map_err(|p| ("defaults.trustedCIDRs", p))?;

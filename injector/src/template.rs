@@ -120,9 +120,6 @@ impl SidecarTemplate {
                 "must be longer than 0s".into(),
             ));
         }
-        if self.steer_port == 0 {
-            return Err(("sidecar.steerPort", "must be a port, 1-65535".into()));
-        }
         Ok(())
     }
 }
