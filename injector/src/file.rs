@@ -244,12 +244,11 @@ pub(crate) fn check_template(template: &SidecarTemplate) -> Result<(), ConfigErr
         steer: false,
         udp: false,
     }];
-    let text =
-        serde_norway::to_string(&sidecar_file(&sample, &planned, template)).map_err(|source| {
-            ConfigError::File(FileError::Parse {
-                path: "<sample sidecar configuration>".into(),
-                source,
-            })
-        })?;
+    let text = yaml(&sample, &planned, template).map_err(|source| {
+        ConfigError::File(FileError::Parse {
+            path: "<sample sidecar configuration>".into(),
+            source,
+        })
+    })?;
     trueip_sidecar_config::Config::from_yaml(&text).map(drop)
 }

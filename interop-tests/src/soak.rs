@@ -344,10 +344,9 @@ pub fn run(cfg: Config) -> Result<Report> {
             }
         });
 
-        let quiet = |pause: &AtomicBool| quiet(pause, short_pid, long_pid);
         let warmup = (cfg.duration / 10).max(Duration::from_secs(2));
         thread::sleep(warmup);
-        let (short_start, long_start) = quiet(&pause_short)?;
+        let (short_start, long_start) = quiet(&pause_short, short_pid, long_pid)?;
 
         // The fault: the app dies half-way and comes back.
         thread::sleep((cfg.duration / 2).saturating_sub(t0.elapsed()));
@@ -357,7 +356,7 @@ pub fn run(cfg: Config) -> Result<Report> {
             cfg.duration
                 .saturating_sub(t0.elapsed() + Duration::from_secs(2)),
         );
-        let (short_end, long_end) = quiet(&pause_short)?;
+        let (short_end, long_end) = quiet(&pause_short, short_pid, long_pid)?;
         stop_short.store(true, Ordering::SeqCst);
         short
             .join()
