@@ -13,10 +13,11 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     cgroup::Cgroup,
+    netns::Netns,
     prereq::own_binary,
     process::{Launch, Proc},
     run::wait_for,
-    topology::{Netns, Topology},
+    topology::Topology,
 };
 
 /// Read and write timeout of the client socket.

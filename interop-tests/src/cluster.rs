@@ -14,10 +14,10 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
-use serde::Deserialize as _;
 use serde_json::{Value, json};
+use trueip_test_kit::kube::{Operation, admission_review, documents};
 
-use crate::{oci::workspace_root, prereq::skip, run, topology::Netns};
+use crate::{netns::Netns, oci::workspace_root, prereq::skip, run};
 
 /// The Kubernetes version the chart is rendered for.
 pub const KUBE_VERSION: &str = "1.33.0";
@@ -66,30 +66,6 @@ impl Helm {
         );
         documents(&String::from_utf8(out.stdout).context("helm's output is not UTF-8")?)
     }
-}
-
-/// The objects of a multi-document YAML stream (empty documents dropped).
-pub fn documents(yaml: &str) -> Result<Vec<Value>> {
-    let mut docs = Vec::new();
-    for doc in serde_norway::Deserializer::from_str(yaml) {
-        let value = Value::deserialize(doc).context("invalid YAML")?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
-}
-
-/// The one object of `kind` named `name`.
-pub fn object<'a>(docs: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> {
-    let mut found = docs
-        .iter()
-        .filter(|d| d["kind"] == kind && d["metadata"]["name"] == name);
-    let first = found
-        .next()
-        .with_context(|| format!("no {kind} {name} rendered"))?;
-    ensure!(found.next().is_none(), "several {kind} {name} rendered");
-    Ok(first)
 }
 
 /// The Pod a controller creates from `workload`'s (a Deployment's or DaemonSet's) template,
@@ -230,25 +206,12 @@ impl<'a> Webhook<'a> {
             "review-{}",
             pod["metadata"]["uid"].as_str().unwrap_or_default()
         );
-        let review = json!({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": uid,
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-                "name": pod["metadata"]["name"],
-                "namespace": pod["metadata"]["namespace"],
-                "operation": "CREATE",
-                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-                "object": pod,
-                "oldObject": null,
-                "dryRun": false,
-                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-            }
-        });
+        let review = admission_review(
+            &uid,
+            pod,
+            Operation::Create,
+            &json!({"username": "system:serviceaccount:kube-system:replicaset-controller"}),
+        );
         let out = run::output(
             self.network
                 .command("curl")

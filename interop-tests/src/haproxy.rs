@@ -8,9 +8,10 @@ use std::{fmt::Write as _, net::SocketAddr, time::Duration};
 use anyhow::{Context, Result, bail};
 
 use crate::{
+    netns::Netns,
     process::{Launch, Proc},
     run,
-    topology::{Netns, Topology},
+    topology::Topology,
 };
 
 /// How long HAProxy gets to validate its configuration and to start listening.

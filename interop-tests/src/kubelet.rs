@@ -44,10 +44,10 @@ use serde_json::Value;
 
 use crate::{
     cgroup::Cgroup,
+    netns::Netns,
     oci::Image,
     process::{Launch, Proc},
     run,
-    topology::Netns,
 };
 
 /// How long the stand-in waits between two tries of a probe (the kubelet waits

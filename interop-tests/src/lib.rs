@@ -4,7 +4,8 @@
 //! with veth pairs for IPv4 and IPv6, and tears them down when dropped, also on panic. The peer
 //! modules start the Debian packages the tests talk to ([`haproxy`], [`nginx`], [`curl`]),
 //! [`sidecar`] and [`agent`] start the trueip binaries under test, and [`app`] drives the tests'
-//! own unmodified app, `trueip-echo-app`. [`Cgroup`] stands in for a pod's cgroup v2. [`cluster`]
+//! own unmodified app, `trueip-echo-app`. [`Cgroup`] stands in for a pod's cgroup v2. Namespaces,
+//! cgroups, processes and the harness come from the shared test kit (`trueip-test-kit`). [`cluster`]
 //! (helm, controllers, the apiserver's webhook call) and [`kubelet`] (pods run from the [`oci`]
 //! images, in kubelet-shaped cgroups) stand in for a Kubernetes node.
 //!
@@ -18,18 +19,13 @@
 
 pub mod agent;
 pub mod app;
-pub mod cgroup;
 pub mod cluster;
 pub mod curl;
 pub mod haproxy;
 pub mod kubelet;
-pub mod names;
 pub mod nginx;
 pub mod oci;
-pub mod prereq;
-pub mod process;
 pub mod record;
-pub mod run;
 pub mod sidecar;
 pub mod soak;
 pub mod stats;
@@ -38,7 +34,7 @@ pub mod tls;
 pub mod topology;
 pub mod udp;
 
-pub use cgroup::Cgroup;
-pub use prereq::Need;
-pub use process::{Launch, Proc};
-pub use topology::{Family, Netns, Topology};
+pub use topology::{Family, Topology};
+pub use trueip_test_kit::{Cgroup, Launch, Need, Netns, Proc};
+/// The test kit's modules, under the paths the tests and the peers' modules here use.
+pub use trueip_test_kit::{cgroup, names, netns, prereq, process, run};

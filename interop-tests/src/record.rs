@@ -6,10 +6,11 @@ use std::{fmt::Write as _, net::SocketAddr, time::Duration};
 use anyhow::{Context, Result};
 
 use crate::{
+    netns::Netns,
     prereq::own_binary,
     process::{Launch, Proc},
     run::wait_for,
-    topology::{Netns, Topology},
+    topology::Topology,
 };
 
 /// A connection that has sent something and then nothing for this long is recorded as is.

@@ -6,9 +6,10 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::Result;
 
 use crate::{
+    netns::Netns,
     prereq::trueip_binary,
     process::{Launch, Proc},
-    topology::{Netns, Topology},
+    topology::Topology,
 };
 
 /// How long the sidecar gets to start listening (longer in eBPF mode: it asks the agent first).

@@ -21,10 +21,11 @@ use trueip_proxy_header::{
 
 use crate::{
     cgroup::Cgroup,
+    netns::Netns,
     prereq::own_binary,
     process::{Launch, Proc},
     run::wait_for,
-    topology::{Netns, Topology},
+    topology::Topology,
 };
 
 /// How long a client waits for its echo.

@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 
+use trueip_test_kit::Cgroup;
+
 use super::{Pod, need};
 use crate::{
     attacker::ATTACK,
-    support::{Agent, Env, Netns, Placement, PodCgroup, Proc, unique, wait_for},
+    support::{Agent, Netns, Placement, PodCgroup, RoleChild, wait_for},
 };
 
 /// How quickly a legitimate pod must get its map while attackers hold the agent's socket: the
@@ -18,19 +20,19 @@ use crate::{
 const SERVED_WITHIN: Duration = Duration::from_secs(1);
 
 /// An attacker process placed as asked, ready for commands.
-fn attacker(agent: &Agent, place: &Placement<'_>) -> anyhow::Result<Proc> {
+fn attacker(agent: &Agent, place: &Placement<'_>) -> anyhow::Result<RoleChild> {
     let socket = agent.socket.to_str().context("socket path")?;
-    let mut proc = Proc::spawn(ATTACK, &[socket], place)?;
+    let mut proc = RoleChild::spawn(ATTACK, &[socket], place)?;
     let first = proc.line()?;
     ensure!(first == "attacker ready", "attacker: {first}");
     Ok(proc)
 }
 
 /// An attacker inside `pod`: its network namespace and one of its container cgroups.
-fn pod_attacker(agent: &Agent, pod: &Pod) -> anyhow::Result<Proc> {
+fn pod_attacker(agent: &Agent, pod: &Pod) -> anyhow::Result<RoleChild> {
     let cgroup = pod.cgroup.sidecar();
     let place = Placement {
-        cgroup: Some(&cgroup),
+        cgroup: Some(cgroup),
         netns: Some(&pod.netns),
         uid: None,
     };
@@ -38,7 +40,7 @@ fn pod_attacker(agent: &Agent, pod: &Pod) -> anyhow::Result<Proc> {
 }
 
 /// Starts a legitimate sidecar in `pod` and returns how long it took to get its map.
-fn time_to_ready(pod: &Pod, agent: &Agent) -> anyhow::Result<(Proc, Duration)> {
+fn time_to_ready(pod: &Pod, agent: &Agent) -> anyhow::Result<(RoleChild, Duration)> {
     let started = Instant::now();
     let (proc, first) = pod.sidecar(agent, None)?;
     let took = started.elapsed();
@@ -58,10 +60,8 @@ fn expect_denied(answer: &str, why: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn node_processes_and_host_network_pods_are_refused(
-    env: &Result<Env, String>,
-) -> anyhow::Result<()> {
-    let env = need(env)?;
+pub(crate) fn node_processes_and_host_network_pods_are_refused() -> anyhow::Result<()> {
+    need()?;
     // The default socket (0660, root's group) keeps `nobody` from even connecting.
     let strict = Agent::start(&[])?;
     let nobody = Placement {
@@ -83,9 +83,9 @@ pub(crate) fn node_processes_and_host_network_pods_are_refused(
     expect_denied(&on_node.cmd("get-map 0")?, "node's network namespace")?;
 
     // A hostNetwork pod: a Kubernetes pod cgroup, the node's namespace, root.
-    let host_pod = PodCgroup::create(env)?;
+    let host_pod = PodCgroup::create()?;
     let place = Placement {
-        cgroup: Some(&host_pod.sidecar()),
+        cgroup: Some(host_pod.sidecar()),
         ..Placement::default()
     };
     let mut host_network = attacker(&agent, &place)?;
@@ -97,10 +97,9 @@ pub(crate) fn node_processes_and_host_network_pods_are_refused(
 
     // A namespace of its own (`unshare -n` on the node) but no pod cgroup: not a pod.
     let netns = Netns::standalone("agent")?;
-    let scratch = env.cgroup_root.join(unique("trueip-test-notapod-"));
-    std::fs::create_dir(&scratch)?;
+    let scratch = Cgroup::create()?;
     let place = Placement {
-        cgroup: Some(&scratch),
+        cgroup: Some(scratch.path()),
         netns: Some(&netns),
         uid: None,
     };
@@ -124,17 +123,13 @@ pub(crate) fn node_processes_and_host_network_pods_are_refused(
         "{}",
         agent.log()
     );
-    wait_for("the scratch cgroup to empty", || {
-        std::fs::remove_dir(&scratch).ok()
-    })
+    scratch.remove()
 }
 
-pub(crate) fn stray_descriptors_are_closed_and_refused(
-    env: &Result<Env, String>,
-) -> anyhow::Result<()> {
-    let env = need(env)?;
+pub(crate) fn stray_descriptors_are_closed_and_refused() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&[])?;
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let mut hostile = pod_attacker(&agent, &pod)?;
     // Warm up (the pod's first request creates its map), then count.
     let first = hostile.cmd("get-map 0")?;
@@ -168,10 +163,8 @@ pub(crate) fn stray_descriptors_are_closed_and_refused(
     Ok(())
 }
 
-pub(crate) fn idle_and_flooding_callers_delay_no_pod(
-    env: &Result<Env, String>,
-) -> anyhow::Result<()> {
-    let env = need(env)?;
+pub(crate) fn idle_and_flooding_callers_delay_no_pod() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&["--socket-mode", "666"])?;
     // 100 idle connections from the node, 100 from a hostile pod.
     let mut on_node = attacker(
@@ -181,14 +174,14 @@ pub(crate) fn idle_and_flooding_callers_delay_no_pod(
             ..Placement::default()
         },
     )?;
-    let hostile = Pod::new(env)?;
+    let hostile = Pod::new()?;
     let mut in_pod = pod_attacker(&agent, &hostile)?;
     let held = on_node.cmd("idle 100")?;
     ensure!(held == "holding 100 failed=0", "{held}");
     let held = in_pod.cmd("idle 100")?;
     ensure!(held == "holding 100 failed=0", "{held}");
 
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let (_sidecar, took) = time_to_ready(&pod, &agent)?;
     eprintln!("  a pod's GET-MAP with 200 idle connections open: answered in {took:?}");
     ensure!(
@@ -205,7 +198,7 @@ pub(crate) fn idle_and_flooding_callers_delay_no_pod(
         flood.contains("busy=") && !flood.contains("busy=0") && flood.contains("other=0"),
         "{flood}"
     );
-    let other = Pod::new(env)?;
+    let other = Pod::new()?;
     let (_second, took) = time_to_ready(&other, &agent)?;
     ensure!(took < SERVED_WITHIN, "a pod waited {took:?} behind a flood");
 
@@ -225,12 +218,10 @@ pub(crate) fn idle_and_flooding_callers_delay_no_pod(
     Ok(())
 }
 
-pub(crate) fn blocking_descriptors_do_not_wedge_the_agent(
-    env: &Result<Env, String>,
-) -> anyhow::Result<()> {
-    let env = need(env)?;
+pub(crate) fn blocking_descriptors_do_not_wedge_the_agent() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&[])?;
-    let hostile = Pod::new(env)?;
+    let hostile = Pod::new()?;
     let mut in_pod = pod_attacker(&agent, &hostile)?;
     let answer = in_pod.cmd("linger")?;
     ensure!(
@@ -238,7 +229,7 @@ pub(crate) fn blocking_descriptors_do_not_wedge_the_agent(
         "{answer}"
     );
     // Closing that socket blocks for up to 30 s; the agent must not be the one waiting.
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let (_sidecar, took) = time_to_ready(&pod, &agent)?;
     ensure!(
         took < SERVED_WITHIN,
@@ -247,10 +238,10 @@ pub(crate) fn blocking_descriptors_do_not_wedge_the_agent(
     Ok(())
 }
 
-pub(crate) fn a_caller_that_is_gone_is_refused(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+pub(crate) fn a_caller_that_is_gone_is_refused() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&[])?;
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let mut in_pod = pod_attacker(&agent, &pod)?;
     // The process that connected exited before the request: its pid could name anyone now.
     let answer = in_pod.cmd("orphan")?;

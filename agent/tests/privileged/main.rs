@@ -1,11 +1,11 @@
 //! Privileged end-to-end tests of the eBPF restore mode: a real agent, real cgroups and network
 //! namespaces, an unmodified TCP server as the app, and a sidecar using `trueip-agent-client`.
 //!
-//! They need root, bpffs at /sys/fs/bpf and cgroup v2; without them every test prints
-//! `SKIPPED: <why>` and counts as skipped, never as passed. This is a `harness = false` test:
-//! this binary is also the app and the sidecar (see `roles`), and it runs the tests one after
-//! the other by itself (they share cgroup and bpffs state), so no `--test-threads` is needed.
-//! Arguments that do not start with `-` filter tests by name; `--list` lists them.
+//! They need root, bpffs at /sys/fs/bpf and cgroup v2; without them every test is reported as
+//! `ignored (SKIPPED: <why>)`, never as passed. This is a `harness = false` test (the test
+//! kit's harness): this binary is also the app and the sidecar (see `roles`), and it runs the
+//! tests one after the other (they share cgroup and bpffs state), whatever `--test-threads`
+//! says. It takes libtest's other arguments (a name filter, `--exact`, `--list`, ...).
 
 mod attacker;
 mod hostile;
@@ -13,16 +13,17 @@ mod roles;
 mod support;
 mod traces;
 
-use std::{net::SocketAddr, process::ExitCode, rc::Rc, time::Instant};
+use std::{net::SocketAddr, process::ExitCode, rc::Rc};
 
 use anyhow::{Context as _, bail, ensure};
-
-use crate::support::{
-    Agent, Env, Metrics, Netns, Placement, PodCgroup, Proc, Skip, Veth, wait_for,
+use trueip_test_kit::{
+    Cgroup,
+    harness::{self, Test, Threads},
 };
 
-/// A test gets the environment, or why it is missing (see [`need`]).
-type Test = fn(&Result<Env, String>) -> anyhow::Result<()>;
+use crate::support::{
+    Agent, Metrics, Netns, Placement, PodCgroup, RoleChild, Veth, need, wait_for,
+};
 
 const TESTS: &[(&str, Test)] = &[
     ("v4_client_on_a_v4_listener", v4_client_on_a_v4_listener),
@@ -107,77 +108,16 @@ const TESTS: &[(&str, Test)] = &[
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some(roles::APP) => return roles::app(&args[2..]),
-        Some(roles::SIDECAR) => return roles::sidecar(&args[2..]),
-        Some(roles::STEER) => return roles::steer(&args[2..]),
-        Some(attacker::ATTACK) => return attacker::attack(&args[2..]),
-        _ => {}
-    }
-    let exact = args.iter().any(|a| a == "--exact");
-    let filters: Vec<&str> = args[1..]
-        .iter()
-        .filter(|a| !a.starts_with('-'))
-        .map(String::as_str)
-        .collect();
-    let selected: Vec<&(&str, Test)> = TESTS
-        .iter()
-        .filter(|(name, _)| {
-            filters.is_empty()
-                || filters.iter().any(|f| {
-                    let full = format!("privileged::{name}");
-                    if exact {
-                        *f == *name || *f == full
-                    } else {
-                        full.contains(f)
-                    }
-                })
-        })
-        .collect();
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in &selected {
-            eprintln!("privileged::{name}: test");
-        }
-        return ExitCode::SUCCESS;
-    }
-
-    let env = Env::detect();
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    eprintln!("\nrunning {} privileged tests", selected.len());
-    for (name, test) in selected {
-        let started = Instant::now();
-        let outcome = test(&env);
-        match outcome {
-            Ok(()) => {
-                passed += 1;
-                eprintln!("test privileged::{name} ... ok ({:.1?})", started.elapsed());
-            }
-            Err(e) => match e.downcast_ref::<Skip>() {
-                Some(Skip(why)) => {
-                    skipped += 1;
-                    eprintln!("test privileged::{name} ... SKIPPED: {why}");
-                }
-                None => {
-                    failed += 1;
-                    eprintln!("test privileged::{name} ... FAILED\n{e:#}\n");
-                }
-            },
-        }
-    }
-    let verdict = if failed == 0 { "ok" } else { "FAILED" };
-    eprintln!("\ntest result: {verdict}. {passed} passed; {failed} failed; {skipped} skipped\n");
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+        Some(roles::APP) => roles::app(&args[2..]),
+        Some(roles::SIDECAR) => roles::sidecar(&args[2..]),
+        Some(roles::STEER) => roles::steer(&args[2..]),
+        Some(attacker::ATTACK) => attacker::attack(&args[2..]),
+        // One after the other: the tests share the machine's cgroups and bpffs.
+        _ => harness::run(TESTS, Threads::One),
     }
 }
 
 // === helpers ===
-
-/// The environment, or a [`Skip`] saying what is missing.
-fn need(env: &Result<Env, String>) -> anyhow::Result<&Env> {
-    env.as_ref().map_err(|why| Skip(why.clone()).into())
-}
 
 /// A pod: its cgroups and its network namespace (its own, or shared with another test pod).
 /// The agent serves no caller in the node's namespace, so every pod has one.
@@ -189,22 +129,22 @@ struct Pod {
 
 /// An app process and the address it listens on.
 struct App {
-    _proc: Proc,
+    _proc: RoleChild,
     addr: SocketAddr,
 }
 
 impl Pod {
-    fn new(env: &Env) -> anyhow::Result<Self> {
+    fn new() -> anyhow::Result<Self> {
         Ok(Self {
-            cgroup: PodCgroup::create(env)?,
+            cgroup: PodCgroup::create()?,
             netns: Rc::new(Netns::standalone("agent")?),
         })
     }
 
     /// A pod in `other`'s network namespace (as two hostNetwork pods would share the node's).
-    fn beside(env: &Env, other: &Self) -> anyhow::Result<Self> {
+    fn beside(other: &Self) -> anyhow::Result<Self> {
         Ok(Self {
-            cgroup: PodCgroup::create(env)?,
+            cgroup: PodCgroup::create()?,
             netns: Rc::clone(&other.netns),
         })
     }
@@ -212,11 +152,11 @@ impl Pod {
     /// Starts an app listening on `listen` in the pod's app cgroup.
     fn app(&self, listen: &str) -> anyhow::Result<App> {
         let place = Placement {
-            cgroup: Some(&self.cgroup.app()),
+            cgroup: Some(self.cgroup.app()),
             netns: Some(&self.netns),
             uid: None,
         };
-        let mut proc = Proc::spawn(roles::APP, &[listen], &place)?;
+        let mut proc = RoleChild::spawn(roles::APP, &[listen], &place)?;
         let line = proc.line()?;
         let addr = line
             .strip_prefix("LISTENING ")
@@ -226,14 +166,14 @@ impl Pod {
     }
 
     /// Starts a sidecar in the pod's sidecar cgroup; returns it with its first line.
-    fn sidecar(&self, agent: &Agent, uid: Option<u32>) -> anyhow::Result<(Proc, String)> {
+    fn sidecar(&self, agent: &Agent, uid: Option<u32>) -> anyhow::Result<(RoleChild, String)> {
         let place = Placement {
-            cgroup: Some(&self.cgroup.sidecar()),
+            cgroup: Some(self.cgroup.sidecar()),
             netns: Some(&self.netns),
             uid,
         };
         let socket = agent.socket.to_str().context("socket path")?;
-        let mut proc = Proc::spawn(roles::SIDECAR, &[socket], &place)?;
+        let mut proc = RoleChild::spawn(roles::SIDECAR, &[socket], &place)?;
         let first = proc.line()?;
         Ok((proc, first))
     }
@@ -245,9 +185,9 @@ impl Pod {
         agent: &Agent,
         port: u16,
         foreign: Option<&Netns>,
-    ) -> anyhow::Result<(Proc, String)> {
+    ) -> anyhow::Result<(RoleChild, String)> {
         let place = Placement {
-            cgroup: Some(&self.cgroup.sidecar()),
+            cgroup: Some(self.cgroup.sidecar()),
             netns: Some(&self.netns),
             uid: None,
         };
@@ -258,13 +198,13 @@ impl Pod {
         if let Some(path) = &foreign {
             args.push(path.to_str().context("netns path")?);
         }
-        let mut proc = Proc::spawn(roles::STEER, &args, &place)?;
+        let mut proc = RoleChild::spawn(roles::STEER, &args, &place)?;
         let first = proc.line()?;
         Ok((proc, first))
     }
 
     /// Starts a sidecar that must obtain its map.
-    fn ready_sidecar(&self, agent: &Agent) -> anyhow::Result<Proc> {
+    fn ready_sidecar(&self, agent: &Agent) -> anyhow::Result<RoleChild> {
         let (proc, first) = self.sidecar(agent, None)?;
         ensure!(
             first.starts_with("ready "),
@@ -308,7 +248,7 @@ fn parse_seen(line: &str) -> anyhow::Result<Seen> {
 /// Opens connection `id` from the sidecar to `app` (entry for `client`/`dst` unless `-`), and
 /// returns the sidecar's address, the insert status and what the app saw.
 fn open(
-    sidecar: &mut Proc,
+    sidecar: &mut RoleChild,
     id: &str,
     app: SocketAddr,
     client: &str,
@@ -327,7 +267,7 @@ fn open(
     Ok((addr.to_owned(), status.to_owned(), seen))
 }
 
-fn ask(sidecar: &mut Proc, id: &str) -> anyhow::Result<Seen> {
+fn ask(sidecar: &mut RoleChild, id: &str) -> anyhow::Result<Seen> {
     parse_seen(&sidecar.cmd(&format!("ask {id}"))?)
 }
 
@@ -357,10 +297,10 @@ fn expect_seen(seen: &Seen, peer: &str, local: &str) -> anyhow::Result<()> {
 
 // === tests ===
 
-fn v4_client_on_a_v4_listener(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+fn v4_client_on_a_v4_listener() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&[])?;
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let app = pod.app("127.0.0.1:0")?;
     let mut sidecar = pod.ready_sidecar(&agent)?;
 
@@ -382,10 +322,10 @@ fn v4_client_on_a_v4_listener(env: &Result<Env, String>) -> anyhow::Result<()> {
     expect_seen(&seen, &sidecar_addr, &app.addr.to_string())
 }
 
-fn v6_client_on_a_v6_listener(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+fn v6_client_on_a_v6_listener() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&[])?;
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let app = pod.app("[::1]:0")?;
     let mut sidecar = pod.ready_sidecar(&agent)?;
 
@@ -405,10 +345,10 @@ fn v6_client_on_a_v6_listener(env: &Result<Env, String>) -> anyhow::Result<()> {
     expect_seen(&seen, &sidecar_addr, &app.addr.to_string())
 }
 
-fn v4_client_on_a_dual_stack_listener(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+fn v4_client_on_a_dual_stack_listener() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&[])?;
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let app = pod.app("[::]:0")?;
     let mut sidecar = pod.ready_sidecar(&agent)?;
     let to = via(app.addr, "127.0.0.1");
@@ -429,10 +369,10 @@ fn v4_client_on_a_dual_stack_listener(env: &Result<Env, String>) -> anyhow::Resu
     )
 }
 
-fn v6_client_cannot_be_shown_to_a_v4_socket(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+fn v6_client_cannot_be_shown_to_a_v4_socket() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&[])?;
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let app = pod.app("127.0.0.1:0")?;
     let mut sidecar = pod.ready_sidecar(&agent)?;
     // An AF_INET socket cannot hold an IPv6 address: the app sees the real peer, nothing bogus.
@@ -442,10 +382,10 @@ fn v6_client_cannot_be_shown_to_a_v4_socket(env: &Result<Env, String>) -> anyhow
     expect_seen(&seen, &sidecar_addr, &app.addr.to_string())
 }
 
-fn getsockname_shows_the_original_destination(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+fn getsockname_shows_the_original_destination() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&["--getsockname"])?;
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let v4 = pod.app("127.0.0.1:0")?;
     let dual = pod.app("[::]:0")?;
     let mut sidecar = pod.ready_sidecar(&agent)?;
@@ -478,10 +418,10 @@ fn getsockname_shows_the_original_destination(env: &Result<Env, String>) -> anyh
     expect_seen(&seen, "203.0.113.7:51236", &v4.addr.to_string())
 }
 
-fn removed_entry_shows_the_real_peer_again(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+fn removed_entry_shows_the_real_peer_again() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&[])?;
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let app = pod.app("127.0.0.1:0")?;
     let mut sidecar = pod.ready_sidecar(&agent)?;
     let (sidecar_addr, _, seen) = open(&mut sidecar, "1", app.addr, "203.0.113.7:1", "-", None)?;
@@ -497,17 +437,17 @@ fn removed_entry_shows_the_real_peer_again(env: &Result<Env, String>) -> anyhow:
     Ok(())
 }
 
-fn agent_sigkill_and_restart_keep_restoring(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+fn agent_sigkill_and_restart_keep_restoring() -> anyhow::Result<()> {
+    need()?;
     let mut agent = Agent::start(&[])?;
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let app = pod.app("127.0.0.1:0")?;
     let mut sidecar = pod.ready_sidecar(&agent)?;
     let local = app.addr.to_string();
     let (_, _, seen) = open(&mut sidecar, "1", app.addr, "203.0.113.7:51234", "-", None)?;
     expect_seen(&seen, "203.0.113.7:51234", &local)?;
 
-    agent.kill()?;
+    agent.kill();
     // Nothing was detached: the open connection still shows the client, and the sidecar (which
     // holds its map's fd) restores new connections while no agent runs.
     ensure!(
@@ -542,11 +482,11 @@ fn agent_sigkill_and_restart_keep_restoring(env: &Result<Env, String>) -> anyhow
     Ok(())
 }
 
-fn two_pods_never_see_each_other(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+fn two_pods_never_see_each_other() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&[])?;
-    let a = Pod::new(env)?;
-    let b = Pod::new(env)?;
+    let a = Pod::new()?;
+    let b = Pod::new()?;
     // Same app address in both pods, and the sidecars bind the same ports: identical 4-tuples
     // in two namespaces.
     let app_a = a.app("127.0.0.1:8080")?;
@@ -598,11 +538,11 @@ fn two_pods_never_see_each_other(env: &Result<Env, String>) -> anyhow::Result<()
     Ok(())
 }
 
-fn shared_netns_is_refused_to_a_second_pod(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+fn shared_netns_is_refused_to_a_second_pod() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&[])?;
-    let a = Pod::new(env)?;
-    let b = Pod::beside(env, &a)?;
+    let a = Pod::new()?;
+    let b = Pod::beside(&a)?;
     let _first = a.ready_sidecar(&agent)?;
     // Pod b shares the network namespace (like host-network pods): handing it a map would let
     // pod a's hooks read pod b's entries, or the other way round.
@@ -614,10 +554,10 @@ fn shared_netns_is_refused_to_a_second_pod(env: &Result<Env, String>) -> anyhow:
     Ok(())
 }
 
-fn full_map_is_reported_as_full(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+fn full_map_is_reported_as_full() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&["--map-max-entries", "2"])?;
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let app = pod.app("127.0.0.1:0")?;
     let (mut sidecar, first) = pod.sidecar(&agent, None)?;
     ensure!(first == "ready 2", "sidecar: {first}");
@@ -637,11 +577,11 @@ fn full_map_is_reported_as_full(env: &Result<Env, String>) -> anyhow::Result<()>
     Ok(())
 }
 
-fn unprivileged_sidecar_uses_its_map(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+fn unprivileged_sidecar_uses_its_map() -> anyhow::Result<()> {
+    need()?;
     // The socket is root's and the sidecars' group's (0660): nobody's group here.
     let agent = Agent::start(&["--socket-group", "65534"])?;
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let app = pod.app("127.0.0.1:0")?;
     // nobody: no CAP_BPF, no capabilities at all; only the fd the agent passed.
     let (mut sidecar, first) = pod.sidecar(&agent, Some(65534))?;
@@ -657,10 +597,10 @@ fn unprivileged_sidecar_uses_its_map(env: &Result<Env, String>) -> anyhow::Resul
     Ok(())
 }
 
-fn gone_pods_are_swept(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+fn gone_pods_are_swept() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&["--sweep-interval", "1s"])?;
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let pins = {
         let sidecar = pod.ready_sidecar(&agent)?;
         let pods_dir = agent.bpffs_dir.join("pods");
@@ -681,14 +621,14 @@ fn gone_pods_are_swept(env: &Result<Env, String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn metrics_show_pods_entries_and_requests(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+fn metrics_show_pods_entries_and_requests() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&["--sweep-interval", "1s"])?;
     let before = agent.metrics()?;
     ensure!(before.value("trueip_agent_ready", &[])? == 1.0);
     ensure!(before.value("trueip_agent_pods_served", &[])? == 0.0);
 
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let app = pod.app("127.0.0.1:0")?;
     let mut sidecar = pod.ready_sidecar(&agent)?;
     for (id, client) in [("1", "203.0.113.1:1"), ("2", "203.0.113.2:2")] {
@@ -697,7 +637,10 @@ fn metrics_show_pods_entries_and_requests(env: &Result<Env, String>) -> anyhow::
     }
     let label = format!(
         "/{}",
-        pod.cgroup.pod.strip_prefix(&env.cgroup_root)?.display()
+        pod.cgroup
+            .pod()
+            .strip_prefix(Cgroup::mount_point()?)?
+            .display()
     );
     let pod_label = [("pod", label.as_str())];
     let m = agent.metrics()?;
@@ -758,12 +701,10 @@ fn metrics_show_pods_entries_and_requests(env: &Result<Env, String>) -> anyhow::
 /// sidecar, loopback ones the app; the steering survives an agent restart; a stopped sidecar lets
 /// connections through to the app (fail-open, counted and logged); a gone pod's steering is
 /// detached.
-fn steering_hands_outside_connections_to_the_sidecar(
-    env: &Result<Env, String>,
-) -> anyhow::Result<()> {
-    let env = need(env)?;
+fn steering_hands_outside_connections_to_the_sidecar() -> anyhow::Result<()> {
+    need()?;
     let mut agent = Agent::start(&["--sweep-interval", "1s"])?;
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let veth = Veth::create(&pod.netns)?;
     let app = pod.app("0.0.0.0:0")?;
     let port = app.addr.port();
@@ -803,7 +744,7 @@ fn steering_hands_outside_connections_to_the_sidecar(
     // segment of a closed connection arriving late is looked up (and counted) again.
     let before = steered(&agent.metrics()?, "steered")?;
     ensure!(before >= 1.0, "steered before the restart: {before}");
-    agent.kill()?;
+    agent.kill();
     agent.restart()?;
     wait_for(
         "the restarted agent to report the steered count from before",
@@ -894,10 +835,10 @@ fn steered(m: &Metrics, outcome: &str) -> anyhow::Result<f64> {
 
 /// With `--steer-when-gone closed`, a steered port whose sidecar is gone refuses connections
 /// instead of letting them reach the app without the sidecar.
-fn steering_fails_closed_when_configured(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+fn steering_fails_closed_when_configured() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&["--steer-when-gone", "closed"])?;
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let veth = Veth::create(&pod.netns)?;
     let app = pod.app("0.0.0.0:0")?;
     let outside = SocketAddr::new(veth.pod_ip, app.addr.port());
@@ -926,10 +867,10 @@ fn steering_fails_closed_when_configured(env: &Result<Env, String>) -> anyhow::R
 
 /// A caller can only steer with a socket of its own network namespace: a listener from another
 /// namespace (here: the host's) is refused, and nothing is attached.
-fn steering_refuses_another_namespaces_socket(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+fn steering_refuses_another_namespaces_socket() -> anyhow::Result<()> {
+    need()?;
     let agent = Agent::start(&[])?;
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let other = Netns::standalone("agent")?;
     let (_sidecar, first) = pod.steer(&agent, 8080, Some(&other))?;
     ensure!(
@@ -940,8 +881,8 @@ fn steering_refuses_another_namespaces_socket(env: &Result<Env, String>) -> anyh
     Ok(())
 }
 
-fn startup_errors_are_clear(env: &Result<Env, String>) -> anyhow::Result<()> {
-    if env.is_err() && !nix::unistd::geteuid().is_root() {
+fn startup_errors_are_clear() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
         // Without root the agent must say so, before anything else.
         let out = std::process::Command::new(support::AGENT_BIN).output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -951,7 +892,7 @@ fn startup_errors_are_clear(env: &Result<Env, String>) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    need(env)?;
+    need()?;
     let tmp = tempfile::tempdir()?;
     let not_bpffs = tmp.path().join("pins");
     let out = std::process::Command::new(support::AGENT_BIN)

@@ -1,25 +1,25 @@
-//! What the privileged tests run on: the environment check, the agent process, test cgroups and
-//! network namespaces, and child processes (app, sidecar) placed in them.
+//! What the privileged tests run on beyond the test kit: the agent process with its health
+//! port and metrics, and a pod's cgroups laid out as a kubelet lays them out.
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    os::{fd::AsRawFd, unix::process::CommandExt as _},
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        mpsc::{Receiver, RecvTimeoutError, channel},
-    },
-    thread,
     time::Duration,
 };
 
 use anyhow::{Context as _, bail, ensure};
-use nix::sys::statfs::{BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
-pub(crate) use trueip_interop_tests::{Netns, prereq::Skip};
-use trueip_interop_tests::{names, run};
+use trueip_test_kit::{
+    Cgroup, Launch, Need, Proc,
+    names::{self, PREFIX},
+    prereq::{self, BPFFS},
+    run,
+};
+pub(crate) use trueip_test_kit::{
+    Netns, Skip, Veth,
+    child::{Placement, RoleChild},
+};
 
 /// The agent binary under test.
 pub(crate) const AGENT_BIN: &str = env!("CARGO_BIN_EXE_trueip-agent");
@@ -27,37 +27,10 @@ pub(crate) const AGENT_BIN: &str = env!("CARGO_BIN_EXE_trueip-agent");
 /// How long any step may take before the test fails instead of hanging.
 pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// What a privileged test needs, found once.
-#[derive(Debug)]
-pub(crate) struct Env {
-    /// The cgroup v2 mount.
-    pub(crate) cgroup_root: PathBuf,
-}
-
-impl Env {
-    /// Checks for root, bpffs and cgroup v2; the error is the reason to skip.
-    pub(crate) fn detect() -> Result<Self, String> {
-        if !nix::unistd::geteuid().is_root() {
-            return Err("not root (the eBPF tests load programs and create cgroups)".into());
-        }
-        if !statfs("/sys/fs/bpf").is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC) {
-            return Err(
-                "bpffs is not mounted at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".into(),
-            );
-        }
-        let cgroup_root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-            .into_iter()
-            .find(|p| statfs(*p).is_ok_and(|fs| fs.filesystem_type() == CGROUP2_SUPER_MAGIC))
-            .ok_or("no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified")?;
-        Ok(Self {
-            cgroup_root: cgroup_root.into(),
-        })
-    }
-}
-
-/// A unique name for this process's test objects: `prefix` and the kit's unique suffix.
-pub(crate) fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", names::unique_suffix())
+/// `Ok` when the eBPF tests can run here (root, `ip`, bpffs, cgroup v2), else the [`Skip`]
+/// saying what is missing: `need()?;` as a test's first line.
+pub(crate) fn need() -> Result<(), Skip> {
+    prereq::require(&[Need::Ebpf])
 }
 
 /// Polls `f` until it returns `Some` or [`STEP_TIMEOUT`] passes.
@@ -70,16 +43,17 @@ pub(crate) fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> anyho
 /// A `trueip-agent` process with its own bpffs directory, socket and health port.
 #[derive(Debug)]
 pub(crate) struct Agent {
-    child: Option<Child>,
+    proc: Option<Proc>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// How many times it has been started: each start logs to a file of its own.
+    starts: u32,
     /// Its pin directory.
     pub(crate) bpffs_dir: PathBuf,
     /// Its Unix socket.
     pub(crate) socket: PathBuf,
     health: SocketAddr,
-    log: PathBuf,
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
 }
 
 impl Agent {
@@ -98,7 +72,7 @@ impl Agent {
             tmp.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )?;
-        let bpffs_dir = PathBuf::from("/sys/fs/bpf").join(unique("trueip-test-"));
+        let bpffs_dir = Path::new(BPFFS).join(format!("{PREFIX}{}", names::unique_suffix()));
         let socket = tmp.path().join("agent.sock");
         let health = free_port()?;
         let mut args: Vec<String> = [
@@ -113,17 +87,17 @@ impl Agent {
         .to_vec();
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut agent = Self {
-            child: None,
+            proc: None,
             args,
             env: vars
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            starts: 0,
             bpffs_dir,
             socket,
             health,
-            log: tmp.path().join("agent.log"),
-            _tmp: tmp,
+            tmp,
         };
         agent.restart()?;
         Ok(agent)
@@ -131,40 +105,24 @@ impl Agent {
 
     /// Starts the agent again with the same flags (after [`Agent::kill`]).
     pub(crate) fn restart(&mut self) -> anyhow::Result<()> {
-        ensure!(self.child.is_none(), "the agent is still running");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new(AGENT_BIN)
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting trueip-agent")?;
-        self.child = Some(child);
+        ensure!(self.proc.is_none(), "the agent is still running");
+        self.starts += 1;
+        let launch = self.env.iter().fold(
+            Launch::new(&format!("trueip-agent-{}", self.starts), AGENT_BIN)
+                .args(&self.args)
+                .env("RUST_LOG", "info"),
+            |launch, (k, v)| launch.env(k, v),
+        );
+        let mut proc = launch.spawn(self.tmp.path())?;
         let health = self.health;
-        let ready = wait_for("the agent's /readyz", || {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                return Some(Err(status));
-            }
-            http_get(health, "/readyz")
+        run::wait_for("the agent's /readyz", STEP_TIMEOUT, || {
+            proc.ensure_running()?;
+            Ok(http_get(health, "/readyz")
                 .ok()
-                .filter(|r| r.starts_with("HTTP/1.1 200"))
-                .map(Ok)
-        });
-        match ready {
-            Ok(Ok(_)) => {}
-            Ok(Err(status)) => bail!("the agent exited with {status}:\n{}", self.log()),
-            Err(e) => bail!("{e}:\n{}", self.log()),
-        }
+                .filter(|r| r.starts_with("HTTP/1.1 200")))
+        })
+        .with_context(|| format!("agent log:\n{}", proc.log()))?;
+        self.proc = Some(proc);
         let healthz = http_get(health, "/healthz")?;
         ensure!(healthz.starts_with("HTTP/1.1 200"), "/healthz: {healthz}");
         Ok(())
@@ -172,12 +130,11 @@ impl Agent {
 
     /// Stops the agent with SIGTERM, as the kubelet does, and waits for it to exit.
     pub(crate) fn terminate(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
-            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-            let status = wait_for("the agent to exit after SIGTERM", || {
-                child.try_wait().ok().flatten()
-            })?;
+        if let Some(mut proc) = self.proc.take() {
+            proc.terminate();
+            let status = proc
+                .wait_exit(STEP_TIMEOUT)
+                .context("the agent still runs after SIGTERM")?;
             ensure!(
                 status.success(),
                 "the agent exited with {status}:\n{}",
@@ -188,12 +145,10 @@ impl Agent {
     }
 
     /// SIGKILLs the agent (no cleanup of its own).
-    pub(crate) fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill();
         }
-        Ok(())
     }
 
     /// Scrapes the agent's `/metrics` (on its health port), checking the status and content
@@ -222,22 +177,25 @@ impl Agent {
     /// How many descriptors the agent process has open.
     pub(crate) fn open_fds(&self) -> anyhow::Result<usize> {
         let pid = self
-            .child
+            .proc
             .as_ref()
             .context("the agent is not running")?
-            .id();
+            .pid();
         Ok(fs::read_dir(format!("/proc/{pid}/fd"))?.count())
     }
 
-    /// What the agent logged so far.
+    /// What the agent logged so far, over all its starts.
     pub(crate) fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        (1..=self.starts)
+            .map(|n| fs::read_to_string(self.tmp.path().join(format!("trueip-agent-{n}.log"))))
+            .filter_map(Result::ok)
+            .collect()
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        drop(self.kill());
+        self.kill();
         // Unpinning everything detaches the links and frees the maps.
         drop(fs::remove_dir_all(&self.bpffs_dir));
     }
@@ -282,257 +240,53 @@ pub(crate) fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
-// === Cgroups and network namespaces ===
+// === A pod's cgroups ===
 
-/// A pod-like cgroup `<root>/kubepods-trueip-test-…/pod/` with `app` and `sidecar` children, as
+/// A pod-like cgroup `<root>/kubepods-tip-…/pod/` with `app` and `sidecar` children, as
 /// Kubernetes lays out a pod: the agent's default `auto` rule serves callers below a top-level
 /// `kubepods*` cgroup and attaches to the pod's (`pod`).
 #[derive(Debug)]
 pub(crate) struct PodCgroup {
-    top: PathBuf,
-    /// The pod cgroup.
-    pub(crate) pod: PathBuf,
+    // Removed in this order, children first.
+    app: Cgroup,
+    sidecar: Cgroup,
+    pod: Cgroup,
+    top: Cgroup,
 }
 
 impl PodCgroup {
     /// Creates the cgroups.
-    pub(crate) fn create(env: &Env) -> anyhow::Result<Self> {
-        let top = env.cgroup_root.join(unique("kubepods-trueip-test-"));
-        let pod = top.join("pod");
-        for dir in [pod.join("app"), pod.join("sidecar")] {
-            fs::create_dir_all(&dir)
-                .with_context(|| format!("creating cgroup {}", dir.display()))?;
-        }
-        Ok(Self { top, pod })
-    }
-
-    /// The app container's cgroup.
-    pub(crate) fn app(&self) -> PathBuf {
-        self.pod.join("app")
-    }
-
-    /// The sidecar container's cgroup.
-    pub(crate) fn sidecar(&self) -> PathBuf {
-        self.pod.join("sidecar")
-    }
-
-    /// Removes the cgroups (their processes must be gone).
-    pub(crate) fn remove(&self) -> anyhow::Result<()> {
-        for dir in [
-            self.app(),
-            self.sidecar(),
-            self.pod.clone(),
-            self.top.clone(),
-        ] {
-            wait_for(
-                &format!("removing cgroup {}", dir.display()),
-                || match fs::remove_dir(&dir) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => None,
-                    _ => Some(()),
-                },
-            )?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        drop(self.remove());
-    }
-}
-
-/// A veth pair between the host and a pod namespace, with one IPv4 address on each end, so that
-/// the host reaches the pod from outside (not over the pod's loopback).
-#[derive(Debug)]
-pub(crate) struct Veth {
-    host: String,
-    /// The host end's address.
-    pub(crate) host_ip: IpAddr,
-    /// The pod end's address.
-    pub(crate) pod_ip: IpAddr,
-}
-
-impl Veth {
-    /// Creates the pair `tv<n>` (host) ↔ `eth0` (pod), addressed from 100.127.<n>.0/30.
-    pub(crate) fn create(netns: &Netns) -> anyhow::Result<Self> {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = (std::process::id() as usize * 7 + N.fetch_add(1, Ordering::Relaxed)) % 250 + 1;
-        let host = format!("tv{}-{n}", std::process::id() % 10_000);
-        let (host_ip, pod_ip) = (format!("100.127.{n}.1"), format!("100.127.{n}.2"));
-        let run = |args: &[&str]| -> anyhow::Result<()> {
-            let status = Command::new("ip").args(args).status()?;
-            ensure!(status.success(), "ip {}: {status}", args.join(" "));
-            Ok(())
-        };
-        let pair = Self {
-            host: host.clone(),
-            host_ip: host_ip.parse()?,
-            pod_ip: pod_ip.parse()?,
-        };
-        run(&[
-            "link",
-            "add",
-            &host,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            netns.name(),
-        ])?;
-        run(&["addr", "add", &format!("{host_ip}/30"), "dev", &host])?;
-        run(&["link", "set", &host, "up"])?;
-        run(&[
-            "-n",
-            netns.name(),
-            "addr",
-            "add",
-            &format!("{pod_ip}/30"),
-            "dev",
-            "eth0",
-        ])?;
-        run(&["-n", netns.name(), "link", "set", "eth0", "up"])?;
-        Ok(pair)
-    }
-}
-
-impl Drop for Veth {
-    fn drop(&mut self) {
-        drop(
-            Command::new("ip")
-                .args(["link", "del", &self.host])
-                .status(),
-        );
-    }
-}
-
-// === Child processes ===
-
-/// Where and as whom a child runs.
-#[derive(Debug, Default)]
-pub(crate) struct Placement<'a> {
-    /// The cgroup it joins before anything else (so its sockets belong to it).
-    pub(crate) cgroup: Option<&'a Path>,
-    /// The network namespace it enters.
-    pub(crate) netns: Option<&'a Netns>,
-    /// Drop to this uid/gid after joining (an unprivileged sidecar).
-    pub(crate) uid: Option<u32>,
-}
-
-/// A child process of this test binary in one of its roles, spoken to by lines.
-#[derive(Debug)]
-pub(crate) struct Proc {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-    role: &'static str,
-}
-
-impl Proc {
-    /// Runs this test binary as `role` with `args`, placed as asked. The cgroup is joined and
-    /// the namespace entered between fork and exec, so the program starts inside both, as a
-    /// container runtime would start it.
-    pub(crate) fn spawn(
-        role: &'static str,
-        args: &[&str],
-        place: &Placement<'_>,
-    ) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe()?;
-        let procs = place
-            .cgroup
-            .map(|cg| {
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open(cg.join("cgroup.procs"))
-            })
-            .transpose()
-            .context("opening cgroup.procs")?;
-        let netns = place.netns.map(|n| fs::File::open(n.path())).transpose()?;
-        let procs_fd = procs.as_ref().map(AsRawFd::as_raw_fd);
-        let netns_fd = netns.as_ref().map(AsRawFd::as_raw_fd);
-        let uid = place.uid;
-        let mut cmd = Command::new(exe);
-        cmd.arg(role)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe system calls on descriptors opened above (kept open by the parent
-        // until `spawn` returns), without allocating.
-        unsafe {
-            cmd.pre_exec(move || {
-                if let Some(fd) = procs_fd {
-                    // "0" = the writing process.
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if let Some(fd) = netns_fd
-                    && libc::setns(fd, libc::CLONE_NEWNET) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(id) = uid
-                    && (libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(id) != 0
-                        || libc::setuid(id) != 0)
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting the {role} child"))?;
-        drop((procs, netns));
-        let stdin = child.stdin.take().context("child stdin")?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let (tx, lines) = channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+    pub(crate) fn create() -> anyhow::Result<Self> {
+        let top = Cgroup::create_kubepods()?;
+        let pod = Cgroup::create_in(top.path(), "pod")?;
         Ok(Self {
-            child,
-            stdin,
-            lines,
-            role,
+            app: Cgroup::create_in(pod.path(), "app")?,
+            sidecar: Cgroup::create_in(pod.path(), "sidecar")?,
+            pod,
+            top,
         })
     }
 
-    /// The next line the child prints.
-    pub(crate) fn line(&mut self) -> anyhow::Result<String> {
-        match self.lines.recv_timeout(STEP_TIMEOUT) {
-            Ok(line) => Ok(line),
-            Err(RecvTimeoutError::Timeout) => {
-                bail!("the {} child said nothing for {STEP_TIMEOUT:?}", self.role)
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let status = self.child.wait()?;
-                bail!("the {} child exited ({status})", self.role)
-            }
+    /// The pod cgroup.
+    pub(crate) fn pod(&self) -> &Path {
+        self.pod.path()
+    }
+
+    /// The app container's cgroup.
+    pub(crate) fn app(&self) -> &Path {
+        self.app.path()
+    }
+
+    /// The sidecar container's cgroup.
+    pub(crate) fn sidecar(&self) -> &Path {
+        self.sidecar.path()
+    }
+
+    /// Removes the cgroups, killing what is left in them: the pod is gone.
+    pub(crate) fn remove(&self) -> anyhow::Result<()> {
+        for cgroup in [&self.app, &self.sidecar, &self.pod, &self.top] {
+            cgroup.remove()?;
         }
-    }
-
-    /// Sends a command line and returns the answer line.
-    pub(crate) fn cmd(&mut self, line: &str) -> anyhow::Result<String> {
-        writeln!(self.stdin, "{line}")?;
-        self.stdin.flush()?;
-        self.line()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        drop(self.child.kill());
-        drop(self.child.wait());
+        Ok(())
     }
 }

@@ -8,7 +8,7 @@ use trueip_sidecar_test_util::otlp::{Collector, attrs};
 
 use crate::{
     Pod, need,
-    support::{Agent, Env, Placement, Proc},
+    support::{Agent, Placement, RoleChild},
 };
 
 /// The span of one request on the agent's socket.
@@ -17,8 +17,8 @@ const REQUEST_SPAN: &str = "agent.request";
 /// The span of one connection refused before any request was read.
 const REFUSAL_SPAN: &str = "agent.refusal";
 
-pub(crate) fn requests_are_traced_over_otlp(env: &Result<Env, String>) -> anyhow::Result<()> {
-    let env = need(env)?;
+pub(crate) fn requests_are_traced_over_otlp() -> anyhow::Result<()> {
+    need()?;
     let (collector, addr) = Collector::start(false);
     let endpoint = format!("http://{addr}");
     let mut agent = Agent::start_with_env(
@@ -31,11 +31,11 @@ pub(crate) fn requests_are_traced_over_otlp(env: &Result<Env, String>) -> anyhow
             ("K8S_POD_NAME", "trueip-agent-x7k2p"),
         ],
     )?;
-    let pod = Pod::new(env)?;
+    let pod = Pod::new()?;
     let sidecar = pod.ready_sidecar(&agent)?;
     // A process on the node asks too, and is refused.
     let socket = agent.socket.to_str().context("socket path")?.to_owned();
-    let mut node = Proc::spawn(crate::attacker::ATTACK, &[&socket], &Placement::default())?;
+    let mut node = RoleChild::spawn(crate::attacker::ATTACK, &[&socket], &Placement::default())?;
     ensure!(node.line()? == "attacker ready");
     let answer = node.cmd("get-map 0")?;
     ensure!(answer.contains("ERR denied"), "{answer}");

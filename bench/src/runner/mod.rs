@@ -22,7 +22,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use serde::de::DeserializeOwned;
-use trueip_interop_tests::{Cgroup, Launch, Need, Proc, Topology, agent::Agent, prereq};
+use trueip_interop_tests::{Topology, agent::Agent};
+use trueip_test_kit::{Cgroup, Launch, Need, Proc, prereq};
 
 use crate::{
     loadgen::{self, BulkResult, ConnResult, IdleResult, RrResult},
@@ -216,7 +217,7 @@ fn machine_running(programs: &Programs) -> machine::Machine {
 
 /// Progress on stderr.
 fn log(line: &str) {
-    trueip_interop_tests::run::note(&format!("[bench] {line}"));
+    trueip_test_kit::run::note(&format!("[bench] {line}"));
 }
 
 /// Sysctls of the namespaces we own: the client reuses TIME_WAIT ports (tens of thousands of
@@ -486,7 +487,7 @@ impl Ctx<'_> {
     fn workload_to<T: DeserializeOwned>(&self, mut cmd: Command, args: &[String]) -> Result<T> {
         cmd.args(args);
         let limit = Duration::from_secs_f64(self.plan.secs) * 2 + LOADGEN_SLACK;
-        let out = trueip_interop_tests::run::output(&mut cmd, limit)?;
+        let out = trueip_test_kit::run::output(&mut cmd, limit)?;
         if !out.status.success() {
             bail!(
                 "trueip-loadgen {} failed: {}",

@@ -15,7 +15,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use trueip_interop_tests::{Cgroup, Launch, Proc, Topology, agent::Agent, run};
+use trueip_interop_tests::{Topology, agent::Agent};
+use trueip_test_kit::{Cgroup, Launch, Proc, run};
 
 use crate::loadgen::HeaderKind;
 

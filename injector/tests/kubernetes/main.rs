@@ -5,11 +5,9 @@
 //! Dockerfiles are checked against the chart (docker cannot build here).
 //!
 //! The tools come from `scripts/setup.sh` (into `.tools/`). A test that needs a missing tool
-//! returns a [`Skip`] (`Tools::require`): this `harness = false` binary (libtest-mimic) reports
-//! it as ignored, never as passed: `test <name> ... ignored (SKIPPED: <why>)`.
-//! It takes libtest's arguments (a name filter, `--exact`, `--skip`, `--test-threads`, `--list`,
-//! ...) and `RUST_TEST_THREADS`, and runs the tests in parallel like libtest; their output is not
-//! captured.
+//! returns a [`Skip`](trueip_test_kit::Skip) (`Tools::require`): this `harness = false` binary
+//! (the test kit's [`harness`]) reports it as ignored, never as passed:
+//! `test <name> ... ignored (SKIPPED: <why>)`. The tests run in parallel, like libtest's.
 
 mod chart;
 mod images;
@@ -18,22 +16,10 @@ mod webhook;
 
 use std::process::ExitCode;
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
-
-use crate::support::Skip;
-
-/// A test: `Ok` passed, a [`Skip`] error ignored, any other error (or a panic) failed.
-type Test = fn() -> anyhow::Result<()>;
-
-/// `module::test` paths to the tests, named as libtest named them.
-macro_rules! tests {
-    ($($module:ident::$test:ident),* $(,)?) => {
-        [$((concat!(stringify!($module), "::", stringify!($test)), $module::$test as Test)),*]
-    };
-}
+use trueip_test_kit::harness::{self, Test, Threads};
 
 /// Every test of this binary; a test function left out is dead code, which clippy refuses.
-const TESTS: [(&str, Test); 22] = tests![
+const TESTS: [(&str, Test); 22] = trueip_test_kit::tests![
     chart::bad_sidecar_http_values_stop_the_injector_at_start,
     chart::bad_values_are_refused_at_render,
     chart::dashboard_and_alerts_are_optional_and_name_real_metrics,
@@ -59,31 +45,5 @@ const TESTS: [(&str, Test); 22] = tests![
 ];
 
 fn main() -> ExitCode {
-    let mut args = Arguments::from_args();
-    // libtest honours RUST_TEST_THREADS; libtest-mimic only --test-threads.
-    if args.test_threads.is_none() {
-        args.test_threads = std::env::var("RUST_TEST_THREADS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .filter(|&n| n > 0);
-    }
-    let trials = TESTS
-        .iter()
-        .map(|&(name, test)| Trial::ignorable_test(name, move || outcome(test())))
-        .collect();
-    libtest_mimic::run(&args, trials).exit_code()
-}
-
-/// What the harness reports for a test's result: a [`Skip`] (also under added context) is
-/// ignored, on the test's own line: `test <name> ... ignored (SKIPPED: <why>)`. (Not printed
-/// separately: the harness prints from another thread, the lines would interleave.)
-fn outcome(result: anyhow::Result<()>) -> Result<Completion, Failed> {
-    match result {
-        Ok(()) => Ok(Completion::Completed),
-        Err(e) => match e.downcast_ref::<Skip>() {
-            Some(Skip(why)) => Ok(Completion::ignored_with(format!("SKIPPED: {why}"))),
-            // `{:?}`: the whole chain of context, as libtest prints a test's `Err`.
-            None => Err(Failed::from(format!("{e:?}"))),
-        },
-    }
+    harness::run(&TESTS, Threads::Parallel)
 }

@@ -1,13 +1,11 @@
 //! Running helm and kubernetes-validate, and reading what they render.
 
 use std::{
-    fmt,
     path::{Path, PathBuf},
     process::Command,
 };
 
-use anyhow::{Context as _, bail, ensure};
-use serde::Deserialize as _;
+use anyhow::{Context as _, ensure};
 use serde_json::Value;
 
 /// The Kubernetes version the chart is rendered and validated for.
@@ -33,18 +31,8 @@ pub(crate) fn chart_dir() -> PathBuf {
     workspace_root().join("charts/trueip")
 }
 
-/// Why a test cannot run here (a tool missing). Returned as the test's error, it is not a
-/// failure: the harness (`main.rs`) reports the test as ignored, with this reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Skip(pub(crate) String);
-
-impl fmt::Display for Skip {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Skip {}
+/// Why a test cannot run here (a tool missing): the harness reports it as ignored.
+pub(crate) use trueip_test_kit::Skip;
 
 /// helm and kubernetes-validate, as `scripts/setup.sh` installs them.
 #[derive(Debug)]
@@ -156,33 +144,8 @@ impl Tools {
     }
 }
 
-/// The objects of a multi-document YAML stream (empty documents dropped).
-pub(crate) fn documents(yaml: &str) -> anyhow::Result<Vec<Value>> {
-    let mut docs = Vec::new();
-    for doc in serde_norway::Deserializer::from_str(yaml) {
-        let value = Value::deserialize(doc).context("helm rendered invalid YAML")?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
-}
-
-/// The one object of `kind` (and `name`, if given).
-pub(crate) fn find<'a>(
-    docs: &'a [Value],
-    kind: &str,
-    name: Option<&str>,
-) -> anyhow::Result<&'a Value> {
-    let mut found = docs
-        .iter()
-        .filter(|d| d["kind"] == kind && name.is_none_or(|n| d["metadata"]["name"] == n));
-    let Some(first) = found.next() else {
-        bail!("no {kind} {name:?} rendered");
-    };
-    ensure!(found.next().is_none(), "several {kind} {name:?} rendered");
-    Ok(first)
-}
+/// The rendered objects, and one of them by kind and name.
+pub(crate) use trueip_test_kit::kube::{documents, find};
 
 /// The example values files shipped with the chart (`values-*.yaml`).
 pub(crate) fn example_values() -> anyhow::Result<Vec<PathBuf>> {

@@ -34,6 +34,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use serde_json::{Map, Value, json};
 use tempfile::TempDir;
+use trueip_test_kit::kube::{Operation, admission_review};
 
 use crate::support::{INJECTOR, NAMESPACE, Tools, documents, find, injector_config};
 
@@ -283,46 +284,9 @@ fn pod(name: &str, annotations: &Value) -> Value {
     })
 }
 
-/// The call the apiserver makes: a pod being created, or (`ephemeralcontainers`) debug
-/// containers being added to a running pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Call {
-    Create,
-    Debug,
-}
-
-/// What the apiserver sends for `object`.
-fn admission_review(uid: &str, object: &Value, call: Call) -> Value {
-    let (operation, sub_resource, options, old) = match call {
-        Call::Create => ("CREATE", Value::Null, "CreateOptions", Value::Null),
-        Call::Debug => (
-            "UPDATE",
-            json!("ephemeralcontainers"),
-            "UpdateOptions",
-            object.clone(),
-        ),
-    };
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "subResource": sub_resource,
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestSubResource": sub_resource,
-            "name": object["metadata"]["name"],
-            "namespace": "shop",
-            "operation": operation,
-            "userInfo": {"username": "kubernetes-admin", "groups": ["system:masters"]},
-            "object": object,
-            "oldObject": old,
-            "dryRun": false,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": options},
-        }
-    })
+/// Who creates and debugs the test pods: a cluster administrator (`kubectl`).
+fn admin() -> Value {
+    json!({"username": "kubernetes-admin", "groups": ["system:masters"]})
 }
 
 /// The chart installed with `flags`, as far as a pod's creation is concerned: the webhook binary
@@ -424,18 +388,18 @@ impl Installed {
 
     /// 4. and 5.: the apiserver's side of one pod creation.
     fn admit(&self, object: &Value) -> anyhow::Result<Answer> {
-        self.call(object, Call::Create)
+        self.call(object, Operation::Create)
     }
 
     /// Sends `object`, reads the response, applies the patch.
-    fn call(&self, object: &Value, call: Call) -> anyhow::Result<Answer> {
+    fn call(&self, object: &Value, call: Operation) -> anyhow::Result<Answer> {
         let uid = format!("uid-{}", object["metadata"]["name"].as_str().unwrap_or("x"));
         let (status, body) = self.webhook.request(
             &self.ca_bundle,
             &self.host,
             Method::POST,
             &self.path,
-            serde_json::to_vec(&admission_review(&uid, object, call))?,
+            serde_json::to_vec(&admission_review(&uid, object, call, &admin()))?,
         )?;
         ensure!(
             status == StatusCode::OK,
@@ -1004,11 +968,11 @@ pub(crate) fn tenants_get_no_privilege_by_annotation_or_volume() -> anyhow::Resu
     let mut debugged = mutated;
     debugged["spec"]["ephemeralContainers"] =
         json!([{"name": "debugger-1", "image": "busybox:1.36", "stdin": true, "tty": true}]);
-    let answer = installed.call(&debugged, Call::Debug)?;
+    let answer = installed.call(&debugged, Operation::AddEphemeralContainers)?;
     ensure!(answer.allowed && !answer.patched, "{answer:?}");
     debugged["spec"]["ephemeralContainers"][0]["volumeMounts"] =
         json!([{"name": "trueip-agent-socket", "mountPath": "/s"}]);
-    let answer = installed.call(&debugged, Call::Debug)?;
+    let answer = installed.call(&debugged, Operation::AddEphemeralContainers)?;
     ensure!(!answer.allowed && !answer.patched, "{answer:?}");
     ensure!(
         answer

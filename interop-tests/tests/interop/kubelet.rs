@@ -29,6 +29,7 @@ use trueip_interop_tests::{
     run,
     tls::Pki,
 };
+use trueip_test_kit::kube;
 
 use crate::{LB_PORT, TIMEOUT};
 
@@ -146,7 +147,7 @@ fn install_and_serve(driver: CgroupDriver) -> Result<()> {
     let node_ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let agent = node.run_pod(
         &cluster::pod_from_template(
-            cluster::object(&docs, "DaemonSet", "trueip-agent")?,
+            kube::find(&docs, "DaemonSet", Some("trueip-agent"))?,
             "trueip-agent-x7k2p",
             "6a1f1c0e-0000-4000-8000-00000000a6e1",
         ),
@@ -155,7 +156,7 @@ fn install_and_serve(driver: CgroupDriver) -> Result<()> {
     )?;
     let injector = node.run_pod(
         &cluster::pod_from_template(
-            cluster::object(&docs, "Deployment", "trueip-injector")?,
+            kube::find(&docs, "Deployment", Some("trueip-injector"))?,
             "trueip-injector-5d9c7b-q2w4z",
             "6a1f1c0e-0000-4000-8000-00000000c0de",
         ),

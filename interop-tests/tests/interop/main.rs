@@ -5,11 +5,9 @@
 //! bytes the app received.
 //!
 //! A test that cannot run here (no root, a missing peer or kernel feature, a peer too old)
-//! returns a [`Skip`] (`prereq::require`, `prereq::skip`): this `harness = false` binary
-//! (libtest-mimic) reports it as ignored, never as passed:
-//! `test <name> ... ignored (SKIPPED: <why>)`. It takes libtest's arguments (a name filter,
-//! `--exact`, `--skip`, `--test-threads`, `--list`, ...) and `RUST_TEST_THREADS`, and runs the
-//! tests in parallel like libtest; their output is not captured.
+//! returns a [`Skip`](trueip_test_kit::Skip) (`prereq::require`, `prereq::skip`): this
+//! `harness = false` binary (the test kit's [`harness`]) reports it as ignored, never as passed:
+//! `test <name> ... ignored (SKIPPED: <why>)`. The tests run in parallel, like libtest's.
 
 mod curl;
 mod differential;
@@ -29,22 +27,11 @@ mod udp;
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
-use anyhow::Result;
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
-use trueip_interop_tests::{Family, prereq::Skip};
-
-/// A test: `Ok` passed, a [`Skip`] error ignored, any other error failed.
-type Test = fn() -> Result<()>;
-
-/// `module::test` paths to the tests, named as libtest named them.
-macro_rules! tests {
-    ($($module:ident::$test:ident),* $(,)?) => {
-        [$((concat!(stringify!($module), "::", stringify!($test)), $module::$test as Test)),*]
-    };
-}
+use trueip_interop_tests::Family;
+use trueip_test_kit::harness::{self, Test, Threads};
 
 /// Every test of this binary; a test function left out is dead code, which clippy refuses.
-const TESTS: [(&str, Test); 40] = tests![
+const TESTS: [(&str, Test); 40] = trueip_test_kit::tests![
     curl::curl_haproxy_protocol_from_an_untrusted_source_is_rejected,
     curl::curl_haproxy_protocol_to_proxy_v1_mode_nginx_logs_curl,
     differential::haproxy_and_trueip_agree_on_every_header,
@@ -88,33 +75,7 @@ const TESTS: [(&str, Test); 40] = tests![
 ];
 
 fn main() -> ExitCode {
-    let mut args = Arguments::from_args();
-    // libtest honours RUST_TEST_THREADS; libtest-mimic only --test-threads.
-    if args.test_threads.is_none() {
-        args.test_threads = std::env::var("RUST_TEST_THREADS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .filter(|&n| n > 0);
-    }
-    let trials = TESTS
-        .iter()
-        .map(|&(name, test)| Trial::ignorable_test(name, move || outcome(test())))
-        .collect();
-    libtest_mimic::run(&args, trials).exit_code()
-}
-
-/// What the harness reports for a test's result: a [`Skip`] (also under added context) is
-/// ignored, on the test's own line: `test <name> ... ignored (SKIPPED: <why>)`. (Not printed
-/// separately: the harness prints from another thread, the lines would interleave.)
-fn outcome(result: Result<()>) -> Result<Completion, Failed> {
-    match result {
-        Ok(()) => Ok(Completion::Completed),
-        Err(e) => match e.downcast_ref::<Skip>() {
-            Some(Skip(why)) => Ok(Completion::ignored_with(format!("SKIPPED: {why}"))),
-            // `{:?}`: the whole chain of context, as libtest prints a test's `Err`.
-            None => Err(Failed::from(format!("{e:?}"))),
-        },
-    }
+    harness::run(&TESTS, Threads::Parallel)
 }
 
 /// Where the sidecar listens in the pod (the port the load balancer targets).

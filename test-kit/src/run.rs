@@ -16,7 +16,7 @@ use nix::{
 };
 
 /// How often [`wait_for`] probes, and how often a command's exit is polled.
-pub(crate) const POLL: Duration = Duration::from_millis(20);
+pub const POLL: Duration = Duration::from_millis(20);
 
 /// Writes a line straight to stderr, unbuffered and in one piece, so skips and kept-log notes
 /// are seen whatever a test harness does with `eprintln!`.
@@ -69,7 +69,7 @@ fn read_all(mut from: impl Read) -> Vec<u8> {
 }
 
 /// The exit status, or `None` if the child still runs at the deadline.
-pub(crate) fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {

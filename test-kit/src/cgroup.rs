@@ -1,5 +1,5 @@
-//! A scratch cgroup v2 standing in for a pod's cgroup: the eBPF restore mode attaches its
-//! programs there, so the sidecar and the app must run inside it.
+//! Scratch cgroups v2 standing in for a pod's cgroups: the eBPF restore mode attaches its
+//! programs there, so the sidecar and the app must run inside them.
 
 use std::{
     fs,
@@ -18,6 +18,9 @@ use crate::{
 /// Where cgroup v2 is mounted: `/sys/fs/cgroup` on unified hosts (Kubernetes nodes),
 /// `/sys/fs/cgroup/unified` on hybrid ones (this CI machine).
 const MOUNT_CANDIDATES: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
+
+/// What [`Cgroup::create_kubepods`] puts before the kit's name.
+const KUBEPODS: &str = "kubepods-";
 
 /// How long the processes left in a cgroup get to die before it is removed.
 const EMPTY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,11 +44,20 @@ impl Cgroup {
 
     /// Creates a fresh cgroup below the cgroup v2 root.
     pub fn create() -> Result<Self> {
+        Self::create_top("")
+    }
+
+    /// Creates a fresh top-level `kubepods-tip-<pid>-<n>` cgroup: where a kubelet puts its pods,
+    /// and the only place below which the agent's default `--pod-cgroup auto` serves callers.
+    pub fn create_kubepods() -> Result<Self> {
+        Self::create_top(KUBEPODS)
+    }
+
+    /// A fresh `<prefix>tip-<pid>-<n>` below the root, after removing dead runs' leftovers.
+    fn create_top(prefix: &str) -> Result<Self> {
         let root = Self::mount_point()?;
         remove_stale(&root);
-        let path = root.join(format!("{PREFIX}{}", unique_suffix()));
-        fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
-        Ok(Self { path })
+        Self::create_in(&root, &format!("{prefix}{PREFIX}{}", unique_suffix()))
     }
 
     /// Creates the cgroup `name` below `parent`, a cgroup this crate created (a kubelet nests
@@ -68,11 +80,20 @@ impl Cgroup {
         fs::write(&procs, pid.to_string())
             .with_context(|| format!("moving pid {pid} into {}", procs.display()))
     }
+
+    /// Kills what runs in it, waits until it is empty and removes it, before it is dropped (a
+    /// test that checks what the agent does once a pod is gone); its descendants must be gone.
+    pub fn remove(&self) -> Result<()> {
+        if self.path.exists() {
+            remove(&self.path)?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        if let Err(e) = remove(&self.path) {
+        if let Err(e) = self.remove() {
             run::note(&format!("{e:#}"));
         }
     }
@@ -116,7 +137,8 @@ fn remove_stale(root: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        if is_stale(&entry.file_name().to_string_lossy()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_stale(name.strip_prefix(KUBEPODS).unwrap_or(&name)) {
             // Best effort: a stale cgroup that cannot go yet is retried by the next run. Ours,
             // by its name, with what this crate nested below it.
             let _ = remove_tree(&entry.path());

@@ -22,8 +22,8 @@ use nix::{
 
 use crate::{
     cgroup::Cgroup,
+    netns::Netns,
     run::{POLL, wait_for, wait_with_deadline},
-    topology::Netns,
 };
 
 /// How long a stopped process gets between SIGTERM and SIGKILL.

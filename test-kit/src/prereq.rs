@@ -1,6 +1,6 @@
-//! What the interop tests need from the machine, where the trueip binaries are, and how a test
-//! that cannot run says so: it returns a [`Skip`] error ([`require`], [`skip`]), which the
-//! interop harness reports as ignored with the reason, never as passed.
+//! What a test needs from the machine, where the trueip binaries are, and how a test that
+//! cannot run says so: it returns a [`Skip`] error ([`require`], [`skip`]), which the
+//! [`harness`](crate::harness) reports as ignored with the reason, never as passed.
 
 use std::{
     env, fmt,
@@ -35,9 +35,11 @@ pub enum Need {
     Curl,
     /// The `trueip-sidecar` binary, built.
     Sidecar,
-    /// The `trueip-agent` binary, built, a mounted bpffs and a mounted cgroup v2 (where the
-    /// agent's programs attach).
+    /// The `trueip-agent` binary, built, and what [`Need::Ebpf`] needs.
     Agent,
+    /// A mounted bpffs (where an agent pins) and a mounted cgroup v2 (where its programs
+    /// attach): what a test needs that runs an agent binary it names itself.
+    Ebpf,
 }
 
 impl Need {
@@ -58,10 +60,9 @@ impl Need {
             Self::Agent => trueip_binary("trueip-agent")
                 .err()
                 .map(|e| format!("{e:#}"))
-                .or_else(|| {
-                    (!statfs(BPFFS).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC))
-                        .then(|| format!("no bpffs mounted at {BPFFS}"))
-                })
+                .or_else(|| Self::Ebpf.unmet()),
+            Self::Ebpf => (!statfs(BPFFS).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC))
+                .then(|| format!("no bpffs mounted at {BPFFS} (mount -t bpf bpf {BPFFS})"))
                 .or_else(|| Cgroup::mount_point().err().map(|e| format!("{e:#}"))),
         }
     }
@@ -79,7 +80,7 @@ pub fn missing(needs: &[Need]) -> Option<String> {
 }
 
 /// Why a test cannot run on this machine (no root, a missing tool or kernel feature, a tool too
-/// old). Returned as the test's error, it is not a failure: the interop harness finds it with
+/// old). Returned as the test's error, it is not a failure: the harness finds it with
 /// `anyhow::Error::downcast_ref` (also under added context) and reports the test as ignored,
 /// with this reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,8 +141,9 @@ pub fn trueip_binary(name: &str) -> Result<PathBuf> {
     )
 }
 
-/// A binary of this crate (`trueip-echo-app`): cargo builds it into the same profile directory
-/// as the test or demo that runs, whatever `$TRUEIP_BIN_DIR` says.
+/// A binary of the crate whose test or demo runs (`trueip-echo-app` of the interop tests): cargo
+/// builds it into the same profile directory as the running executable, whatever
+/// `$TRUEIP_BIN_DIR` says.
 pub fn own_binary(name: &str) -> Result<PathBuf> {
     let bin = profile_dir()
         .context("locating the running executable")?
