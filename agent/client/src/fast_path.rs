@@ -101,7 +101,7 @@ impl FastPath {
     /// loopback socket and BEFORE connect()): from then on the app's writes on that connection
     /// leave through `lb`. On failure nothing stays wired.
     pub fn wire(&self, conn: &LoopbackConn, lb: BorrowedFd<'_>) -> Result<(), WireError> {
-        let key = ConnKey::from_socket_addrs(conn.app, conn.sidecar);
+        let key = conn.key();
         let failed = |op, e: MapError| match errno(&e) {
             Some(E2BIG | ENOSPC) => WireError::Full,
             Some(EOPNOTSUPP) => WireError::NotEstablished,
@@ -130,7 +130,7 @@ impl FastPath {
     /// redirecting, then both sockets. Returns the bytes the kernel redirected. Unwiring a
     /// connection that is not wired is not an error.
     pub fn unwire(&self, conn: &LoopbackConn) -> Result<u64, ClientError> {
-        let key = ConnKey::from_socket_addrs(conn.app, conn.sidecar);
+        let key = conn.key();
         let map_err = |op| {
             move |source| ClientError::Map {
                 op,

@@ -2,13 +2,13 @@
 //! connection (or UDP flow) stands for.
 
 use std::{
-    net::SocketAddr,
     os::fd::OwnedFd,
     path::Path,
     sync::{Mutex, PoisonError},
 };
 
 use aya::maps::{HashMap, Map, MapData};
+use trueip_addrs::{AppAddr, ClientAddr, OriginalDst, SidecarAddr};
 use trueip_redirect_common::{ConnKey, RestoreValue, UdpFlowEntries};
 
 use crate::{
@@ -30,19 +30,26 @@ pub struct PodMap {
 pub struct LoopbackConn {
     /// The upstream address the sidecar connects to (e.g. `127.0.0.1:8080` or `[::1]:8080`): the
     /// local address of the app's accepted socket.
-    pub app: SocketAddr,
+    pub app: AppAddr,
     /// The sidecar socket's bound local address: the peer of the app's accepted socket.
-    pub sidecar: SocketAddr,
+    pub sidecar: SidecarAddr,
+}
+
+impl LoopbackConn {
+    /// The map key: the connection as the app's socket sees it (local = app, peer = sidecar).
+    pub(crate) fn key(&self) -> ConnKey {
+        ConnKey::from_socket_addrs(self.app.addr(), self.sidecar.addr())
+    }
 }
 
 /// What the app should see for a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Restored {
     /// The client from the PROXY header: what the app's `accept()`/`getpeername()` return.
-    pub client: SocketAddr,
+    pub client: ClientAddr,
     /// The destination from the PROXY header: what the app's `getsockname()` returns when the
     /// agent attaches the getsockname hooks.
-    pub original_dst: Option<SocketAddr>,
+    pub original_dst: Option<OriginalDst>,
 }
 
 /// One UDP flow of a sidecar listener, named as the pod's recvmsg/sendmsg hooks see it.
@@ -51,9 +58,16 @@ pub struct UdpFlow {
     /// The app's port (the upstream the flow's datagrams go to).
     pub app_port: u16,
     /// The sidecar's flow socket, bound on loopback: the source of the datagrams the app receives.
-    pub sidecar: SocketAddr,
+    pub sidecar: SidecarAddr,
     /// The client from the PROXY header: what the app's `recvfrom()` returns, and where it replies.
-    pub client: SocketAddr,
+    pub client: ClientAddr,
+}
+
+impl UdpFlow {
+    /// The flow's entries in the map.
+    fn entries(&self) -> UdpFlowEntries {
+        UdpFlowEntries::new(self.app_port, self.sidecar.addr(), self.client.addr())
+    }
 }
 
 impl PodMap {
@@ -129,8 +143,11 @@ impl PodMap {
         restored: &Restored,
         flags: u64,
     ) -> Result<(), InsertError> {
-        let key = ConnKey::from_socket_addrs(conn.app, conn.sidecar);
-        let value = RestoreValue::new(restored.client, restored.original_dst);
+        let key = conn.key();
+        let value = RestoreValue::new(
+            restored.client.addr(),
+            restored.original_dst.map(OriginalDst::addr),
+        );
         match self.lock().insert(key, value, flags) {
             Ok(()) => Ok(()),
             Err(e) if errno(&e).is_some_and(|n| n == E2BIG || n == ENOSPC) => {
@@ -169,7 +186,7 @@ impl PodMap {
     /// Forgets the connection (call when it closes). Forgetting an unknown connection is not an
     /// error.
     pub fn remove(&self, conn: &LoopbackConn) -> Result<(), ClientError> {
-        let key = ConnKey::from_socket_addrs(conn.app, conn.sidecar);
+        let key = conn.key();
         match self.lock().remove(&key) {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(ENOENT) => Ok(()),
@@ -184,7 +201,7 @@ impl PodMap {
     /// flow socket and BEFORE sending the flow's first datagram to the app. Either both entries
     /// are written or neither.
     pub fn insert_udp_flow(&self, flow: &UdpFlow) -> Result<(), InsertError> {
-        let entries = UdpFlowEntries::new(flow.app_port, flow.sidecar, flow.client);
+        let entries = flow.entries();
         let mut map = self.lock();
         let mut insert = |(key, value)| match map.insert(key, value, BPF_ANY) {
             Ok(()) => Ok(()),
@@ -207,7 +224,7 @@ impl PodMap {
     /// Forgets a UDP flow (call when it expires, before its socket closes). Forgetting an unknown
     /// flow is not an error.
     pub fn remove_udp_flow(&self, flow: &UdpFlow) -> Result<(), ClientError> {
-        let entries = UdpFlowEntries::new(flow.app_port, flow.sidecar, flow.client);
+        let entries = flow.entries();
         let mut map = self.lock();
         for key in [entries.recv.0, entries.send.0] {
             match map.remove(&key) {

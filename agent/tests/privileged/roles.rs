@@ -31,6 +31,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use socket2::{Domain, Socket, Type};
+use trueip_addrs::{AppAddr, ClientAddr, OriginalDst, SidecarAddr};
 use trueip_agent_client::{InsertError, LoopbackConn, PodMap, Restored};
 
 /// Argument that selects the app role.
@@ -126,12 +127,12 @@ fn run_sidecar(args: &[String]) -> anyhow::Result<()> {
                 let restored = match (*client, *dst) {
                     ("-", _) => None,
                     (client, "-") => Some(Restored {
-                        client: client.parse()?,
+                        client: ClientAddr::new(client.parse()?),
                         original_dst: None,
                     }),
                     (client, dst) => Some(Restored {
-                        client: client.parse()?,
-                        original_dst: Some(dst.parse()?),
+                        client: ClientAddr::new(client.parse()?),
+                        original_dst: Some(OriginalDst::new(dst.parse()?)),
                     }),
                 };
                 let bind: SocketAddr = match rest {
@@ -143,7 +144,10 @@ fn run_sidecar(args: &[String]) -> anyhow::Result<()> {
                 sock.set_reuse_address(true)?;
                 sock.bind(&bind.into())?;
                 let sidecar = sock.local_addr()?.as_socket().context("bound address")?;
-                let loopback = LoopbackConn { app, sidecar };
+                let loopback = LoopbackConn {
+                    app: AppAddr::new(app),
+                    sidecar: SidecarAddr::new(sidecar),
+                };
                 let status = match restored.map(|r| map.insert(&loopback, &r)) {
                     None => "none".to_owned(),
                     Some(Ok(())) => "restored".to_owned(),

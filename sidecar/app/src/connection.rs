@@ -8,6 +8,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Instant};
 use tokio::{net::TcpStream, sync::watch};
 use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 
+use trueip_addrs::{LbPeer, SidecarAddr};
 use trueip_sidecar_config::{ListenerConfig, Mode, canonical};
 use trueip_sidecar_http::{Arrival, Http, TlsError};
 use trueip_telemetry::Chain;
@@ -150,7 +151,11 @@ async fn handle(
     let Some(detection) = detect_header(&mut client, peer, &shared, started).await else {
         return;
     };
-    let endpoints = Endpoints::of(&detection, ConnAddrs { peer, local });
+    let conn = ConnAddrs {
+        peer: LbPeer::new(peer),
+        local: SidecarAddr::new(local),
+    };
+    let endpoints = Endpoints::of(&detection, conn);
     match &shared.handler {
         Handler::Http(http) => {
             let outcome = if endpoints.from_header {

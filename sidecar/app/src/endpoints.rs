@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use trueip_addrs::{ClientAddr, LbPeer, OriginalDst, SidecarAddr};
 use trueip_sidecar_config::canonical;
 
 use crate::detect::Detection;
@@ -12,18 +13,18 @@ use crate::detect::Detection;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnAddrs {
     /// The load balancer's end.
-    pub peer: SocketAddr,
+    pub peer: LbPeer,
     /// The sidecar's end.
-    pub local: SocketAddr,
+    pub local: SidecarAddr,
 }
 
 /// Who the app should be told it is talking to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoints {
     /// The client: from the header, or the real peer when the header names none.
-    pub client: SocketAddr,
+    pub client: ClientAddr,
     /// The address the client connected to.
-    pub destination: SocketAddr,
+    pub destination: OriginalDst,
     /// Whether the addresses came from a PROXY header.
     pub from_header: bool,
 }
@@ -37,15 +38,15 @@ impl Endpoints {
                 (header.stream_client(), header.original_destination())
         {
             return Self {
-                client,
-                destination,
+                client: ClientAddr::new(client),
+                destination: OriginalDst::new(destination),
                 from_header: true,
             };
         }
         let unmap = |a: SocketAddr| SocketAddr::new(canonical(a.ip()), a.port());
         Self {
-            client: unmap(conn.peer),
-            destination: unmap(conn.local),
+            client: LbPeer::new(unmap(conn.peer.addr())).as_client(),
+            destination: SidecarAddr::new(unmap(conn.local.addr())).as_original_dst(),
             from_header: false,
         }
     }

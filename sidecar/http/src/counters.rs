@@ -1,7 +1,7 @@
 //! What the http mode needs from the sidecar around it: the connection as it arrived, and
 //! somewhere to count what happened to it.
 
-use std::net::SocketAddr;
+use trueip_addrs::ClientAddr;
 
 use trueip_proxy_header::Header;
 
@@ -9,7 +9,7 @@ use trueip_proxy_header::Header;
 #[derive(Debug)]
 pub struct Arrival {
     /// The client the header named, or the connection's peer when there was no header.
-    pub client: SocketAddr,
+    pub client: ClientAddr,
     /// The header, when there was one (its TLVs can become request headers).
     pub header: Option<Box<Header>>,
     /// What the client sent after the header, already read.

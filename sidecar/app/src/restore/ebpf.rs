@@ -6,6 +6,7 @@
 use std::{io, net::SocketAddr, os::fd::AsFd as _, path::Path, sync::Arc};
 
 use tokio::net::{TcpSocket, TcpStream};
+use trueip_addrs::{AppAddr, SidecarAddr};
 use trueip_agent_client::{
     ClientError, FastPath, InsertError, LoopbackConn, PodMap, Restored, WireError,
 };
@@ -141,8 +142,8 @@ impl Ebpf {
                 Err(e) => return Err(io_err(e)),
             }
             let conn = LoopbackConn {
-                app: upstream,
-                sidecar,
+                app: AppAddr::new(upstream),
+                sidecar: SidecarAddr::new(sidecar),
             };
             let (entry, outcome) = match endpoints {
                 Some(endpoints) => match self.restore(conn, endpoints)? {

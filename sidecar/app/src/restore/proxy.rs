@@ -53,8 +53,8 @@ impl Reemit {
             command: Command::Proxy,
             transport: Transport::Stream,
             addresses: Addresses::Inet {
-                source: endpoints.client,
-                destination: endpoints.destination,
+                source: endpoints.client.addr(),
+                destination: endpoints.destination.addr(),
             },
             tlvs,
         };

@@ -2,8 +2,9 @@
 //! asked for with `GET-MAP udp` so that the agent makes sure the pod's recvmsg/sendmsg hooks are
 //! attached) before its first datagram reaches the app, and forgotten when the flow closes.
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{path::Path, sync::Arc};
 
+use trueip_addrs::{ClientAddr, SidecarAddr};
 use trueip_agent_client::{InsertError, PodMap, UdpFlow};
 
 use super::inbound::Dropped;
@@ -53,8 +54,8 @@ impl UdpEbpf {
     pub(super) fn record(
         &self,
         app_port: u16,
-        sidecar: SocketAddr,
-        client: SocketAddr,
+        sidecar: SidecarAddr,
+        client: ClientAddr,
     ) -> Result<(Option<FlowEntry>, RestoreOutcome), Dropped> {
         let flow = UdpFlow {
             app_port,

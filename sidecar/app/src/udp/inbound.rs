@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use trueip_addrs::{ClientAddr, LbPeer, OriginalDst, SidecarAddr};
 use trueip_proxy_header::{
     self as header, Addresses, Command, Detect, Header, Limits, Tlvs, Transport, Version,
     decode_datagram,
@@ -36,9 +37,20 @@ pub struct Inbound {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoints {
     /// The client.
-    pub client: SocketAddr,
+    pub client: ClientAddr,
     /// The load balancer's frontend the client sent to.
-    pub destination: SocketAddr,
+    pub destination: OriginalDst,
+}
+
+impl Endpoints {
+    /// A flow's endpoints when no header names them: the load balancer `lb` as the client, the
+    /// listener's `local` address as the destination.
+    pub fn unnamed(lb: SocketAddr, local: SocketAddr) -> Self {
+        Self {
+            client: LbPeer::new(unmapped(lb)).as_client(),
+            destination: SidecarAddr::new(unmapped(local)).as_original_dst(),
+        }
+    }
 }
 
 /// A datagram that is dropped, and why.
@@ -108,13 +120,13 @@ pub fn classify(
     }
     let endpoints = match (header.client(), header.original_destination()) {
         (Some(client), Some(destination)) => Some(Endpoints {
-            client: unmapped(client),
-            destination: unmapped(destination),
+            client: ClientAddr::new(unmapped(client)),
+            destination: OriginalDst::new(unmapped(destination)),
         }),
         _ => None,
     };
     let key = match (config.datagram_header, endpoints) {
-        (DatagramHeader::Every, Some(e)) => e.client,
+        (DatagramHeader::Every, Some(e)) => e.client.addr(),
         _ => source,
     };
     Ok(Inbound {
@@ -140,7 +152,12 @@ pub fn app_header(
 ) -> Vec<u8> {
     let mut tlvs = received.map(|h| h.tlvs.clone()).unwrap_or_default();
     tlvs.retain(|tlv| allowed[usize::from(tlv.kind)]);
-    encode(endpoints.client, endpoints.destination, tlvs, crc32c)
+    encode(
+        endpoints.client.addr(),
+        endpoints.destination.addr(),
+        tlvs,
+        crc32c,
+    )
 }
 
 /// The v2 header in front of the app's replies (`reply_header: true`): the addresses of the
@@ -148,8 +165,8 @@ pub fn app_header(
 /// load balancer relaying replies by header knows where each goes.
 pub fn reply_header(endpoints: Endpoints, crc32c: bool) -> Vec<u8> {
     encode(
-        endpoints.destination,
-        endpoints.client,
+        endpoints.destination.addr(),
+        endpoints.client.addr(),
         Tlvs::default(),
         crc32c,
     )
@@ -241,8 +258,8 @@ mod tests {
         assert_eq!(
             inbound.endpoints,
             Some(Endpoints {
-                client: sa(CLIENT),
-                destination: sa(FRONTEND)
+                client: ClientAddr::new(sa(CLIENT)),
+                destination: OriginalDst::new(sa(FRONTEND))
             })
         );
         assert_eq!(inbound.outcome, RestoreOutcome::Restored);
@@ -302,7 +319,7 @@ mod tests {
         let c = config(|c| c.datagram_header = DatagramHeader::First);
         let first = judge(&c, &datagram(CLIENT, b"one"), LB).unwrap();
         assert_eq!(first.key, sa(LB));
-        assert_eq!(first.endpoints.unwrap().client, sa(CLIENT));
+        assert_eq!(first.endpoints.unwrap().client.addr(), sa(CLIENT));
         let later = classify(&c, &Limits::default(), b"two", sa(LB), true).unwrap();
         assert_eq!((later.key, later.payload_at), (sa(LB), 0));
         // Without a flow, a headerless datagram is refused.

@@ -32,6 +32,7 @@ use std::{
 use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 use tokio::{net::UdpSocket, sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
+use trueip_addrs::SidecarAddr;
 use trueip_proxy_header::Limits;
 
 pub use self::{
@@ -388,13 +389,11 @@ impl UdpListener {
         let mut preamble = Vec::new();
         match (&shared.restore, inbound.endpoints) {
             (Restore::Ebpf(ebpf), Some(endpoints)) => {
-                (entry, outcome) = ebpf.record(upstream.port(), local, endpoints.client)?;
+                let sidecar = SidecarAddr::new(local);
+                (entry, outcome) = ebpf.record(upstream.port(), sidecar, endpoints.client)?;
             }
             (Restore::ProxyV2 { allowed, crc32c }, endpoints) => {
-                let endpoints = endpoints.unwrap_or(Endpoints {
-                    client: inbound::unmapped(lb),
-                    destination: inbound::unmapped(shared.local),
-                });
+                let endpoints = endpoints.unwrap_or(Endpoints::unnamed(lb, shared.local));
                 preamble = app_header(endpoints, inbound.header.as_deref(), allowed, *crc32c);
             }
             _ => {}
@@ -420,10 +419,9 @@ fn reply_prefix(shared: &Shared, inbound: &Inbound, lb: SocketAddr) -> Vec<u8> {
     if !shared.config.reply_header {
         return Vec::new();
     }
-    let endpoints = inbound.endpoints.unwrap_or(Endpoints {
-        client: inbound::unmapped(lb),
-        destination: inbound::unmapped(shared.local),
-    });
+    let endpoints = inbound
+        .endpoints
+        .unwrap_or(Endpoints::unnamed(lb, shared.local));
     reply_header(endpoints, shared.config.crc32c)
 }
 
