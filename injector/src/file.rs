@@ -1,13 +1,15 @@
 //! The sidecar's configuration file as a pod gets it: its listeners planned from the pod's
-//! ports (a steered lone port gets a sidecar port of its own), written in the sidecar's keys,
-//! and why no file can be made for a pod.
+//! ports (a steered lone port gets a sidecar port of its own), built as the sidecar's own
+//! `Config` and written by its writer, and why no file can be made for a pod.
 
-use std::{collections::BTreeSet, net::SocketAddr, num::NonZeroUsize, path::Path};
+use std::{collections::BTreeSet, net::SocketAddr};
 
 use ipnet::{IpNet, Ipv4Net};
-use serde::Serialize;
-use serde_norway::Mapping;
-use trueip_sidecar_config::{ConfigError, FileError, HeaderPolicy, Mode};
+use serde_norway::Value;
+use trueip_sidecar_config::{
+    AdminConfig, Config, ConfigError, FileError, HeaderPolicy, HttpConfig, ListenerConfig, Mode,
+    Protocol,
+};
 
 use crate::{
     settings::{self, PodSettings, PortPair, Steer},
@@ -57,51 +59,10 @@ pub(crate) enum BuildError {
         settings::PORTS
     )]
     NoSteerPort,
-    /// The configuration could not be written as YAML.
+    /// The configuration could not be written as YAML (or the chart's `sidecar.http` read as
+    /// its `http` section).
     #[error("writing the sidecar configuration")]
     Write(#[from] serde_norway::Error),
-}
-
-/// The sidecar's YAML file (`trueip_sidecar_config::Config`), as far as the webhook sets it.
-#[derive(Debug, Serialize)]
-struct SidecarFile<'a> {
-    listeners: Vec<ListenerFile<'a>>,
-    agent_socket: &'a Path,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    metrics_listen: Option<SocketAddr>,
-    /// Only with `metrics_listen`: the bounds of that endpoint.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    admin: Option<AdminFile>,
-}
-
-/// The `admin` section of [`SidecarFile`].
-#[derive(Debug, Serialize)]
-struct AdminFile {
-    header_timeout: String,
-    max_connections: NonZeroUsize,
-}
-
-/// One listener of [`SidecarFile`].
-#[derive(Debug, Serialize)]
-struct ListenerFile<'a> {
-    name: String,
-    listen: SocketAddr,
-    upstream: SocketAddr,
-    mode: Mode,
-    header: HeaderPolicy,
-    trusted_sources: Vec<IpNet>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    allow_loopback_clients: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    steer: bool,
-    /// `udp` for a UDP listener; TCP (the sidecar's default) is not written.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    protocol: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fallback: Option<Mode>,
-    /// Only in `http` mode: the chart's `sidecar.http`, as it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    http: Option<&'a Mapping>,
 }
 
 /// One listener as the pod gets it: the ports resolved, steering decided.
@@ -168,58 +129,78 @@ pub(crate) fn plan(
     Ok(planned)
 }
 
-/// The YAML text of the file `settings` asks for with the chart's `template`, unchecked.
+/// The YAML text of the file `settings` asks for with the chart's `template`, unchecked: the
+/// sidecar's own configuration, written by its own writer (keys at their defaults left out).
 pub(crate) fn yaml(
     settings: &PodSettings,
     planned: &[Planned],
     template: &SidecarTemplate,
 ) -> Result<String, serde_norway::Error> {
-    serde_norway::to_string(&sidecar_file(settings, planned, template))
+    // Fails only if the chart's `sidecar.http` is not the sidecar's `http` section, which the
+    // injector checks once at start (`check_template`).
+    let http: HttpConfig = if settings.mode == Mode::Http {
+        serde_norway::from_value(Value::Mapping(template.http.clone()))?
+    } else {
+        HttpConfig::default()
+    };
+    sidecar_config(settings, planned, template, &http).to_yaml()
 }
 
-/// The file `settings` asks for with the chart's `template`, unchecked.
-fn sidecar_file<'a>(
+/// The configuration `settings` asks for with the chart's `template`, unchecked; `http` is
+/// the section of listeners in `http` mode.
+fn sidecar_config(
     settings: &PodSettings,
     planned: &[Planned],
-    template: &'a SidecarTemplate,
-) -> SidecarFile<'a> {
+    template: &SidecarTemplate,
+    http: &HttpConfig,
+) -> Config {
     let ebpf = settings.mode == Mode::Ebpf;
-    let http = settings.mode == Mode::Http && !template.http.is_empty();
-    let metrics_port = Some(template.metrics_port).filter(|&p| p != 0);
-    SidecarFile {
-        listeners: planned
-            .iter()
-            .map(|l| ListenerFile {
-                // A steered listener is named after the app's port, which the user listed.
-                name: match (l.udp, l.steer) {
-                    (true, _) => format!("udp-{}", l.listen),
-                    (false, true) => format!("port-{}", l.upstream),
-                    (false, false) => format!("port-{}", l.listen),
-                },
-                listen: SocketAddr::new(template.listen_address, l.listen),
-                upstream: SocketAddr::new(template.upstream_address, l.upstream),
-                mode: settings.mode,
-                header: settings.header,
-                trusted_sources: settings.trusted.clone(),
-                allow_loopback_clients: template.allow_loopback_clients,
-                steer: l.steer,
-                protocol: l.udp.then_some("udp"),
-                fallback: template.fallback.filter(|_| ebpf),
-                http: (http && !l.udp).then_some(&template.http),
-            })
-            .collect(),
-        agent_socket: &template.agent_socket,
-        metrics_listen: metrics_port.map(|port| SocketAddr::new(template.listen_address, port)),
-        admin: metrics_port.map(|_| AdminFile {
-            header_timeout: humantime::format_duration(template.admin.header_timeout).to_string(),
+    let listeners = planned
+        .iter()
+        .map(|l| {
+            let mut listener = ListenerConfig::new(
+                SocketAddr::new(template.listen_address, l.listen),
+                SocketAddr::new(template.upstream_address, l.upstream),
+            );
+            // A steered listener is named after the app's port, which the user listed.
+            listener.name = Some(match (l.udp, l.steer) {
+                (true, _) => format!("udp-{}", l.listen),
+                (false, true) => format!("port-{}", l.upstream),
+                (false, false) => format!("port-{}", l.listen),
+            });
+            listener.mode = settings.mode;
+            listener.header = settings.header;
+            listener.trusted_sources.clone_from(&settings.trusted);
+            listener.allow_loopback_clients = template.allow_loopback_clients;
+            listener.steer = l.steer;
+            if l.udp {
+                listener.protocol = Protocol::Udp;
+            } else {
+                listener.http.clone_from(http);
+            }
+            listener.fallback = template.fallback.filter(|_| ebpf);
+            listener
+        })
+        .collect();
+    let mut config = Config::with_listeners(listeners);
+    config.agent_socket.clone_from(&template.agent_socket);
+    if template.metrics_port != 0 {
+        config.metrics_listen = Some(SocketAddr::new(
+            template.listen_address,
+            template.metrics_port,
+        ));
+        config.admin = AdminConfig {
+            header_timeout: template.admin.header_timeout,
             max_connections: template.admin.max_connections,
-        }),
+        };
     }
+    config
 }
 
 /// Whether the sidecar accepts what the chart gives every sidecar (`http`, `admin`,
-/// `allowLoopbackClients`): the file of a sample `http` pod that trusts everyone, through the
-/// sidecar's parser. Run once when the injector's configuration is read.
+/// `allowLoopbackClients`): the file of a sample `http` pod that trusts everyone, with the
+/// chart's `sidecar.http` as it is, through the sidecar's parser, whose errors then name the
+/// key at fault. Run once when the injector's configuration is read.
 pub(crate) fn check_template(template: &SidecarTemplate) -> Result<(), ConfigError> {
     // Any port but the metrics port (which a pod cannot take either).
     let port = if template.metrics_port == 8080 {
@@ -244,11 +225,18 @@ pub(crate) fn check_template(template: &SidecarTemplate) -> Result<(), ConfigErr
         steer: false,
         udp: false,
     }];
-    let text = yaml(&sample, &planned, template).map_err(|source| {
+    let parse_error = |source| {
         ConfigError::File(FileError::Parse {
             path: "<sample sidecar configuration>".into(),
             source,
         })
-    })?;
-    trueip_sidecar_config::Config::from_yaml(&text).map(drop)
+    };
+    let config = sidecar_config(&sample, &planned, template, &HttpConfig::default());
+    let mut file = serde_norway::to_value(&config).map_err(parse_error)?;
+    if let Some(listener) = file.get_mut("listeners").and_then(|l| l.get_mut(0))
+        && let Some(listener) = listener.as_mapping_mut()
+    {
+        listener.insert("http".into(), Value::Mapping(template.http.clone()));
+    }
+    Config::from_yaml(&serde_norway::to_string(&file).map_err(parse_error)?).map(drop)
 }

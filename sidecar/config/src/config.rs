@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{limits::AdminConfig, listener::ListenerConfig};
 
@@ -11,16 +11,13 @@ use crate::{limits::AdminConfig, listener::ListenerConfig};
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/trueip/agent.sock";
 
 /// The whole sidecar configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The listeners; each accepts load-balancer traffic and forwards it to one upstream app.
     pub listeners: Vec<ListenerConfig>,
     /// How long SIGTERM waits for open connections to finish before the process exits.
-    #[serde(
-        default = "defaults::drain_timeout",
-        deserialize_with = "crate::duration::deserialize"
-    )]
+    #[serde(default = "defaults::drain_timeout", with = "crate::duration")]
     pub drain_timeout: Duration,
     /// The node agent's Unix socket, used by listeners in `ebpf` mode to obtain this pod's map.
     #[serde(default = "defaults::agent_socket")]
@@ -45,7 +42,7 @@ pub struct Config {
 /// `from 127.0.0.0/8 iif lo lookup <table>` (`from ::1` for IPv6) at `priority`, and one route
 /// in that table, `local default dev lo`. Together they deliver the app's replies to the
 /// client address back to the sidecar's socket on loopback instead of out of the pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransparentConfig {
     /// The routing table that holds the `local default dev lo` route; trueip owns it (it is
@@ -68,7 +65,7 @@ impl Default for TransparentConfig {
 }
 
 /// An OTLP trace destination.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
     /// The collector, e.g. `http://otel-collector:4318` (HTTP) or `http://otel-collector:4317`.
@@ -79,7 +76,7 @@ pub struct OtlpConfig {
 }
 
 /// The OTLP transports trueip speaks, spelled as `OTEL_EXPORTER_OTLP_PROTOCOL` spells them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum OtlpProtocol {
     /// OTLP over gRPC (port 4317 by convention).
     #[serde(rename = "grpc")]
@@ -93,8 +90,13 @@ pub enum OtlpProtocol {
 impl Config {
     /// A configuration with one listener, as the command line builds it.
     pub fn single(listener: ListenerConfig) -> Self {
+        Self::with_listeners(vec![listener])
+    }
+
+    /// A configuration with these listeners and every shared key at its default.
+    pub fn with_listeners(listeners: Vec<ListenerConfig>) -> Self {
         Self {
-            listeners: vec![listener],
+            listeners,
             drain_timeout: defaults::drain_timeout(),
             agent_socket: defaults::agent_socket(),
             metrics_listen: None,

@@ -1,9 +1,9 @@
 //! Durations as the configuration spells them (`5s`, `250ms`), parsed by a visitor so that an
-//! error names the key and the line.
+//! error names the key and the line, and written back the same way (`#[serde(with)]`).
 
 use std::{fmt, time::Duration};
 
-use serde::{Deserializer, de};
+use serde::{Deserializer, Serializer, de};
 
 /// Parses `5s`, `250ms`, `1m 30s`. A visitor, so that an error carries the key and the line;
 /// public so that files that hold the sidecar's durations (the injector's) spell them alike.
@@ -23,4 +23,10 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
         }
     }
     d.deserialize_str(Visitor)
+}
+
+/// Writes a duration as [`deserialize`] reads it (`5s`, `1m 30s`, `250ms`): how the injector
+/// writes a pod's sidecar file.
+pub(crate) fn serialize<S: Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*duration))
 }

@@ -5,7 +5,7 @@
 use std::{fmt, path::PathBuf, time::Duration};
 
 use ::http::HeaderName;
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use crate::limits::HttpLimits;
 
@@ -26,7 +26,7 @@ pub const PROXY_HEADERS: [&str; 9] = [
 ];
 
 /// `mode: http`: the sidecar speaks HTTP to both sides and tells the app the client in headers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// What happens to forwarding headers (`x_forwarded_for`, `x_real_ip`, `forwarded` and the
@@ -48,7 +48,10 @@ pub struct HttpConfig {
     pub tls: Option<TlsConfig>,
     /// More request headers to remove from every request, on top of [`PROXY_HEADERS`] (which
     /// `client_headers: strip` removes, whatever this says): a header this app trusts.
-    #[serde(deserialize_with = "header_names")]
+    #[serde(
+        deserialize_with = "header_names",
+        serialize_with = "write_header_names"
+    )]
     pub strip_headers: Vec<HeaderName>,
     /// Pass `CONNECT` requests to the app (which may then open a tunnel past the sidecar's
     /// header rewrite). Off: `CONNECT` gets `405`.
@@ -85,8 +88,13 @@ fn header_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HeaderName>, D::E
         .collect()
 }
 
+/// Writes a list of header names as [`header_names`] reads it.
+fn write_header_names<S: Serializer>(names: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(names.iter().map(HeaderName::as_str))
+}
+
 /// What the sidecar does with forwarding headers the request already carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientHeaders {
     /// Remove them, and the rest of the family ([`PROXY_HEADERS`]): anyone can write
@@ -113,6 +121,16 @@ impl HeaderSlot {
 impl<'de> Deserialize<'de> for HeaderSlot {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(SlotVisitor).map(Self)
+    }
+}
+
+impl Serialize for HeaderSlot {
+    /// The name, or `false` for none, as [`SlotVisitor`] reads them.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(name) => s.serialize_str(name.as_str()),
+            None => s.serialize_bool(false),
+        }
     }
 }
 
@@ -155,7 +173,7 @@ impl<'de> de::Visitor<'de> for SlotVisitor {
 
 /// Request headers made from the PROXY header's TLVs; each unset one is not written. A client's
 /// own copy of a configured header is always removed, present TLV or not.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlvHeaders {
     /// `PP2_TYPE_AUTHORITY` (0x02): the host name the client asked for (SNI).
@@ -196,7 +214,7 @@ impl TlvHeaders {
 }
 
 /// TLS termination: the certificate the sidecar presents, reloaded when its files change.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain, leaf first.
@@ -205,10 +223,7 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// How often the files are checked for a new certificate (Kubernetes Secret updates,
     /// cert-manager renewals).
-    #[serde(
-        default = "default_reload_interval",
-        deserialize_with = "crate::duration::deserialize"
-    )]
+    #[serde(default = "default_reload_interval", with = "crate::duration")]
     pub reload_interval: Duration,
 }
 

@@ -7,8 +7,9 @@
 //!
 //! The schema is split by what it describes, each module below the ones that use it: `config`
 //! (the file and its shared keys), `listener`, `policies` (the per-listener choices), `tlv`,
-//! `udp`, `http` and `limits`; `load` reads and `validate` checks a file. Serde only: the
-//! injector parses the sidecar's file with it too.
+//! `udp`, `http` and `limits`; `load` reads, `validate` checks and `write` writes a file (keys
+//! at their defaults left out). Serde only: the injector writes each pod's sidecar file with
+//! it, and parses it back.
 
 mod config;
 mod duration;
@@ -21,6 +22,7 @@ mod policies;
 mod tlv;
 mod udp;
 mod validate;
+mod write;
 
 pub use self::{
     config::{Config, DEFAULT_AGENT_SOCKET, OtlpConfig, OtlpProtocol, TransparentConfig},

@@ -5,10 +5,10 @@
 
 use std::{num::NonZeroUsize, time::Duration};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `http.limits`: the resources one listener's HTTP side may use.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpLimits {
     /// The largest request head (request line and headers; HTTP/2: the decoded header list),
@@ -19,17 +19,17 @@ pub struct HttpLimits {
     /// How long a client has for the TLS handshake, for the first bytes of a connection and for
     /// each whole request head (slowloris). HTTP/1.1: the timer starts when the connection
     /// goes idle after a response, so an idle keep-alive connection is closed after it too.
-    #[serde(deserialize_with = "crate::duration::deserialize")]
+    #[serde(with = "crate::duration")]
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed gracefully (HTTP/2 gets
     /// a GOAWAY; pings do not keep it open). HTTP/1.1 is closed sooner when
     /// `header_read_timeout` is shorter.
-    #[serde(deserialize_with = "crate::duration::deserialize")]
+    #[serde(with = "crate::duration")]
     pub keep_alive_timeout: Duration,
     /// A connection whose requests in flight make no progress for this long (no request
     /// started, no body frame either way: a client that stopped reading or sending) is closed,
     /// so that its slots of `max_requests_in_flight` come back.
-    #[serde(deserialize_with = "crate::duration::deserialize")]
+    #[serde(with = "crate::duration")]
     pub stream_idle_timeout: Duration,
     /// HTTP/2: streams one connection may have open at once.
     pub h2_max_concurrent_streams: u32,
@@ -151,12 +151,12 @@ impl HttpLimits {
 
 /// `admin`: the `/metrics`, `/healthz`, `/readyz` endpoint is reachable by anything that can
 /// reach the pod, so it is bounded like a listener.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// How long a scraper or probe has to send its request head; idle connections are closed
     /// after it too.
-    #[serde(deserialize_with = "crate::duration::deserialize")]
+    #[serde(with = "crate::duration")]
     pub header_timeout: Duration,
     /// Connections served at once; further ones are closed at accept (counted).
     pub max_connections: NonZeroUsize,

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     http::HttpConfig,
@@ -15,7 +15,7 @@ use crate::{
 
 /// One listener: an address the load balancer connects to, the app it forwards to, and how the
 /// client address is handed over.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// A name for logs and metrics; defaults to the listen address.
@@ -43,17 +43,11 @@ pub struct ListenerConfig {
     #[serde(default)]
     pub allow_loopback_clients: bool,
     /// A connection that has not completed its header by then is closed (slowloris).
-    #[serde(
-        default = "defaults::header_timeout",
-        deserialize_with = "crate::duration::deserialize"
-    )]
+    #[serde(default = "defaults::header_timeout", with = "crate::duration")]
     pub header_timeout: Duration,
     /// With `header: optional`, how long to wait for the first byte before treating the
     /// connection as headerless, so that protocols where the server speaks first still work.
-    #[serde(
-        default = "defaults::detect_timeout",
-        deserialize_with = "crate::duration::deserialize"
-    )]
+    #[serde(default = "defaults::detect_timeout", with = "crate::duration")]
     pub detect_timeout: Duration,
     /// The largest v2 header accepted, in bytes (fixed part, addresses and TLVs).
     #[serde(default = "defaults::max_header_len")]
@@ -106,10 +100,7 @@ pub struct ListenerConfig {
     #[serde(default)]
     pub reply_header: bool,
     /// `udp`: a client flow with no datagram either way for this long is closed.
-    #[serde(
-        default = "udp::defaults::flow_idle_timeout",
-        deserialize_with = "crate::duration::deserialize"
-    )]
+    #[serde(default = "udp::defaults::flow_idle_timeout", with = "crate::duration")]
     pub flow_idle_timeout: Duration,
     /// `udp`: client flows served at once; a new one beyond it closes the flow idle the longest.
     #[serde(default = "udp::defaults::max_flows")]

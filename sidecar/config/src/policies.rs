@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// How the app → load balancer bytes of an `ebpf` listener travel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FastPathMode {
     /// Through the sidecar (splice or copy), like the other direction.
@@ -84,7 +84,7 @@ pub enum HeaderPolicy {
 }
 
 /// What a header from an untrusted source gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UntrustedPolicy {
     /// Close the connection.
@@ -95,7 +95,7 @@ pub enum UntrustedPolicy {
 }
 
 /// What an `ebpf` listener does when the pod's map has no room for a new connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MapFullPolicy {
     /// Deliver the connection; the app sees the sidecar as its peer.
@@ -106,7 +106,7 @@ pub enum MapFullPolicy {
 }
 
 /// What a `transparent` listener does when the client's address and port are taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PortInUsePolicy {
     /// Connect from the client's address with a port the kernel chooses: the app sees the

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use trueip_proxy_header::kind;
 
 /// A TLV type in the allow-list, written as a name (`authority`) or a number (`0xEA`, `234`).
@@ -72,5 +72,15 @@ impl<'de> Deserialize<'de> for TlvKind {
             }
         }
         d.deserialize_any(Visitor)
+    }
+}
+
+impl Serialize for TlvKind {
+    /// By name where it has one (as users write them), by number otherwise.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match TLV_NAMES.iter().find(|&&(_, k)| k == self.0) {
+            Some((name, _)) => s.serialize_str(name),
+            None => s.serialize_u8(self.0),
+        }
     }
 }

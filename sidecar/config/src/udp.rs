@@ -1,10 +1,10 @@
 //! The UDP keys of a listener (`protocol: udp`): the protocol and header placement and their
 //! defaults (what a UDP listener refuses is checked in `validate`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What a listener receives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {
     /// TCP connections.
@@ -15,7 +15,7 @@ pub enum Protocol {
 }
 
 /// Which datagrams of a UDP listener carry a PROXY v2 header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatagramHeader {
     /// Every datagram (go-mmproxy, caddy-l4, LoxiLB): the flow is the header's client.
