@@ -9,12 +9,12 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{
+use crate::topology::Topology;
+use trueip_test_kit::{
     names::{PREFIX, is_stale, unique_suffix},
     prereq::{BPFFS, trueip_binary},
     process::{Launch, Proc},
     run::{self, wait_for},
-    topology::Topology,
 };
 
 /// How long the agent gets to load its programs and open its socket.

@@ -11,13 +11,13 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{
+use crate::topology::Topology;
+use trueip_test_kit::{
     cgroup::Cgroup,
     netns::Netns,
     prereq::own_binary,
     process::{Launch, Proc},
     run::wait_for,
-    topology::Topology,
 };
 
 /// Read and write timeout of the client socket.

@@ -17,7 +17,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use trueip_test_kit::kube::{Operation, admission_review, documents};
 
-use crate::{netns::Netns, oci::workspace_root, prereq::skip, run};
+use crate::oci::workspace_root;
+use trueip_test_kit::{netns::Netns, prereq::skip, run};
 
 /// The Kubernetes version the chart is rendered for.
 pub const KUBE_VERSION: &str = "1.33.0";

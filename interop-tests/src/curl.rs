@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{netns::Netns, run};
+use trueip_test_kit::{netns::Netns, run};
 
 /// curl's own limit for a whole request; the process is killed a little later regardless.
 const MAX_TIME: Duration = Duration::from_secs(10);

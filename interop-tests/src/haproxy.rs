@@ -7,11 +7,11 @@ use std::{fmt::Write as _, net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{
+use crate::topology::Topology;
+use trueip_test_kit::{
     netns::Netns,
     process::{Launch, Proc},
     run,
-    topology::Topology,
 };
 
 /// How long HAProxy gets to validate its configuration and to start listening.

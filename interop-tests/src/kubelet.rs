@@ -42,10 +42,10 @@ use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::{
+use crate::oci::Image;
+use trueip_test_kit::{
     cgroup::Cgroup,
     netns::Netns,
-    oci::Image,
     process::{Launch, Proc},
     run,
 };

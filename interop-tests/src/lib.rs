@@ -4,14 +4,15 @@
 //! with veth pairs for IPv4 and IPv6, and tears them down when dropped, also on panic. The peer
 //! modules start the Debian packages the tests talk to ([`haproxy`], [`nginx`], [`curl`]),
 //! [`sidecar`] and [`agent`] start the trueip binaries under test, and [`app`] drives the tests'
-//! own unmodified app, `trueip-echo-app`. [`Cgroup`] stands in for a pod's cgroup v2. Namespaces,
-//! cgroups, processes and the harness come from the shared test kit (`trueip-test-kit`). [`cluster`]
-//! (helm, controllers, the apiserver's webhook call) and [`kubelet`] (pods run from the [`oci`]
-//! images, in kubelet-shaped cgroups) stand in for a Kubernetes node.
+//! own unmodified app, `trueip-echo-app`. [`cluster`] (helm, controllers, the apiserver's webhook
+//! call) and [`kubelet`] (pods run from the [`oci`] images, in kubelet-shaped cgroups) stand in
+//! for a Kubernetes node. Namespaces, cgroups, processes, skips and the harness come from the
+//! shared test kit, `trueip-test-kit`, on which all of this is built.
 //!
 //! Unlike the usual `#![cfg(test)]` interop crate, this is a normal library: `trueip-demo`
 //! (`make demo`) builds the same scenario. Everything here needs root and `ip`; the tests check
-//! that first ([`prereq::require`]) and are reported as skipped (ignored), never as passed.
+//! that first (the kit's `prereq::require`) and are reported as skipped (ignored), never as
+//! passed.
 //!
 //! Every process's output goes to `<name>.log` in the topology's scratch directory, which is
 //! deleted afterwards unless the test panicked or `TRUEIP_KEEP_LOGS` is set
@@ -35,6 +36,3 @@ pub mod topology;
 pub mod udp;
 
 pub use topology::{Family, Topology};
-pub use trueip_test_kit::{Cgroup, Launch, Need, Netns, Proc};
-/// The test kit's modules, under the paths the tests and the peers' modules here use.
-pub use trueip_test_kit::{cgroup, names, netns, prereq, process, run};

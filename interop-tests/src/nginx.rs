@@ -13,11 +13,11 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{
+use crate::topology::Topology;
+use trueip_test_kit::{
     cgroup::Cgroup,
     process::{Launch, Proc},
     run::wait_for,
-    topology::Topology,
 };
 
 /// `examples/nginx/nginx.conf`, embedded so that the demo binary runs from anywhere.

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
-use crate::run;
+use trueip_test_kit::run;
 
 /// Unpacking one small image takes well under this.
 const TAR_TIMEOUT: Duration = Duration::from_secs(60);

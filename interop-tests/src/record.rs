@@ -5,12 +5,12 @@ use std::{fmt::Write as _, net::SocketAddr, time::Duration};
 
 use anyhow::{Context, Result};
 
-use crate::{
+use crate::topology::Topology;
+use trueip_test_kit::{
     netns::Netns,
     prereq::own_binary,
     process::{Launch, Proc},
     run::wait_for,
-    topology::Topology,
 };
 
 /// A connection that has sent something and then nothing for this long is recorded as is.

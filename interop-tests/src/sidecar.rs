@@ -5,11 +5,11 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Result;
 
-use crate::{
+use crate::topology::Topology;
+use trueip_test_kit::{
     netns::Netns,
     prereq::trueip_binary,
     process::{Launch, Proc},
-    topology::Topology,
 };
 
 /// How long the sidecar gets to start listening (longer in eBPF mode: it asks the agent first).

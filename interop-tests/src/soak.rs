@@ -31,11 +31,11 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::{
     app::{EchoApp, Fnv1a},
     haproxy::{self, Route, SendProxy},
-    process::Proc,
     sidecar,
     stats::{Usage, quantile},
     topology::{Family, Topology},
 };
+use trueip_test_kit::process::Proc;
 
 /// Largest RSS growth of a sidecar between the two quiet points, in KiB (allocator slack and
 /// tokio's per-worker caches; a per-connection leak at the soak's rate exceeds it quickly).

@@ -28,7 +28,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use trueip_proxy_header::Transport;
 
-use crate::netns::Netns;
+use trueip_test_kit::netns::Netns;
 
 /// Read and write timeout of the test client.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::run;
+use trueip_test_kit::run;
 
 /// The server name clients send (SNI) and the server certificate is for.
 pub const SERVER_NAME: &str = "lb.trueip.test";

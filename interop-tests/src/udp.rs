@@ -19,13 +19,13 @@ use trueip_proxy_header::{
     Addresses, Command, Header, Limits, Tlvs, Transport, Version, decode_datagram,
 };
 
-use crate::{
+use crate::topology::Topology;
+use trueip_test_kit::{
     cgroup::Cgroup,
     netns::Netns,
     prereq::own_binary,
     process::{Launch, Proc},
     run::wait_for,
-    topology::Topology,
 };
 
 /// How long a client waits for its echo.

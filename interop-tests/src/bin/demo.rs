@@ -21,13 +21,16 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use trueip_interop_tests::{
-    Cgroup, Family, Need, Proc, Topology,
+    Family, Topology,
     agent::Agent,
     curl,
     haproxy::{self, Route, SendProxy},
     nginx::{self, Nginx, logged_client, logged_remote_addr},
-    prereq::{self, BPFFS},
     sidecar,
+};
+use trueip_test_kit::{
+    Cgroup, Need, Proc,
+    prereq::{self, BPFFS},
 };
 
 /// Where the agent pins its programs, maps and links for the demo; removed afterwards.
@@ -147,7 +150,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            trueip_interop_tests::run::note(&format!("trueip-demo: {e:#}"));
+            trueip_test_kit::run::note(&format!("trueip-demo: {e:#}"));
             ExitCode::FAILURE
         }
     }

@@ -5,7 +5,8 @@
 use std::{io::Write, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
-use trueip_interop_tests::{Need, prereq, run, soak};
+use trueip_interop_tests::soak;
+use trueip_test_kit::{Need, prereq, run};
 
 const DEFAULT_SECONDS: u64 = 600;
 

@@ -3,11 +3,11 @@
 
 use anyhow::{Context, Result, ensure};
 use trueip_interop_tests::{
-    Family, Need, Topology, curl,
+    Family, Topology, curl,
     nginx::{self, Nginx, logged_client},
-    prereq::require,
     sidecar::{self, REJECT_REASON},
 };
+use trueip_test_kit::{Need, prereq::require};
 
 use crate::{TIMEOUT, TRUSTED_LB, sidecar_addr};
 

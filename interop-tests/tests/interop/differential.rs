@@ -8,10 +8,11 @@ use std::{
 };
 
 use anyhow::{Result, ensure};
-use trueip_interop_tests::{Need, Topology, haproxy, prereq::require};
+use trueip_interop_tests::{Topology, haproxy};
 use trueip_proxy_header::{
     Addresses, Command, Header, Limits, Tlvs, Transport, Version, decode, kind,
 };
+use trueip_test_kit::{Need, prereq::require};
 
 use crate::TIMEOUT;
 

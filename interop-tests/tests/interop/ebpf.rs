@@ -11,15 +11,15 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use trueip_interop_tests::{
-    Cgroup, Family, Need, Netns, Proc, Topology,
+    Family, Topology,
     agent::Agent,
     app::{Conn, EchoApp, exchange},
     curl,
     haproxy::{self, Route, SendProxy},
     nginx::{self, Nginx, logged_remote_addr},
-    prereq::require,
     sidecar,
 };
+use trueip_test_kit::{Cgroup, Need, Netns, Proc, prereq::require};
 
 use crate::{LB_PORT, SIDECAR_PORT, TIMEOUT, lb_addr};
 

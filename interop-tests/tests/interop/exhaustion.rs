@@ -11,14 +11,13 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use trueip_interop_tests::{
-    Family, Need, Topology,
+    Family, Topology,
     app::EchoApp,
-    prereq::require,
-    run::wait_for,
     sidecar,
     stats::{Usage, quantile, raise_fd_limit},
 };
 use trueip_proxy_header::{Addresses, Command, Header, Tlvs, Transport, Version};
+use trueip_test_kit::{Need, prereq::require, run::wait_for};
 
 use crate::{TRUSTED_LB, sidecar_addr};
 

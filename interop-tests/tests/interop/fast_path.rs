@@ -19,12 +19,15 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use trueip_interop_tests::{
-    Cgroup, Family, Launch, Need, Proc, Topology,
+    Family, Topology,
     agent::Agent,
-    prereq::{own_binary, require},
-    run::wait_for,
     sidecar,
     stream::{PatternCheck, StreamConn},
+};
+use trueip_test_kit::{
+    Cgroup, Launch, Need, Proc,
+    prereq::{own_binary, require},
+    run::wait_for,
 };
 
 use crate::TIMEOUT;

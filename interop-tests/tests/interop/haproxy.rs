@@ -5,12 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::{Result, ensure};
 use trueip_interop_tests::{
-    Family, Need, Topology,
+    Family, Topology,
     app::{EchoApp, exchange, fnv1a, random_bytes},
     haproxy::{self, Route, SendProxy},
-    prereq::require,
     sidecar::{self, REJECT_REASON},
 };
+use trueip_test_kit::{Need, prereq::require};
 
 use crate::{TIMEOUT, TRUSTED_LB, lb_addr, sidecar_addr};
 

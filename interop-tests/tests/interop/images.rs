@@ -8,10 +8,8 @@
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
-use trueip_interop_tests::{
-    oci::{self, Image},
-    prereq::skip,
-};
+use trueip_interop_tests::oci::{self, Image};
+use trueip_test_kit::prereq::skip;
 
 /// Each image, and the user it must run as.
 const IMAGES: [(&str, &str); 3] = [

@@ -18,18 +18,21 @@ use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use trueip_interop_tests::{
-    Family, Need, Topology,
+    Family, Topology,
     app::{Conn, Served},
     cluster::{self, Helm, Webhook},
     haproxy::{self, Route, SendProxy},
     kubelet::{CgroupDriver, Node, Qos, RunningPod},
-    names::{PREFIX, unique_suffix},
     oci::{self, Image},
-    prereq::{self, require, skip},
-    run,
     tls::Pki,
 };
 use trueip_test_kit::kube;
+use trueip_test_kit::{
+    Need,
+    names::{PREFIX, unique_suffix},
+    prereq::{self, require, skip},
+    run,
+};
 
 use crate::{LB_PORT, TIMEOUT};
 
@@ -311,7 +314,7 @@ fn install_and_serve(driver: CgroupDriver) -> Result<()> {
 fn edited_configuration_is_refused(
     node: &Node<'_>,
     admitted: &Value,
-    netns: &trueip_interop_tests::Netns,
+    netns: &trueip_test_kit::Netns,
     ip: IpAddr,
 ) -> Result<()> {
     let mut edited = admitted.clone();

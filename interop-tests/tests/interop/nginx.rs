@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result, ensure};
 use trueip_interop_tests::{
-    Family, Need, Topology, curl,
+    Family, Topology, curl,
     haproxy::{self, Route, SendProxy},
     nginx::{self, Nginx, logged_client, logged_remote_addr},
-    prereq::require,
     sidecar,
 };
+use trueip_test_kit::{Need, prereq::require};
 
 use crate::{TRUSTED_LB, lb_addr, sidecar_addr};
 

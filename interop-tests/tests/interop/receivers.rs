@@ -14,14 +14,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use trueip_interop_tests::{
-    Family, Need, Proc, Topology, haproxy,
+use trueip_interop_tests::{Family, Topology, haproxy, sidecar};
+use trueip_proxy_header::{Addresses, Command, Header, Tlvs, Transport, Version, kind};
+use trueip_test_kit::{
+    Need, Proc,
     prereq::{find_program, require},
     process::Launch,
     run::{self, wait_for},
-    sidecar,
 };
-use trueip_proxy_header::{Addresses, Command, Header, Tlvs, Transport, Version, kind};
 
 use crate::{TIMEOUT, TRUSTED_LB};
 

@@ -11,13 +11,17 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use trueip_interop_tests::{
-    Family, Need, Topology, curl, haproxy,
-    prereq::{self, require},
-    process::Launch,
+    Family, Topology, curl, haproxy,
     record::{RecordApp, Recording},
-    run, sidecar, tls,
+    sidecar, tls,
 };
 use trueip_proxy_header::{Command, Header, Limits, Ssl, decode};
+use trueip_test_kit::{
+    Need,
+    prereq::{self, require},
+    process::Launch,
+    run,
+};
 
 use crate::{SIDECAR_PORT, TIMEOUT, TRUSTED_LB, sidecar_addr};
 
@@ -47,7 +51,7 @@ fn recording_for(recs: &[Recording], client: SocketAddr) -> Result<(Header, Vec<
 }
 
 /// A `proxy-v2` sidecar with [`REEMIT`] in front of the recorder, trusting `trusted`.
-fn reemitting_sidecar(topo: &Topology, trusted: &[&str]) -> Result<trueip_interop_tests::Proc> {
+fn reemitting_sidecar(topo: &Topology, trusted: &[&str]) -> Result<trueip_test_kit::Proc> {
     let listen = sidecar_addr(Family::V4);
     let launch = sidecar::launch("sidecar", listen, RECORDER, "proxy-v2", trusted)?.args(REEMIT);
     sidecar::start(topo, &topo.pod, launch, listen)

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use trueip_interop_tests::{Need, prereq::require, soak};
+use trueip_interop_tests::soak;
+use trueip_test_kit::{Need, prereq::require};
 
 pub(crate) fn soak_short_form_with_app_restart_and_graceful_drain() -> Result<()> {
     require(&[Need::Haproxy, Need::Sidecar])?;

@@ -13,15 +13,15 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Result, ensure};
 use trueip_interop_tests::{
-    Cgroup, Family, Need, Proc, Topology,
+    Family, Topology,
     agent::Agent,
     app::{EchoApp, exchange},
     curl,
     haproxy::{self, Route, SendProxy},
     nginx::{self, Nginx, logged_remote_addr},
-    prereq::require,
     sidecar,
 };
+use trueip_test_kit::{Cgroup, Need, Proc, prereq::require};
 
 use crate::{TIMEOUT, lb_addr};
 

@@ -19,15 +19,18 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use trueip_interop_tests::{
-    Family, Launch, Need, Netns, Proc, Topology,
+    Family, Topology,
     app::{EchoApp, exchange, fnv1a, random_bytes},
     curl,
     haproxy::{self, Route, SendProxy},
     nginx::{self, Nginx, logged_remote_addr},
+};
+use trueip_proxy_header::{Addresses, Command as HeaderCommand, Header, Tlvs, Transport, Version};
+use trueip_test_kit::{
+    Launch, Need, Netns, Proc,
     prereq::{find_program, require, skip, trueip_binary},
     run,
 };
-use trueip_proxy_header::{Addresses, Command as HeaderCommand, Header, Tlvs, Transport, Version};
 
 use crate::{SIDECAR_PORT, TIMEOUT, lb_addr, sidecar_addr};
 

@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result, ensure};
 use trueip_interop_tests::{
-    Cgroup, Family, Need, Netns, Proc, Topology,
+    Family, Topology,
     agent::Agent,
     app::fnv1a,
-    prereq::require,
     sidecar,
     udp::{self, HeaderLb, UdpEchoApp, header, udp_header},
 };
 use trueip_proxy_header::Transport;
+use trueip_test_kit::{Cgroup, Need, Netns, Proc, prereq::require};
 
 use crate::{LB_PORT, TIMEOUT, TRUSTED_LB, sidecar_addr};
 
@@ -251,7 +251,7 @@ pub(crate) fn udp_bad_datagrams_are_dropped_and_counted_by_reason() -> Result<()
     udp::send_raw(&topo.lb, lb_side, sidecar_addr(family), &good)?;
     let got = app.wait_datagrams(1, TIMEOUT)?;
     let dropped = "trueip_udp_datagrams_dropped_total";
-    let text = trueip_interop_tests::run::wait_for("every drop to be counted", TIMEOUT, || {
+    let text = trueip_test_kit::run::wait_for("every drop to be counted", TIMEOUT, || {
         let text = udp::metrics(&topo.pod, metrics_addr())?;
         let all = cases
             .iter()

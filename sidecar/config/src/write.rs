@@ -130,7 +130,8 @@ transparent: {table: 100}
                 "{left_out} written in\n{written}"
             );
         }
-        let minimal = "listeners:\n- listen: 0.0.0.0:8080\n  upstream: 127.0.0.1:80\n  header: off\n";
+        let minimal =
+            "listeners:\n- listen: 0.0.0.0:8080\n  upstream: 127.0.0.1:80\n  header: off\n";
         assert_eq!(
             Config::from_yaml(minimal).unwrap().to_yaml().unwrap(),
             minimal
