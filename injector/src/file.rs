@@ -232,6 +232,9 @@ pub(crate) fn check_template(template: &SidecarTemplate) -> Result<(), ConfigErr
         })
     };
     let config = sidecar_config(&sample, &planned, template, &HttpConfig::default());
+    // The file as pods get it (the writer's keys) reads back, ...
+    Config::from_yaml(&config.to_yaml().map_err(parse_error)?)?;
+    // ... and so does the chart's `http` section, as it is, in a whole file.
     let mut file = serde_norway::to_value(&config).map_err(parse_error)?;
     if let Some(listener) = file.get_mut("listeners").and_then(|l| l.get_mut(0))
         && let Some(listener) = listener.as_mapping_mut()

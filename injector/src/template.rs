@@ -63,9 +63,9 @@ pub(crate) struct SidecarTemplate {
     #[serde(default)]
     pub(crate) allow_loopback_clients: bool,
     /// The `http` section of every listener in `http` mode, in the sidecar's own keys
-    /// (`client_headers`, `limits.max_request_head`, ...). Passed through as it is; the
-    /// sidecar's parser checks it when the file is read (the injector does it once at start,
-    /// with a sample listener). `tls` is refused: the injector mounts no certificate.
+    /// (`client_headers`, `limits.max_request_head`, ...). Checked once at start as it is, by
+    /// the sidecar's parser in a sample listener, then read as the sidecar's `HttpConfig` for
+    /// each pod's file. `tls` is refused: the injector mounts no certificate.
     #[serde(default, deserialize_with = "mapping_or_null")]
     pub(crate) http: Mapping,
     /// Bounds of the sidecar's `/metrics`, `/healthz`, `/readyz` endpoint (when served).

@@ -6,9 +6,10 @@
 //! `harness = false` main that reports such a test as skipped, never as passed ([`harness`]),
 //! and Kubernetes objects as a chart renders them and the apiserver sends them ([`kube`]).
 //!
-//! Used by the interop tests and the demo (`trueip-interop-tests`), the benchmarks and the
-//! agent's privileged tests, so that each of them builds on one kit. Everything here needs
-//! root and `ip` (iproute2); tests check that first with [`prereq::require`].
+//! Used by the interop tests and the demo (`trueip-interop-tests`), the benchmarks, the
+//! agent's privileged tests and the injector's chart tests, so that each of them builds on one
+//! kit. Namespaces, cgroups and placed processes need root and `ip` (iproute2); tests check
+//! that first with [`prereq::require`]. `harness`, `kube`, `names` and `run` need neither.
 
 pub mod cgroup;
 pub mod child;

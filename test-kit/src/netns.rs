@@ -38,10 +38,13 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates the namespace `name` with loopback up. Kit-made names start with
-    /// [`PREFIX`] and a [`unique_suffix`], so that a dead run's leftovers are found
-    /// ([`remove_stale`]).
+    /// Creates the namespace `name` with loopback up. `name` must start with [`PREFIX`] and a
+    /// [`unique_suffix`] (`tip-<pid>-<n>-…`): only such names are found as a dead run's
+    /// leftovers ([`remove_stale`]) and never clash with another run's.
     pub fn create(name: String) -> Result<Self> {
+        if !name.starts_with(PREFIX) {
+            bail!("network namespace {name:?}: the kit's names start with {PREFIX:?}");
+        }
         ip(&["netns", "add", &name])?;
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"])?;

@@ -150,7 +150,7 @@ pub fn own_binary(name: &str) -> Result<PathBuf> {
         .join(name);
     if !bin.is_file() {
         bail!(
-            "{} is not built; build it with `cargo build -p trueip-interop-tests`",
+            "{} is not built; build the bins of the test's crate (`cargo build --bins -p <crate>`)",
             bin.display()
         );
     }

@@ -147,6 +147,7 @@ impl<'a> Launch<'a> {
             name: self.name,
             child,
             log,
+            killed: false,
         };
         if let Some(cgroup) = self.cgroup {
             cgroup.add(proc.pid())?;
@@ -165,6 +166,9 @@ pub struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
+    /// Killed with its group and reaped: its pid (the group's id) may belong to another
+    /// process by now, so it gets no signal any more.
+    killed: bool,
 }
 
 impl Proc {
@@ -264,9 +268,13 @@ impl Proc {
         self.signal(Signal::SIGKILL);
         // Reaping cannot fail for a child that was spawned and not yet waited for.
         let _ = self.child.wait();
+        self.killed = true;
     }
 
     fn signal(&self, signal: Signal) {
+        if self.killed {
+            return;
+        }
         if let Ok(pgid) = i32::try_from(self.child.id()).map(Pid::from_raw) {
             // ESRCH means it is gone already, which is the goal.
             let _ = killpg(pgid, signal);

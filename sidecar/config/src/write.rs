@@ -1,51 +1,72 @@
 //! Writing a configuration as a file the sidecar reads: what the injector puts in a pod's
-//! annotation. Only keys that differ from their defaults are written, so the annotation stays
-//! as short as what a user would write by hand, and a default that a newer sidecar changes
-//! applies to pods injected before it.
+//! annotation. Keys at their defaults are left out, so the annotation stays about as short as
+//! what a user would write by hand, except for what decides whom the sidecar trusts and what
+//! the app is told: a listener's addresses, mode, header and trust policy, and the agent's
+//! socket are always written, and an `http` listener's section is written whole once any of
+//! it differs from the defaults. So a sidecar image of another release, whose defaults may
+//! differ, still runs the policy the injector decided; only a section left entirely at its
+//! defaults takes the image's (the chart runs the sidecar of its own release).
 
 use serde_norway::{Mapping, Value};
 
-use crate::{config::Config, listener::ListenerConfig};
+use crate::{config::Config, listener::ListenerConfig, policies::Mode};
 
-/// Keys written even at their default: a listener's addresses (the file needs them), and the
-/// list of listeners.
-const ALWAYS_WRITTEN: [&str; 3] = ["listen", "upstream", "listeners"];
+/// A listener's keys that are always written, whole.
+const LISTENER_POLICY: [&str; 6] = [
+    "listen",
+    "upstream",
+    "mode",
+    "header",
+    "trusted_sources",
+    "untrusted",
+];
+
+/// The file's keys that are always written, whole (the listeners are pruned one by one).
+const FILE_POLICY: [&str; 2] = ["listeners", "agent_socket"];
 
 impl Config {
-    /// The YAML text of this configuration, without the keys at their defaults; parsing it
-    /// back gives this configuration.
+    /// The YAML text of this configuration, without the keys at their defaults (but for the
+    /// policy keys of the module's description); parsing it back gives this configuration.
     pub fn to_yaml(&self) -> Result<String, serde_norway::Error> {
         let mut file = serde_norway::to_value(self)?;
         let defaults = serde_norway::to_value(Self::with_listeners(Vec::new()))?;
         if let Some(Value::Sequence(listeners)) = file.get_mut("listeners") {
             for (written, listener) in listeners.iter_mut().zip(&self.listeners) {
-                let default = ListenerConfig::new(listener.listen, listener.upstream);
-                prune(written, &serde_norway::to_value(default)?);
+                let default = serde_norway::to_value(ListenerConfig::new(
+                    listener.listen,
+                    listener.upstream,
+                ))?;
+                let mut whole = LISTENER_POLICY.to_vec();
+                if listener.mode == Mode::Http && written.get("http") != default.get("http") {
+                    whole.push("http");
+                }
+                prune(written, &default, &whole);
             }
         }
-        prune(&mut file, &defaults);
+        prune(&mut file, &defaults, &FILE_POLICY);
         serde_norway::to_string(&file)
     }
 }
 
 /// Removes from the mapping `value` every key whose value is its value in `default`, going
-/// into nested mappings that differ (a listener's `http.limits`, say).
-fn prune(value: &mut Value, default: &Value) {
+/// into nested mappings that differ (a listener's `limits`, say); the keys in `whole` stay as
+/// they are.
+fn prune(value: &mut Value, default: &Value, whole: &[&str]) {
     let (Value::Mapping(map), Value::Mapping(defaults)) = (value, default) else {
         return;
     };
-    map.retain(|key, value| keep(key, value, defaults));
+    map.retain(|key, value| keep(key, value, defaults, whole));
 }
 
-/// Whether `key` stays: always-written, not in `defaults`, or different from it there.
-fn keep(key: &Value, value: &mut Value, defaults: &Mapping) -> bool {
-    if key.as_str().is_some_and(|k| ALWAYS_WRITTEN.contains(&k)) {
+/// Whether `key` stays: one of `whole`, not in `defaults`, or different from it there.
+fn keep(key: &Value, value: &mut Value, defaults: &Mapping, whole: &[&str]) -> bool {
+    if key.as_str().is_some_and(|k| whole.contains(&k)) {
         return true;
     }
     match defaults.get(key) {
         Some(default) if default == value => false,
         Some(default) => {
-            prune(value, default);
+            prune(value, default, &[]);
             true
         }
         None => true,
@@ -119,11 +140,11 @@ transparent: {table: 100}
             assert!(written.contains(kept), "{kept} missing from\n{written}");
         }
         for left_out in [
-            "x_forwarded_for",
-            "max_request_head",
             "priority",
             "fast_path",
             "crc32c",
+            "flow_idle_timeout",
+            "drain_timeout: 30s",
         ] {
             assert!(
                 !written.contains(left_out),
@@ -132,9 +153,27 @@ transparent: {table: 100}
         }
         let minimal =
             "listeners:\n- listen: 0.0.0.0:8080\n  upstream: 127.0.0.1:80\n  header: off\n";
+        let with_policy = "listeners:\n- listen: 0.0.0.0:8080\n  upstream: 127.0.0.1:80\n  \
+                           mode: none\n  header: off\n  trusted_sources: []\n  untrusted: reject\n\
+                           agent_socket: /run/trueip/agent.sock\n";
         assert_eq!(
             Config::from_yaml(minimal).unwrap().to_yaml().unwrap(),
-            minimal
+            with_policy
         );
+    }
+
+    #[test]
+    fn the_policy_is_written_even_at_its_defaults() {
+        // An `http` listener's whole section: what the app is told must not depend on the
+        // defaults of whichever sidecar image reads the file.
+        let written = Config::from_yaml(FULL).unwrap().to_yaml().unwrap();
+        for kept in [
+            "x_forwarded_for: x-forwarded-for",
+            "max_request_head:",
+            "untrusted: reject",
+            "agent_socket:",
+        ] {
+            assert!(written.contains(kept), "{kept} missing from\n{written}");
+        }
     }
 }

@@ -45,10 +45,10 @@ pub struct Endpoints {
 impl Endpoints {
     /// A flow's endpoints when no header names them: the load balancer `lb` as the client, the
     /// listener's `local` address as the destination.
-    pub fn unnamed(lb: SocketAddr, local: SocketAddr) -> Self {
+    pub fn unnamed(lb: LbPeer, local: SidecarAddr) -> Self {
         Self {
-            client: LbPeer::new(unmapped(lb)).as_client(),
-            destination: SidecarAddr::new(unmapped(local)).as_original_dst(),
+            client: LbPeer::new(unmapped(lb.addr())).as_client(),
+            destination: SidecarAddr::new(unmapped(local.addr())).as_original_dst(),
         }
     }
 }

@@ -32,7 +32,7 @@ use std::{
 use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 use tokio::{net::UdpSocket, sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
-use trueip_addrs::SidecarAddr;
+use trueip_addrs::{LbPeer, SidecarAddr};
 use trueip_proxy_header::Limits;
 
 pub use self::{
@@ -393,7 +393,8 @@ impl UdpListener {
                 (entry, outcome) = ebpf.record(upstream.port(), sidecar, endpoints.client)?;
             }
             (Restore::ProxyV2 { allowed, crc32c }, endpoints) => {
-                let endpoints = endpoints.unwrap_or(Endpoints::unnamed(lb, shared.local));
+                let unnamed = Endpoints::unnamed(LbPeer::new(lb), SidecarAddr::new(shared.local));
+                let endpoints = endpoints.unwrap_or(unnamed);
                 preamble = app_header(endpoints, inbound.header.as_deref(), allowed, *crc32c);
             }
             _ => {}
@@ -419,9 +420,10 @@ fn reply_prefix(shared: &Shared, inbound: &Inbound, lb: SocketAddr) -> Vec<u8> {
     if !shared.config.reply_header {
         return Vec::new();
     }
-    let endpoints = inbound
-        .endpoints
-        .unwrap_or(Endpoints::unnamed(lb, shared.local));
+    let endpoints = inbound.endpoints.unwrap_or(Endpoints::unnamed(
+        LbPeer::new(lb),
+        SidecarAddr::new(shared.local),
+    ));
     reply_header(endpoints, shared.config.crc32c)
 }
 
