@@ -55,13 +55,18 @@ soak: setup
 	$(CARGO) build --locked -p trueip-sidecar -p trueip-interop-tests --bins
 	TRUEIP_BIN_DIR=$(CURDIR)/target/debug SOAK_SECONDS=$${SOAK_SECONDS:-600} ./target/debug/trueip-soak
 
-# As root: trueip side by side with direct, HAProxy, nginx stream and socat in network namespaces;
-# writes bench/RESULTS.md and bench/results.png. `make bench BENCH_QUICK=1`: one short smoke run.
+# As root: trueip side by side with direct, HAProxy, nginx stream and socat in network namespaces,
+# in two layouts: routed (client → router → pod; bench/RESULTS.md, bench/results.png) and
+# loopback (everything in the pod's namespace; bench/RESULTS-loopback.md, -loopback.png).
+# `make bench BENCH_QUICK=1`: one short smoke run of each.
 # The agent may fail to build on its own: the ebpf row of the results then says why.
 bench: setup
 	$(CARGO) build --release --locked -p trueip-sidecar -p trueip-bench
 	$(CARGO) build --release --locked -p trueip-agent || echo "[bench] trueip-agent did not build: its row will say so"
-	BENCH_QUICK=$(BENCH_QUICK) ./target/release/trueip-bench --out bench/RESULTS.md --plot bench/results.png
+	BENCH_QUICK=$(BENCH_QUICK) ./target/release/trueip-bench --layout routed \
+	    --out bench/RESULTS.md --plot bench/results.png --json bench/results.json
+	BENCH_QUICK=$(BENCH_QUICK) ./target/release/trueip-bench --layout loopback \
+	    --out bench/RESULTS-loopback.md --plot bench/results-loopback.png --json bench/results-loopback.json
 
 clean:
 	$(CARGO) clean

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use trueip_bench::runner::{self, Pins, Plan, Variant, plot, report};
+use trueip_bench::runner::{self, Layout, Pins, Plan, Variant, plot, report};
 
 /// Benchmarks trueip's sidecar against direct, HAProxy, nginx stream and socat.
 #[derive(Debug, Parser)]
@@ -48,7 +48,8 @@ struct Opt {
     idle: Option<Vec<usize>>,
 
     /// Only these variants, comma-separated (direct, none, proxy-v1, none-metrics, none-traces,
-    /// ebpf, ebpf-steering, ebpf-sk-msg, transparent, http, nginx-http, haproxy, nginx, socat).
+    /// none-chart, ebpf, ebpf-steering, ebpf-sk-msg, transparent, http, nginx-http, haproxy,
+    /// nginx, socat).
     #[arg(long, value_delimiter = ',', value_parser = parse_variant)]
     variants: Option<Vec<Variant>>,
 
@@ -69,6 +70,11 @@ struct Opt {
     #[arg(long, value_delimiter = ',', value_parser = ["idle", "bulk", "rr", "conn", "http", "udp"])]
     workloads: Option<Vec<String>>,
 
+    /// Where the load generator runs: `routed` (a client namespace behind a router namespace)
+    /// or `loopback` (the pod's namespace: every byte on loopback, the hop's own cost alone).
+    #[arg(long, default_value = "routed", value_parser = parse_layout)]
+    layout: Layout,
+
     /// Pin the load generator with `taskset -c CPUS`.
     #[arg(long, value_name = "CPUS")]
     pin_client: Option<String>,
@@ -87,6 +93,13 @@ fn parse_variant(s: &str) -> Result<Variant, String> {
         .into_iter()
         .find(|v| v.slug() == s)
         .ok_or_else(|| format!("unknown variant {s:?}"))
+}
+
+fn parse_layout(s: &str) -> Result<Layout, String> {
+    [Layout::Routed, Layout::Loopback]
+        .into_iter()
+        .find(|l| l.name() == s)
+        .ok_or_else(|| format!("unknown layout {s:?}: routed or loopback"))
 }
 
 fn main() -> ExitCode {
@@ -124,6 +137,7 @@ fn run(opt: Opt) -> Result<()> {
     if let Some(w) = opt.workloads {
         plan.workloads = w;
     }
+    plan.layout = opt.layout;
     plan.pin = Pins {
         client: opt.pin_client,
         app: opt.pin_app,

@@ -31,7 +31,7 @@ use crate::{
     udp::UdpResult,
     wire::AppStats,
 };
-pub use plan::{Pins, Plan};
+pub use plan::{Layout, Pins, Plan};
 pub use results::{Results, Samples, idle_label};
 pub use variant::Variant;
 use variant::{APP_PORT, EBPF_APP_PORT, Ebpf, Hop, Programs, STEERED_APP_PORTS};
@@ -154,6 +154,17 @@ fn initial_samples(plan: &Plan, programs: &Programs) -> BTreeMap<Variant, Sample
     {
         s.skipped = Some("`socat` not found (run scripts/setup.sh)".into());
     }
+    if plan.layout == Layout::Loopback {
+        for v in [Variant::TrueipEbpfSteering, Variant::TrueipEbpfSkMsg] {
+            if let Some(s) = samples.get_mut(&v) {
+                s.skipped = Some(
+                    "steering hands over connections from outside the pod only; in the loopback \
+                     layout the load generator is inside it"
+                        .into(),
+                );
+            }
+        }
+    }
     if let Err(e) = &programs.sidecar {
         for v in [
             Variant::TrueipNone,
@@ -161,6 +172,7 @@ fn initial_samples(plan: &Plan, programs: &Programs) -> BTreeMap<Variant, Sample
             Variant::TrueipEbpf,
             Variant::TrueipMetrics,
             Variant::TrueipTraces,
+            Variant::TrueipChart,
             Variant::TrueipTransparent,
             Variant::TrueipHttp,
             Variant::TrueipEbpfSteering,
@@ -461,7 +473,11 @@ impl Ctx<'_> {
 
     /// The load generator aimed at `target` with `variant`'s header.
     fn loadgen_to(&self, variant: Variant, target: SocketAddr) -> Command {
-        let mut cmd = self.topo.client.command("taskset");
+        let netns = match self.plan.layout {
+            Layout::Routed => &self.topo.client,
+            Layout::Loopback => &self.topo.pod,
+        };
+        let mut cmd = netns.command("taskset");
         match &self.plan.pin.client {
             Some(cpus) => cmd.args(["-c", cpus]),
             // All CPUs: the same command line either way.

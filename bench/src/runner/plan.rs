@@ -43,6 +43,33 @@ pub struct Plan {
     /// Workload groups to run: `idle`, `bulk`, `rr`, `conn`, `http`, `udp` (all by default; fewer for
     /// profiling one of them).
     pub workloads: Vec<String>,
+    /// Where the load generator runs: across a router, or on the pod's own loopback.
+    #[serde(default)]
+    pub layout: Layout,
+}
+
+/// Where the load generator runs, which decides what a hop's cost is measured against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// In a client namespace, through a router namespace and veth pairs to the pod: as a load
+    /// balancer's traffic reaches a node.
+    #[default]
+    Routed,
+    /// In the pod's namespace itself, to the pod's address: every byte stays on loopback, so
+    /// no veth or router cost dilutes the hop's own (the second topology).
+    Loopback,
+}
+
+impl Layout {
+    /// The name on the command line and in the report.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Routed => "routed",
+            Self::Loopback => "loopback",
+        }
+    }
 }
 
 impl Plan {
@@ -85,6 +112,7 @@ impl Plan {
             workloads: ["idle", "bulk", "rr", "conn", "http", "udp"]
                 .map(str::to_owned)
                 .to_vec(),
+            layout: Layout::Routed,
         }
     }
 

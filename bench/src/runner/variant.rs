@@ -35,8 +35,17 @@ pub const OTLP_SINK: &str = "127.0.0.1:4318";
 /// (the app keeps its port; the load generator connects to it): `ebpf+steering`, `ebpf+sk_msg`.
 pub const STEERED_APP_PORTS: [u16; 2] = [9002, 9003];
 
-/// The client range the sidecar trusts (the load generator is the "load balancer").
-pub const TRUSTED: &str = "203.0.113.0/24";
+/// The load balancers the sidecar trusts (the load generator is the "load balancer"): the
+/// client namespace's range (routed layout) and the pod's own address, where the load
+/// generator runs in the loopback layout.
+pub const TRUSTED: [&str; 2] = ["203.0.113.0/24", "192.0.2.10/32"];
+
+/// `--trusted` for each of [`TRUSTED`].
+fn trusted_args() -> impl Iterator<Item = String> {
+    TRUSTED
+        .into_iter()
+        .flat_map(|cidr| ["--trusted".to_owned(), cidr.to_owned()])
+}
 
 /// Connections every hop is configured to hold at most (idle workload), with head room; lower
 /// when the open-file limit is lower (HAProxy refuses to start when it cannot get the
@@ -64,6 +73,8 @@ pub enum Variant {
     /// `trueip-sidecar --mode none` exporting every connection's span over OTLP (issue 9's
     /// "traces on at 100 % sampling").
     TrueipTraces,
+    /// `trueip-sidecar --mode none` as the Helm chart runs it: JSON logs and `/metrics` served.
+    TrueipChart,
     /// `trueip-sidecar --mode ebpf` with `trueip-agent`, sidecar and app in a cgroup v2.
     TrueipEbpf,
     /// `trueip-sidecar --mode transparent`: connects to the app from the client's address.
@@ -88,12 +99,13 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in table order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Direct,
         Self::TrueipNone,
         Self::TrueipProxyV1,
         Self::TrueipMetrics,
         Self::TrueipTraces,
+        Self::TrueipChart,
         Self::TrueipEbpf,
         Self::TrueipTransparent,
         Self::TrueipEbpfSteering,
@@ -121,6 +133,7 @@ impl Variant {
             Self::TrueipProxyV1 => "trueip proxy-v1",
             Self::TrueipMetrics => "trueip none + metrics",
             Self::TrueipTraces => "trueip none + traces",
+            Self::TrueipChart => "trueip none, chart defaults",
             Self::TrueipEbpf => "trueip ebpf",
             Self::TrueipTransparent => "trueip transparent",
             Self::TrueipEbpfSteering => "trueip ebpf+steering",
@@ -142,6 +155,7 @@ impl Variant {
             Self::TrueipProxyV1 => "proxy-v1",
             Self::TrueipMetrics => "none-metrics",
             Self::TrueipTraces => "none-traces",
+            Self::TrueipChart => "none-chart",
             Self::TrueipEbpf => "ebpf",
             Self::TrueipTransparent => "transparent",
             Self::TrueipEbpfSteering => "ebpf-steering",
@@ -172,6 +186,7 @@ impl Variant {
             Self::TrueipTransparent => 8009,
             Self::TrueipHttp => 8010,
             Self::NginxHttp => 8011,
+            Self::TrueipChart => 8012,
         };
         SocketAddr::new(POD_IP, port)
     }
@@ -228,6 +243,9 @@ impl Variant {
             }
             Self::TrueipMetrics => {
                 "as `trueip none`, plus `--metrics-listen 127.0.0.1:9902` (the Prometheus endpoint is served; counters are updated in every variant)"
+            }
+            Self::TrueipChart => {
+                "as `trueip none`, with what the Helm chart's sidecars run with: `--log-format json` (the chart's `sidecar.logFormat`) and `/metrics` served (`--metrics-listen 127.0.0.1:9903`)"
             }
             Self::TrueipTraces => {
                 "as `trueip none`, plus `OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318`, `http/protobuf`, `OTEL_TRACES_SAMPLER=always_on`: one span per connection, batched and exported to a sink in the app process that reads and acknowledges every export"
@@ -300,9 +318,8 @@ pub fn start_udp(variant: Variant, topo: &Topology, programs: &Programs) -> Resu
         variant.upstream().to_string(),
         "--mode".to_owned(),
         "none".to_owned(),
-        "--trusted".to_owned(),
-        TRUSTED.to_owned(),
     ])
+    .args(trusted_args())
     .env("NO_COLOR", "1");
     let mut proc = launch.netns(&topo.pod).spawn(topo.dir())?;
     trueip_interop_tests::udp::wait_bound(&topo.pod, &mut proc, target)?;
@@ -361,6 +378,7 @@ pub fn start(
         | Variant::TrueipEbpf
         | Variant::TrueipMetrics
         | Variant::TrueipTraces
+        | Variant::TrueipChart
         | Variant::TrueipTransparent
         | Variant::TrueipHttp
         | Variant::TrueipEbpfSteering
@@ -414,12 +432,11 @@ fn sidecar_launch<'a>(
             _ => "none",
         }
         .into(),
-        "--trusted".into(),
-        TRUSTED.into(),
         // The idle workload's 10 000 connections must not queue.
         "--max-connections".into(),
         max_conns().to_string(),
     ];
+    args.extend(trusted_args());
     let mut launch = pinned(&format!("sidecar-{}", variant.slug()), &sidecar, programs);
     if variant.is_ebpf() {
         let ebpf = ebpf.context("the eBPF variant needs the agent")?;
@@ -439,6 +456,11 @@ fn sidecar_launch<'a>(
     if variant == Variant::TrueipMetrics {
         args.push("--metrics-listen".into());
         args.push("127.0.0.1:9902".into());
+    }
+    if variant == Variant::TrueipChart {
+        args.extend(
+            ["--log-format", "json", "--metrics-listen", "127.0.0.1:9903"].map(String::from),
+        );
     }
     args.extend(programs.sidecar_args.iter().cloned());
     launch = launch.args(args).env("NO_COLOR", "1");
