@@ -1,9 +1,9 @@
 //! Writing a configuration as a file the sidecar reads: what the injector puts in a pod's
 //! annotation. Keys at their defaults are left out, so the annotation stays about as short as
 //! what a user would write by hand, except for what decides whom the sidecar trusts and what
-//! the app is told: a listener's addresses, mode, header and trust policy, and the agent's
-//! socket are always written, and an `http` listener's section is written whole once any of
-//! it differs from the defaults. So a sidecar image of another release, whose defaults may
+//! the app is told: a listener's addresses, mode, header and trust policy, the agent's socket
+//! and (when served) the admin endpoint's bounds are always written, and an `http` listener's
+//! section is written whole once any of it differs from the defaults. So a sidecar image of another release, whose defaults may
 //! differ, still runs the policy the injector decided; only a section left entirely at its
 //! defaults takes the image's (the chart runs the sidecar of its own release).
 
@@ -43,7 +43,12 @@ impl Config {
                 prune(written, &default, &whole);
             }
         }
-        prune(&mut file, &defaults, &FILE_POLICY);
+        let mut whole = FILE_POLICY.to_vec();
+        if self.metrics_listen.is_some() {
+            // The bounds of an endpoint that anything reaching the pod can reach.
+            whole.push("admin");
+        }
+        prune(&mut file, &defaults, &whole);
         serde_norway::to_string(&file)
     }
 }
