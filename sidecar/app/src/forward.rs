@@ -8,6 +8,7 @@ use std::{
     cell::RefCell,
     io,
     os::fd::{AsFd, AsRawFd, OwnedFd},
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use nix::{
@@ -125,7 +126,9 @@ impl Pipe {
 /// `preamble` (a re-emitted header) and then `rest` (payload bytes that arrived together with
 /// the PROXY header) are written to the app before anything else; `rest` counts as payload.
 /// The sockets stay open until the caller drops them, so that it can release per-connection
-/// state (the eBPF entry) while the 4-tuple still belongs to this connection.
+/// state (the eBPF entry) while the 4-tuple still belongs to this connection; the caller must
+/// drop them once this returns, because the direction that finishes last leaves its FIN to
+/// that close (without `fast_path`).
 ///
 /// With `fast_path` the kernel sends the app's bytes to `client` itself (sk_msg), so that the
 /// app → client pump only sees what the app wrote before its socket was wired (nothing, when
@@ -155,9 +158,15 @@ pub async fn forward(
         metrics.to_app(rest.len() as u64);
     }
     let app = &*app;
-    let up = pump(client, app, Some(pipe_size), |n| metrics.to_app(n));
+    // Without the fast path the sockets close as soon as both directions have finished, and a
+    // close sends the FIN itself: only the first direction to finish needs a shutdown.
+    let ends = Ends {
+        finished: AtomicBool::new(false),
+        close_sends_fin: !fast_path,
+    };
+    let up = pump(client, app, Some(pipe_size), &ends, |n| metrics.to_app(n));
     let down_pipe = (!fast_path).then_some(pipe_size);
-    let down = pump(app, client, down_pipe, |n| metrics.to_client(n));
+    let down = pump(app, client, down_pipe, &ends, |n| metrics.to_client(n));
     tokio::pin!(up, down);
     let (mut to_app, mut to_client) = (None, None);
     while to_app.is_none() || to_client.is_none() {
@@ -190,6 +199,26 @@ pub async fn forward(
     })
 }
 
+/// How the two directions of a relay end.
+struct Ends {
+    /// One direction has reached EOF and shut its destination down.
+    finished: AtomicBool,
+    /// The caller closes both sockets once both directions have finished, and nothing
+    /// (the sk_msg fast path) sends on them meanwhile.
+    close_sends_fin: bool,
+}
+
+impl Ends {
+    /// Whether the direction that just reached EOF must shut its destination's write half
+    /// down: the first one must (the other direction goes on); the second one's destination is
+    /// the first one's source, read to its EOF, so closing it sends the FIN (never a reset)
+    /// and the shutdown would be one more system call for the same segment.
+    fn must_shut_down(&self) -> bool {
+        let first = !self.finished.swap(true, Ordering::Relaxed);
+        first || !self.close_sends_fin
+    }
+}
+
 /// Which socket of a pump failed.
 #[derive(Debug, Clone, Copy)]
 enum PumpSide {
@@ -197,8 +226,8 @@ enum PumpSide {
     Destination,
 }
 
-/// Moves bytes from `src` to `dst` until `src` reaches EOF, then shuts down `dst`'s write half.
-/// Returns the number of bytes moved.
+/// Moves bytes from `src` to `dst` until `src` reaches EOF, then shuts down `dst`'s write half
+/// (unless `ends` says closing it will do). Returns the number of bytes moved.
 ///
 /// Small messages (requests, responses, handshakes) are copied through the worker thread's buffer:
 /// one recv and one send each, and no pipe. The first read that fills the buffer marks a bulk
@@ -208,6 +237,7 @@ async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
     pipe_size: Option<usize>,
+    ends: &Ends,
     mut count: impl FnMut(u64),
 ) -> Result<u64, (PumpSide, io::Error)> {
     let mut total = 0u64;
@@ -222,6 +252,9 @@ async fn pump(
             }
         };
         if moved == 0 {
+            if !ends.must_shut_down() {
+                return Ok(total);
+            }
             SockRef::from(dst)
                 .shutdown(std::net::Shutdown::Write)
                 .or_else(|e| match e.kind() {
@@ -249,6 +282,9 @@ async fn copy_some(src: &TcpStream, dst: &TcpStream) -> Result<usize, (PumpSide,
             let Some(n) = try_recv(src, buf)? else {
                 return Ok(None);
             };
+            if n == 0 {
+                return Ok(Some((0, Vec::new())));
+            }
             let sent = match dst.try_write(&buf[..n]) {
                 Ok(sent) => sent,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,

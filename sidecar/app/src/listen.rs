@@ -205,9 +205,6 @@ impl Listener {
                 },
                 () = stopped(&mut shutdown) => break,
             };
-            if let Err(e) = stream.set_nodelay(true) {
-                warn!(listener = %self.shared.name, error = %Chain(&e), "TCP_NODELAY not set");
-            }
             let shared = Arc::clone(&self.shared);
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -233,10 +230,12 @@ impl Listener {
 }
 
 /// A listening socket: SO_REUSEADDR so a restart does not wait for TIME_WAIT, dual-stack on
-/// `[::]` so IPv4 load balancers reach it too.
+/// `[::]` so IPv4 load balancers reach it too, and TCP_NODELAY, which Linux copies to every
+/// accepted socket (one system call per listener instead of one per connection).
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }
@@ -244,4 +243,22 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     TcpListener::from_std(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_send_small_writes_at_once() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(
+            accepted.nodelay().unwrap(),
+            "TCP_NODELAY comes from the listener"
+        );
+    }
 }
