@@ -62,6 +62,8 @@ soak: setup
 # The agent may fail to build on its own: the ebpf row of the results then says why.
 bench: setup
 	$(CARGO) build --release --locked -p trueip-sidecar -p trueip-bench
+	$(CARGO) build --release --locked --target x86_64-unknown-linux-musl -p trueip-sidecar --bin trueip-sidecar \
+	    || echo "[bench] the image's musl sidecar did not build: the chart-defaults row runs the glibc one"
 	$(CARGO) build --release --locked -p trueip-agent || echo "[bench] trueip-agent did not build: its row will say so"
 	BENCH_QUICK=$(BENCH_QUICK) ./target/release/trueip-bench --layout routed \
 	    --out bench/RESULTS.md --plot bench/results.png --json bench/results.json

@@ -57,6 +57,12 @@ struct Opt {
     #[arg(long, value_name = "PATH")]
     sidecar: Option<PathBuf>,
 
+    /// The binary of the chart-defaults row (`none-chart`): the image's static musl build
+    /// [default: `x86_64-unknown-linux-musl/release/trueip-sidecar` beside this binary's
+    /// directory when it exists, else the one of --sidecar].
+    #[arg(long, value_name = "PATH")]
+    image_sidecar: Option<PathBuf>,
+
     /// An extra argument for every trueip-sidecar, e.g. --sidecar-arg=--pipe-size=1048576
     /// (repeat for several).
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
@@ -132,6 +138,7 @@ fn run(opt: Opt) -> Result<()> {
         plan.variants = Variant::ALL.into_iter().filter(|x| v.contains(x)).collect();
     }
     plan.sidecar = opt.sidecar;
+    plan.image_sidecar = opt.image_sidecar;
     plan.sidecar_args = opt.sidecar_arg;
     plan.sidecar_env = opt.sidecar_env;
     if let Some(w) = opt.workloads {

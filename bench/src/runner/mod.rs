@@ -13,7 +13,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
     thread::sleep,
@@ -100,10 +100,26 @@ pub fn run(mut plan: Plan) -> Result<Results> {
             Some(path) => Err(format!("{} does not exist", path.display())),
             None => prereq::trueip_binary("trueip-sidecar").map_err(|e| format!("{e:#}")),
         },
+        image_sidecar: image_sidecar(plan.image_sidecar.as_deref())?,
         pin: plan.pin.hop.clone(),
         sidecar_args: plan.sidecar_args.clone(),
         sidecar_env: plan.sidecar_env.clone(),
     };
+    if plan.variants.contains(&Variant::TrueipChart) {
+        plan.caveats.push(match &programs.image_sidecar {
+            Some(image) => format!(
+                "`{}` ran the image's static musl binary `{}`; every other trueip row the \
+                 glibc build",
+                Variant::TrueipChart.label(),
+                image.display()
+            ),
+            None => format!(
+                "`{}` ran the glibc build like the other rows: the image's musl build was not \
+                 found (`make bench` builds it)",
+                Variant::TrueipChart.label()
+            ),
+        });
+    }
     let topo = Topology::new().context("building the namespaces")?;
     tune(&topo)?;
     let mut app = start_app(&topo, &bins, &plan, None, APP_PORT, "app")?;
@@ -139,6 +155,25 @@ pub fn run(mut plan: Plan) -> Result<Results> {
         load_before,
         load_after: Some(machine::load_average()),
     })
+}
+
+/// The chart-defaults row's binary: `given`, or the image's musl build beside this binary's
+/// target directory (`target/x86_64-unknown-linux-musl/release/`) when it was built.
+fn image_sidecar(given: Option<&Path>) -> Result<Option<PathBuf>> {
+    if let Some(path) = given {
+        anyhow::ensure!(
+            path.is_file(),
+            "--image-sidecar {} does not exist",
+            path.display()
+        );
+        return Ok(Some(path.to_owned()));
+    }
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let built = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("x86_64-unknown-linux-musl/release/trueip-sidecar"));
+    Ok(built.filter(|p| p.is_file()))
 }
 
 /// An empty sample set per planned variant; the variants whose programs are missing are
@@ -250,7 +285,7 @@ fn tune(topo: &Topology) -> Result<()> {
 }
 
 /// A launch behind `taskset -c cpus` when given.
-fn pinned<'a>(name: &str, program: &std::path::Path, cpus: Option<&String>) -> Launch<'a> {
+fn pinned<'a>(name: &str, program: &Path, cpus: Option<&String>) -> Launch<'a> {
     match cpus {
         Some(cpus) => Launch::new(name, "taskset")
             .args(["-c", cpus])

@@ -34,6 +34,8 @@ pub struct Plan {
     pub quick: bool,
     /// `trueip-sidecar` to run (default: found like the interop tests find it).
     pub sidecar: Option<PathBuf>,
+    /// The chart-defaults row's `trueip-sidecar` (default: the image's musl build, if built).
+    pub image_sidecar: Option<PathBuf>,
     /// Extra arguments for every `trueip-sidecar` (experiments such as `--pipe-size`).
     pub sidecar_args: Vec<String>,
     /// Extra `KEY=VALUE` environment for every `trueip-sidecar` (e.g. `TOKIO_WORKER_THREADS=1`).
@@ -106,6 +108,7 @@ impl Plan {
             variants: Variant::ALL.to_vec(),
             quick: false,
             sidecar: None,
+            image_sidecar: None,
             sidecar_args: Vec::new(),
             sidecar_env: Vec::new(),
             caveats: Vec::new(),

@@ -181,7 +181,7 @@ pub fn render(results: &Results, plot_file: &str, notes: Option<&str>) -> String
     summary_table(&mut out, results, &keys, &labels);
     ratios(&mut out, results, &keys, &labels);
     targets(&mut out, results);
-    observability_cost(&mut out, results);
+    feature_cost(&mut out, results);
     every_metric(&mut out, results, &all);
     run_notes(&mut out, results);
     method(&mut out, results);
@@ -344,7 +344,8 @@ fn one_line(s: &str) -> String {
         .replace('|', "\\|")
 }
 
-/// The issue's performance targets for the sidecar's userspace path, checked.
+/// The performance goals for the sidecar (issues 6 and 19), each checked against the peers of
+/// the same run: one verdict line per goal, variant and metric.
 fn targets(out: &mut String, results: &Results) {
     let med = |v: Variant, key: &str| {
         find(results, v)
@@ -365,68 +366,110 @@ fn targets(out: &mut String, results: &Results) {
         .unwrap_or_default();
     let _ = writeln!(
         out,
-        "\n## The sidecar's targets (issue 6)\n\n| target | variant | measured | goal | verdict |\n|---|---|---|---|---|"
+        "\n## Goals (issues 6 and 19)\n\n\
+         Each goal against the peers' medians of this run. `trueip none, chart defaults` is the \
+         JSON-log row (JSON logs and `/metrics` served); the other modes run with text logs.\n\n\
+         | goal | variant | measured | goal | verdict |\n|---|---|---|---|---|"
     );
-    for v in [Variant::TrueipNone, Variant::TrueipEbpf] {
+    let (mut met, mut checked) = (0, 0);
+    let mut row = |target: &str,
+                   v: Variant,
+                   measured: Option<f64>,
+                   goal: Option<(f64, String)>,
+                   higher: bool| {
+        let verdict = match (measured, &goal) {
+            (Some(m), Some((g, _))) if (higher && m >= *g) || (!higher && m <= *g) => {
+                (met, checked) = (met + 1, checked + 1);
+                "met"
+            }
+            (Some(_), Some(_)) => {
+                checked += 1;
+                "**missed**"
+            }
+            _ => "n/a",
+        };
+        let _ = writeln!(
+            out,
+            "| {target} | {} | {} | {} | {verdict} |",
+            v.label(),
+            measured.map_or_else(|| "–".to_owned(), num),
+            goal.map_or_else(|| "–".to_owned(), |(g, how)| format!("{} {how}", num(g)))
+        );
+    };
+    let haproxy = |key: &str, times: f64, how: &str| {
+        med(Variant::Haproxy, key).map(|h| (times * h, how.to_owned()))
+    };
+    for v in [
+        Variant::TrueipNone,
+        Variant::TrueipChart,
+        Variant::TrueipProxyV1,
+        Variant::TrueipEbpf,
+        Variant::TrueipTransparent,
+        Variant::TrueipEbpfSteering,
+        Variant::TrueipEbpfSkMsg,
+    ] {
         if find(results, v).is_none() {
-            let _ = writeln!(out, "| all | {} | not run | – | – |", v.label());
             continue;
         }
-        let mut row =
-            |target: &str, measured: Option<f64>, goal: Option<(f64, String)>, higher: bool| {
-                let verdict = match (measured, &goal) {
-                    (Some(m), Some((g, _))) if (higher && m >= *g) || (!higher && m <= *g) => "met",
-                    (Some(_), Some(_)) => "**missed**",
-                    _ => "n/a",
-                };
-                let _ = writeln!(
-                    out,
-                    "| {target} | {} | {} | {} | {verdict} |",
-                    v.label(),
-                    measured.map_or_else(|| "–".to_owned(), num),
-                    goal.map_or_else(|| "–".to_owned(), |(g, how)| format!("{} {how}", num(g)))
-                );
-            };
-        for (key, what) in [("up1_gbps", "upload ×1"), ("down1_gbps", "download ×1")] {
-            let goal = best_peer(key).map(|(m, p)| (1.5 * m, format!("(≥ 1.5× {})", p.label())));
-            row(&format!("bulk {what}, Gbit/s"), med(v, key), goal, true);
+        if matches!(v, Variant::TrueipNone | Variant::TrueipEbpf) {
+            for (key, what) in [("up1_gbps", "upload ×1"), ("down1_gbps", "download ×1")] {
+                let goal =
+                    best_peer(key).map(|(m, p)| (1.5 * m, format!("(≥ 1.5× {})", p.label())));
+                row(&format!("bulk {what}, Gbit/s"), v, med(v, key), goal, true);
+            }
         }
-        let goal =
-            med(Variant::Haproxy, "conn_cps").map(|h| (1.2 * h, "(≥ 1.2× HAProxy)".to_owned()));
-        row("new conns/s", med(v, "conn_cps"), goal, true);
-        let goal = med(Variant::Nginx, "rr_rps").map(|n| (1.1 * n, "(≥ 1.1× nginx)".to_owned()));
+        let goal = haproxy("conn_cps", 1.2, "(≥ 1.2× HAProxy)");
+        row("new conns/s", v, med(v, "conn_cps"), goal, true);
+        let goal = haproxy("conn_cpu_per_10k", 1.0, "(≤ HAProxy)");
         row(
-            &format!("req/s, {} conns", results.plan.rr_conns),
-            med(v, "rr_rps"),
+            "CPU s/10k conns",
+            v,
+            med(v, "conn_cpu_per_10k"),
             goal,
-            true,
-        );
-        let goal = med(Variant::Haproxy, "rr_p99_us").map(|h| (h, "(≤ HAProxy)".to_owned()));
-        row("rr p99, µs", med(v, "rr_p99_us"), goal, false);
-        row(
-            "RSS idle, MiB",
-            med(v, "rss_idle_mib"),
-            Some((4.0, "(≤ 4 MiB)".to_owned())),
             false,
         );
+        let goal = med(Variant::Nginx, "rr_rps").map(|n| (1.1 * n, "(≥ 1.1× nginx)".to_owned()));
+        let rr = format!("req/s, {} conns", results.plan.rr_conns);
+        row(&rr, v, med(v, "rr_rps"), goal, true);
+        let goal = haproxy("rr_p99_us", 1.0, "(≤ HAProxy)");
+        row("rr p99, µs", v, med(v, "rr_p99_us"), goal, false);
+        let goal = Some((4.0, "(≤ 4 MiB)".to_owned()));
+        row("RSS idle, MiB", v, med(v, "rss_idle_mib"), goal, false);
+        let goal = Some((4.0, "(≤ 4 KiB)".to_owned()));
+        let per_conn = med(v, &format!("per_conn_{big}_kib"));
         row(
             &format!("RSS per idle conn @{big}, KiB"),
-            med(v, &format!("per_conn_{big}_kib")),
-            Some((4.0, "(≤ 4 KiB)".to_owned())),
+            v,
+            per_conn,
+            goal,
             false,
+        );
+    }
+    if find(results, Variant::TrueipHttp).is_some() {
+        let goal = med(Variant::NginxHttp, "http_rps")
+            .map(|n| (1.1 * n, "(≥ 1.1× nginx http)".to_owned()));
+        let rps = med(Variant::TrueipHttp, "http_rps");
+        row(
+            "HTTP keep-alive req/s",
+            Variant::TrueipHttp,
+            rps,
+            goal,
+            true,
         );
     }
     let _ = writeln!(
         out,
-        "\nThe header parse target (≤ 100 ns per v2 header with TLVs) is the criterion benchmark \
-         `cargo bench -p trueip-proxy-header`, not part of this run."
+        "\n**{met} of {checked} goals met** in this run. The header parse target (≤ 100 ns per v2 \
+         header with TLVs) is the criterion benchmark `cargo bench -p trueip-proxy-header`, not \
+         part of this run; what each feature costs against `none` is the next table."
     );
 }
 
-/// What metrics and traces cost (issue 9): the `none` mode with metrics served and with every
-/// connection traced, against plain `none`, from the same run. The goal is for "metrics only":
+/// What each feature costs (issues 9 and 19): the `none` mode with metrics served, with every
+/// connection traced and with the chart's defaults, and `ebpf` (the map claim), against plain
+/// `none`; steering against `ebpf`; all from the same run. The goal is for "metrics only":
 /// within 3 % on throughput and connections/s.
-fn observability_cost(out: &mut String, results: &Results) {
+fn feature_cost(out: &mut String, results: &Results) {
     let med = |v: Variant, key: &str| {
         find(results, v)
             .and_then(|s| summary(s, key))
@@ -437,12 +480,13 @@ fn observability_cost(out: &mut String, results: &Results) {
     }
     let _ = writeln!(
         out,
-        "\n## What observability costs (issue 9)\n\n\
-         Median of the variant ÷ median of `trueip none` (same run; 1.00× is free). Goal for \
-         metrics only: within 3 % (0.97× or better) on throughput and connections/s. The chart's \
-         defaults are JSON logs and metrics served.\n\n\
-         | metric | trueip none | + metrics | ratio | verdict | + traces (100 %) | ratio | chart defaults | ratio |\n\
-         |---|---|---|---|---|---|---|---|---|"
+        "\n## What each feature costs (issues 9 and 19)\n\n\
+         Median of the variant ÷ median of `trueip none` (same run; 1.00× is free); steering ÷ \
+         `trueip ebpf`. Goal for metrics only: within 3 % (0.97× or better) on throughput and \
+         connections/s. The chart's defaults are JSON logs and metrics served; `ebpf` adds the \
+         agent's map claim per connection, steering the sk_lookup hand-over.\n\n\
+         | metric | trueip none | + metrics | ratio | verdict | + traces (100 %) | ratio | chart defaults | ratio | ebpf (map claim) | ratio | ebpf + steering | ratio |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for (key, what) in [
         ("up1_gbps", "upload ×1, Gbit/s"),
@@ -459,6 +503,12 @@ fn observability_cost(out: &mut String, results: &Results) {
         let (metrics, metrics_ratio) = cost(Variant::TrueipMetrics);
         let (traces, traces_ratio) = cost(Variant::TrueipTraces);
         let (chart, chart_ratio) = cost(Variant::TrueipChart);
+        let (ebpf, ebpf_ratio) = cost(Variant::TrueipEbpf);
+        let steering = med(Variant::TrueipEbpfSteering, key);
+        let steering_ratio = steering
+            .zip(med(Variant::TrueipEbpf, key))
+            .and_then(|(s, e)| (e > 0.0).then_some(s / e));
+        let steering = steering.map_or_else(|| "not run".to_owned(), num);
         let show = |r: Option<f64>| r.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"));
         let verdict = match metrics_ratio {
             Some(r) if r >= 0.97 => "met",
@@ -467,11 +517,14 @@ fn observability_cost(out: &mut String, results: &Results) {
         };
         let _ = writeln!(
             out,
-            "| {what} | {} | {metrics} | {} | {verdict} | {traces} | {} | {chart} | {} |",
+            "| {what} | {} | {metrics} | {} | {verdict} | {traces} | {} | {chart} | {} | {ebpf} | {} \
+             | {steering} | {} |",
             base.map_or_else(|| "–".to_owned(), num),
             show(metrics_ratio),
             show(traces_ratio),
-            show(chart_ratio)
+            show(chart_ratio),
+            show(ebpf_ratio),
+            show(steering_ratio)
         );
     }
 }

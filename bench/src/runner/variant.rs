@@ -245,7 +245,7 @@ impl Variant {
                 "as `trueip none`, plus `--metrics-listen 127.0.0.1:9902` (the Prometheus endpoint is served; counters are updated in every variant)"
             }
             Self::TrueipChart => {
-                "as `trueip none`, with what the Helm chart's sidecars run with: `--log-format json` (the chart's `sidecar.logFormat`) and `/metrics` served (`--metrics-listen 127.0.0.1:9903`)"
+                "as `trueip none`, with what the Helm chart's sidecars run with: the image's static musl binary (when built; `make bench` builds it), `--log-format json` (the chart's `sidecar.logFormat`) and `/metrics` served (`--metrics-listen 127.0.0.1:9903`)"
             }
             Self::TrueipTraces => {
                 "as `trueip none`, plus `OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318`, `http/protobuf`, `OTEL_TRACES_SAMPLER=always_on`: one span per connection, batched and exported to a sink in the app process that reads and acknowledges every export"
@@ -331,6 +331,9 @@ pub fn start_udp(variant: Variant, topo: &Topology, programs: &Programs) -> Resu
 pub struct Programs {
     /// `trueip-sidecar`, or why not.
     pub sidecar: Result<PathBuf, String>,
+    /// The chart-defaults row's `trueip-sidecar`: the image's static musl build when there is
+    /// one (what the chart runs: a different allocator and no shared libraries), else `sidecar`.
+    pub image_sidecar: Option<PathBuf>,
     /// `taskset -c <cpus>` prefix for the hop, if pinned.
     pub pin: Option<String>,
     /// Extra arguments for `trueip-sidecar`.
@@ -417,7 +420,10 @@ fn sidecar_launch<'a>(
     programs: &Programs,
     ebpf: Option<&'a Ebpf>,
 ) -> Result<Launch<'a>> {
-    let sidecar = programs.sidecar.clone().map_err(anyhow::Error::msg)?;
+    let sidecar = match (&programs.image_sidecar, variant) {
+        (Some(image), Variant::TrueipChart) => image.clone(),
+        _ => programs.sidecar.clone().map_err(anyhow::Error::msg)?,
+    };
     let mut args: Vec<String> = vec![
         "--listen".into(),
         variant.listen().to_string(),
