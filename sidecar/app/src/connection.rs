@@ -309,6 +309,7 @@ async fn relay(
     let fast_path = fast.is_some();
     let redirected = fast.map_or(0, restore::FastWire::finish);
     metrics.to_client(redirected);
+    // No await before these drops: the direction that finished last left its FIN to them.
     drop(entry);
     drop(app);
     drop(client);

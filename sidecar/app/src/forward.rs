@@ -253,7 +253,12 @@ async fn pump(
         };
         if moved == 0 {
             if !ends.must_shut_down() {
-                return Ok(total);
+                // The close will send the FIN, but a destination the peer has reset must
+                // still fail the relay, as a shutdown or a send would have noticed.
+                return match SockRef::from(dst).take_error() {
+                    Ok(None) => Ok(total),
+                    Ok(Some(e)) | Err(e) => Err((PumpSide::Destination, e)),
+                };
             }
             SockRef::from(dst)
                 .shutdown(std::net::Shutdown::Write)

@@ -244,6 +244,32 @@ async fn download_and_request_reply_after_half_close() {
     assert_eq!(app.conn().await.received, b"question");
 }
 
+#[tokio::test]
+async fn the_app_finishes_first_and_the_client_goes_on_sending() {
+    // The app's FIN is passed on by a shutdown; the client's, which comes last, by the
+    // sidecar closing both sockets: the app must still get every byte and a clean EOF.
+    const SIZE: usize = 4 << 20;
+    let mut app = App::start(Behaviour::Download(1024)).await;
+    let h = Harness::start(app.addr(), |_| {}).await;
+    let mut c = util::connect(h.addr).await;
+    c.write_all(&v2_header(Tlvs::default(), false))
+        .await
+        .unwrap();
+    assert!(util::read_all(&mut c).await.unwrap() == util::pattern(1024));
+    let data = util::pattern(SIZE);
+    c.write_all(&data).await.unwrap();
+    c.shutdown().await.unwrap();
+    let got = app.conn().await;
+    assert!(
+        got.received == data && got.clean_eof,
+        "the app got {} of {SIZE} bytes after its own FIN, clean EOF: {}",
+        got.received.len(),
+        got.clean_eof
+    );
+    let s = h.settled(1).await;
+    assert_eq!((s.bytes_to_app, s.bytes_to_client), (SIZE as u64, 1024));
+}
+
 /// Writes `msg`, reads as many bytes back, and records both.
 async fn round(
     c: &mut tokio::net::TcpStream,
