@@ -1,5 +1,6 @@
 //! Logs to stderr: the one spelling of the format, and the subscriber every binary installs.
 
+use tracing_log::NormalizeEvent as _;
 use tracing_subscriber::{
     EnvFilter, Layer, layer::SubscriberExt as _, util::SubscriberInitExt as _,
 };
@@ -77,7 +78,22 @@ where
         // (the chart's default) cost more per connection than the relay itself, even though
         // the sidecar logs no event for a connection that goes well. The lines are the same
         // objects (`timestamp`, `level`, `fields`, `target`, `span`, `spans`).
-        LogFormat::Json => json_subscriber::fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Json => {
+            let mut layer = json_subscriber::fmt::layer().with_writer(writer);
+            // Records of the `log` crate (rustls writes its TLS alerts there) arrive through
+            // tracing-log as events of target `log`; name the crate's own target instead, as
+            // the text format does. (Their `log.*` fields stay: json-subscriber offers no way
+            // to drop fields of an event.)
+            layer
+                .inner_layer_mut()
+                .add_dynamic_field("target", |event, _| {
+                    Some(event.normalized_metadata().map_or_else(
+                        || event.metadata().target().to_owned(),
+                        |normalized| normalized.target().to_owned(),
+                    ))
+                });
+            layer.boxed()
+        }
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
             .with_writer(writer)
@@ -155,5 +171,22 @@ mod tests {
         // The last record wins, as with `tracing-subscriber`.
         assert_eq!(line["span"]["client.address"], "203.0.113.8");
         assert!(line["timestamp"].is_string(), "{line}");
+    }
+
+    #[test]
+    fn a_log_crate_record_is_named_by_its_own_target() {
+        // What `init_logging` installs (tracing-subscriber's `init`); once per process.
+        let _ = tracing_log::LogTracer::init();
+        let out = Captured::default();
+        let subscriber =
+            tracing_subscriber::registry().with(layer(LogFormat::Json, out.clone(), false));
+        tracing::subscriber::with_default(subscriber, || {
+            log::warn!(target: "rustls::server::hs", "no ciphersuites in common");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["target"], "rustls::server::hs", "{line}");
+        assert_eq!(line["level"], "WARN");
+        assert_eq!(line["fields"]["message"], "no ciphersuites in common");
     }
 }
