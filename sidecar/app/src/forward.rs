@@ -8,7 +8,6 @@ use std::{
     cell::RefCell,
     io,
     os::fd::{AsFd, AsRawFd, OwnedFd},
-    sync::atomic::{AtomicBool, Ordering},
 };
 
 use nix::{
@@ -158,15 +157,9 @@ pub async fn forward(
         metrics.to_app(rest.len() as u64);
     }
     let app = &*app;
-    // Without the fast path the sockets close as soon as both directions have finished, and a
-    // close sends the FIN itself: only the first direction to finish needs a shutdown.
-    let ends = Ends {
-        finished: AtomicBool::new(false),
-        close_sends_fin: !fast_path,
-    };
-    let up = pump(client, app, Some(pipe_size), &ends, |n| metrics.to_app(n));
+    let up = pump(client, app, Some(pipe_size), |n| metrics.to_app(n));
     let down_pipe = (!fast_path).then_some(pipe_size);
-    let down = pump(app, client, down_pipe, &ends, |n| metrics.to_client(n));
+    let down = pump(app, client, down_pipe, |n| metrics.to_client(n));
     tokio::pin!(up, down);
     let (mut to_app, mut to_client) = (None, None);
     while to_app.is_none() || to_client.is_none() {
@@ -174,6 +167,18 @@ pub async fn forward(
             r = &mut up, if to_app.is_none() => (r, true),
             r = &mut down, if to_client.is_none() => (r, false),
         };
+        // Without the fast path the sockets close as soon as both directions have finished,
+        // and that close sends the FIN: only the first direction to finish shuts down.
+        let (dst, last) = if dir_up {
+            (app, to_client.is_some())
+        } else {
+            (client, to_app.is_some())
+        };
+        let result = result.and_then(|n| {
+            pass_on_eof(dst, last && !fast_path)
+                .map(|()| n)
+                .map_err(|e| (PumpSide::Destination, e))
+        });
         match result {
             Ok(n) if dir_up => to_app = Some(n + rest.len() as u64),
             Ok(n) => to_client = Some(n),
@@ -199,24 +204,23 @@ pub async fn forward(
     })
 }
 
-/// How the two directions of a relay end.
-struct Ends {
-    /// One direction has reached EOF and shut its destination down.
-    finished: AtomicBool,
-    /// The caller closes both sockets once both directions have finished, and nothing
-    /// (the sk_msg fast path) sends on them meanwhile.
-    close_sends_fin: bool,
-}
-
-impl Ends {
-    /// Whether the direction that just reached EOF must shut its destination's write half
-    /// down: the first one must (the other direction goes on); the second one's destination is
-    /// the first one's source, read to its EOF, so closing it sends the FIN (never a reset)
-    /// and the shutdown would be one more system call for the same segment.
-    fn must_shut_down(&self) -> bool {
-        let first = !self.finished.swap(true, Ordering::Relaxed);
-        first || !self.close_sends_fin
+/// Passes a direction's EOF on to its destination `dst`: a shutdown of its write half, or,
+/// when `closing` (the caller closes both sockets next), nothing, since `dst` is then the other
+/// direction's source, read to its EOF, so the close sends the FIN (never a reset) and the
+/// shutdown would be one more system call for the same segment. A destination the peer has
+/// reset still fails the relay, as a shutdown or a send would have noticed.
+fn pass_on_eof(dst: &TcpStream, closing: bool) -> io::Result<()> {
+    let socket = SockRef::from(dst);
+    if closing {
+        return socket.take_error()?.map_or(Ok(()), Err);
     }
+    socket
+        .shutdown(std::net::Shutdown::Write)
+        .or_else(|e| match e.kind() {
+            // The destination is already gone; the other direction will notice.
+            io::ErrorKind::NotConnected => Ok(()),
+            _ => Err(e),
+        })
 }
 
 /// Which socket of a pump failed.
@@ -226,8 +230,9 @@ enum PumpSide {
     Destination,
 }
 
-/// Moves bytes from `src` to `dst` until `src` reaches EOF, then shuts down `dst`'s write half
-/// (unless `ends` says closing it will do). Returns the number of bytes moved.
+/// Moves bytes from `src` to `dst` until `src` reaches EOF; returns the number of bytes moved.
+/// The EOF is passed on by the caller ([`pass_on_eof`]), which knows whether the other
+/// direction has finished.
 ///
 /// Small messages (requests, responses, handshakes) are copied through the worker thread's buffer:
 /// one recv and one send each, and no pipe. The first read that fills the buffer marks a bulk
@@ -237,7 +242,6 @@ async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
     pipe_size: Option<usize>,
-    ends: &Ends,
     mut count: impl FnMut(u64),
 ) -> Result<u64, (PumpSide, io::Error)> {
     let mut total = 0u64;
@@ -252,22 +256,6 @@ async fn pump(
             }
         };
         if moved == 0 {
-            if !ends.must_shut_down() {
-                // The close will send the FIN, but a destination the peer has reset must
-                // still fail the relay, as a shutdown or a send would have noticed.
-                return match SockRef::from(dst).take_error() {
-                    Ok(None) => Ok(total),
-                    Ok(Some(e)) | Err(e) => Err((PumpSide::Destination, e)),
-                };
-            }
-            SockRef::from(dst)
-                .shutdown(std::net::Shutdown::Write)
-                .or_else(|e| match e.kind() {
-                    // The destination is already gone; the other direction will notice.
-                    io::ErrorKind::NotConnected => Ok(()),
-                    _ => Err(e),
-                })
-                .map_err(|e| (PumpSide::Destination, e))?;
             return Ok(total);
         }
         total += moved as u64;
